@@ -1,0 +1,638 @@
+//! The agent's settings: built-in defaults < TOML file < environment < command-line flags.
+//!
+//! clap reads flags and their `EDGE_…` environment variables (a flag beats its variable);
+//! figment then layers what clap produced over the TOML file over the defaults. Only values
+//! that were actually given reach figment, so an unset flag never hides a TOML value.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use awc::http::Uri;
+use clap::{Parser, ValueEnum};
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Built-in data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./edge-data";
+/// Built-in status period.
+pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 5000;
+/// Shortest status period accepted; anything faster floods the server for no gain.
+pub const MIN_STATUS_INTERVAL_MS: u64 = 100;
+/// Built-in log filter.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Longest device id accepted, as the server bounds it too.
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+
+/// A value that must never reach a log: its `Debug` and `Display` print a placeholder.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Where the agent sends its production records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConnectionMode {
+    /// Edge → factory server → OKTO cloud.
+    #[value(name = "VIA_LOCAL_SERVER")]
+    ViaLocalServer,
+    /// Edge → OKTO cloud; the factory server only manages the device.
+    #[value(name = "DIRECT_CLOUD")]
+    DirectCloud,
+}
+
+impl ConnectionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionMode::ViaLocalServer => "VIA_LOCAL_SERVER",
+            ConnectionMode::DirectCloud => "DIRECT_CLOUD",
+        }
+    }
+}
+
+/// Command-line flags, each with its environment variable. Every field is optional here
+/// because defaults belong to the lowest layer, not to clap.
+#[derive(Default, Parser, Serialize)]
+#[command(
+    name = "edge-agent",
+    version,
+    about = "The OKTO edge agent: keeps one WebSocket to the factory server and answers its commands.",
+    long_about = None,
+    after_help = "Settings are layered, lowest to highest: built-in defaults < TOML file (--config) \
+                  < environment variables < command-line flags. TOML keys are the flag names with \
+                  '_' for '-', e.g. server_url, status_interval_ms."
+)]
+pub struct Cli {
+    /// TOML file with settings; its keys are the flag names in snake_case
+    #[arg(long, env = "EDGE_CONFIG", value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Directory for the agent's database [default: ./edge-data]
+    #[arg(long, env = "EDGE_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Factory server base URL, http:// or https:// (required)
+    #[arg(long, env = "EDGE_SERVER_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_url: Option<String>,
+
+    /// This device's id: 1-128 characters of A-Z a-z 0-9 . _ - (required)
+    #[arg(long, env = "EDGE_DEVICE_ID", value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+
+    /// Shared key for enrolling with the server; needed while no device token is stored
+    #[arg(
+        long,
+        env = "EDGE_ENROLLMENT_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrollment_key: Option<Secret>,
+
+    /// Display name sent at enrollment [default: the device id]
+    #[arg(long, env = "EDGE_NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+
+    /// Company stamped on every record the agent queues
+    #[arg(long, env = "EDGE_COMPANY_ID", value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub company_id: Option<String>,
+
+    /// Production line this device belongs to
+    #[arg(long, env = "EDGE_PRODUCTION_LINE_ID", value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub production_line_id: Option<String>,
+
+    /// Where production records go [default: VIA_LOCAL_SERVER]
+    #[arg(long, env = "EDGE_CONNECTION_MODE", value_enum, value_name = "MODE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_mode: Option<ConnectionMode>,
+
+    /// OKTO cloud base URL (DIRECT_CLOUD only)
+    #[arg(long, env = "EDGE_CLOUD_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_url: Option<String>,
+
+    /// OKTO cloud bearer token (DIRECT_CLOUD only)
+    #[arg(
+        long,
+        env = "EDGE_CLOUD_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_token: Option<Secret>,
+
+    /// Period of status frames in milliseconds, at least 100 [default: 5000]
+    #[arg(long, env = "EDGE_STATUS_INTERVAL_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_interval_ms: Option<u64>,
+
+    /// Log filter, e.g. info or agent=debug,info [default: info]
+    #[arg(long, env = "EDGE_LOG_LEVEL", value_name = "FILTER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// The lowest layer.
+#[derive(Serialize)]
+struct Defaults {
+    data_dir: &'static str,
+    connection_mode: ConnectionMode,
+    status_interval_ms: u64,
+    log_level: &'static str,
+}
+
+const DEFAULTS: Defaults = Defaults {
+    data_dir: DEFAULT_DATA_DIR,
+    connection_mode: ConnectionMode::ViaLocalServer,
+    status_interval_ms: DEFAULT_STATUS_INTERVAL_MS,
+    log_level: DEFAULT_LOG_LEVEL,
+};
+
+/// What the merged layers hold before validation. Unknown keys are refused so that a typo
+/// in the TOML file stops the agent instead of being silently ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Layered {
+    data_dir: PathBuf,
+    server_url: Option<String>,
+    device_id: Option<String>,
+    enrollment_key: Option<Secret>,
+    name: Option<String>,
+    company_id: Option<String>,
+    production_line_id: Option<String>,
+    connection_mode: ConnectionMode,
+    cloud_url: Option<String>,
+    cloud_token: Option<Secret>,
+    status_interval_ms: u64,
+    log_level: String,
+}
+
+/// A setting that is missing or wrong. Every message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: no such file")]
+    NoConfigFile(PathBuf),
+    #[error("{0}")]
+    Layers(String),
+    #[error("{setting} is required (flag --{flag} or env {env})")]
+    Missing {
+        setting: &'static str,
+        flag: &'static str,
+        env: &'static str,
+    },
+    #[error("{setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+/// The validated settings the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Without a trailing slash.
+    pub server_url: String,
+    pub device_id: String,
+    pub enrollment_key: Option<Secret>,
+    pub name: String,
+    pub company_id: Option<String>,
+    pub production_line_id: Option<String>,
+    pub connection_mode: ConnectionMode,
+    pub cloud_url: Option<String>,
+    pub cloud_token: Option<Secret>,
+    pub status_interval: Duration,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Reads flags, environment and the TOML file. clap itself exits (code 2) on a flag it
+    /// cannot parse, and prints help or version and exits 0 when asked.
+    pub fn from_args() -> Result<Config, ConfigError> {
+        Config::from_cli(Cli::parse())
+    }
+
+    /// Layers the given flags and environment (as clap produced them) over the TOML file
+    /// they name, if any, over the defaults.
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(DEFAULTS));
+        if let Some(path) = &cli.config {
+            if !path.is_file() {
+                return Err(ConfigError::NoConfigFile(path.clone()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Serialized::defaults(&cli));
+        let layered: Layered = figment.extract().map_err(|e| {
+            // figment chains every error it found on separate lines; the first is enough.
+            let text = e.to_string();
+            ConfigError::Layers(text.lines().next().unwrap_or("bad configuration").into())
+        })?;
+        Config::validate(layered)
+    }
+
+    fn validate(l: Layered) -> Result<Config, ConfigError> {
+        let server_url = non_empty(l.server_url).ok_or(ConfigError::Missing {
+            setting: "server_url",
+            flag: "server-url",
+            env: "EDGE_SERVER_URL",
+        })?;
+        let server_url = check_http_url("server_url", &server_url)?;
+
+        let device_id = non_empty(l.device_id).ok_or(ConfigError::Missing {
+            setting: "device_id",
+            flag: "device-id",
+            env: "EDGE_DEVICE_ID",
+        })?;
+        check_device_id(&device_id)?;
+
+        if l.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if l.status_interval_ms < MIN_STATUS_INTERVAL_MS {
+            return Err(invalid(
+                "status_interval_ms",
+                format!(
+                    "{} is below the minimum of {MIN_STATUS_INTERVAL_MS}",
+                    l.status_interval_ms
+                ),
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&l.log_level)
+            .map_err(|e| invalid("log_level", format!("`{}`: {e}", l.log_level)))?;
+
+        let cloud_url = non_empty(l.cloud_url)
+            .map(|u| check_http_url("cloud_url", &u))
+            .transpose()?;
+        let cloud_token = l.cloud_token.filter(|t| !t.expose().trim().is_empty());
+        if l.connection_mode == ConnectionMode::DirectCloud {
+            if cloud_url.is_none() {
+                return Err(invalid("cloud_url", "is required in DIRECT_CLOUD mode"));
+            }
+            if cloud_token.is_none() {
+                return Err(invalid("cloud_token", "is required in DIRECT_CLOUD mode"));
+            }
+        }
+
+        let name = non_empty(l.name).unwrap_or_else(|| device_id.clone());
+        Ok(Config {
+            data_dir: l.data_dir,
+            server_url,
+            enrollment_key: l.enrollment_key.filter(|k| !k.expose().is_empty()),
+            name,
+            company_id: non_empty(l.company_id),
+            production_line_id: non_empty(l.production_line_id),
+            connection_mode: l.connection_mode,
+            cloud_url,
+            cloud_token,
+            status_interval: Duration::from_millis(l.status_interval_ms),
+            log_level: l.log_level,
+            device_id,
+        })
+    }
+
+    /// `{server_url}/ws/device` with http → ws and https → wss.
+    pub fn ws_url(&self) -> String {
+        let rest = self
+            .server_url
+            .strip_prefix("https")
+            .map(|r| format!("wss{r}"))
+            .or_else(|| {
+                self.server_url
+                    .strip_prefix("http")
+                    .map(|r| format!("ws{r}"))
+            })
+            .unwrap_or_else(|| self.server_url.clone());
+        format!("{rest}/ws/device")
+    }
+
+    pub fn uses_tls(&self) -> bool {
+        self.server_url.starts_with("https://")
+    }
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// Treats a blank value (say `EDGE_COMPANY_ID=`) as not given.
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+}
+
+/// Accepts an absolute http or https URL with a host, and drops trailing slashes so paths
+/// can be appended.
+fn check_http_url(setting: &'static str, url: &str) -> Result<String, ConfigError> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| invalid(setting, format!("`{url}` is not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(invalid(
+                setting,
+                format!("`{url}` must start with http:// or https://"),
+            ))
+        }
+    }
+    match uri.host() {
+        Some(host) if !host.is_empty() => {}
+        _ => return Err(invalid(setting, format!("`{url}` has no host"))),
+    }
+    if uri.query().is_some() {
+        return Err(invalid(setting, format!("`{url}` must not have a query")));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+fn check_device_id(id: &str) -> Result<(), ConfigError> {
+    if id.len() > MAX_DEVICE_ID_LEN {
+        return Err(invalid(
+            "device_id",
+            format!("is longer than {MAX_DEVICE_ID_LEN} characters"),
+        ));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            "device_id",
+            format!("`{id}` contains {bad:?}; only A-Z a-z 0-9 . _ - are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Tests that set `EDGE_…` variables take this lock, since the environment is shared by
+    /// every test thread.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    const ALL_VARS: [&str; 13] = [
+        "EDGE_CONFIG",
+        "EDGE_DATA_DIR",
+        "EDGE_SERVER_URL",
+        "EDGE_DEVICE_ID",
+        "EDGE_ENROLLMENT_KEY",
+        "EDGE_NAME",
+        "EDGE_COMPANY_ID",
+        "EDGE_PRODUCTION_LINE_ID",
+        "EDGE_CONNECTION_MODE",
+        "EDGE_CLOUD_URL",
+        "EDGE_CLOUD_TOKEN",
+        "EDGE_STATUS_INTERVAL_MS",
+        "EDGE_LOG_LEVEL",
+    ];
+
+    /// Sets variables for one test and removes every `EDGE_…` variable afterwards.
+    struct Env<'a> {
+        _guard: std::sync::MutexGuard<'a, ()>,
+    }
+
+    impl Env<'_> {
+        fn with(vars: &[(&str, &str)]) -> Self {
+            let guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            for var in ALL_VARS {
+                std::env::remove_var(var);
+            }
+            for (k, v) in vars {
+                std::env::set_var(k, v);
+            }
+            Env { _guard: guard }
+        }
+    }
+
+    impl Drop for Env<'_> {
+        fn drop(&mut self) {
+            for var in ALL_VARS {
+                std::env::remove_var(var);
+            }
+        }
+    }
+
+    fn toml_file(contents: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("edge-agent-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["edge-agent"];
+        argv.extend_from_slice(args);
+        Config::from_cli(Cli::try_parse_from(argv).unwrap())
+    }
+
+    const TOML: &str = r#"
+        server_url = "http://toml.example:8080/"
+        device_id = "edge-toml"
+        data_dir = "/tmp/from-toml"
+        name = "Line PC (toml)"
+        status_interval_ms = 1111
+    "#;
+
+    #[test]
+    fn defaults_apply_when_nothing_else_is_given() {
+        let _env = Env::with(&[]);
+        let c = load(&["--server-url", "http://s:1", "--device-id", "edge-1"]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.status_interval, Duration::from_millis(5000));
+        assert_eq!(c.connection_mode, ConnectionMode::ViaLocalServer);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.name, "edge-1");
+        assert_eq!(c.enrollment_key, None);
+    }
+
+    #[test]
+    fn toml_beats_defaults() {
+        let _env = Env::with(&[]);
+        let path = toml_file(TOML);
+        let c = load(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.server_url, "http://toml.example:8080");
+        assert_eq!(c.device_id, "edge-toml");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/from-toml"));
+        assert_eq!(c.name, "Line PC (toml)");
+        assert_eq!(c.status_interval, Duration::from_millis(1111));
+        // Not in the file: the default shows through.
+        assert_eq!(c.log_level, "info");
+    }
+
+    #[test]
+    fn env_beats_toml() {
+        let path = toml_file(TOML);
+        let _env = Env::with(&[
+            ("EDGE_CONFIG", path.to_str().unwrap()),
+            ("EDGE_STATUS_INTERVAL_MS", "2222"),
+            ("EDGE_NAME", "from env"),
+        ]);
+        let c = load(&[]).unwrap();
+        assert_eq!(c.status_interval, Duration::from_millis(2222));
+        assert_eq!(c.name, "from env");
+        // Not in the environment: the TOML value shows through.
+        assert_eq!(c.device_id, "edge-toml");
+    }
+
+    #[test]
+    fn flag_beats_env_beats_toml() {
+        let path = toml_file(TOML);
+        let _env = Env::with(&[
+            ("EDGE_STATUS_INTERVAL_MS", "2222"),
+            ("EDGE_DATA_DIR", "/tmp/from-env"),
+            ("EDGE_DEVICE_ID", "edge-env"),
+        ]);
+        let c = load(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--status-interval-ms",
+            "3333",
+            "--device-id",
+            "edge-flag",
+        ])
+        .unwrap();
+        assert_eq!(c.status_interval, Duration::from_millis(3333));
+        assert_eq!(c.device_id, "edge-flag");
+        assert_eq!(c.name, "Line PC (toml)");
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/from-env"));
+    }
+
+    #[test]
+    fn missing_required_settings_are_named() {
+        let _env = Env::with(&[]);
+        let err = load(&["--device-id", "edge-1"]).unwrap_err();
+        assert!(err.to_string().contains("server_url is required"), "{err}");
+        let err = load(&["--server-url", "http://s"]).unwrap_err();
+        assert!(err.to_string().contains("device_id is required"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_give_one_line_reasons() {
+        let _env = Env::with(&[]);
+        let cases: [&[&str]; 6] = [
+            &["--server-url", "ftp://s", "--device-id", "e"],
+            &["--server-url", "s:80", "--device-id", "e"],
+            &["--server-url", "http://s", "--device-id", "bad id"],
+            &[
+                "--server-url",
+                "http://s",
+                "--device-id",
+                "e",
+                "--status-interval-ms",
+                "99",
+            ],
+            &[
+                "--server-url",
+                "http://s",
+                "--device-id",
+                "e",
+                "--log-level",
+                "info,=[x",
+            ],
+            &[
+                "--server-url",
+                "http://s",
+                "--device-id",
+                "e",
+                "--connection-mode",
+                "DIRECT_CLOUD",
+            ],
+        ];
+        for args in cases {
+            let err = load(args).unwrap_err().to_string();
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let long_id = "a".repeat(MAX_DEVICE_ID_LEN + 1);
+        assert!(load(&["--server-url", "http://s", "--device-id", &long_id]).is_err());
+        let max_id = "a".repeat(MAX_DEVICE_ID_LEN);
+        assert!(load(&["--server-url", "http://s", "--device-id", &max_id]).is_ok());
+    }
+
+    #[test]
+    fn toml_typos_and_wrong_types_are_refused_on_one_line() {
+        let _env = Env::with(&[]);
+        for contents in [
+            "server_url = \"http://s\"\ndevice_id = \"e\"\nstatus_intervall_ms = 5",
+            "server_url = \"http://s\"\ndevice_id = \"e\"\nstatus_interval_ms = \"soon\"",
+        ] {
+            let path = toml_file(contents);
+            let err = load(&["--config", path.to_str().unwrap()])
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let err = load(&["--config", "/nonexistent/agent.toml"]).unwrap_err();
+        assert!(matches!(err, ConfigError::NoConfigFile(_)));
+    }
+
+    #[test]
+    fn ws_url_follows_the_server_scheme() {
+        let _env = Env::with(&[]);
+        let c = load(&["--server-url", "http://s:8080/", "--device-id", "e"]).unwrap();
+        assert_eq!(c.ws_url(), "ws://s:8080/ws/device");
+        let c = load(&["--server-url", "https://s/base", "--device-id", "e"]).unwrap();
+        assert_eq!(c.ws_url(), "wss://s/base/ws/device");
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let _env = Env::with(&[]);
+        let c = load(&[
+            "--server-url",
+            "http://s",
+            "--device-id",
+            "e",
+            "--enrollment-key",
+            "hunter2",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.enrollment_key.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

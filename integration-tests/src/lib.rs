@@ -1,0 +1,458 @@
+//! The harness of the end-to-end tests: real `factory-server` and `edge-agent` processes,
+//! a fresh database per test (a SQLite file, or a new PostgreSQL database), and plain HTTP
+//! and WebSocket clients.
+//!
+//! Servers bind `127.0.0.1:0` and print the address they got, so tests never race for ports.
+//! The binaries must be built first (`cargo build --workspace --bins`, which the README's test
+//! command does); a missing binary fails the test with that instruction.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN_PASSWORD: &str = "integration-admin-pw";
+pub const ENROLLMENT_KEY: &str = "integration-enrollment-key";
+
+/// The PostgreSQL server tests create their databases on. CI starts one at this address.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Path of a workspace binary, next to the test executable's `deps` directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory of the test executable");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database for one test: nothing for SQLite (the server's default file in its data dir),
+/// a new PostgreSQL database otherwise, dropped at the end.
+pub struct TestDb {
+    pub backend: Backend,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => TestDb {
+                backend,
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                let name = format!("factory_test_{}", uuid::Uuid::new_v4().simple());
+                let mut client = postgres::Client::connect(&postgres_admin_url(), postgres::NoTls)
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "PostgreSQL is required for this test and is not reachable at {}: {e}",
+                            postgres_admin_url()
+                        )
+                    });
+                client
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .expect("create test database");
+                TestDb {
+                    backend,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+
+    /// The `--database-url` to give the server, if any.
+    pub fn url(&self) -> Option<String> {
+        self.pg_name.as_ref().map(|name| {
+            let admin = postgres_admin_url();
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+            format!("{base}/{name}")
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            if let Ok(mut client) =
+                postgres::Client::connect(&postgres_admin_url(), postgres::NoTls)
+            {
+                let _ =
+                    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+}
+
+/// Reads a child's stdout on a thread and hands each line over a channel.
+fn line_reader(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A running `factory-server`.
+pub struct ServerProcess {
+    child: Child,
+    pub base_url: String,
+    pub data_dir: TempDir,
+    pub db: TestDb,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    pub fn start(backend: Backend) -> Self {
+        Self::start_with(TestDb::new(backend), TempDir::new("factory-data"), &[])
+    }
+
+    /// Starts a server on `db` and `data_dir` (a restart reuses both) with extra flags.
+    pub fn start_with(db: TestDb, data_dir: TempDir, extra: &[&str]) -> Self {
+        let log = data_dir.path().join("server.log");
+        let mut cmd = Command::new(binary("factory-server"));
+        cmd.arg("--bind")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .arg("--admin-password")
+            .arg(ADMIN_PASSWORD)
+            .arg("--enrollment-key")
+            .arg(ENROLLMENT_KEY)
+            .arg("--allow-auto-enrollment")
+            .args(extra)
+            .env("FACTORY_LOG_LEVEL", "info,server=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("server log file"));
+        if let Some(url) = db.url() {
+            cmd.arg("--database-url").arg(url);
+        }
+        let mut child = cmd.spawn().expect("spawn factory-server");
+        let lines = line_reader(&mut child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base_url = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("factory-server listening on ") {
+                        break url.trim().to_owned();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "factory-server did not report its address; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        };
+        ServerProcess {
+            child,
+            base_url,
+            data_dir,
+            db,
+            log,
+        }
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url.replacen("http://", "ws://", 1))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the server and hands back its database and data dir for a restart.
+    pub fn stop(mut self) -> (TestDb, TempDir) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Moving fields out of a type with Drop needs a swap.
+        let db = std::mem::replace(
+            &mut self.db,
+            TestDb {
+                backend: Backend::Sqlite,
+                pg_name: None,
+            },
+        );
+        let dir = std::mem::replace(&mut self.data_dir, TempDir(PathBuf::new()));
+        (db, dir)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `edge-agent`.
+pub struct AgentProcess {
+    child: Child,
+    pub device_id: String,
+    pub data_dir: TempDir,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    pub fn start(server: &ServerProcess, device_id: &str) -> Self {
+        let data_dir = TempDir::new("edge-data");
+        let log = data_dir.path().join("agent.log");
+        let child = Command::new(binary("edge-agent"))
+            .arg("--server-url")
+            .arg(&server.base_url)
+            .arg("--device-id")
+            .arg(device_id)
+            .arg("--enrollment-key")
+            .arg(ENROLLMENT_KEY)
+            .arg("--company-id")
+            .arg("company-1")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("EDGE_LOG_LEVEL", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("agent log file"))
+            .spawn()
+            .expect("spawn edge-agent");
+        AgentProcess {
+            child,
+            device_id: device_id.to_owned(),
+            data_dir,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: the agent gets no chance to say goodbye.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A REST client that speaks the envelope.
+pub struct Api {
+    base: String,
+    client: reqwest::blocking::Client,
+    token: Option<String>,
+}
+
+/// A response: status and parsed JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// `data` of a success envelope; panics with the body otherwise.
+    pub fn data(&self) -> &Value {
+        assert_eq!(
+            self.body["success"], true,
+            "not a success: {} {}",
+            self.status, self.body
+        );
+        &self.body["data"]
+    }
+
+    pub fn error_code(&self) -> &str {
+        assert_eq!(self.body["success"], false, "not an error: {}", self.body);
+        self.body["error"]["code"].as_str().expect("error code")
+    }
+}
+
+impl Api {
+    pub fn new(server: &ServerProcess) -> Self {
+        Api {
+            base: server.base_url.clone(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("http client"),
+            token: None,
+        }
+    }
+
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    pub fn login(server: &ServerProcess, username: &str, password: &str) -> Self {
+        let api = Api::new(server);
+        let reply = api.post(
+            "/api/v1/auth/login",
+            &serde_json::json!({"username": username, "password": password}),
+        );
+        let token = reply.data()["token"].as_str().expect("token").to_owned();
+        api.with_token(&token)
+    }
+
+    pub fn admin(server: &ServerProcess) -> Self {
+        Self::login(server, "admin", ADMIN_PASSWORD)
+    }
+
+    fn send(&self, req: reqwest::blocking::RequestBuilder) -> Reply {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().expect("http body");
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("body is not JSON ({status}): {text}"));
+        Reply { status, body }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.client.post(format!("{}{path}", self.base)).json(body))
+    }
+
+    pub fn post_with_header(&self, path: &str, header: (&str, &str)) -> Reply {
+        self.send(
+            self.client
+                .post(format!("{}{path}", self.base))
+                .header(header.0, header.1),
+        )
+    }
+
+    pub fn device_status(&self, device_id: &str) -> Option<String> {
+        let reply = self.get(&format!("/api/v1/devices/{device_id}"));
+        (reply.status == 200).then(|| reply.data()["status"].as_str().unwrap_or("").to_owned())
+    }
+
+    /// Enrolls a device id and returns its token.
+    pub fn enroll(&self, device_id: &str) -> String {
+        let reply = self.post_with_header(
+            &format!("/api/v1/devices/{device_id}/token?name={device_id}&companyId=company-1"),
+            ("X-Enrollment-Key", ENROLLMENT_KEY),
+        );
+        reply.data()["token"]
+            .as_str()
+            .expect("device token")
+            .to_owned()
+    }
+}
+
+/// Polls `check` until it holds or `timeout` passes; returns how long it took.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub type WsClient =
+    tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>>;
+
+/// Opens a WebSocket, optionally with a bearer token on the upgrade. `Err(status)` when the
+/// server refused the upgrade with an HTTP answer; any other failure panics.
+pub fn ws_connect(url: &str, bearer: Option<&str>) -> Result<WsClient, u16> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("websocket url");
+    if let Some(token) = bearer {
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+    }
+    let mut socket = match tungstenite::connect(request) {
+        Ok((socket, _)) => socket,
+        Err(tungstenite::Error::Http(resp)) => return Err(resp.status().as_u16()),
+        Err(e) => panic!("websocket connect to {url} failed: {e}"),
+    };
+    if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_mut() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+    }
+    Ok(socket)
+}
+
+/// The next text frame as JSON, answering pings on the way. `None` once the socket closed.
+pub fn ws_next_json(socket: &mut WsClient) -> Option<Value> {
+    loop {
+        match socket.read() {
+            Ok(tungstenite::Message::Text(text)) => {
+                return Some(serde_json::from_str(&text).expect("server frame is JSON"))
+            }
+            Ok(tungstenite::Message::Close(_)) => return None,
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+pub fn ws_send_json(socket: &mut WsClient, value: &Value) {
+    socket
+        .send(tungstenite::Message::Text(value.to_string()))
+        .expect("send frame");
+}

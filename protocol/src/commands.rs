@@ -1,0 +1,263 @@
+//! The eleven device commands, their results and their progress reports.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A command as it travels in a REST body and in a `command` frame: always a `type` and an
+/// `id`, plus the fields of its type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: String,
+    #[serde(flatten)]
+    pub kind: CommandKind,
+}
+
+/// The fields of each command type, tagged by `type` as `contract.md` names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CommandKind {
+    ForceSync,
+    #[serde(rename_all = "camelCase")]
+    ClearQueue {
+        #[serde(default)]
+        include_completed: bool,
+    },
+    PullLogs {
+        #[serde(default = "default_log_lines")]
+        lines: u32,
+    },
+    RestartService,
+    RebootOs,
+    ShutdownOs,
+    PushConfig {
+        patch: Value,
+    },
+    #[serde(rename_all = "camelCase")]
+    UpdateFirmware {
+        version: String,
+        url: String,
+        sha256: String,
+        size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature_base64: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deployment_id: Option<String>,
+    },
+    ExecShell {
+        template: String,
+        #[serde(default)]
+        args: BTreeMap<String, Value>,
+    },
+    EnableDevice,
+    DisableDevice {
+        reason: String,
+    },
+}
+
+fn default_log_lines() -> u32 {
+    100
+}
+
+/// The name of a command type without its fields, for tables, filters and permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandType {
+    ForceSync,
+    ClearQueue,
+    PullLogs,
+    RestartService,
+    RebootOs,
+    ShutdownOs,
+    PushConfig,
+    UpdateFirmware,
+    ExecShell,
+    EnableDevice,
+    DisableDevice,
+}
+
+impl CommandType {
+    pub const ALL: [CommandType; 11] = [
+        CommandType::ForceSync,
+        CommandType::ClearQueue,
+        CommandType::PullLogs,
+        CommandType::RestartService,
+        CommandType::RebootOs,
+        CommandType::ShutdownOs,
+        CommandType::PushConfig,
+        CommandType::UpdateFirmware,
+        CommandType::ExecShell,
+        CommandType::EnableDevice,
+        CommandType::DisableDevice,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandType::ForceSync => "force_sync",
+            CommandType::ClearQueue => "clear_queue",
+            CommandType::PullLogs => "pull_logs",
+            CommandType::RestartService => "restart_service",
+            CommandType::RebootOs => "reboot_os",
+            CommandType::ShutdownOs => "shutdown_os",
+            CommandType::PushConfig => "push_config",
+            CommandType::UpdateFirmware => "update_firmware",
+            CommandType::ExecShell => "exec_shell",
+            CommandType::EnableDevice => "enable_device",
+            CommandType::DisableDevice => "disable_device",
+        }
+    }
+
+    /// Dangerous commands need `"confirm": true` in a REST dispatch (`contract.md`).
+    pub fn is_dangerous(self) -> bool {
+        matches!(
+            self,
+            CommandType::RebootOs
+                | CommandType::ShutdownOs
+                | CommandType::DisableDevice
+                | CommandType::ClearQueue
+                | CommandType::UpdateFirmware
+        )
+    }
+}
+
+impl fmt::Display for CommandType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of parsing a command type name that is not one of the eleven.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownCommandType(pub String);
+
+impl fmt::Display for UnknownCommandType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown command type `{}`", self.0)
+    }
+}
+
+impl std::error::Error for UnknownCommandType {}
+
+impl FromStr for CommandType {
+    type Err = UnknownCommandType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CommandType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| UnknownCommandType(s.to_owned()))
+    }
+}
+
+impl CommandKind {
+    pub fn command_type(&self) -> CommandType {
+        match self {
+            CommandKind::ForceSync => CommandType::ForceSync,
+            CommandKind::ClearQueue { .. } => CommandType::ClearQueue,
+            CommandKind::PullLogs { .. } => CommandType::PullLogs,
+            CommandKind::RestartService => CommandType::RestartService,
+            CommandKind::RebootOs => CommandType::RebootOs,
+            CommandKind::ShutdownOs => CommandType::ShutdownOs,
+            CommandKind::PushConfig { .. } => CommandType::PushConfig,
+            CommandKind::UpdateFirmware { .. } => CommandType::UpdateFirmware,
+            CommandKind::ExecShell { .. } => CommandType::ExecShell,
+            CommandKind::EnableDevice => CommandType::EnableDevice,
+            CommandKind::DisableDevice { .. } => CommandType::DisableDevice,
+        }
+    }
+}
+
+/// Largest command id accepted; ids are stored and echoed, so they are bounded.
+pub const MAX_COMMAND_ID_LEN: usize = 128;
+
+impl Command {
+    pub fn new(id: impl Into<String>, kind: CommandKind) -> Self {
+        Command {
+            id: id.into(),
+            kind,
+        }
+    }
+
+    pub fn command_type(&self) -> CommandType {
+        self.kind.command_type()
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id.trim().is_empty() {
+            return Err("command id must not be empty".into());
+        }
+        if self.id.len() > MAX_COMMAND_ID_LEN {
+            return Err(format!(
+                "command id is longer than {MAX_COMMAND_ID_LEN} bytes"
+            ));
+        }
+        match &self.kind {
+            CommandKind::DisableDevice { reason } if reason.trim().is_empty() => {
+                Err("disable_device needs a non-empty reason".into())
+            }
+            CommandKind::PushConfig { patch } if !patch.is_object() => {
+                Err("push_config patch must be a JSON object (RFC 7386 merge patch)".into())
+            }
+            CommandKind::ExecShell { template, .. } if template.trim().is_empty() => {
+                Err("exec_shell needs a template name".into())
+            }
+            CommandKind::UpdateFirmware { sha256, .. }
+                if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Err("update_firmware sha256 must be 64 hexadecimal characters".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What a device answers to a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandResult {
+    pub command_id: String,
+    pub success: bool,
+    #[serde(default)]
+    pub output: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl CommandResult {
+    pub fn ok(command_id: impl Into<String>, output: impl Into<String>) -> Self {
+        CommandResult {
+            command_id: command_id.into(),
+            success: true,
+            output: output.into(),
+            data: None,
+        }
+    }
+
+    pub fn failed(command_id: impl Into<String>, output: impl Into<String>) -> Self {
+        CommandResult {
+            command_id: command_id.into(),
+            success: false,
+            output: output.into(),
+            data: None,
+        }
+    }
+
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+}
+
+/// A device's report of progress on a long command (firmware download, for one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandProgress {
+    pub command_id: String,
+    pub percent: u8,
+    #[serde(default)]
+    pub message: String,
+}

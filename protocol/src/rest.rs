@@ -1,0 +1,253 @@
+//! REST bodies: the envelope, the error body and the request and response types.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::commands::{Command, CommandResult, CommandType};
+use crate::Timestamp;
+
+/// `{"success": true, "data": …}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub success: bool,
+    pub data: T,
+}
+
+impl<T> Envelope<T> {
+    pub fn ok(data: T) -> Self {
+        Envelope {
+            success: true,
+            data,
+        }
+    }
+}
+
+/// `{"success": false, "error": {"code": …, "message": …}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    pub success: bool,
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// Lists answer `{"items": [...], "total": N}` inside `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Manager,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "VIEWER",
+            Role::Operator => "OPERATOR",
+            Role::Manager => "MANAGER",
+            Role::Admin => "ADMIN",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Viewer, Role::Operator, Role::Manager, Role::Admin]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoginResponse {
+    pub token: String,
+    pub expires_at: Timestamp,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceTokenResponse {
+    pub token: String,
+    pub device_id: String,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DeviceStatus {
+    Online,
+    Offline,
+    Disabled,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Online => "ONLINE",
+            DeviceStatus::Offline => "OFFLINE",
+            DeviceStatus::Disabled => "DISABLED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    pub id: String,
+    pub name: String,
+    pub company_id: Option<String>,
+    pub production_line_id: Option<String>,
+    pub status: DeviceStatus,
+    pub version: Option<String>,
+    pub last_seen: Option<Timestamp>,
+    pub remote_addr: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// `POST /api/v1/devices/{id}/commands`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchRequest {
+    pub command: Command,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Dangerous commands need it (`contract.md`).
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CommandStatus {
+    Pending,
+    Sent,
+    Success,
+    Failed,
+    Timeout,
+}
+
+impl CommandStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandStatus::Pending => "PENDING",
+            CommandStatus::Sent => "SENT",
+            CommandStatus::Success => "SUCCESS",
+            CommandStatus::Failed => "FAILED",
+            CommandStatus::Timeout => "TIMEOUT",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CommandStatus> {
+        [
+            CommandStatus::Pending,
+            CommandStatus::Sent,
+            CommandStatus::Success,
+            CommandStatus::Failed,
+            CommandStatus::Timeout,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+}
+
+/// The answer of a dispatch: the device's result and the state the command ended in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DispatchResponse {
+    #[serde(flatten)]
+    pub result: CommandResult,
+    pub status: CommandStatus,
+}
+
+/// A command in a device's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRecord {
+    pub id: String,
+    pub device_id: String,
+    #[serde(rename = "type")]
+    pub command_type: CommandType,
+    pub payload: Value,
+    pub status: CommandStatus,
+    pub success: Option<bool>,
+    pub output: Option<String>,
+    pub data: Option<Value>,
+    pub issued_by: Option<String>,
+    pub timeout_ms: i64,
+    pub created_at: Timestamp,
+    pub sent_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+}
+
+/// A user as the API shows it; never with its password hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserInfo {
+    pub id: String,
+    pub username: String,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// `POST /api/v1/users`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateUserRequest {
+    pub username: String,
+    pub password: String,
+    pub role: Role,
+}
+
+/// `PATCH /api/v1/users/{id}`: absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// `POST /api/v1/auth/password`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+/// A row of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub id: String,
+    pub ts: Timestamp,
+    pub actor: Option<String>,
+    pub role: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub params: Option<Value>,
+    pub source: Option<String>,
+    pub outcome: String,
+}

@@ -1,0 +1,220 @@
+//! The audit log: one row per privileged call, written before the action takes effect.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use protocol::rest::{AuditRecord, Envelope, Page, Role};
+use serde::Deserialize;
+
+use crate::auth::{Authorized, ViewAudit};
+use crate::devices;
+use crate::state::AppState;
+use schema::schema::audit_log;
+
+use crate::db::{Db, DbConnection};
+use crate::error::ApiResult;
+
+#[derive(Debug, Clone, Insertable, Queryable, Selectable)]
+#[diesel(table_name = audit_log)]
+struct AuditRow {
+    id: String,
+    ts: NaiveDateTime,
+    actor: Option<String>,
+    role: Option<String>,
+    action: String,
+    target: Option<String>,
+    params: Option<String>,
+    source: Option<String>,
+    outcome: String,
+}
+
+/// What to record. Parameters are a summary chosen by the caller; never put a secret in them.
+#[derive(Debug, Clone)]
+pub struct AuditEntry {
+    actor: Option<String>,
+    role: Option<Role>,
+    action: String,
+    target: Option<String>,
+    params: Option<serde_json::Value>,
+    source: Option<String>,
+    outcome: String,
+}
+
+impl AuditEntry {
+    pub fn new(action: &str, outcome: &str) -> Self {
+        AuditEntry {
+            actor: None,
+            role: None,
+            action: action.to_owned(),
+            target: None,
+            params: None,
+            source: None,
+            outcome: outcome.to_owned(),
+        }
+    }
+
+    pub fn actor(mut self, actor: Option<String>, role: Option<Role>) -> Self {
+        self.actor = actor;
+        self.role = role;
+        self
+    }
+
+    pub fn target(mut self, target: Option<String>) -> Self {
+        self.target = target;
+        self
+    }
+
+    pub fn params(mut self, params: serde_json::Value) -> Self {
+        self.params = Some(params);
+        self
+    }
+
+    pub fn source(mut self, source: Option<String>) -> Self {
+        self.source = source;
+        self
+    }
+
+    pub fn outcome(mut self, outcome: impl Into<String>) -> Self {
+        self.outcome = outcome.into();
+        self
+    }
+}
+
+/// Runs a mutation with its audit row: the row is written first, in the same transaction, so
+/// the action never takes effect unrecorded. If the mutation fails, its transaction is rolled
+/// back and a row with the failure is written instead.
+pub async fn audited<T, F>(db: &Db, entry: AuditEntry, f: F) -> ApiResult<T>
+where
+    F: FnOnce(&mut DbConnection) -> ApiResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    db.run(move |conn| {
+        let success = entry.clone().outcome("success");
+        let result = conn.transaction(|conn| {
+            record(conn, &success)?;
+            f(conn)
+        });
+        if let Err(e) = &result {
+            record(conn, &entry.outcome(format!("failure: {}", e.code.name())))?;
+        }
+        result
+    })
+    .await
+}
+
+pub fn record(conn: &mut DbConnection, entry: &AuditEntry) -> ApiResult<()> {
+    let row = AuditRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        ts: Utc::now().naive_utc(),
+        actor: entry.actor.clone(),
+        role: entry.role.map(|r| r.as_str().to_owned()),
+        action: entry.action.clone(),
+        target: entry.target.clone(),
+        params: entry.params.as_ref().map(|p| p.to_string()),
+        source: entry.source.clone(),
+        outcome: entry.outcome.clone(),
+    };
+    diesel::insert_into(audit_log::table)
+        .values(&row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The peer address of a request. The proxy's forwarded header is not trusted here: a client
+/// could forge it, and the audit log must name where a call really came from.
+pub fn source_of(req: &HttpRequest) -> Option<String> {
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+impl AuditRow {
+    fn to_api(&self) -> AuditRecord {
+        AuditRecord {
+            id: self.id.clone(),
+            ts: self.ts.and_utc(),
+            actor: self.actor.clone(),
+            role: self.role.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            params: self
+                .params
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
+            source: self.source.clone(),
+            outcome: self.outcome.clone(),
+        }
+    }
+}
+
+/// Filters of `GET /api/v1/audit`. `action` matches a whole action or, ending in `.`, a family
+/// (`command.` finds every command action).
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+pub fn list(
+    conn: &mut DbConnection,
+    q: &AuditQuery,
+    limit: i64,
+    offset: i64,
+) -> ApiResult<Page<AuditRecord>> {
+    let filtered = || {
+        let mut query = audit_log::table.into_boxed();
+        if let Some(actor) = &q.actor {
+            query = query.filter(audit_log::actor.eq(actor.clone()));
+        }
+        if let Some(action) = &q.action {
+            query = if action.ends_with('.') {
+                let escaped = action
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                query.filter(audit_log::action.like(format!("{escaped}%")).escape('\\'))
+            } else {
+                query.filter(audit_log::action.eq(action.clone()))
+            };
+        }
+        if let Some(target) = &q.target {
+            query = query.filter(audit_log::target.eq(target.clone()));
+        }
+        if let Some(since) = q.since {
+            query = query.filter(audit_log::ts.ge(since.naive_utc()));
+        }
+        if let Some(until) = q.until {
+            query = query.filter(audit_log::ts.lt(until.naive_utc()));
+        }
+        query
+    };
+    let total = filtered().count().get_result(conn)?;
+    let rows: Vec<AuditRow> = filtered()
+        .order((audit_log::ts.desc(), audit_log::id.desc()))
+        .limit(limit)
+        .offset(offset)
+        .select(AuditRow::as_select())
+        .load(conn)?;
+    Ok(Page {
+        items: rows.iter().map(AuditRow::to_api).collect(),
+        total,
+    })
+}
+
+/// `GET /api/v1/audit`. The log is append-only: no route changes or deletes a row.
+pub async fn list_audit(
+    _user: Authorized<ViewAudit>,
+    state: web::Data<AppState>,
+    query: web::Query<AuditQuery>,
+) -> ApiResult<HttpResponse> {
+    let query = query.into_inner();
+    let (limit, offset) = devices::paging(query.limit, query.offset)?;
+    let page = state
+        .db
+        .run(move |conn| list(conn, &query, limit, offset))
+        .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(page)))
+}

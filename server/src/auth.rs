@@ -1,0 +1,463 @@
+//! Tokens, passwords and the extractor that guards every user route.
+//!
+//! Both token kinds are HS256 JWTs with a `scope` claim. The algorithm is pinned on decode, so
+//! a token that names another algorithm (`none` included) is refused before its claims are read.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::path::Path;
+use std::pin::Pin;
+
+use actix_web::{web, FromRequest, HttpRequest};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use protocol::rest::Role;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::audit::{self, AuditEntry};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::state::AppState;
+use crate::{tokens, users};
+
+/// Clock skew tolerated on `exp`, in seconds.
+const JWT_LEEWAY_SECS: u64 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    User,
+    Device,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub scope: Scope,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// The user's token version at issue time; a bump revokes every older token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ver: Option<i64>,
+    pub jti: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token")]
+    Invalid,
+    #[error("token has the wrong scope")]
+    WrongScope,
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Expired => ApiError::unauthorized(ErrorCode::TokenExpired, "token expired"),
+            TokenError::Invalid => ApiError::unauthorized(ErrorCode::InvalidToken, "invalid token"),
+            TokenError::WrongScope => ApiError::unauthorized(
+                ErrorCode::InvalidToken,
+                "this token is not valid for this route",
+            ),
+        }
+    }
+}
+
+/// A token just issued.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Clone)]
+pub struct JwtKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl JwtKeys {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = JWT_LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        JwtKeys {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    pub fn issue_user(
+        &self,
+        user_id: &str,
+        role: Role,
+        version: i64,
+        ttl_secs: u64,
+    ) -> ApiResult<IssuedToken> {
+        self.issue(user_id, Scope::User, Some(role), Some(version), ttl_secs)
+    }
+
+    pub fn issue_device(&self, device_id: &str, ttl_secs: u64) -> ApiResult<IssuedToken> {
+        self.issue(device_id, Scope::Device, None, None, ttl_secs)
+    }
+
+    fn issue(
+        &self,
+        sub: &str,
+        scope: Scope,
+        role: Option<Role>,
+        ver: Option<i64>,
+        ttl_secs: u64,
+    ) -> ApiResult<IssuedToken> {
+        let now = Utc::now();
+        let expires_at = now + chrono::Duration::seconds(ttl_secs as i64);
+        let jti = uuid::Uuid::new_v4().to_string();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            scope,
+            role,
+            ver,
+            jti: jti.clone(),
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(ApiError::internal)?;
+        Ok(IssuedToken {
+            token,
+            jti,
+            expires_at,
+        })
+    }
+
+    /// Verifies signature, algorithm, expiry and scope.
+    pub fn verify(&self, token: &str, scope: Scope) -> Result<Claims, TokenError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        if data.claims.scope != scope {
+            return Err(TokenError::WrongScope);
+        }
+        if scope == Scope::User && (data.claims.role.is_none() || data.claims.ver.is_none()) {
+            return Err(TokenError::Invalid);
+        }
+        Ok(data.claims)
+    }
+}
+
+/// Loads the JWT secret: the configured one, else the one persisted in the data dir, else a
+/// new random one written there (mode 0600) so that tokens survive a restart.
+pub fn load_or_create_secret(
+    configured: Option<&str>,
+    data_dir: &Path,
+) -> std::io::Result<Vec<u8>> {
+    if let Some(secret) = configured {
+        return Ok(secret.as_bytes().to_vec());
+    }
+    let path = data_dir.join("jwt-secret");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)?;
+        return Ok(text.trim().as_bytes().to_vec());
+    }
+    let mut bytes = [0u8; 48];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    write_secret_file(&path, &encoded)?;
+    Ok(encoded.into_bytes())
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+/// A random password of letters and digits, for the first admin.
+pub fn random_password() -> String {
+    use rand::distributions::{Alphanumeric, DistString};
+    Alphanumeric.sample_string(&mut rand::rngs::OsRng, 24)
+}
+
+pub fn hash_password(password: &str) -> ApiResult<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(ApiError::internal)
+}
+
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A hash of nothing in particular, verified against when a username is unknown so that the
+/// answer takes as long as for a wrong password.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_password("not-a-real-password").unwrap_or_default())
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// The bearer token of a request: the `Authorization` header only. Query tokens are for
+/// WebSocket upgrades, which handle them themselves.
+pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// A user whose token was verified and who still exists and is enabled.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: String,
+    pub username: String,
+    pub role: Role,
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A right a route needs. Each route states one in its signature as `Authorized<P>`, so the
+/// rule lives in the type, not in the body of the handler.
+pub trait Permission {
+    const NAME: &'static str;
+    fn allows(role: Role) -> bool;
+}
+
+macro_rules! permission {
+    ($name:ident, $label:literal, $min:expr) => {
+        #[derive(Debug)]
+        pub struct $name;
+        impl Permission for $name {
+            const NAME: &'static str = $label;
+            fn allows(role: Role) -> bool {
+                role >= $min
+            }
+        }
+    };
+}
+
+// The spec's table (`server-management.md` §7). Which command types a role may send is finer
+// than a route and lives in `commands::role_may_send`.
+permission!(Authenticated, "self", Role::Viewer);
+permission!(ViewDevices, "devices.view", Role::Viewer);
+permission!(ViewCommands, "commands.view", Role::Viewer);
+permission!(ViewAudit, "audit.view", Role::Viewer);
+permission!(DispatchCommands, "commands.dispatch", Role::Operator);
+permission!(ListUsers, "users.list", Role::Manager);
+permission!(ManageUsers, "users.manage", Role::Admin);
+
+/// The extractor: authenticates the bearer token, reloads the user, and checks `P`.
+#[derive(Debug)]
+pub struct Authorized<P: Permission> {
+    pub user: AuthUser,
+    _permission: PhantomData<P>,
+}
+
+impl<P: Permission> std::ops::Deref for Authorized<P> {
+    type Target = AuthUser;
+    fn deref(&self) -> &AuthUser {
+        &self.user
+    }
+}
+
+impl<P: Permission + 'static> FromRequest for Authorized<P> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let token = bearer_token(req).map(str::to_owned);
+        let (method, path) = (req.method().to_string(), req.path().to_owned());
+        let source = audit::source_of(req);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
+            let token = token.ok_or_else(|| {
+                ApiError::unauthorized(ErrorCode::Unauthorized, "missing bearer token")
+            })?;
+            let user = authenticate_user(&state, &token).await?;
+            if !P::allows(user.role) {
+                // A refused attempt at a privileged call is itself worth a row.
+                let entry = AuditEntry::new("access.denied", "denied")
+                    .actor(Some(user.username.clone()), Some(user.role))
+                    .target(Some(format!("{method} {path}")))
+                    .params(serde_json::json!({"permission": P::NAME}))
+                    .source(source);
+                state
+                    .db
+                    .run(move |conn| audit::record(conn, &entry))
+                    .await?;
+                return Err(ApiError::forbidden(format!(
+                    "role {} lacks the permission {}",
+                    user.role.as_str(),
+                    P::NAME
+                )));
+            }
+            Ok(Authorized {
+                user,
+                _permission: PhantomData,
+            })
+        })
+    }
+}
+
+/// Checks a user token: signature, scope and expiry; that it was not logged out; and that its
+/// user still exists, is enabled and has not revoked older tokens (by disabling, a password or
+/// role change) since it was issued.
+pub async fn authenticate_user(state: &AppState, token: &str) -> ApiResult<AuthUser> {
+    let claims = state.jwt.verify(token, Scope::User)?;
+    let (user_id, jti) = (claims.sub.clone(), claims.jti.clone());
+    let (user, revoked) = state
+        .db
+        .run(move |conn| {
+            Ok((
+                users::find_by_id(conn, &user_id)?,
+                tokens::is_revoked(conn, &jti)?,
+            ))
+        })
+        .await?;
+    let user =
+        user.ok_or_else(|| ApiError::unauthorized(ErrorCode::InvalidToken, "unknown user"))?;
+    let role = Role::parse(&user.role).ok_or_else(|| ApiError::internal("bad role in database"))?;
+    if revoked
+        || user.disabled
+        || Some(user.token_version) != claims.ver
+        || Some(role) != claims.role
+    {
+        return Err(ApiError::unauthorized(
+            ErrorCode::InvalidToken,
+            "token was revoked",
+        ));
+    }
+    Ok(AuthUser {
+        id: user.id,
+        username: user.username,
+        role,
+        jti: claims.jti,
+        expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> JwtKeys {
+        JwtKeys::new(b"0123456789abcdef0123456789abcdef")
+    }
+
+    #[test]
+    fn issued_tokens_verify_with_their_scope_only() {
+        let keys = keys();
+        let user = keys.issue_user("u1", Role::Admin, 0, 60).unwrap();
+        let claims = keys.verify(&user.token, Scope::User).unwrap();
+        assert_eq!(claims.sub, "u1");
+        assert_eq!(claims.role, Some(Role::Admin));
+        assert_eq!(
+            keys.verify(&user.token, Scope::Device),
+            Err(TokenError::WrongScope)
+        );
+        let device = keys.issue_device("edge-1", 60).unwrap();
+        assert_eq!(
+            keys.verify(&device.token, Scope::User),
+            Err(TokenError::WrongScope)
+        );
+    }
+
+    #[test]
+    fn tampered_and_foreign_tokens_are_refused() {
+        let keys = keys();
+        let token = keys.issue_user("u1", Role::Viewer, 0, 60).unwrap().token;
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            br#"{"sub":"u1","scope":"user","role":"ADMIN","jti":"x","iat":0,"exp":9999999999}"#,
+        );
+        parts[1] = payload;
+        assert_eq!(
+            keys.verify(&parts.join("."), Scope::User),
+            Err(TokenError::Invalid)
+        );
+        let other = JwtKeys::new(b"another-secret-another-secret-xx");
+        assert_eq!(other.verify(&token, Scope::User), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            br#"{"sub":"u1","scope":"user","role":"ADMIN","jti":"x","iat":0,"exp":9999999999}"#,
+        );
+        let token = format!("{header}.{payload}.");
+        assert_eq!(keys().verify(&token, Scope::User), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn expired_tokens_are_refused_as_expired() {
+        let keys = keys();
+        let claims = Claims {
+            sub: "u1".into(),
+            scope: Scope::User,
+            role: Some(Role::Admin),
+            ver: Some(0),
+            jti: "j".into(),
+            iat: 0,
+            exp: Utc::now().timestamp() - 3600,
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
+        assert_eq!(keys.verify(&token, Scope::User), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn passwords_hash_with_argon2id_and_verify() {
+        let hash = hash_password("correct horse").unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("wrong", &hash));
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn secret_comparison() {
+        assert!(secrets_equal("abc", "abc"));
+        assert!(!secrets_equal("abc", "abd"));
+        assert!(!secrets_equal("abc", "abcd"));
+    }
+}

@@ -1,0 +1,367 @@
+//! Server settings in four layers: built-in defaults < TOML file < environment < flags.
+//!
+//! clap reads flags and their `FACTORY_*` environment twins (so `--help` lists both, and a flag
+//! beats its variable); figment lays what clap found over the TOML file over the defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::builder::BoolishValueParser;
+use clap::Parser;
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Settings of a running server, after all four layers are merged and checked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub bind: String,
+    /// `postgres://…` selects PostgreSQL; anything else (or nothing) is a SQLite file.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub jwt_secret: Option<String>,
+    pub enrollment_key: Option<String>,
+    pub admin_password: Option<String>,
+    pub allow_auto_enrollment: bool,
+    /// Accept a device or user token in `?token=` on the WebSocket routes. Kept on for devices
+    /// built against the seed; turn it off once every device authenticates by header or frame.
+    pub allow_query_token: bool,
+    pub user_token_ttl_secs: u64,
+    pub device_token_ttl_secs: u64,
+    /// Failed logins of one account before it is locked for `lockout_secs`.
+    pub login_max_failures: u32,
+    /// Failed logins, or failed enrollments, from one address before it is locked.
+    pub source_max_failures: u32,
+    pub lockout_secs: u64,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: "127.0.0.1:8080".into(),
+            database_url: None,
+            data_dir: PathBuf::from("./data"),
+            jwt_secret: None,
+            enrollment_key: None,
+            admin_password: None,
+            allow_auto_enrollment: false,
+            allow_query_token: true,
+            user_token_ttl_secs: 24 * 3600,
+            device_token_ttl_secs: 365 * 24 * 3600,
+            login_max_failures: 5,
+            source_max_failures: 20,
+            lockout_secs: 900,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Command line and environment. Every field is optional so that only what the operator gave
+/// overrides the lower layers.
+#[derive(Debug, Default, Parser, Serialize)]
+#[command(
+    name = "factory-server",
+    version,
+    about = "The factory server: device registry, command dispatch and REST API"
+)]
+pub struct Cli {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "FACTORY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "FACTORY_BIND")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+
+    /// Database URL: `postgres://…` for PostgreSQL; otherwise a SQLite file [default: <data dir>/factory.db].
+    #[arg(long, env = "FACTORY_DATABASE_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+
+    /// Directory for the SQLite file, the JWT secret and firmware [default: ./data].
+    #[arg(long, env = "FACTORY_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+
+    /// HS256 secret for user and device tokens [default: random, persisted in the data dir].
+    #[arg(long, env = "FACTORY_JWT_SECRET", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+
+    /// Shared secret devices present in `X-Enrollment-Key` [default: none, enrollment refused].
+    #[arg(long, env = "FACTORY_ENROLLMENT_KEY", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrollment_key: Option<String>,
+
+    /// Password of the first admin, used only while the user table is empty [default: random, written to <data dir>/initial-admin-password].
+    #[arg(long, env = "FACTORY_ADMIN_PASSWORD", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<String>,
+
+    /// Register unknown devices that present the enrollment key [default: false].
+    #[arg(long, env = "FACTORY_ALLOW_AUTO_ENROLLMENT", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_auto_enrollment: Option<bool>,
+
+    /// Accept `?token=` on WebSocket upgrades (compatibility with seed devices) [default: true].
+    #[arg(long, env = "FACTORY_ALLOW_QUERY_TOKEN", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_query_token: Option<bool>,
+
+    /// Lifetime of user tokens in seconds [default: 86400].
+    #[arg(long, env = "FACTORY_USER_TOKEN_TTL_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_token_ttl_secs: Option<u64>,
+
+    /// Lifetime of device tokens in seconds [default: one year].
+    #[arg(long, env = "FACTORY_DEVICE_TOKEN_TTL_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_token_ttl_secs: Option<u64>,
+
+    /// Failed logins of one account before it is locked [default: 5].
+    #[arg(long, env = "FACTORY_LOGIN_MAX_FAILURES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login_max_failures: Option<u32>,
+
+    /// Failed logins (or enrollments) from one address before it is locked [default: 20].
+    #[arg(long, env = "FACTORY_SOURCE_MAX_FAILURES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_max_failures: Option<u32>,
+
+    /// How long a lock lasts, counted from the first failure, in seconds [default: 900].
+    #[arg(long, env = "FACTORY_LOCKOUT_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lockout_secs: Option<u64>,
+
+    /// Log filter, e.g. `info` or `server=debug,actix_web=info` [default: info].
+    #[arg(long, env = "FACTORY_LOG_LEVEL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+/// A setting that cannot be used; the message is one line, fit for stderr.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The database a URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseTarget {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+impl Config {
+    /// Merges the layers: defaults, then the TOML file named by `--config`, then what clap read
+    /// from the environment and the flags.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &cli.config {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(Serialized::defaults(&cli))
+            .extract()
+            .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.bind.parse::<SocketAddr>().map_err(|_| {
+            ConfigError(format!(
+                "bind: `{}` is not an address like 127.0.0.1:8080",
+                self.bind
+            ))
+        })?;
+        if let Some(secret) = &self.jwt_secret {
+            if secret.len() < 32 {
+                return Err(ConfigError(
+                    "jwt_secret: must be at least 32 characters".into(),
+                ));
+            }
+        }
+        if let Some(key) = &self.enrollment_key {
+            if key.len() < 8 {
+                return Err(ConfigError(
+                    "enrollment_key: must be at least 8 characters".into(),
+                ));
+            }
+        }
+        if let Some(pw) = &self.admin_password {
+            if pw.len() < 8 {
+                return Err(ConfigError(
+                    "admin_password: must be at least 8 characters".into(),
+                ));
+            }
+        }
+        if self.login_max_failures == 0 || self.source_max_failures == 0 || self.lockout_secs == 0 {
+            return Err(ConfigError(
+                "login_max_failures, source_max_failures and lockout_secs must be positive".into(),
+            ));
+        }
+        if self.user_token_ttl_secs == 0 || self.device_token_ttl_secs == 0 {
+            return Err(ConfigError("token lifetimes must be positive".into()));
+        }
+        if let Some(url) = &self.database_url {
+            if url.contains("://")
+                && !(url.starts_with("postgres://")
+                    || url.starts_with("postgresql://")
+                    || url.starts_with("sqlite://"))
+            {
+                return Err(ConfigError(format!(
+                    "database_url: unsupported scheme in `{}`; use postgres:// or a SQLite path",
+                    redact_url(url)
+                )));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| ConfigError(format!("log_level: {e}")))?;
+        Ok(())
+    }
+
+    pub fn bind_addr(&self) -> SocketAddr {
+        // validate() has checked it parses.
+        self.bind.parse().expect("validated bind address")
+    }
+
+    pub fn database(&self) -> DatabaseTarget {
+        match &self.database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                DatabaseTarget::Postgres(url.clone())
+            }
+            Some(url) => {
+                DatabaseTarget::Sqlite(PathBuf::from(url.strip_prefix("sqlite://").unwrap_or(url)))
+            }
+            None => DatabaseTarget::Sqlite(self.data_dir.join("factory.db")),
+        }
+    }
+}
+
+/// Hides a password in a database URL before it reaches a log line.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether a path names a file that already exists; used for the secrets kept in the data dir.
+pub fn exists(path: &Path) -> bool {
+    path.try_exists().unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        let mut argv = vec!["factory-server"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn defaults_apply_without_any_input() {
+        let config = Config::load(Cli::default()).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(
+            config.database(),
+            DatabaseTarget::Sqlite(PathBuf::from("./data/factory.db"))
+        );
+    }
+
+    #[test]
+    fn file_beats_defaults_and_flags_beat_file() {
+        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("server.toml");
+        std::fs::write(
+            &file,
+            "bind = \"0.0.0.0:9000\"\nallow_auto_enrollment = true\nlog_level = \"debug\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = Config::load(cli(&["--config", path])).unwrap();
+        assert_eq!(from_file.bind, "0.0.0.0:9000");
+        assert!(from_file.allow_auto_enrollment);
+        assert_eq!(from_file.log_level, "debug");
+
+        let flagged = Config::load(cli(&[
+            "--config",
+            path,
+            "--bind",
+            "127.0.0.1:7000",
+            "--allow-auto-enrollment=false",
+        ]))
+        .unwrap();
+        assert_eq!(flagged.bind, "127.0.0.1:7000");
+        assert!(!flagged.allow_auto_enrollment);
+        assert_eq!(flagged.log_level, "debug", "untouched file values survive");
+    }
+
+    #[test]
+    fn bare_bool_flag_means_true() {
+        let config = Config::load(cli(&["--allow-auto-enrollment"])).unwrap();
+        assert!(config.allow_auto_enrollment);
+    }
+
+    #[test]
+    fn bad_settings_are_one_line_errors() {
+        let err = Config::load(cli(&["--bind", "nowhere"])).unwrap_err();
+        assert!(err.to_string().contains("bind"));
+        assert!(!err.to_string().contains('\n'));
+        let err = Config::load(cli(&["--jwt-secret", "short"])).unwrap_err();
+        assert!(err.to_string().contains("jwt_secret"));
+        let err = Config::load(cli(&["--database-url", "mysql://x"])).unwrap_err();
+        assert!(err.to_string().contains("unsupported scheme"));
+        let err = Config::load(cli(&["--config", "/nonexistent/factory.toml"])).unwrap_err();
+        assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("server.toml");
+        std::fs::write(&file, "bnid = \"0.0.0.0:9000\"\n").unwrap();
+        let err = Config::load(cli(&["--config", file.to_str().unwrap()])).unwrap_err();
+        assert!(err.to_string().contains("bnid"), "{err}");
+    }
+
+    #[test]
+    fn postgres_url_selects_postgres() {
+        let config =
+            Config::load(cli(&["--database-url", "postgres://u:pw@localhost/db"])).unwrap();
+        assert!(matches!(config.database(), DatabaseTarget::Postgres(_)));
+        assert_eq!(
+            redact_url("postgres://u:pw@localhost/db"),
+            "postgres://u:***@localhost/db"
+        );
+    }
+}

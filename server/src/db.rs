@@ -1,0 +1,207 @@
+//! One connection type over PostgreSQL and SQLite, its pool, migrations at start, and the
+//! helper that runs blocking queries off the event loop.
+//!
+//! The backend is chosen by the URL scheme alone. diesel's derived `establish` would try each
+//! backend in turn, and SQLite accepts any string as a file name, so a mistyped or unreachable
+//! `postgres://` URL would silently create a SQLite file; the manager below never guesses.
+
+use std::time::Duration;
+
+use actix_web::web;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::R2D2Connection;
+use diesel_migrations::MigrationHarness;
+
+use crate::config::{redact_url, DatabaseTarget};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgresql(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// SQLite waits this long for a writer to finish before answering "database is locked".
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
+const POOL_MAX_SIZE_POSTGRES: u32 = 16;
+/// SQLite allows one writer at a time; more connections only add lock contention.
+const POOL_MAX_SIZE_SQLITE: u32 = 8;
+const POOL_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct DbManager {
+    target: DatabaseTarget,
+}
+
+impl r2d2::ManageConnection for DbManager {
+    type Connection = DbConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, Self::Error> {
+        match &self.target {
+            DatabaseTarget::Postgres(url) => diesel::PgConnection::establish(url)
+                .map(DbConnection::Postgresql)
+                .map_err(diesel::r2d2::Error::ConnectionError),
+            DatabaseTarget::Sqlite(path) => {
+                let url = path.to_string_lossy();
+                let mut conn = diesel::SqliteConnection::establish(&url)
+                    .map_err(diesel::r2d2::Error::ConnectionError)?;
+                // WAL lets readers proceed during a write; foreign keys are off by default in
+                // SQLite and the schema relies on ON DELETE CASCADE.
+                conn.batch_execute(&format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
+                ))
+                .map_err(diesel::r2d2::Error::QueryError)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
+        conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+pub type Pool = r2d2::Pool<DbManager>;
+
+/// The handle every handler and actor holds: a pool and the backend it talks to.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    backend: Backend,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbInitError {
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database {url}: {source}")]
+    Connect { url: String, source: r2d2::Error },
+    #[error("cannot connect to the database {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("migrations failed: {0}")]
+    Migrate(String),
+}
+
+impl Db {
+    /// Opens the pool, checks one connection can be made, and runs pending migrations.
+    pub fn open(target: DatabaseTarget) -> Result<Db, DbInitError> {
+        let (backend, max_size, shown) = match &target {
+            DatabaseTarget::Postgres(url) => {
+                (Backend::Postgres, POOL_MAX_SIZE_POSTGRES, redact_url(url))
+            }
+            DatabaseTarget::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|source| DbInitError::CreateDir {
+                        path: parent.display().to_string(),
+                        source,
+                    })?;
+                }
+                (
+                    Backend::Sqlite,
+                    POOL_MAX_SIZE_SQLITE,
+                    path.display().to_string(),
+                )
+            }
+        };
+        let manager = DbManager { target };
+        // One direct attempt first: a wrong URL fails at once with one clear reason instead of
+        // a pool retrying (and logging) until its timeout.
+        r2d2::ManageConnection::connect(&manager).map_err(|e| DbInitError::Unreachable {
+            url: shown.clone(),
+            reason: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+        let pool = r2d2::Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(1))
+            .connection_timeout(POOL_CONNECTION_TIMEOUT)
+            // Failures surface where a connection is asked for (ApiError's From<r2d2::Error>).
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(manager)
+            .map_err(|source| DbInitError::Connect {
+                url: shown.clone(),
+                source,
+            })?;
+        let db = Db { pool, backend };
+        db.migrate()?;
+        tracing::info!(backend = backend.name(), database = %shown, "database ready");
+        Ok(db)
+    }
+
+    fn migrate(&self) -> Result<(), DbInitError> {
+        let mut conn = self.pool.get().map_err(|source| DbInitError::Connect {
+            url: self.backend.name().into(),
+            source,
+        })?;
+        let applied = match &mut *conn {
+            DbConnection::Postgresql(c) => c
+                .run_pending_migrations(schema::POSTGRES_MIGRATIONS)
+                .map(|v| v.len()),
+            DbConnection::Sqlite(c) => c
+                .run_pending_migrations(schema::SQLITE_MIGRATIONS)
+                .map(|v| v.len()),
+        }
+        .map_err(|e| DbInitError::Migrate(e.to_string()))?;
+        if applied > 0 {
+            tracing::info!(applied, "migrations applied");
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs blocking database work on actix's blocking pool, never on an event loop.
+    pub async fn run<F, T>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut DbConnection) -> ApiResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        web::block(move || {
+            let mut conn = pool.get()?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(ApiError::internal)?
+    }
+
+    /// Runs blocking database work on the calling thread; for `SyncArbiter` actors, whose
+    /// threads exist to block.
+    pub fn run_blocking<F, T>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&mut DbConnection) -> ApiResult<T>,
+    {
+        let mut conn = self.pool.get()?;
+        f(&mut conn)
+    }
+}

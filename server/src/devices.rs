@@ -1,0 +1,397 @@
+//! Devices: the model, its queries, enrollment and the device routes.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{NaiveDateTime, Utc};
+use diesel::prelude::*;
+use protocol::rest::{Device, DeviceStatus, DeviceTokenResponse, Envelope, Page};
+use schema::schema::devices;
+use serde::Deserialize;
+
+use crate::audit::{self, AuditEntry};
+use crate::auth::{self, Authorized, ViewDevices};
+use crate::db::DbConnection;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::ratelimit::retry_after_secs;
+use crate::registry::ListConnected;
+use crate::state::AppState;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = devices)]
+pub struct DeviceRow {
+    pub id: String,
+    pub name: String,
+    pub company_id: Option<String>,
+    pub production_line_id: Option<String>,
+    pub status: String,
+    pub version: Option<String>,
+    pub last_seen: Option<NaiveDateTime>,
+    pub remote_addr: Option<String>,
+    pub token_id: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+impl DeviceRow {
+    pub fn to_api(&self) -> Device {
+        Device {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            company_id: self.company_id.clone(),
+            production_line_id: self.production_line_id.clone(),
+            status: match self.status.as_str() {
+                "ONLINE" => DeviceStatus::Online,
+                "DISABLED" => DeviceStatus::Disabled,
+                _ => DeviceStatus::Offline,
+            },
+            version: self.version.clone(),
+            last_seen: self.last_seen.map(|t| t.and_utc()),
+            remote_addr: self.remote_addr.clone(),
+            created_at: self.created_at.and_utc(),
+        }
+    }
+}
+
+pub fn find(conn: &mut DbConnection, id: &str) -> ApiResult<Option<DeviceRow>> {
+    Ok(devices::table
+        .find(id)
+        .select(DeviceRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn exists(conn: &mut DbConnection, id: &str) -> ApiResult<bool> {
+    Ok(find(conn, id)?.is_some())
+}
+
+pub fn list(
+    conn: &mut DbConnection,
+    status: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> ApiResult<Page<Device>> {
+    let mut query = devices::table.into_boxed();
+    let mut count = devices::table.into_boxed();
+    if let Some(status) = status {
+        query = query.filter(devices::status.eq(status.to_owned()));
+        count = count.filter(devices::status.eq(status.to_owned()));
+    }
+    let total = count.count().get_result(conn)?;
+    let rows: Vec<DeviceRow> = query
+        .order(devices::id.asc())
+        .limit(limit)
+        .offset(offset)
+        .select(DeviceRow::as_select())
+        .load(conn)?;
+    Ok(Page {
+        items: rows.iter().map(DeviceRow::to_api).collect(),
+        total,
+    })
+}
+
+/// Sessions do not survive a restart, so at start every device is offline until it connects.
+pub fn mark_all_offline(conn: &mut DbConnection) -> ApiResult<usize> {
+    Ok(
+        diesel::update(devices::table.filter(devices::status.eq(DeviceStatus::Online.as_str())))
+            .set(devices::status.eq(DeviceStatus::Offline.as_str()))
+            .execute(conn)?,
+    )
+}
+
+pub fn mark_online(conn: &mut DbConnection, id: &str, remote_addr: Option<&str>) -> ApiResult<()> {
+    let now = Utc::now().naive_utc();
+    diesel::update(devices::table.find(id))
+        .set((
+            devices::status.eq(DeviceStatus::Online.as_str()),
+            devices::last_seen.eq(Some(now)),
+            devices::remote_addr.eq(remote_addr),
+            devices::updated_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn mark_offline(conn: &mut DbConnection, id: &str) -> ApiResult<()> {
+    let now = Utc::now().naive_utc();
+    diesel::update(
+        devices::table
+            .find(id)
+            .filter(devices::status.eq(DeviceStatus::Online.as_str())),
+    )
+    .set((
+        devices::status.eq(DeviceStatus::Offline.as_str()),
+        devices::last_seen.eq(Some(now)),
+        devices::updated_at.eq(now),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+pub fn record_status(conn: &mut DbConnection, id: &str, version: Option<&str>) -> ApiResult<()> {
+    let now = Utc::now().naive_utc();
+    match version {
+        Some(v) => diesel::update(devices::table.find(id))
+            .set((
+                devices::last_seen.eq(Some(now)),
+                devices::version.eq(Some(v)),
+            ))
+            .execute(conn)?,
+        None => diesel::update(devices::table.find(id))
+            .set(devices::last_seen.eq(Some(now)))
+            .execute(conn)?,
+    };
+    Ok(())
+}
+
+/// Device ids appear in URLs, file names and logs, so they are kept to a safe alphabet.
+pub fn validate_device_id(id: &str) -> ApiResult<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            ErrorCode::InvalidParameter,
+            "device id must be 1-128 characters of letters, digits, '-', '_' or '.', not starting with '.'",
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollQuery {
+    pub name: Option<String>,
+    pub company_id: Option<String>,
+    pub production_line_id: Option<String>,
+    pub version: Option<String>,
+}
+
+pub const ENROLLMENT_KEY_HEADER: &str = "X-Enrollment-Key";
+
+/// `POST /api/v1/devices/{id}/token`: a device presents the enrollment key and gets a new
+/// device JWT. The new token's id replaces the old one on the device row, which revokes the
+/// old token (a socket on it is closed).
+pub async fn issue_token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<EnrollQuery>,
+) -> ApiResult<HttpResponse> {
+    let device_id = path.into_inner();
+    validate_device_id(&device_id)?;
+    let source = audit::source_of(&req);
+    let Some(expected) = state.config.enrollment_key.as_deref() else {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::FORBIDDEN,
+            ErrorCode::EnrollmentDisabled,
+            "enrollment is disabled: the server has no enrollment key configured",
+        ));
+    };
+    let source_key = source.clone().unwrap_or_default();
+    if let Err(wait) = state.limits.enroll_by_source.check(&source_key) {
+        return Err(ApiError::too_many_requests(
+            retry_after_secs(wait),
+            "too many failed enrollments from this address; try again later",
+        ));
+    }
+    let presented = req
+        .headers()
+        .get(ENROLLMENT_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !auth::secrets_equal(presented, expected) {
+        state.limits.enroll_by_source.record_failure(&source_key);
+        let entry = AuditEntry::new("device.token", "failure: invalid enrollment key")
+            .actor(Some(format!("device:{device_id}")), None)
+            .target(Some(device_id.clone()))
+            .source(source);
+        state
+            .db
+            .run(move |conn| audit::record(conn, &entry))
+            .await?;
+        return Err(ApiError::unauthorized(
+            ErrorCode::InvalidEnrollmentKey,
+            "missing or wrong X-Enrollment-Key",
+        ));
+    }
+    let query = query.into_inner();
+    for (field, value) in [
+        ("name", &query.name),
+        ("companyId", &query.company_id),
+        ("productionLineId", &query.production_line_id),
+        ("version", &query.version),
+    ] {
+        if value.as_ref().is_some_and(|v| v.len() > 256) {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidParameter,
+                format!("{field} is longer than 256 characters"),
+            ));
+        }
+    }
+    let issued = state
+        .jwt
+        .issue_device(&device_id, state.config.device_token_ttl_secs)?;
+    let auto_enroll = state.config.allow_auto_enrollment;
+    let (id, jti) = (device_id.clone(), issued.jti.clone());
+    let created = state
+        .db
+        .run(move |conn| {
+            conn.transaction(|conn| {
+                let now = Utc::now().naive_utc();
+                let created =
+                    match find(conn, &id)? {
+                        Some(_) => {
+                            diesel::update(devices::table.find(&id))
+                                .set((
+                                    devices::token_id.eq(Some(&jti)),
+                                    devices::updated_at.eq(now),
+                                ))
+                                .execute(conn)?;
+                            if let Some(v) = &query.version {
+                                diesel::update(devices::table.find(&id))
+                                    .set(devices::version.eq(Some(v)))
+                                    .execute(conn)?;
+                            }
+                            false
+                        }
+                        None if auto_enroll => {
+                            let row = DeviceRow {
+                                id: id.clone(),
+                                name: query.name.clone().unwrap_or_else(|| id.clone()),
+                                company_id: query.company_id.clone(),
+                                production_line_id: query.production_line_id.clone(),
+                                status: DeviceStatus::Offline.as_str().to_owned(),
+                                version: query.version.clone(),
+                                last_seen: None,
+                                remote_addr: None,
+                                token_id: Some(jti.clone()),
+                                created_at: now,
+                                updated_at: now,
+                            };
+                            diesel::insert_into(devices::table)
+                                .values(&row)
+                                .execute(conn)?;
+                            true
+                        }
+                        None => return Err(ApiError::not_found(
+                            ErrorCode::DeviceNotFound,
+                            "unknown device and auto-enrollment is off; register the device first",
+                        )),
+                    };
+                let entry = AuditEntry::new(
+                    "device.token",
+                    if created {
+                        "success: enrolled"
+                    } else {
+                        "success: rotated"
+                    },
+                )
+                .actor(Some(format!("device:{id}")), None)
+                .target(Some(id.clone()))
+                .params(serde_json::json!({"jti": jti}))
+                .source(source);
+                audit::record(conn, &entry)?;
+                Ok(created)
+            })
+        })
+        .await?;
+    // A socket opened with the previous token must not outlive it.
+    state.registry.do_send(crate::registry::TokenRotated {
+        device_id: device_id.clone(),
+        token_id: issued.jti.clone(),
+    });
+    tracing::info!(device = %device_id, created, "device token issued");
+    Ok(HttpResponse::Ok().json(Envelope::ok(DeviceTokenResponse {
+        token: issued.token,
+        device_id,
+        expires_at: issued.expires_at,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    pub status: Option<String>,
+}
+
+pub const DEFAULT_PAGE_SIZE: i64 = 50;
+pub const MAX_PAGE_SIZE: i64 = 500;
+
+/// Checks paging parameters and applies the defaults.
+pub fn paging(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    let offset = offset.unwrap_or(0);
+    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidParameter,
+            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
+        ));
+    }
+    if offset < 0 {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidParameter,
+            "offset must not be negative",
+        ));
+    }
+    Ok((limit, offset))
+}
+
+/// `GET /api/v1/devices`.
+pub async fn list_devices(
+    _user: Authorized<ViewDevices>,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let (limit, offset) = paging(query.limit, query.offset)?;
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s @ ("ONLINE" | "OFFLINE" | "DISABLED")) => Some(s.to_owned()),
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidParameter,
+                format!("status must be ONLINE, OFFLINE or DISABLED, not `{other}`"),
+            ))
+        }
+    };
+    let page = state
+        .db
+        .run(move |conn| list(conn, status.as_deref(), limit, offset))
+        .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(page)))
+}
+
+/// `GET /api/v1/devices/{id}`.
+pub async fn get_device(
+    _user: Authorized<ViewDevices>,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let row = state
+        .db
+        .run(move |conn| find(conn, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(ErrorCode::DeviceNotFound, "no such device"))?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
+}
+
+/// `GET /api/v1/devices/connected`: the sessions this server holds now.
+pub async fn connected_devices(
+    _user: Authorized<ViewDevices>,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    let sessions = state
+        .registry
+        .send(ListConnected)
+        .await
+        .map_err(ApiError::internal)?;
+    let total = sessions.len() as i64;
+    Ok(HttpResponse::Ok().json(Envelope::ok(Page {
+        items: sessions,
+        total,
+    })))
+}

@@ -1,0 +1,183 @@
+//! The factory server: REST API, device sessions and command dispatch over one database.
+//!
+//! `start` wires the pieces: the database (SQLite or PostgreSQL), the actors
+//! (`PresenceWriter`, `DeviceRegistry`, `CommandDispatcher`) and the HTTP server whose routes
+//! `routes` lists.
+
+pub mod audit;
+pub mod auth;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod devices;
+pub mod dispatcher;
+pub mod error;
+pub mod janitor;
+pub mod presence;
+pub mod ratelimit;
+pub mod registry;
+pub mod session;
+pub mod state;
+pub mod tokens;
+pub mod users;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix::{Actor, SyncArbiter};
+use actix_web::{middleware, web, App, HttpResponse, HttpServer};
+use anyhow::Context as _;
+use protocol::rest::Envelope;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::dispatcher::CommandDispatcher;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::janitor::Janitor;
+use crate::presence::PresenceWriter;
+use crate::registry::DeviceRegistry;
+use crate::state::{AppState, Limits};
+
+/// Largest JSON body accepted on REST routes.
+pub const MAX_JSON_BODY: usize = 1024 * 1024;
+
+/// Declares the routes once, producing both the actix configuration and `ROUTES`, the list the
+/// route-table tests read: a route added here is covered by them at once.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route of the server as (method, path pattern).
+        pub const ROUTES: &[(&str, &str)] = &[$((routes!(@name $method), $path)),*];
+
+        /// Registers every route of the server.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+        }
+    };
+    (@name get) => { "GET" };
+    (@name post) => { "POST" };
+    (@name patch) => { "PATCH" };
+    (@name put) => { "PUT" };
+    (@name delete) => { "DELETE" };
+}
+
+// Order matters where patterns overlap: `/devices/connected` before `/devices/{id}`.
+routes! {
+    get "/" => index,
+    get "/healthz" => healthz,
+    get "/ws/device" => session::device_socket,
+    post "/api/v1/auth/login" => users::login,
+    post "/api/v1/auth/logout" => users::logout,
+    get "/api/v1/auth/me" => users::me,
+    post "/api/v1/auth/password" => users::change_password,
+    get "/api/v1/users" => users::list_users,
+    post "/api/v1/users" => users::create_user,
+    get "/api/v1/users/{id}" => users::get_user,
+    patch "/api/v1/users/{id}" => users::update_user,
+    delete "/api/v1/users/{id}" => users::delete_user,
+    get "/api/v1/audit" => audit::list_audit,
+    get "/api/v1/devices" => devices::list_devices,
+    get "/api/v1/devices/connected" => devices::connected_devices,
+    get "/api/v1/devices/{id}" => devices::get_device,
+    post "/api/v1/devices/{id}/token" => devices::issue_token,
+    post "/api/v1/devices/{id}/commands" => commands::dispatch,
+    get "/api/v1/devices/{id}/commands" => commands::history,
+    get "/api/v1/devices/{id}/commands/{cmd_id}" => commands::get_command,
+}
+
+async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
+    use diesel::connection::SimpleConnection;
+    state
+        .db
+        .run(|conn| {
+            conn.batch_execute("SELECT 1")
+                .map_err(|e| ApiError::unavailable(format!("database unreachable: {e}")))
+        })
+        .await
+        .map_err(|e| match e.code {
+            ErrorCode::Internal => ApiError::unavailable("database unreachable"),
+            _ => e,
+        })?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({
+        "status": "ok",
+        "database": state.db.backend().name(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))))
+}
+
+async fn index() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Content-Security-Policy", "default-src 'self'"))
+        .body(include_str!("index.html"))
+}
+
+async fn not_found() -> ApiResult<HttpResponse> {
+    Err(ApiError::not_found(ErrorCode::NotFound, "no such route"))
+}
+
+/// A server that is listening.
+pub struct Running {
+    pub server: actix_web::dev::Server,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Opens the database, starts the actors and binds the HTTP server. Must be called inside an
+/// actix system; the returned server runs until it is awaited to completion or stopped.
+pub fn start(config: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let db = Db::open(config.database())?;
+    users::bootstrap_admin(&db, config.admin_password.as_deref(), &config.data_dir)?;
+    let reset = db
+        .run_blocking(devices::mark_all_offline)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    if reset > 0 {
+        tracing::info!(
+            devices = reset,
+            "devices left ONLINE by the previous run marked OFFLINE"
+        );
+    }
+    let secret = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
+        .context("cannot load or create the JWT secret")?;
+
+    let presence = {
+        let db = db.clone();
+        SyncArbiter::start(1, move || PresenceWriter::new(db.clone()))
+    };
+    let registry = DeviceRegistry::new(presence.clone()).start();
+    let dispatcher = CommandDispatcher::new(db.clone(), registry.clone()).start();
+    let limits = Arc::new(Limits::from_config(&config));
+    Janitor::new(db.clone(), limits.clone()).start();
+    let state = web::Data::new(AppState {
+        limits,
+        db,
+        jwt: auth::JwtKeys::new(&secret),
+        config: Arc::new(config.clone()),
+        registry,
+        dispatcher,
+        presence,
+    });
+
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(MAX_JSON_BODY)
+                    .error_handler(error::json_error_handler),
+            )
+            .app_data(web::PayloadConfig::new(MAX_JSON_BODY))
+            .app_data(web::QueryConfig::default().error_handler(error::query_error_handler))
+            .app_data(web::PathConfig::default().error_handler(error::path_error_handler))
+            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/healthz"))
+            .configure(routes)
+            .default_service(web::to(not_found))
+    })
+    .bind(config.bind_addr())
+    .with_context(|| format!("cannot listen on {}", config.bind))?;
+    let addrs = server.addrs();
+    Ok(Running {
+        server: server.run(),
+        addrs,
+    })
+}

@@ -1,0 +1,90 @@
+//! Writes device presence (ONLINE/OFFLINE, last seen, version) to the database.
+//!
+//! It is a `SyncArbiter` actor with one thread: its mailbox keeps the order in which the
+//! registry reported a device's connect and disconnect, so a quick reconnect can never leave a
+//! connected device stored as OFFLINE, and no blocking query runs on an event loop.
+
+use actix::{Actor, Handler, Message, SyncContext};
+
+use crate::db::Db;
+use crate::devices;
+
+pub struct PresenceWriter {
+    db: Db,
+}
+
+impl PresenceWriter {
+    pub fn new(db: Db) -> Self {
+        PresenceWriter { db }
+    }
+}
+
+impl Actor for PresenceWriter {
+    type Context = SyncContext<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkOnline {
+    pub device_id: String,
+    pub remote_addr: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MarkOffline {
+    pub device_id: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RecordStatus {
+    pub device_id: String,
+    pub version: Option<String>,
+}
+
+/// Answers once every message sent before it has been written; tests and shutdown use it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+impl Handler<MarkOnline> for PresenceWriter {
+    type Result = ();
+    fn handle(&mut self, msg: MarkOnline, _: &mut SyncContext<Self>) {
+        if let Err(e) = self
+            .db
+            .run_blocking(|c| devices::mark_online(c, &msg.device_id, msg.remote_addr.as_deref()))
+        {
+            tracing::warn!(device = %msg.device_id, error = %e, "could not store ONLINE");
+        }
+    }
+}
+
+impl Handler<MarkOffline> for PresenceWriter {
+    type Result = ();
+    fn handle(&mut self, msg: MarkOffline, _: &mut SyncContext<Self>) {
+        if let Err(e) = self
+            .db
+            .run_blocking(|c| devices::mark_offline(c, &msg.device_id))
+        {
+            tracing::warn!(device = %msg.device_id, error = %e, "could not store OFFLINE");
+        }
+    }
+}
+
+impl Handler<RecordStatus> for PresenceWriter {
+    type Result = ();
+    fn handle(&mut self, msg: RecordStatus, _: &mut SyncContext<Self>) {
+        if let Err(e) = self
+            .db
+            .run_blocking(|c| devices::record_status(c, &msg.device_id, msg.version.as_deref()))
+        {
+            tracing::warn!(device = %msg.device_id, error = %e, "could not store status");
+        }
+    }
+}
+
+impl Handler<Flush> for PresenceWriter {
+    type Result = ();
+    fn handle(&mut self, _: Flush, _: &mut SyncContext<Self>) {}
+}

@@ -1,0 +1,177 @@
+//! The `DeviceRegistry` actor: which device is connected through which session.
+//!
+//! It holds one entry per device. A newer session of the same device replaces the older one,
+//! which is told to close; a session's disconnect only counts while it is still the current
+//! one, so the older session's late goodbye never marks a connected device offline.
+
+use std::collections::HashMap;
+
+use actix::{Actor, Addr, Context, Handler, Message, MessageResult, Recipient};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::presence::{MarkOffline, MarkOnline, PresenceWriter};
+use crate::session::{CloseSession, DeliverCommand, CLOSE_REPLACED, CLOSE_TOKEN_REVOKED};
+
+struct SessionEntry {
+    session_id: u64,
+    token_id: String,
+    connected_at: DateTime<Utc>,
+    remote_addr: Option<String>,
+    deliver: Recipient<DeliverCommand>,
+    close: Recipient<CloseSession>,
+}
+
+pub struct DeviceRegistry {
+    sessions: HashMap<String, SessionEntry>,
+    presence: Addr<PresenceWriter>,
+}
+
+impl DeviceRegistry {
+    pub fn new(presence: Addr<PresenceWriter>) -> Self {
+        DeviceRegistry {
+            sessions: HashMap::new(),
+            presence,
+        }
+    }
+}
+
+impl Actor for DeviceRegistry {
+    type Context = Context<Self>;
+}
+
+/// A session authenticated and wants to be the device's channel.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    pub device_id: String,
+    pub session_id: u64,
+    pub token_id: String,
+    pub remote_addr: Option<String>,
+    pub deliver: Recipient<DeliverCommand>,
+    pub close: Recipient<CloseSession>,
+}
+
+/// A session ended, for whatever reason.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    pub device_id: String,
+    pub session_id: u64,
+}
+
+/// The channel to a device, if it is connected.
+#[derive(Message)]
+#[rtype(result = "Option<Recipient<DeliverCommand>>")]
+pub struct Lookup {
+    pub device_id: String,
+}
+
+/// A new device token was issued; a session on any other token must close.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TokenRotated {
+    pub device_id: String,
+    pub token_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectedDevice {
+    pub device_id: String,
+    pub session_id: u64,
+    pub connected_at: DateTime<Utc>,
+    pub remote_addr: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<ConnectedDevice>")]
+pub struct ListConnected;
+
+impl Handler<Connect> for DeviceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
+        let entry = SessionEntry {
+            session_id: msg.session_id,
+            token_id: msg.token_id,
+            connected_at: Utc::now(),
+            remote_addr: msg.remote_addr.clone(),
+            deliver: msg.deliver,
+            close: msg.close,
+        };
+        if let Some(old) = self.sessions.insert(msg.device_id.clone(), entry) {
+            tracing::info!(device = %msg.device_id, old = old.session_id, new = msg.session_id, "session replaced");
+            old.close.do_send(CloseSession {
+                code: CLOSE_REPLACED,
+                reason: "replaced by a newer session of this device".into(),
+            });
+        } else {
+            tracing::info!(device = %msg.device_id, session = msg.session_id, "device connected");
+        }
+        self.presence.do_send(MarkOnline {
+            device_id: msg.device_id,
+            remote_addr: msg.remote_addr,
+        });
+    }
+}
+
+impl Handler<Disconnect> for DeviceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+        let current = self
+            .sessions
+            .get(&msg.device_id)
+            .is_some_and(|e| e.session_id == msg.session_id);
+        if current {
+            self.sessions.remove(&msg.device_id);
+            tracing::info!(device = %msg.device_id, session = msg.session_id, "device disconnected");
+            self.presence.do_send(MarkOffline {
+                device_id: msg.device_id,
+            });
+        }
+    }
+}
+
+impl Handler<Lookup> for DeviceRegistry {
+    type Result = Option<Recipient<DeliverCommand>>;
+
+    fn handle(&mut self, msg: Lookup, _: &mut Context<Self>) -> Self::Result {
+        self.sessions.get(&msg.device_id).map(|e| e.deliver.clone())
+    }
+}
+
+impl Handler<TokenRotated> for DeviceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: TokenRotated, _: &mut Context<Self>) {
+        if let Some(entry) = self.sessions.get(&msg.device_id) {
+            if entry.token_id != msg.token_id {
+                entry.close.do_send(CloseSession {
+                    code: CLOSE_TOKEN_REVOKED,
+                    reason: "device token was rotated".into(),
+                });
+            }
+        }
+    }
+}
+
+impl Handler<ListConnected> for DeviceRegistry {
+    type Result = MessageResult<ListConnected>;
+
+    fn handle(&mut self, _: ListConnected, _: &mut Context<Self>) -> Self::Result {
+        let mut list: Vec<ConnectedDevice> = self
+            .sessions
+            .iter()
+            .map(|(id, e)| ConnectedDevice {
+                device_id: id.clone(),
+                session_id: e.session_id,
+                connected_at: e.connected_at,
+                remote_addr: e.remote_addr.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        MessageResult(list)
+    }
+}

@@ -1,0 +1,390 @@
+//! `/ws/device`: one `DeviceSession` actor per socket.
+//!
+//! A device authenticates by `Authorization: Bearer` on the upgrade, by `?token=` while the
+//! compatibility setting allows it, or by a first `auth` frame within `AUTH_TIMEOUT`. Only then
+//! is the session registered with the `DeviceRegistry`. A frame that cannot be read gets an
+//! `error` frame back and the session stays open.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use chrono::Utc;
+use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame};
+
+use crate::auth::{bearer_token, Scope};
+use crate::devices;
+use crate::dispatcher::{ProgressReceived, ResultReceived};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::presence::RecordStatus;
+use crate::registry::{Connect, Disconnect};
+use crate::state::AppState;
+
+/// How often the server pings a device.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// A device silent for this long (no frame, no pong) is considered gone.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an unauthenticated socket may wait before sending its `auth` frame.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame a device may send.
+pub const MAX_FRAME_SIZE: usize = 256 * 1024;
+
+/// Close code: a newer session of the same device took over.
+pub const CLOSE_REPLACED: u16 = 4000;
+/// Close code: the token this session authenticated with was revoked.
+pub const CLOSE_TOKEN_REVOKED: u16 = 4001;
+/// Close code: no valid authentication (also used for a user token on the device route).
+pub const CLOSE_AUTH_FAILED: u16 = 4401;
+/// Close code: no `auth` frame within `AUTH_TIMEOUT`.
+pub const CLOSE_AUTH_TIMEOUT: u16 = 4408;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Who a verified device token belongs to.
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    pub device_id: String,
+    pub token_id: String,
+}
+
+/// Verifies a device token: signature, scope, expiry, and that it is the device's current
+/// token (an older one was revoked by rotation).
+pub async fn verify_device_token(state: &AppState, token: &str) -> ApiResult<DeviceIdentity> {
+    let claims = state.jwt.verify(token, Scope::Device)?;
+    let device_id = claims.sub.clone();
+    let row = state
+        .db
+        .run(move |conn| devices::find(conn, &device_id))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized(ErrorCode::InvalidToken, "unknown device"))?;
+    if row.token_id.as_deref() != Some(claims.jti.as_str()) {
+        return Err(ApiError::unauthorized(
+            ErrorCode::InvalidToken,
+            "device token was revoked",
+        ));
+    }
+    if row.status == "DISABLED" {
+        return Err(ApiError::forbidden("device is disabled"));
+    }
+    Ok(DeviceIdentity {
+        device_id: claims.sub,
+        token_id: claims.jti,
+    })
+}
+
+/// A frame for the device.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverCommand(pub ServerFrame);
+
+/// Close the socket with a code and reason.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: u16,
+    pub reason: String,
+}
+
+pub struct DeviceSession {
+    session_id: u64,
+    identity: Option<DeviceIdentity>,
+    remote_addr: Option<String>,
+    last_heard: Instant,
+    opened: Instant,
+    state: web::Data<AppState>,
+    /// An `auth` frame is being verified; further frames wait for the answer.
+    authenticating: bool,
+}
+
+impl DeviceSession {
+    fn new(
+        state: web::Data<AppState>,
+        identity: Option<DeviceIdentity>,
+        remote_addr: Option<String>,
+    ) -> Self {
+        DeviceSession {
+            session_id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+            identity,
+            remote_addr,
+            last_heard: Instant::now(),
+            opened: Instant::now(),
+            state,
+            authenticating: false,
+        }
+    }
+
+    fn send_frame(ctx: &mut ws::WebsocketContext<Self>, frame: &ServerFrame) {
+        match serde_json::to_string(frame) {
+            Ok(text) => ctx.text(text),
+            Err(e) => tracing::error!(error = %e, "cannot serialize a server frame"),
+        }
+    }
+
+    fn send_error(ctx: &mut ws::WebsocketContext<Self>, code: &str, message: impl Into<String>) {
+        Self::send_frame(
+            ctx,
+            &ServerFrame::Error {
+                code: code.to_owned(),
+                message: message.into(),
+            },
+        );
+    }
+
+    fn close(ctx: &mut ws::WebsocketContext<Self>, code: u16, reason: &str) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Other(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    /// Registers with the registry and greets the device.
+    fn on_authenticated(&mut self, ctx: &mut ws::WebsocketContext<Self>, identity: DeviceIdentity) {
+        let addr = ctx.address();
+        self.state.registry.do_send(Connect {
+            device_id: identity.device_id.clone(),
+            session_id: self.session_id,
+            token_id: identity.token_id.clone(),
+            remote_addr: self.remote_addr.clone(),
+            deliver: addr.clone().recipient(),
+            close: addr.recipient(),
+        });
+        Self::send_frame(
+            ctx,
+            &ServerFrame::Hello {
+                device_id: identity.device_id.clone(),
+                server_time: Utc::now(),
+            },
+        );
+        self.identity = Some(identity);
+    }
+
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
+            if Instant::now().duration_since(act.last_heard) > CLIENT_TIMEOUT {
+                tracing::info!(
+                    device = act
+                        .identity
+                        .as_ref()
+                        .map(|i| i.device_id.as_str())
+                        .unwrap_or("-"),
+                    "heartbeat timed out"
+                );
+                ctx.stop();
+                return;
+            }
+            ctx.ping(b"");
+        });
+    }
+
+    fn handle_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
+        let frame: DeviceFrame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                Self::send_error(ctx, "invalid_frame", format!("cannot read frame: {e}"));
+                return;
+            }
+        };
+        match (frame, self.identity.clone()) {
+            (DeviceFrame::Auth { .. }, Some(_)) => {
+                Self::send_error(
+                    ctx,
+                    "already_authenticated",
+                    "this session is already authenticated",
+                );
+            }
+            (DeviceFrame::Auth { token }, None) => {
+                if self.authenticating {
+                    Self::send_error(
+                        ctx,
+                        "auth_in_progress",
+                        "an auth frame is already being checked",
+                    );
+                    return;
+                }
+                self.authenticating = true;
+                let state = self.state.clone();
+                let fut = async move { verify_device_token(&state, &token).await };
+                ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
+                    act.authenticating = false;
+                    match result {
+                        Ok(identity) => act.on_authenticated(ctx, identity),
+                        Err(e) => {
+                            Self::send_error(ctx, &e.code.name(), e.message.clone());
+                            Self::close(ctx, CLOSE_AUTH_FAILED, &e.message);
+                        }
+                    }
+                }));
+            }
+            (DeviceFrame::Event(_), None) => {
+                Self::send_error(ctx, "unauthenticated", "send an auth frame first");
+                Self::close(ctx, CLOSE_AUTH_FAILED, "not authenticated");
+            }
+            (DeviceFrame::Event(event), Some(identity)) => self.handle_event(ctx, identity, event),
+        }
+    }
+
+    fn handle_event(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        identity: DeviceIdentity,
+        event: DeviceEvent,
+    ) {
+        let device_id = identity.device_id;
+        match event {
+            DeviceEvent::CommandResult(result) => {
+                self.state
+                    .dispatcher
+                    .do_send(ResultReceived { device_id, result });
+            }
+            DeviceEvent::CommandProgress(progress) => {
+                if progress.percent > 100 {
+                    Self::send_error(ctx, "invalid_frame", "percent must be between 0 and 100");
+                    return;
+                }
+                self.state.dispatcher.do_send(ProgressReceived {
+                    device_id,
+                    progress,
+                });
+            }
+            DeviceEvent::Status(status) => {
+                self.state.presence.do_send(RecordStatus {
+                    device_id,
+                    version: status.version,
+                });
+            }
+            other => {
+                tracing::debug!(device = %device_id, event = other.event_type(), "device event");
+            }
+        }
+    }
+}
+
+impl Actor for DeviceSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.heartbeat(ctx);
+        match self.identity.clone() {
+            Some(identity) => self.on_authenticated(ctx, identity),
+            None => {
+                ctx.run_later(AUTH_TIMEOUT, |act, ctx| {
+                    if act.identity.is_none() {
+                        Self::send_error(ctx, "auth_timeout", "no auth frame received in time");
+                        Self::close(ctx, CLOSE_AUTH_TIMEOUT, "authentication timed out");
+                    }
+                });
+            }
+        }
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        if let Some(identity) = &self.identity {
+            tracing::debug!(
+                device = %identity.device_id,
+                session = self.session_id,
+                open_for = ?self.opened.elapsed(),
+                "session stopping"
+            );
+            self.state.registry.do_send(Disconnect {
+                device_id: identity.device_id.clone(),
+                session_id: self.session_id,
+            });
+        }
+        Running::Stop
+    }
+}
+
+impl Handler<DeliverCommand> for DeviceSession {
+    type Result = ();
+    fn handle(&mut self, msg: DeliverCommand, ctx: &mut Self::Context) {
+        Self::send_frame(ctx, &msg.0);
+    }
+}
+
+impl Handler<CloseSession> for DeviceSession {
+    type Result = ();
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        Self::send_error(ctx, "session_closed", msg.reason.clone());
+        Self::close(ctx, msg.code, &msg.reason);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for DeviceSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let msg = match msg {
+            Ok(msg) => msg,
+            Err(e) => {
+                // Oversized or malformed at the WebSocket layer: the stream cannot be trusted.
+                tracing::warn!(error = %e, "device socket protocol error");
+                Self::close(ctx, 1009, "protocol error or frame too large");
+                return;
+            }
+        };
+        self.last_heard = Instant::now();
+        match msg {
+            ws::Message::Ping(bytes) => ctx.pong(&bytes),
+            ws::Message::Pong(_) => {}
+            ws::Message::Text(text) => self.handle_text(ctx, &text),
+            ws::Message::Binary(_) => {
+                Self::send_error(
+                    ctx,
+                    "invalid_frame",
+                    "binary frames are not part of the protocol",
+                );
+            }
+            ws::Message::Close(reason) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            ws::Message::Continuation(_) => {
+                Self::send_error(ctx, "invalid_frame", "fragmented frames are not supported");
+            }
+            ws::Message::Nop => {}
+        }
+    }
+}
+
+/// The `token` query parameter of a WebSocket upgrade.
+pub fn query_token(req: &HttpRequest) -> Option<String> {
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("token").cloned())
+        .filter(|t| !t.is_empty())
+}
+
+/// `GET /ws/device`.
+pub async fn device_socket(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    stream: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let token = match (bearer_token(&req), query_token(&req)) {
+        (Some(header), _) => Some(header.to_owned()),
+        (None, Some(query)) if state.config.allow_query_token => Some(query),
+        (None, Some(_)) => {
+            return Err(ApiError::unauthorized(
+                ErrorCode::Unauthorized,
+                "?token= is turned off on this server; send the token in the Authorization header or an auth frame",
+            )
+            .into())
+        }
+        (None, None) => None,
+    };
+    // A token given on the upgrade is checked before the socket opens, so a refused device
+    // gets a plain 401 it can act on (re-enroll) instead of an opened-then-closed socket.
+    let identity = match token {
+        Some(token) => Some(verify_device_token(&state, &token).await?),
+        None => None,
+    };
+    let remote_addr = req.peer_addr().map(|a| a.ip().to_string());
+    ws::WsResponseBuilder::new(
+        DeviceSession::new(state, identity, remote_addr),
+        &req,
+        stream,
+    )
+    .frame_size(MAX_FRAME_SIZE)
+    .start()
+}

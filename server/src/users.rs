@@ -1,0 +1,544 @@
+//! Users: the model, its queries, the first-admin bootstrap, login/logout, and user management.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{NaiveDateTime, Utc};
+use diesel::prelude::*;
+use protocol::rest::{
+    ChangePasswordRequest, CreateUserRequest, Envelope, LoginRequest, LoginResponse, Page, Role,
+    UpdateUserRequest, UserInfo,
+};
+use schema::schema::users;
+
+use crate::audit::{self, audited, AuditEntry};
+use crate::auth::{self, Authenticated, Authorized, ListUsers, ManageUsers};
+use crate::db::{Db, DbConnection};
+use crate::devices::paging;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::ratelimit::retry_after_secs;
+use crate::state::AppState;
+use crate::tokens;
+
+pub const MIN_PASSWORD_LEN: usize = 8;
+pub const MAX_PASSWORD_LEN: usize = 1024;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = users)]
+pub struct User {
+    pub id: String,
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub disabled: bool,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+    pub token_version: i64,
+}
+
+impl User {
+    pub fn role(&self) -> ApiResult<Role> {
+        Role::parse(&self.role).ok_or_else(|| ApiError::internal(format!("bad role {}", self.role)))
+    }
+
+    pub fn to_api(&self) -> ApiResult<UserInfo> {
+        Ok(UserInfo {
+            id: self.id.clone(),
+            username: self.username.clone(),
+            role: self.role()?,
+            disabled: self.disabled,
+            created_at: self.created_at.and_utc(),
+            updated_at: self.updated_at.and_utc(),
+        })
+    }
+}
+
+pub fn find_by_id(conn: &mut DbConnection, id: &str) -> ApiResult<Option<User>> {
+    Ok(users::table
+        .find(id)
+        .select(User::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_by_username(conn: &mut DbConnection, username: &str) -> ApiResult<Option<User>> {
+    Ok(users::table
+        .filter(users::username.eq(username))
+        .select(User::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn count(conn: &mut DbConnection) -> ApiResult<i64> {
+    Ok(users::table.count().get_result(conn)?)
+}
+
+fn require(conn: &mut DbConnection, id: &str) -> ApiResult<User> {
+    find_by_id(conn, id)?
+        .ok_or_else(|| ApiError::not_found(ErrorCode::UserNotFound, "no such user"))
+}
+
+pub fn validate_username(username: &str) -> ApiResult<()> {
+    let ok = !username.is_empty()
+        && username.len() <= 64
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            ErrorCode::InvalidParameter,
+            "username must be 1-64 characters of letters, digits, '.', '_', '-' or '@'",
+        ))
+    }
+}
+
+pub fn validate_password(password: &str) -> ApiResult<()> {
+    if password.chars().count() < MIN_PASSWORD_LEN || password.len() > MAX_PASSWORD_LEN {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidParameter,
+            format!("password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn insert(
+    conn: &mut DbConnection,
+    username: &str,
+    password: &str,
+    role: Role,
+) -> ApiResult<User> {
+    let now = Utc::now().naive_utc();
+    let user = User {
+        id: uuid::Uuid::new_v4().to_string(),
+        username: username.to_owned(),
+        password_hash: auth::hash_password(password)?,
+        role: role.as_str().to_owned(),
+        disabled: false,
+        created_at: now,
+        updated_at: now,
+        token_version: 0,
+    };
+    if find_by_username(conn, username)?.is_some() {
+        return Err(ApiError::conflict(
+            ErrorCode::UsernameTaken,
+            format!("username {username} is taken"),
+        ));
+    }
+    diesel::insert_into(users::table)
+        .values(&user)
+        .execute(conn)?;
+    Ok(user)
+}
+
+/// Enabled admins other than `except`; the last one may not be demoted, disabled or deleted.
+fn other_enabled_admins(conn: &mut DbConnection, except: &str) -> ApiResult<i64> {
+    Ok(users::table
+        .filter(users::role.eq(Role::Admin.as_str()))
+        .filter(users::disabled.eq(false))
+        .filter(users::id.ne(except))
+        .count()
+        .get_result(conn)?)
+}
+
+/// The name of the account created on an empty database.
+pub const FIRST_ADMIN: &str = "admin";
+
+/// Creates the first admin when the user table is empty. Without a configured password a
+/// random one is generated, logged once and written to `<data dir>/initial-admin-password`
+/// (mode 0600); there is no fixed default password.
+pub fn bootstrap_admin(
+    db: &Db,
+    configured: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let existing = db
+        .run_blocking(count)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    if existing > 0 {
+        return Ok(());
+    }
+    let (password, generated) = match configured {
+        Some(p) => (p.to_owned(), false),
+        None => (auth::random_password(), true),
+    };
+    db.run_blocking(|conn| {
+        conn.transaction(|conn| {
+            // Another server process may have bootstrapped between the count and now.
+            if count(conn)? == 0 {
+                insert(conn, FIRST_ADMIN, &password, Role::Admin)?;
+                audit::record(
+                    conn,
+                    &AuditEntry::new("user.bootstrap", "success")
+                        .actor(Some("system".into()), None)
+                        .target(Some(FIRST_ADMIN.into())),
+                )?;
+            }
+            Ok::<_, ApiError>(())
+        })
+    })
+    .map_err(|e| anyhow::anyhow!(e.message))?;
+    if generated {
+        let path = data_dir.join("initial-admin-password");
+        auth::write_secret_file(&path, &password)?;
+        tracing::warn!(
+            username = FIRST_ADMIN,
+            password = %password,
+            file = %path.display(),
+            "created the first admin with a generated password; change it after the first login"
+        );
+    } else {
+        tracing::info!(
+            username = FIRST_ADMIN,
+            "created the first admin with the configured password"
+        );
+    }
+    Ok(())
+}
+
+fn login_response(state: &AppState, user: &User) -> ApiResult<LoginResponse> {
+    let role = user.role()?;
+    let issued = state.jwt.issue_user(
+        &user.id,
+        role,
+        user.token_version,
+        state.config.user_token_ttl_secs,
+    )?;
+    Ok(LoginResponse {
+        token: issued.token,
+        expires_at: issued.expires_at,
+        role,
+    })
+}
+
+/// `POST /api/v1/auth/login`. Failed attempts are counted per account and per source address;
+/// past the limit both are refused with 429 until the lock ends, correct password or not.
+pub async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<LoginRequest>,
+) -> ApiResult<HttpResponse> {
+    let LoginRequest { username, password } = body.into_inner();
+    if username.is_empty() || username.len() > 128 || password.len() > MAX_PASSWORD_LEN {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidBody,
+            "username or password has a bad length",
+        ));
+    }
+    let source = audit::source_of(&req);
+    let source_key = source.clone().unwrap_or_default();
+    let account_key = username.to_lowercase();
+    let limits = &state.limits;
+    let locked = limits
+        .login_by_source
+        .check(&source_key)
+        .and(limits.login_by_account.check(&account_key));
+    if let Err(wait) = locked {
+        let entry = AuditEntry::new("auth.login", "rate_limited")
+            .actor(Some(username.clone()), None)
+            .target(Some(username))
+            .source(source);
+        state
+            .db
+            .run(move |conn| audit::record(conn, &entry))
+            .await?;
+        return Err(ApiError::too_many_requests(
+            retry_after_secs(wait),
+            "too many failed logins; try again later",
+        ));
+    }
+    let name = username.clone();
+    let user = state
+        .db
+        .run(move |conn| {
+            let user = find_by_username(conn, &name)?;
+            // Verify against a dummy hash for unknown names so both failures take as long.
+            let hash = user
+                .as_ref()
+                .map(|u| u.password_hash.as_str())
+                .unwrap_or(auth::dummy_hash());
+            let ok = auth::verify_password(&password, hash);
+            Ok(user.filter(|u| ok && !u.disabled))
+        })
+        .await?;
+    let Some(user) = user else {
+        limits.login_by_source.record_failure(&source_key);
+        limits.login_by_account.record_failure(&account_key);
+        let entry = AuditEntry::new("auth.login", "failure")
+            .actor(Some(username.clone()), None)
+            .target(Some(username))
+            .source(source);
+        state
+            .db
+            .run(move |conn| audit::record(conn, &entry))
+            .await?;
+        return Err(ApiError::unauthorized(
+            ErrorCode::InvalidCredentials,
+            "wrong username or password",
+        ));
+    };
+    limits.login_by_account.reset(&account_key);
+    let response = login_response(&state, &user)?;
+    let entry = AuditEntry::new("auth.login", "success")
+        .actor(Some(user.username.clone()), Some(response.role))
+        .target(Some(user.username.clone()))
+        .source(source);
+    state
+        .db
+        .run(move |conn| audit::record(conn, &entry))
+        .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(response)))
+}
+
+/// `POST /api/v1/auth/logout`: revokes the token the request came with.
+pub async fn logout(
+    user: Authorized<Authenticated>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> ApiResult<HttpResponse> {
+    let entry = AuditEntry::new("auth.logout", "success")
+        .actor(Some(user.username.clone()), Some(user.role))
+        .target(Some(user.username.clone()))
+        .source(audit::source_of(&req));
+    let (jti, id, exp) = (user.jti.clone(), user.id.clone(), user.expires_at);
+    audited(&state.db, entry, move |conn| {
+        tokens::revoke(conn, &jti, &id, exp)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"loggedOut": true}))))
+}
+
+/// `GET /api/v1/auth/me`.
+pub async fn me(
+    user: Authorized<Authenticated>,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    let id = user.id.clone();
+    let row = state.db.run(move |conn| require(conn, &id)).await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api()?)))
+}
+
+/// `POST /api/v1/auth/password`: changes one's own password, revokes every other token of the
+/// user, and answers with a fresh token.
+pub async fn change_password(
+    user: Authorized<Authenticated>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<ChangePasswordRequest>,
+) -> ApiResult<HttpResponse> {
+    let ChangePasswordRequest {
+        current_password,
+        new_password,
+    } = body.into_inner();
+    validate_password(&new_password)?;
+    let account_key = user.username.to_lowercase();
+    if let Err(wait) = state.limits.login_by_account.check(&account_key) {
+        return Err(ApiError::too_many_requests(
+            retry_after_secs(wait),
+            "too many failed attempts",
+        ));
+    }
+    let id = user.id.clone();
+    let current_ok = state
+        .db
+        .run(move |conn| {
+            Ok(auth::verify_password(
+                &current_password,
+                &require(conn, &id)?.password_hash,
+            ))
+        })
+        .await?;
+    let entry = AuditEntry::new("user.password", "success")
+        .actor(Some(user.username.clone()), Some(user.role))
+        .target(Some(user.username.clone()))
+        .source(audit::source_of(&req));
+    if !current_ok {
+        state.limits.login_by_account.record_failure(&account_key);
+        let entry = entry.outcome("failure: wrong current password");
+        state
+            .db
+            .run(move |conn| audit::record(conn, &entry))
+            .await?;
+        return Err(ApiError::unauthorized(
+            ErrorCode::InvalidCredentials,
+            "current password is wrong",
+        ));
+    }
+    let id = user.id.clone();
+    let updated = audited(&state.db, entry, move |conn| {
+        let hash = auth::hash_password(&new_password)?;
+        diesel::update(users::table.find(&id))
+            .set((
+                users::password_hash.eq(hash),
+                users::token_version.eq(users::token_version + 1),
+                users::updated_at.eq(Utc::now().naive_utc()),
+            ))
+            .execute(conn)?;
+        require(conn, &id)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(login_response(&state, &updated)?)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// `GET /api/v1/users`.
+pub async fn list_users(
+    _user: Authorized<ListUsers>,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let (limit, offset) = paging(query.limit, query.offset)?;
+    let page = state
+        .db
+        .run(move |conn| {
+            let total = users::table.count().get_result(conn)?;
+            let rows: Vec<User> = users::table
+                .order(users::username.asc())
+                .limit(limit)
+                .offset(offset)
+                .select(User::as_select())
+                .load(conn)?;
+            let items = rows
+                .iter()
+                .map(User::to_api)
+                .collect::<ApiResult<Vec<_>>>()?;
+            Ok(Page { items, total })
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(page)))
+}
+
+/// `POST /api/v1/users`.
+pub async fn create_user(
+    admin: Authorized<ManageUsers>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<CreateUserRequest>,
+) -> ApiResult<HttpResponse> {
+    let CreateUserRequest {
+        username,
+        password,
+        role,
+    } = body.into_inner();
+    validate_username(&username)?;
+    validate_password(&password)?;
+    let entry = AuditEntry::new("user.create", "success")
+        .actor(Some(admin.username.clone()), Some(admin.role))
+        .target(Some(username.clone()))
+        .params(serde_json::json!({"role": role.as_str()}))
+        .source(audit::source_of(&req));
+    let user = audited(&state.db, entry, move |conn| {
+        insert(conn, &username, &password, role)
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(Envelope::ok(user.to_api()?)))
+}
+
+/// `GET /api/v1/users/{id}`.
+pub async fn get_user(
+    _admin: Authorized<ManageUsers>,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let user = state.db.run(move |conn| require(conn, &id)).await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(user.to_api()?)))
+}
+
+/// `PATCH /api/v1/users/{id}`: role, disabled, password. Any change revokes the user's
+/// earlier tokens; the last enabled admin cannot be demoted or disabled.
+pub async fn update_user(
+    admin: Authorized<ManageUsers>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<UpdateUserRequest>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let change = body.into_inner();
+    if let Some(p) = &change.password {
+        validate_password(p)?;
+    }
+    let entry = AuditEntry::new("user.update", "success")
+        .actor(Some(admin.username.clone()), Some(admin.role))
+        .target(Some(id.clone()))
+        .params(serde_json::json!({
+            "role": change.role.map(Role::as_str),
+            "disabled": change.disabled,
+            "passwordChanged": change.password.is_some(),
+        }))
+        .source(audit::source_of(&req));
+    let user = audited(&state.db, entry, move |conn| {
+        let user = require(conn, &id)?;
+        let stays_admin = change
+            .role
+            .map_or(user.role == Role::Admin.as_str(), |r| r == Role::Admin);
+        let stays_enabled = !change.disabled.unwrap_or(user.disabled);
+        let is_enabled_admin = user.role == Role::Admin.as_str() && !user.disabled;
+        if is_enabled_admin
+            && !(stays_admin && stays_enabled)
+            && other_enabled_admins(conn, &id)? == 0
+        {
+            return Err(ApiError::conflict(
+                ErrorCode::LastAdmin,
+                "the last enabled admin must stay an enabled admin",
+            ));
+        }
+        let hash = change
+            .password
+            .as_deref()
+            .map(auth::hash_password)
+            .transpose()?;
+        diesel::update(users::table.find(&id))
+            .set((
+                users::role.eq(change
+                    .role
+                    .map_or(user.role.clone(), |r| r.as_str().to_owned())),
+                users::disabled.eq(change.disabled.unwrap_or(user.disabled)),
+                users::password_hash.eq(hash.unwrap_or(user.password_hash.clone())),
+                users::token_version.eq(users::token_version + 1),
+                users::updated_at.eq(Utc::now().naive_utc()),
+            ))
+            .execute(conn)?;
+        require(conn, &id)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(user.to_api()?)))
+}
+
+/// `DELETE /api/v1/users/{id}`. A deleted user's tokens fail at once: the user is looked up on
+/// every request.
+pub async fn delete_user(
+    admin: Authorized<ManageUsers>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let entry = AuditEntry::new("user.delete", "success")
+        .actor(Some(admin.username.clone()), Some(admin.role))
+        .target(Some(id.clone()))
+        .source(audit::source_of(&req));
+    let deleted = id.clone();
+    audited(&state.db, entry, move |conn| {
+        let user = require(conn, &id)?;
+        if user.role == Role::Admin.as_str()
+            && !user.disabled
+            && other_enabled_admins(conn, &id)? == 0
+        {
+            return Err(ApiError::conflict(
+                ErrorCode::LastAdmin,
+                "the last enabled admin cannot be deleted",
+            ));
+        }
+        diesel::delete(users::table.find(&id)).execute(conn)?;
+        Ok(())
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"deleted": deleted}))))
+}

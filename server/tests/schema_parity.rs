@@ -1,0 +1,145 @@
+//! Both migration trees must produce the same tables and columns (name and nullability), and
+//! both must match the diesel schema module, or one backend would fail at run time only.
+
+use diesel::prelude::*;
+use diesel::sql_types::{Integer, Text};
+use server::config::DatabaseTarget;
+use server::db::{Db, DbConnection};
+
+#[derive(Debug, QueryableByName, PartialEq, Eq, PartialOrd, Ord, Clone)]
+struct Column {
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = Text)]
+    column_name: String,
+    #[diesel(sql_type = Integer)]
+    nullable: i32,
+}
+
+fn columns(db: &Db) -> Vec<Column> {
+    let mut cols = db
+        .run_blocking(|conn| {
+            let query = match conn {
+                DbConnection::Postgresql(_) => {
+                    "SELECT table_name::text AS table_name, column_name::text AS column_name, \
+                     CASE WHEN is_nullable = 'YES' THEN 1 ELSE 0 END AS nullable \
+                     FROM information_schema.columns WHERE table_schema = 'public' \
+                     AND table_name <> '__diesel_schema_migrations'"
+                }
+                DbConnection::Sqlite(_) => {
+                    "SELECT m.name AS table_name, p.name AS column_name, \
+                     CASE WHEN p.\"notnull\" = 1 OR p.pk > 0 THEN 0 ELSE 1 END AS nullable \
+                     FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+                     WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
+                     AND m.name <> '__diesel_schema_migrations'"
+                }
+            };
+            Ok(diesel::sql_query(query).load::<Column>(conn)?)
+        })
+        .unwrap();
+    cols.sort();
+    cols
+}
+
+fn postgres_db() -> (Db, String, String) {
+    let admin = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let name = format!("parity_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = diesel::PgConnection::establish(&admin)
+        .unwrap_or_else(|e| panic!("PostgreSQL is required at {admin}: {e}"));
+    diesel::sql_query(format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .unwrap();
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    let db = Db::open(DatabaseTarget::Postgres(format!("{base}/{name}"))).unwrap();
+    (db, admin, name)
+}
+
+#[test]
+fn sqlite_and_postgres_migrations_define_the_same_columns() {
+    let dir = std::env::temp_dir().join(format!("parity-{}", uuid::Uuid::new_v4()));
+    let sqlite = Db::open(DatabaseTarget::Sqlite(dir.join("factory.db"))).unwrap();
+    let (pg, admin, name) = postgres_db();
+    let lite_cols = columns(&sqlite);
+    let pg_cols = columns(&pg);
+    drop(pg);
+    let mut conn = diesel::PgConnection::establish(&admin).unwrap();
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut conn)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(!lite_cols.is_empty());
+    assert_eq!(
+        lite_cols, pg_cols,
+        "the SQLite and PostgreSQL migrations differ"
+    );
+
+    // The schema module names the same columns.
+    let mut tables: Vec<(String, Vec<String>)> = Vec::new();
+    for col in &lite_cols {
+        match tables.last_mut() {
+            Some((t, cols)) if *t == col.table_name => cols.push(col.column_name.clone()),
+            _ => tables.push((col.table_name.clone(), vec![col.column_name.clone()])),
+        }
+    }
+    use diesel::Table;
+    let declared: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "audit_log",
+            schema::schema::audit_log::table::all_columns().names(),
+        ),
+        (
+            "commands",
+            schema::schema::commands::table::all_columns().names(),
+        ),
+        (
+            "devices",
+            schema::schema::devices::table::all_columns().names(),
+        ),
+        (
+            "revoked_tokens",
+            schema::schema::revoked_tokens::table::all_columns().names(),
+        ),
+        ("users", schema::schema::users::table::all_columns().names()),
+    ];
+    assert_eq!(
+        tables.len(),
+        declared.len(),
+        "a table is missing from schema.rs or the migrations"
+    );
+    for ((table, mut cols), (declared_table, mut declared_cols)) in tables.into_iter().zip(declared)
+    {
+        assert_eq!(table, declared_table);
+        cols.sort();
+        declared_cols.sort();
+        assert_eq!(
+            cols, declared_cols,
+            "schema.rs and the migrations differ on {table}"
+        );
+    }
+}
+
+/// Lists a tuple of diesel columns by name.
+trait ColumnNames {
+    fn names(&self) -> Vec<&'static str>;
+}
+
+macro_rules! column_names_for_tuples {
+    ($($n:literal: ($($t:ident),+)),+ $(,)?) => {$(
+        impl<$($t: diesel::Column),+> ColumnNames for ($($t,)+) {
+            fn names(&self) -> Vec<&'static str> {
+                vec![$($t::NAME),+]
+            }
+        }
+    )+};
+}
+
+column_names_for_tuples!(
+    4: (A, B, C, D),
+    8: (A, B, C, D, E, F, G, H),
+    9: (A, B, C, D, E, F, G, H, I),
+    7: (A, B, C, D, E, F, G),
+    11: (A, B, C, D, E, F, G, H, I, J, K),
+    13: (A, B, C, D, E, F, G, H, I, J, K, L, M),
+);
