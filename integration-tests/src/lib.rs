@@ -298,6 +298,7 @@ pub struct Api {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Reply {
@@ -329,6 +330,10 @@ impl Api {
         }
     }
 
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     pub fn with_token(mut self, token: &str) -> Self {
         self.token = Some(token.to_owned());
         self
@@ -348,6 +353,16 @@ impl Api {
         Self::login(server, "admin", ADMIN_PASSWORD)
     }
 
+    /// Creates a user with `role` (as the admin `self`) and returns its id.
+    pub fn create_user(&self, username: &str, password: &str, role: &str) -> String {
+        let reply = self.post(
+            "/api/v1/users",
+            &serde_json::json!({"username": username, "password": password, "role": role}),
+        );
+        assert_eq!(reply.status, 201, "create user: {}", reply.body);
+        reply.data()["id"].as_str().expect("user id").to_owned()
+    }
+
     fn send(&self, req: reqwest::blocking::RequestBuilder) -> Reply {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
@@ -355,10 +370,15 @@ impl Api {
         };
         let resp = req.send().expect("http request");
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let text = resp.text().expect("http body");
         let body = serde_json::from_str(&text)
             .unwrap_or_else(|_| panic!("body is not JSON ({status}): {text}"));
-        Reply { status, body }
+        Reply {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -367,6 +387,51 @@ impl Api {
 
     pub fn post(&self, path: &str, body: &Value) -> Reply {
         self.send(self.client.post(format!("{}{path}", self.base)).json(body))
+    }
+
+    /// Any method, with an optional JSON body and extra headers.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("http method");
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        self.send_raw(req)
+    }
+
+    /// Like `call`, but the body may be anything (HTML, empty).
+    fn send_raw(&self, req: reqwest::blocking::RequestBuilder) -> Reply {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().expect("http request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().expect("http body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.send(self.client.delete(format!("{}{path}", self.base)))
+    }
+
+    pub fn patch(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.client.patch(format!("{}{path}", self.base)).json(body))
     }
 
     pub fn post_with_header(&self, path: &str, header: (&str, &str)) -> Reply {

@@ -191,10 +191,15 @@ pub async fn issue_token(
         ));
     };
     let source_key = source.clone().unwrap_or_default();
-    if let Err(wait) = state.limits.enroll_by_source.check(&source_key) {
+    let locked = state
+        .limits
+        .enroll_by_source
+        .check(&source_key)
+        .and(state.limits.enroll_by_device.check(&device_id));
+    if let Err(wait) = locked {
         return Err(ApiError::too_many_requests(
             retry_after_secs(wait),
-            "too many failed enrollments from this address; try again later",
+            "too many failed enrollments from this address or for this device; try again later",
         ));
     }
     let presented = req
@@ -204,6 +209,7 @@ pub async fn issue_token(
         .unwrap_or("");
     if !auth::secrets_equal(presented, expected) {
         state.limits.enroll_by_source.record_failure(&source_key);
+        state.limits.enroll_by_device.record_failure(&device_id);
         let entry = AuditEntry::new("device.token", "failure: invalid enrollment key")
             .actor(Some(format!("device:{device_id}")), None)
             .target(Some(device_id.clone()))

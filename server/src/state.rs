@@ -30,6 +30,7 @@ pub struct Limits {
     pub login_by_account: FailureLimiter,
     pub login_by_source: FailureLimiter,
     pub enroll_by_source: FailureLimiter,
+    pub enroll_by_device: FailureLimiter,
 }
 
 impl Limits {
@@ -39,6 +40,7 @@ impl Limits {
             login_by_account: FailureLimiter::new(config.login_max_failures, window),
             login_by_source: FailureLimiter::new(config.source_max_failures, window),
             enroll_by_source: FailureLimiter::new(config.source_max_failures, window),
+            enroll_by_device: FailureLimiter::new(config.login_max_failures, window),
         }
     }
 
@@ -46,5 +48,6 @@ impl Limits {
         self.login_by_account.prune();
         self.login_by_source.prune();
         self.enroll_by_source.prune();
+        self.enroll_by_device.prune();
     }
 }
