@@ -83,6 +83,10 @@ enum Access {
     Enrollment,
     /// The device socket: a device token.
     DeviceSocket,
+    /// The dashboard socket: any user token.
+    DashboardSocket,
+    /// A device token (the sync route).
+    DeviceToken,
     /// A user token of at least this rank (0 viewer … 3 admin).
     MinRole(u8),
 }
@@ -112,6 +116,15 @@ fn expected(case: &Case, caller: Caller) -> u16 {
             Caller::Anonymous | Caller::Device => 400,
             _ => 401,
         },
+        Access::DeviceToken => match caller {
+            Caller::Device => case.ok,
+            _ => 401,
+        },
+        Access::DashboardSocket => match caller.role() {
+            Some(_) => 400,
+            None if caller == Caller::Anonymous => 400,
+            None => 401,
+        },
         Access::MinRole(min) => match caller.role() {
             Some((_, rank)) if rank >= min => case.ok,
             Some(_) => 403,
@@ -129,6 +142,7 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
     cases.insert(("GET", "/"), case(Access::Public, 200));
     cases.insert(("GET", "/healthz"), case(Access::Public, 200));
     cases.insert(("GET", "/ws/device"), case(Access::DeviceSocket, 400));
+    cases.insert(("GET", "/ws/dashboard"), case(Access::DashboardSocket, 400));
     cases.insert(("POST", "/api/v1/auth/login"), case(Access::Public, 200));
     cases.insert(
         ("POST", "/api/v1/auth/logout"),
@@ -154,6 +168,10 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
     cases.insert(("GET", "/api/v1/devices"), case(viewer, 200));
     cases.insert(("GET", "/api/v1/devices/connected"), case(viewer, 200));
     cases.insert(("GET", "/api/v1/devices/{id}"), case(viewer, 200));
+    cases.insert(("PATCH", "/api/v1/devices/{id}"), case(manager, 200));
+    cases.insert(("DELETE", "/api/v1/devices/{id}"), case(manager, 200));
+    cases.insert(("GET", "/api/v1/devices/{id}/logs"), case(viewer, 200));
+    cases.insert(("GET", "/api/v1/devices/{id}/events"), case(viewer, 200));
     cases.insert(
         ("POST", "/api/v1/devices/{id}/token"),
         case(Access::Enrollment, 200),
@@ -163,6 +181,7 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
         case(operator, 200),
     );
     cases.insert(("GET", "/api/v1/devices/{id}/commands"), case(viewer, 200));
+    cases.insert(("POST", "/api/v1/sync"), case(Access::DeviceToken, 200));
     cases.insert(
         ("GET", "/api/v1/devices/{id}/commands/{cmd_id}"),
         case(viewer, 200),
@@ -270,6 +289,33 @@ impl World<'_> {
                 (format!("/api/v1/users/{victim}"), None, vec![])
             }
             ("GET", "/api/v1/devices/{id}") => ("/api/v1/devices/edge-t".into(), None, vec![]),
+            ("PATCH", "/api/v1/devices/{id}") => (
+                "/api/v1/devices/edge-t".into(),
+                Some(json!({"name": format!("Line PC {n}")})),
+                vec![],
+            ),
+            ("DELETE", "/api/v1/devices/{id}") => {
+                let victim = format!("edge-victim-{n}");
+                self.admin.enroll(&victim);
+                (format!("/api/v1/devices/{victim}"), None, vec![])
+            }
+            ("POST", "/api/v1/sync") => (
+                pattern.into(),
+                Some(json!({"records": [{
+                    "id": format!("00000000-0000-4000-8000-{n:012}"),
+                    "kind": "bottle",
+                    "companyId": "company-1",
+                    "payload": {"code": "0104601234567893"},
+                    "createdAt": "2026-11-25T10:00:00Z",
+                }]})),
+                vec![],
+            ),
+            ("GET", "/api/v1/devices/{id}/logs") => {
+                ("/api/v1/devices/edge-t/logs".into(), None, vec![])
+            }
+            ("GET", "/api/v1/devices/{id}/events") => {
+                ("/api/v1/devices/edge-t/events".into(), None, vec![])
+            }
             ("POST", "/api/v1/devices/{id}/token") => (
                 "/api/v1/devices/edge-enroll/token".into(),
                 None,
@@ -417,7 +463,8 @@ fn every_route_as_every_caller(backend: Backend) {
                 ));
             }
             // Refusals carry the JSON error body with a code.
-            let is_refusal = reply.status >= 400 && !matches!(case.access, Access::DeviceSocket);
+            let is_socket = matches!(case.access, Access::DeviceSocket | Access::DashboardSocket);
+            let is_refusal = reply.status >= 400 && !is_socket;
             if is_refusal
                 && (reply.body["success"] != false || !reply.body["error"]["code"].is_string())
             {
@@ -598,13 +645,29 @@ fn failed_logins_and_enrollments_are_rate_limited(backend: Backend) {
         "the address is locked now"
     );
 
-    // Enrollment failures from one address are limited too.
-    for _ in 0..6 {
-        let r = anonymous.post_with_header(
-            "/api/v1/devices/edge-rl/token",
-            ("X-Enrollment-Key", "wrong-key-123"),
-        );
-        assert_eq!(r.status, 401);
+    // Enrollment failures are limited per device id...
+    let enroll = |device: &str, key: &str| {
+        anonymous.post_with_header(
+            &format!("/api/v1/devices/{device}/token"),
+            ("X-Enrollment-Key", key),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(enroll("edge-dev", "wrong-key-123").status, 401);
+    }
+    assert_eq!(
+        enroll("edge-dev", ENROLLMENT_KEY).status,
+        429,
+        "the device id is locked"
+    );
+    assert_eq!(
+        enroll("edge-other", ENROLLMENT_KEY).status,
+        200,
+        "other devices still enroll"
+    );
+    // ...and per source address.
+    for i in 0..3 {
+        assert_eq!(enroll(&format!("edge-rl-{i}"), "wrong-key-123").status, 401);
     }
     let r = anonymous.post_with_header(
         "/api/v1/devices/edge-rl/token",

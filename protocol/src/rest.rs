@@ -120,6 +120,82 @@ pub struct Device {
     pub last_seen: Option<Timestamp>,
     pub remote_addr: Option<String>,
     pub created_at: Timestamp,
+    /// From the device's latest `status` frame.
+    #[serde(default)]
+    pub connection_mode: Option<String>,
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    #[serde(default)]
+    pub run_id: Option<String>,
+    #[serde(default)]
+    pub metrics: Option<Value>,
+    #[serde(default)]
+    pub status_at: Option<Timestamp>,
+}
+
+/// `PATCH /api/v1/devices/{id}`: rename or move a device; absent fields stay as they are,
+/// `null` clears an optional one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateDeviceRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub company_id: Option<Option<String>>,
+    #[serde(
+        default,
+        with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub production_line_id: Option<Option<String>>,
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+/// A log line a device sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceLogLine {
+    pub id: String,
+    pub device_id: String,
+    pub ts: Timestamp,
+    pub level: String,
+    pub line: String,
+}
+
+/// A `scan`, `print` or `alert` event a device sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceEventRecord {
+    pub id: String,
+    pub device_id: String,
+    pub ts: Timestamp,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub payload: Value,
 }
 
 /// `POST /api/v1/devices/{id}/commands`.

@@ -36,6 +36,48 @@ diesel::table! {
         token_id -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        connection_mode -> Nullable<Text>,
+        boot_id -> Nullable<Text>,
+        run_id -> Nullable<Text>,
+        metrics -> Nullable<Text>,
+        status_at -> Nullable<Timestamp>,
+    }
+}
+
+diesel::table! {
+    device_logs (id) {
+        id -> Text,
+        device_id -> Text,
+        ts -> Timestamp,
+        level -> Text,
+        line -> Text,
+    }
+}
+
+diesel::table! {
+    device_events (id) {
+        id -> Text,
+        device_id -> Text,
+        ts -> Timestamp,
+        event_type -> Text,
+        payload -> Text,
+    }
+}
+
+diesel::table! {
+    device_groups (id) {
+        id -> Text,
+        name -> Text,
+        description -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    device_group_members (group_id, device_id) {
+        group_id -> Text,
+        device_id -> Text,
     }
 }
 
@@ -72,4 +114,86 @@ diesel::table! {
 }
 
 diesel::joinable!(commands -> devices (device_id));
-diesel::allow_tables_to_appear_in_same_query!(users, devices, commands, audit_log, revoked_tokens);
+diesel::joinable!(device_logs -> devices (device_id));
+diesel::joinable!(device_events -> devices (device_id));
+diesel::joinable!(device_group_members -> devices (device_id));
+diesel::joinable!(device_group_members -> device_groups (group_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    devices,
+    commands,
+    audit_log,
+    revoked_tokens,
+    device_logs,
+    device_events,
+    device_groups,
+    device_group_members,
+);
+
+// Edge → factory sync (`POST /api/v1/sync`): one table per record kind, and the cloud queue.
+
+diesel::table! {
+    aggregated_bottles (id) {
+        id -> Text,
+        device_id -> Text,
+        company_id -> Text,
+        payload -> Text,
+        created_at -> Timestamp,
+        received_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    aggregated_batches (id) {
+        id -> Text,
+        device_id -> Text,
+        company_id -> Text,
+        payload -> Text,
+        created_at -> Timestamp,
+        received_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    aggregated_pallets (id) {
+        id -> Text,
+        device_id -> Text,
+        company_id -> Text,
+        payload -> Text,
+        created_at -> Timestamp,
+        received_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    aggregated_batch_fixations (id) {
+        id -> Text,
+        device_id -> Text,
+        company_id -> Text,
+        payload -> Text,
+        created_at -> Timestamp,
+        received_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    cloud_sync_queue (id) {
+        id -> Text,
+        kind -> Text,
+        company_id -> Text,
+        payload -> Text,
+        state -> Text,
+        attempts -> BigInt,
+        next_attempt_at -> Timestamp,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    aggregated_bottles,
+    aggregated_batches,
+    aggregated_pallets,
+    aggregated_batch_fixations,
+    cloud_sync_queue,
+);

@@ -280,6 +280,7 @@ permission!(ViewDevices, "devices.view", Role::Viewer);
 permission!(ViewCommands, "commands.view", Role::Viewer);
 permission!(ViewAudit, "audit.view", Role::Viewer);
 permission!(DispatchCommands, "commands.dispatch", Role::Operator);
+permission!(ManageDevices, "devices.manage", Role::Manager);
 permission!(ListUsers, "users.list", Role::Manager);
 permission!(ManageUsers, "users.manage", Role::Admin);
 

@@ -34,6 +34,8 @@ pub struct Config {
     /// Failed logins, or failed enrollments, from one address before it is locked.
     pub source_max_failures: u32,
     pub lockout_secs: u64,
+    /// Device logs and events older than this many days are deleted.
+    pub log_retention_days: u32,
     pub log_level: String,
 }
 
@@ -53,6 +55,7 @@ impl Default for Config {
             login_max_failures: 5,
             source_max_failures: 20,
             lockout_secs: 900,
+            log_retention_days: 30,
             log_level: "info".into(),
         }
     }
@@ -137,6 +140,11 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lockout_secs: Option<u64>,
 
+    /// Days device logs and events are kept [default: 30].
+    #[arg(long, env = "FACTORY_LOG_RETENTION_DAYS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_retention_days: Option<u32>,
+
     /// Log filter, e.g. `info` or `server=debug,actix_web=info` [default: info].
     #[arg(long, env = "FACTORY_LOG_LEVEL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,6 +217,9 @@ impl Config {
             return Err(ConfigError(
                 "login_max_failures, source_max_failures and lockout_secs must be positive".into(),
             ));
+        }
+        if self.log_retention_days == 0 {
+            return Err(ConfigError("log_retention_days must be at least 1".into()));
         }
         if self.user_token_ttl_secs == 0 || self.device_token_ttl_secs == 0 {
             return Err(ConfigError("token lifetimes must be positive".into()));

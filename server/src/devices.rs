@@ -3,12 +3,14 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{NaiveDateTime, Utc};
 use diesel::prelude::*;
-use protocol::rest::{Device, DeviceStatus, DeviceTokenResponse, Envelope, Page};
+use protocol::rest::{
+    Device, DeviceStatus, DeviceTokenResponse, Envelope, Page, UpdateDeviceRequest,
+};
 use schema::schema::devices;
 use serde::Deserialize;
 
-use crate::audit::{self, AuditEntry};
-use crate::auth::{self, Authorized, ViewDevices};
+use crate::audit::{self, audited, AuditEntry};
+use crate::auth::{self, Authorized, ManageDevices, ViewDevices};
 use crate::db::DbConnection;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::ratelimit::retry_after_secs;
@@ -29,6 +31,11 @@ pub struct DeviceRow {
     pub token_id: Option<String>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    pub connection_mode: Option<String>,
+    pub boot_id: Option<String>,
+    pub run_id: Option<String>,
+    pub metrics: Option<String>,
+    pub status_at: Option<NaiveDateTime>,
 }
 
 impl DeviceRow {
@@ -47,6 +54,14 @@ impl DeviceRow {
             last_seen: self.last_seen.map(|t| t.and_utc()),
             remote_addr: self.remote_addr.clone(),
             created_at: self.created_at.and_utc(),
+            connection_mode: self.connection_mode.clone(),
+            boot_id: self.boot_id.clone(),
+            run_id: self.run_id.clone(),
+            metrics: self
+                .metrics
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
+            status_at: self.status_at.map(|t| t.and_utc()),
         }
     }
 }
@@ -63,20 +78,72 @@ pub fn exists(conn: &mut DbConnection, id: &str) -> ApiResult<bool> {
     Ok(find(conn, id)?.is_some())
 }
 
+/// Filters of the device list; every one given must hold.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceFilter {
+    pub status: Option<String>,
+    pub group_id: Option<String>,
+    pub production_line_id: Option<String>,
+    pub company_id: Option<String>,
+    /// Case-insensitive substring of the id or the name.
+    pub q: Option<String>,
+}
+
+diesel::define_sql_function! {
+    /// SQL `lower(text)`, which both backends have.
+    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+/// Escapes `%`, `_` and the escape character so user text matches literally in a LIKE.
+pub fn like_pattern(text: &str) -> String {
+    let escaped = text
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
 pub fn list(
     conn: &mut DbConnection,
-    status: Option<&str>,
+    filter: &DeviceFilter,
     limit: i64,
     offset: i64,
 ) -> ApiResult<Page<Device>> {
-    let mut query = devices::table.into_boxed();
-    let mut count = devices::table.into_boxed();
-    if let Some(status) = status {
-        query = query.filter(devices::status.eq(status.to_owned()));
-        count = count.filter(devices::status.eq(status.to_owned()));
-    }
-    let total = count.count().get_result(conn)?;
-    let rows: Vec<DeviceRow> = query
+    use diesel::dsl::exists;
+    use schema::schema::device_group_members as members;
+    let filtered = || {
+        let mut query = devices::table.into_boxed();
+        if let Some(status) = &filter.status {
+            query = query.filter(devices::status.eq(status.clone()));
+        }
+        if let Some(line) = &filter.production_line_id {
+            query = query.filter(devices::production_line_id.eq(line.clone()));
+        }
+        if let Some(company) = &filter.company_id {
+            query = query.filter(devices::company_id.eq(company.clone()));
+        }
+        if let Some(group) = &filter.group_id {
+            query = query.filter(exists(
+                members::table
+                    .filter(members::group_id.eq(group.clone()))
+                    .filter(members::device_id.eq(devices::id)),
+            ));
+        }
+        if let Some(q) = filter.q.as_deref().filter(|q| !q.is_empty()) {
+            let pattern = like_pattern(q);
+            query = query.filter(
+                lower(devices::id)
+                    .like(pattern.clone())
+                    .escape('\\')
+                    .or(lower(devices::name).like(pattern).escape('\\')),
+            );
+        }
+        query
+    };
+    let total = filtered().count().get_result(conn)?;
+    let rows: Vec<DeviceRow> = filtered()
         .order(devices::id.asc())
         .limit(limit)
         .offset(offset)
@@ -91,7 +158,7 @@ pub fn list(
 /// Sessions do not survive a restart, so at start every device is offline until it connects.
 pub fn mark_all_offline(conn: &mut DbConnection) -> ApiResult<usize> {
     Ok(
-        diesel::update(devices::table.filter(devices::status.eq(DeviceStatus::Online.as_str())))
+        diesel::update(devices::table.filter(devices::status.ne(DeviceStatus::Offline.as_str())))
             .set(devices::status.eq(DeviceStatus::Offline.as_str()))
             .execute(conn)?,
     )
@@ -115,7 +182,7 @@ pub fn mark_offline(conn: &mut DbConnection, id: &str) -> ApiResult<()> {
     diesel::update(
         devices::table
             .find(id)
-            .filter(devices::status.eq(DeviceStatus::Online.as_str())),
+            .filter(devices::status.ne(DeviceStatus::Offline.as_str())),
     )
     .set((
         devices::status.eq(DeviceStatus::Offline.as_str()),
@@ -126,19 +193,46 @@ pub fn mark_offline(conn: &mut DbConnection, id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub fn record_status(conn: &mut DbConnection, id: &str, version: Option<&str>) -> ApiResult<()> {
+/// What a device's `status` frame says about it.
+#[derive(Debug, Clone, Default)]
+pub struct StatusUpdate {
+    /// ONLINE, or DISABLED while the device has production turned off.
+    pub status: Option<DeviceStatus>,
+    pub version: Option<String>,
+    pub boot_id: Option<String>,
+    pub run_id: Option<String>,
+    pub connection_mode: Option<String>,
+    pub metrics: Option<String>,
+}
+
+/// Stores a device's latest status. A status frame from a session that has since closed must
+/// not turn an OFFLINE device back on, so the status word is only set on a connected device.
+pub fn record_status(conn: &mut DbConnection, id: &str, update: &StatusUpdate) -> ApiResult<()> {
     let now = Utc::now().naive_utc();
-    match version {
-        Some(v) => diesel::update(devices::table.find(id))
-            .set((
-                devices::last_seen.eq(Some(now)),
-                devices::version.eq(Some(v)),
-            ))
-            .execute(conn)?,
-        None => diesel::update(devices::table.find(id))
-            .set(devices::last_seen.eq(Some(now)))
-            .execute(conn)?,
-    };
+    diesel::update(devices::table.find(id))
+        .set((
+            devices::last_seen.eq(Some(now)),
+            devices::status_at.eq(Some(now)),
+            devices::metrics.eq(update.metrics.as_deref()),
+            devices::connection_mode.eq(update.connection_mode.as_deref()),
+            devices::boot_id.eq(update.boot_id.as_deref()),
+            devices::run_id.eq(update.run_id.as_deref()),
+        ))
+        .execute(conn)?;
+    if let Some(version) = &update.version {
+        diesel::update(devices::table.find(id))
+            .set(devices::version.eq(Some(version)))
+            .execute(conn)?;
+    }
+    if let Some(status) = update.status {
+        diesel::update(
+            devices::table
+                .find(id)
+                .filter(devices::status.ne(DeviceStatus::Offline.as_str())),
+        )
+        .set(devices::status.eq(status.as_str()))
+        .execute(conn)?;
+    }
     Ok(())
 }
 
@@ -276,6 +370,11 @@ pub async fn issue_token(
                                 token_id: Some(jti.clone()),
                                 created_at: now,
                                 updated_at: now,
+                                connection_mode: None,
+                                boot_id: None,
+                                run_id: None,
+                                metrics: None,
+                                status_at: None,
                             };
                             diesel::insert_into(devices::table)
                                 .values(&row)
@@ -318,10 +417,12 @@ pub async fn issue_token(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ListQuery {
     pub limit: Option<i64>,
     pub offset: Option<i64>,
-    pub status: Option<String>,
+    #[serde(flatten)]
+    pub filter: DeviceFilter,
 }
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
@@ -352,20 +453,29 @@ pub async fn list_devices(
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
 ) -> ApiResult<HttpResponse> {
-    let (limit, offset) = paging(query.limit, query.offset)?;
-    let status = match query.status.as_deref() {
-        None => None,
-        Some(s @ ("ONLINE" | "OFFLINE" | "DISABLED")) => Some(s.to_owned()),
-        Some(other) => {
+    let ListQuery {
+        limit,
+        offset,
+        filter,
+    } = query.into_inner();
+    let (limit, offset) = paging(limit, offset)?;
+    if let Some(status) = &filter.status {
+        if !matches!(status.as_str(), "ONLINE" | "OFFLINE" | "DISABLED") {
             return Err(ApiError::bad_request(
                 ErrorCode::InvalidParameter,
-                format!("status must be ONLINE, OFFLINE or DISABLED, not `{other}`"),
-            ))
+                format!("status must be ONLINE, OFFLINE or DISABLED, not `{status}`"),
+            ));
         }
-    };
+    }
+    if filter.q.as_ref().is_some_and(|q| q.len() > 128) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidParameter,
+            "q is longer than 128 characters",
+        ));
+    }
     let page = state
         .db
-        .run(move |conn| list(conn, status.as_deref(), limit, offset))
+        .run(move |conn| list(conn, &filter, limit, offset))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
@@ -400,4 +510,87 @@ pub async fn connected_devices(
         items: sessions,
         total,
     })))
+}
+
+/// `PATCH /api/v1/devices/{id}`: rename or move a device.
+pub async fn update_device(
+    user: Authorized<ManageDevices>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<UpdateDeviceRequest>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let change = body.into_inner();
+    if let Some(name) = &change.name {
+        if name.trim().is_empty() || name.len() > 256 {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidParameter,
+                "name must be 1-256 characters",
+            ));
+        }
+    }
+    let optional = [&change.company_id, &change.production_line_id];
+    for value in optional.into_iter().flatten().flatten() {
+        if value.is_empty() || value.len() > 256 {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidParameter,
+                "companyId and productionLineId must be 1-256 characters or null",
+            ));
+        }
+    }
+    let entry = AuditEntry::new("device.update", "success")
+        .actor(Some(user.username.clone()), Some(user.role))
+        .target(Some(id.clone()))
+        .params(serde_json::to_value(&change).unwrap_or_default())
+        .source(audit::source_of(&req));
+    let row = audited(&state.db, entry, move |conn| {
+        let row = find(conn, &id)?
+            .ok_or_else(|| ApiError::not_found(ErrorCode::DeviceNotFound, "no such device"))?;
+        diesel::update(devices::table.find(&id))
+            .set((
+                devices::name.eq(change.name.unwrap_or(row.name)),
+                devices::company_id.eq(change.company_id.unwrap_or(row.company_id)),
+                devices::production_line_id
+                    .eq(change.production_line_id.unwrap_or(row.production_line_id)),
+                devices::updated_at.eq(Utc::now().naive_utc()),
+            ))
+            .execute(conn)?;
+        find(conn, &id)?
+            .ok_or_else(|| ApiError::not_found(ErrorCode::DeviceNotFound, "no such device"))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
+}
+
+/// `DELETE /api/v1/devices/{id}`: forgets a device with its commands, logs and events. Its
+/// token stops working with its row, and a connected session is closed.
+pub async fn delete_device(
+    user: Authorized<ManageDevices>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let entry = AuditEntry::new("device.delete", "success")
+        .actor(Some(user.username.clone()), Some(user.role))
+        .target(Some(id.clone()))
+        .source(audit::source_of(&req));
+    let target = id.clone();
+    audited(&state.db, entry, move |conn| {
+        if diesel::delete(devices::table.find(&target)).execute(conn)? == 0 {
+            return Err(ApiError::not_found(
+                ErrorCode::DeviceNotFound,
+                "no such device",
+            ));
+        }
+        Ok(())
+    })
+    .await?;
+    // No token matches an empty id, so any open session of the device is closed.
+    state.registry.do_send(crate::registry::TokenRotated {
+        device_id: id.clone(),
+        token_id: String::new(),
+    });
+    Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"deleted": id}))))
 }

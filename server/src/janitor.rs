@@ -1,5 +1,6 @@
 //! The `Janitor` actor: periodic housekeeping that must not wait for a request to happen.
-//! Today it prunes expired token revocations and stale rate-limit counters.
+//! It prunes expired token revocations, stale rate-limit counters, and device logs and events
+//! past their retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,19 +10,27 @@ use chrono::Utc;
 
 use crate::db::Db;
 use crate::state::Limits;
-use crate::tokens;
+use crate::{telemetry, tokens};
 
 /// How often housekeeping runs.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(600);
 
+/// Rows deleted per statement by the retention job.
+pub const RETENTION_BATCH: i64 = 1000;
+
 pub struct Janitor {
     db: Db,
     limits: Arc<Limits>,
+    retention: chrono::Duration,
 }
 
 impl Janitor {
-    pub fn new(db: Db, limits: Arc<Limits>) -> Self {
-        Janitor { db, limits }
+    pub fn new(db: Db, limits: Arc<Limits>, retention_days: u32) -> Self {
+        Janitor {
+            db,
+            limits,
+            retention: chrono::Duration::days(i64::from(retention_days)),
+        }
     }
 }
 
@@ -45,7 +54,16 @@ impl Handler<Sweep> for Janitor {
     fn handle(&mut self, _: Sweep, _: &mut Context<Self>) -> Self::Result {
         self.limits.prune();
         let db = self.db.clone();
+        let cutoff = Utc::now() - self.retention;
         Box::pin(async move {
+            match db
+                .run(move |conn| telemetry::prune_older_than(conn, cutoff, RETENTION_BATCH))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, %cutoff, "old device logs and events deleted"),
+                Err(e) => tracing::warn!(error = %e, "log retention failed"),
+            }
             match db.run(|conn| tokens::prune(conn, Utc::now())).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "expired token revocations pruned"),

@@ -8,16 +8,20 @@ pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod devices;
 pub mod dispatcher;
 pub mod error;
+pub mod events;
 pub mod janitor;
 pub mod presence;
 pub mod ratelimit;
 pub mod registry;
 pub mod session;
 pub mod state;
+pub mod sync;
+pub mod telemetry;
 pub mod tokens;
 pub mod users;
 
@@ -33,10 +37,12 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::dispatcher::CommandDispatcher;
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::events::EventBus;
 use crate::janitor::Janitor;
 use crate::presence::PresenceWriter;
 use crate::registry::DeviceRegistry;
 use crate::state::{AppState, Limits};
+use crate::telemetry::{TelemetrySink, TelemetryWriter};
 
 /// Largest JSON body accepted on REST routes.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
@@ -65,6 +71,7 @@ routes! {
     get "/" => index,
     get "/healthz" => healthz,
     get "/ws/device" => session::device_socket,
+    get "/ws/dashboard" => dashboard::dashboard_socket,
     post "/api/v1/auth/login" => users::login,
     post "/api/v1/auth/logout" => users::logout,
     get "/api/v1/auth/me" => users::me,
@@ -78,10 +85,15 @@ routes! {
     get "/api/v1/devices" => devices::list_devices,
     get "/api/v1/devices/connected" => devices::connected_devices,
     get "/api/v1/devices/{id}" => devices::get_device,
+    patch "/api/v1/devices/{id}" => devices::update_device,
+    delete "/api/v1/devices/{id}" => devices::delete_device,
+    get "/api/v1/devices/{id}/logs" => telemetry::device_logs,
+    get "/api/v1/devices/{id}/events" => telemetry::device_events,
     post "/api/v1/devices/{id}/token" => devices::issue_token,
     post "/api/v1/devices/{id}/commands" => commands::dispatch,
     get "/api/v1/devices/{id}/commands" => commands::history,
     get "/api/v1/devices/{id}/commands/{cmd_id}" => commands::get_command,
+    post "/api/v1/sync" => sync::ingest,
 }
 
 async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
@@ -144,11 +156,19 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         let db = db.clone();
         SyncArbiter::start(1, move || PresenceWriter::new(db.clone()))
     };
-    let registry = DeviceRegistry::new(presence.clone()).start();
+    let bus = EventBus::default().start();
+    let telemetry = {
+        let db = db.clone();
+        let writer = SyncArbiter::start(1, move || TelemetryWriter::new(db.clone()));
+        TelemetrySink::new(writer).start()
+    };
+    let registry = DeviceRegistry::new(presence.clone(), bus.clone()).start();
     let dispatcher = CommandDispatcher::new(db.clone(), registry.clone()).start();
     let limits = Arc::new(Limits::from_config(&config));
-    Janitor::new(db.clone(), limits.clone()).start();
+    Janitor::new(db.clone(), limits.clone(), config.log_retention_days).start();
     let state = web::Data::new(AppState {
+        bus,
+        telemetry,
         limits,
         db,
         jwt: auth::JwtKeys::new(&secret),

@@ -40,7 +40,7 @@ pub struct MarkOffline {
 #[rtype(result = "()")]
 pub struct RecordStatus {
     pub device_id: String,
-    pub version: Option<String>,
+    pub update: devices::StatusUpdate,
 }
 
 /// Answers once every message sent before it has been written; tests and shutdown use it.
@@ -77,7 +77,7 @@ impl Handler<RecordStatus> for PresenceWriter {
     fn handle(&mut self, msg: RecordStatus, _: &mut SyncContext<Self>) {
         if let Err(e) = self
             .db
-            .run_blocking(|c| devices::record_status(c, &msg.device_id, msg.version.as_deref()))
+            .run_blocking(|c| devices::record_status(c, &msg.device_id, &msg.update))
         {
             tracing::warn!(device = %msg.device_id, error = %e, "could not store status");
         }

@@ -10,8 +10,11 @@ use actix::{Actor, Addr, Context, Handler, Message, MessageResult, Recipient};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::events::{EventBus, Publish};
 use crate::presence::{MarkOffline, MarkOnline, PresenceWriter};
 use crate::session::{CloseSession, DeliverCommand, CLOSE_REPLACED, CLOSE_TOKEN_REVOKED};
+use protocol::device::{DeviceEvent, StatusEvent};
+use protocol::rest::DeviceStatus;
 
 struct SessionEntry {
     session_id: u64,
@@ -20,18 +23,40 @@ struct SessionEntry {
     remote_addr: Option<String>,
     deliver: Recipient<DeliverCommand>,
     close: Recipient<CloseSession>,
+    refused_frames: u64,
 }
 
 pub struct DeviceRegistry {
     sessions: HashMap<String, SessionEntry>,
     presence: Addr<PresenceWriter>,
+    bus: Addr<EventBus>,
 }
 
 impl DeviceRegistry {
-    pub fn new(presence: Addr<PresenceWriter>) -> Self {
+    pub fn new(presence: Addr<PresenceWriter>, bus: Addr<EventBus>) -> Self {
         DeviceRegistry {
             sessions: HashMap::new(),
             presence,
+            bus,
+        }
+    }
+}
+
+/// A session refused a frame from its device (too large or too fast).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FrameRefused {
+    pub device_id: String,
+    pub session_id: u64,
+}
+
+impl Handler<FrameRefused> for DeviceRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: FrameRefused, _: &mut Context<Self>) {
+        if let Some(entry) = self.sessions.get_mut(&msg.device_id) {
+            if entry.session_id == msg.session_id {
+                entry.refused_frames += 1;
+            }
         }
     }
 }
@@ -82,6 +107,8 @@ pub struct ConnectedDevice {
     pub session_id: u64,
     pub connected_at: DateTime<Utc>,
     pub remote_addr: Option<String>,
+    /// Frames refused in this session for being too large or too fast.
+    pub refused_frames: u64,
 }
 
 #[derive(Message)]
@@ -99,6 +126,7 @@ impl Handler<Connect> for DeviceRegistry {
             remote_addr: msg.remote_addr.clone(),
             deliver: msg.deliver,
             close: msg.close,
+            refused_frames: 0,
         };
         if let Some(old) = self.sessions.insert(msg.device_id.clone(), entry) {
             tracing::info!(device = %msg.device_id, old = old.session_id, new = msg.session_id, "session replaced");
@@ -128,8 +156,20 @@ impl Handler<Disconnect> for DeviceRegistry {
             self.sessions.remove(&msg.device_id);
             tracing::info!(device = %msg.device_id, session = msg.session_id, "device disconnected");
             self.presence.do_send(MarkOffline {
-                device_id: msg.device_id,
+                device_id: msg.device_id.clone(),
             });
+            // Dashboards learn of a disconnect from the server; the device cannot tell them.
+            let offline = DeviceEvent::Status(StatusEvent {
+                status: DeviceStatus::Offline.as_str().to_owned(),
+                version: None,
+                boot_id: None,
+                run_id: None,
+                metrics: None,
+                ts: Utc::now(),
+            });
+            if let Some(publish) = Publish::device_event(&msg.device_id, offline) {
+                self.bus.do_send(publish);
+            }
         }
     }
 }
@@ -169,6 +209,7 @@ impl Handler<ListConnected> for DeviceRegistry {
                 session_id: e.session_id,
                 connected_at: e.connected_at,
                 remote_addr: e.remote_addr.clone(),
+                refused_frames: e.refused_frames,
             })
             .collect();
         list.sort_by(|a, b| a.device_id.cmp(&b.device_id));

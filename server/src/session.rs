@@ -13,14 +13,18 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use chrono::Utc;
 use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame};
+use protocol::rest::DeviceStatus;
 
 use crate::auth::{bearer_token, Scope};
 use crate::devices;
+use crate::devices::StatusUpdate;
 use crate::dispatcher::{ProgressReceived, ResultReceived};
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::events::Publish;
 use crate::presence::RecordStatus;
-use crate::registry::{Connect, Disconnect};
+use crate::registry::{Connect, Disconnect, FrameRefused};
 use crate::state::AppState;
+use crate::telemetry::Telemetry;
 
 /// How often the server pings a device.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -28,8 +32,21 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an unauthenticated socket may wait before sending its `auth` frame.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest frame a device may send.
-pub const MAX_FRAME_SIZE: usize = 256 * 1024;
+/// Largest text frame a device may send; a larger one is refused with an `error` frame and
+/// counted, and the session stays.
+pub const MAX_TEXT_FRAME: usize = 64 * 1024;
+/// Largest frame the WebSocket codec reads at all; past it the stream is unusable and closed.
+pub const MAX_FRAME_SIZE: usize = 1024 * 1024;
+/// Frames per second a device may send on average, and the burst it may save up.
+pub const FRAME_RATE_PER_SEC: f64 = 200.0;
+pub const FRAME_BURST: f64 = 400.0;
+/// Refused frames (too large or too fast) tolerated per `REFUSAL_WINDOW`; past it the device
+/// is disconnected with `CLOSE_FLOOD`.
+pub const MAX_REFUSALS_PER_WINDOW: u32 = 1000;
+pub const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
+/// The device is told about refused frames at most this often, so refusals cannot be used to
+/// make the server amplify a flood.
+pub const REFUSAL_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Close code: a newer session of the same device took over.
 pub const CLOSE_REPLACED: u16 = 4000;
@@ -39,6 +56,8 @@ pub const CLOSE_TOKEN_REVOKED: u16 = 4001;
 pub const CLOSE_AUTH_FAILED: u16 = 4401;
 /// Close code: no `auth` frame within `AUTH_TIMEOUT`.
 pub const CLOSE_AUTH_TIMEOUT: u16 = 4408;
+/// Close code: too many refused frames (oversized or over the rate).
+pub const CLOSE_FLOOD: u16 = 4429;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -64,9 +83,6 @@ pub async fn verify_device_token(state: &AppState, token: &str) -> ApiResult<Dev
             ErrorCode::InvalidToken,
             "device token was revoked",
         ));
-    }
-    if row.status == "DISABLED" {
-        return Err(ApiError::forbidden("device is disabled"));
     }
     Ok(DeviceIdentity {
         device_id: claims.sub,
@@ -96,6 +112,81 @@ pub struct DeviceSession {
     state: web::Data<AppState>,
     /// An `auth` frame is being verified; further frames wait for the answer.
     authenticating: bool,
+    limiter: FrameLimiter,
+}
+
+/// Why a frame was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    TooLarge,
+    TooFast,
+}
+
+/// A token bucket for frame rate, and the count of refusals in the current window.
+#[derive(Debug)]
+pub struct FrameLimiter {
+    tokens: f64,
+    refilled: Instant,
+    window_start: Instant,
+    refusals_in_window: u32,
+    last_notice: Option<Instant>,
+    pub refused_total: u64,
+}
+
+impl FrameLimiter {
+    pub fn new(now: Instant) -> Self {
+        FrameLimiter {
+            tokens: FRAME_BURST,
+            refilled: now,
+            window_start: now,
+            refusals_in_window: 0,
+            last_notice: None,
+            refused_total: 0,
+        }
+    }
+
+    /// Takes a frame of `len` bytes: `Ok` to handle it, `Err` to refuse it.
+    pub fn admit(&mut self, len: usize, now: Instant) -> Result<(), Refusal> {
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * FRAME_RATE_PER_SEC).min(FRAME_BURST);
+        self.refilled = now;
+        let refusal = if len > MAX_TEXT_FRAME {
+            Some(Refusal::TooLarge)
+        } else if self.tokens < 1.0 {
+            Some(Refusal::TooFast)
+        } else {
+            self.tokens -= 1.0;
+            None
+        };
+        match refusal {
+            None => Ok(()),
+            Some(r) => {
+                if now.duration_since(self.window_start) > REFUSAL_WINDOW {
+                    self.window_start = now;
+                    self.refusals_in_window = 0;
+                }
+                self.refusals_in_window += 1;
+                self.refused_total += 1;
+                Err(r)
+            }
+        }
+    }
+
+    /// Past the tolerated number of refusals in the window.
+    pub fn flooding(&self) -> bool {
+        self.refusals_in_window > MAX_REFUSALS_PER_WINDOW
+    }
+
+    /// Whether to tell the device about this refusal (rate-limited notices).
+    pub fn should_notify(&mut self, now: Instant) -> bool {
+        match self.last_notice {
+            Some(t) if now.duration_since(t) < REFUSAL_NOTICE_INTERVAL => false,
+            _ => {
+                self.last_notice = Some(now);
+                true
+            }
+        }
+    }
 }
 
 impl DeviceSession {
@@ -112,6 +203,7 @@ impl DeviceSession {
             opened: Instant::now(),
             state,
             authenticating: false,
+            limiter: FrameLimiter::new(Instant::now()),
         }
     }
 
@@ -233,11 +325,13 @@ impl DeviceSession {
         event: DeviceEvent,
     ) {
         let device_id = identity.device_id;
-        match event {
+        let telemetry = &self.state.telemetry;
+        match &event {
             DeviceEvent::CommandResult(result) => {
-                self.state
-                    .dispatcher
-                    .do_send(ResultReceived { device_id, result });
+                self.state.dispatcher.do_send(ResultReceived {
+                    device_id: device_id.clone(),
+                    result: result.clone(),
+                });
             }
             DeviceEvent::CommandProgress(progress) => {
                 if progress.percent > 100 {
@@ -245,20 +339,106 @@ impl DeviceSession {
                     return;
                 }
                 self.state.dispatcher.do_send(ProgressReceived {
-                    device_id,
-                    progress,
+                    device_id: device_id.clone(),
+                    progress: progress.clone(),
                 });
             }
             DeviceEvent::Status(status) => {
+                let word = match status.status.as_str() {
+                    "ONLINE" => Some(DeviceStatus::Online),
+                    "DISABLED" => Some(DeviceStatus::Disabled),
+                    _ => None,
+                };
+                let metrics = status.metrics.as_ref().map(|m| m.to_string());
+                if metrics
+                    .as_ref()
+                    .is_some_and(|m| m.len() > MAX_TEXT_FRAME / 2)
+                {
+                    Self::send_error(ctx, "invalid_frame", "status metrics are too large");
+                    return;
+                }
+                let connection_mode = status
+                    .metrics
+                    .as_ref()
+                    .and_then(|m| m.get("connectionMode"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
                 self.state.presence.do_send(RecordStatus {
-                    device_id,
-                    version: status.version,
+                    device_id: device_id.clone(),
+                    update: StatusUpdate {
+                        status: word,
+                        version: status.version.clone(),
+                        boot_id: status.boot_id.clone(),
+                        run_id: status.run_id.clone(),
+                        connection_mode,
+                        metrics,
+                    },
                 });
             }
-            other => {
-                tracing::debug!(device = %device_id, event = other.event_type(), "device event");
+            DeviceEvent::LogLine(log) => {
+                telemetry.do_send(Telemetry::log(&device_id, log.ts, &log.level, &log.line));
+            }
+            DeviceEvent::Scan(scan) => {
+                let payload = serde_json::json!({"code": scan.code, "valid": scan.valid});
+                telemetry.do_send(Telemetry::event(&device_id, scan.ts, "scan", &payload));
+            }
+            DeviceEvent::Print(print) => {
+                let payload = serde_json::json!({"code": print.code});
+                telemetry.do_send(Telemetry::event(&device_id, print.ts, "print", &payload));
+            }
+            DeviceEvent::Alert(alert) => {
+                let payload =
+                    serde_json::json!({"severity": alert.severity, "message": alert.message});
+                telemetry.do_send(Telemetry::event(&device_id, alert.ts, "alert", &payload));
             }
         }
+        if let Some(publish) = Publish::device_event(&device_id, event) {
+            self.state.bus.do_send(publish);
+        }
+    }
+
+    /// Applies the frame limits; `false` when the frame must not be handled.
+    fn admit(&mut self, ctx: &mut ws::WebsocketContext<Self>, len: usize) -> bool {
+        let now = Instant::now();
+        let refusal = match self.limiter.admit(len, now) {
+            Ok(()) => return true,
+            Err(r) => r,
+        };
+        if let Some(identity) = &self.identity {
+            self.state.registry.do_send(FrameRefused {
+                device_id: identity.device_id.clone(),
+                session_id: self.session_id,
+            });
+        }
+        if self.limiter.flooding() {
+            tracing::warn!(
+                device = self
+                    .identity
+                    .as_ref()
+                    .map(|i| i.device_id.as_str())
+                    .unwrap_or("-"),
+                refused = self.limiter.refused_total,
+                "disconnecting a flooding device"
+            );
+            Self::send_error(ctx, "flood", "too many refused frames; disconnecting");
+            Self::close(ctx, CLOSE_FLOOD, "too many refused frames");
+            return false;
+        }
+        if self.limiter.should_notify(now) {
+            let (code, message) = match refusal {
+                Refusal::TooLarge => ("frame_too_large", format!("frames over {MAX_TEXT_FRAME} bytes are refused")),
+                Refusal::TooFast => (
+                    "rate_limited",
+                    format!("more than {FRAME_RATE_PER_SEC} frames per second; frames are being dropped"),
+                ),
+            };
+            Self::send_error(
+                ctx,
+                code,
+                format!("{message} ({} refused so far)", self.limiter.refused_total),
+            );
+        }
+        false
     }
 }
 
@@ -327,8 +507,15 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for DeviceSession {
         match msg {
             ws::Message::Ping(bytes) => ctx.pong(&bytes),
             ws::Message::Pong(_) => {}
-            ws::Message::Text(text) => self.handle_text(ctx, &text),
-            ws::Message::Binary(_) => {
+            ws::Message::Text(text) => {
+                if self.admit(ctx, text.len()) {
+                    self.handle_text(ctx, &text);
+                }
+            }
+            ws::Message::Binary(bytes) => {
+                if !self.admit(ctx, bytes.len()) {
+                    return;
+                }
                 Self::send_error(
                     ctx,
                     "invalid_frame",
@@ -387,4 +574,54 @@ pub async fn device_socket(
     )
     .frame_size(MAX_FRAME_SIZE)
     .start()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_over_the_size_are_refused() {
+        let now = Instant::now();
+        let mut limiter = FrameLimiter::new(now);
+        assert_eq!(
+            limiter.admit(MAX_TEXT_FRAME + 1, now),
+            Err(Refusal::TooLarge)
+        );
+        assert_eq!(limiter.admit(100, now), Ok(()));
+        assert_eq!(limiter.refused_total, 1);
+    }
+
+    #[test]
+    fn a_burst_past_the_bucket_is_refused_then_refills() {
+        let now = Instant::now();
+        let mut limiter = FrameLimiter::new(now);
+        let admitted = (0..1000).filter(|_| limiter.admit(10, now).is_ok()).count();
+        assert_eq!(admitted, FRAME_BURST as usize);
+        assert!(!limiter.flooding(), "600 refusals is under the limit");
+        let later = now + Duration::from_secs(1);
+        assert!(
+            limiter.admit(10, later).is_ok(),
+            "a second later the bucket has refilled"
+        );
+    }
+
+    #[test]
+    fn sustained_flooding_is_detected() {
+        let now = Instant::now();
+        let mut limiter = FrameLimiter::new(now);
+        for _ in 0..(FRAME_BURST as u32 + MAX_REFUSALS_PER_WINDOW + 1) {
+            let _ = limiter.admit(10, now);
+        }
+        assert!(limiter.flooding());
+    }
+
+    #[test]
+    fn notices_are_rate_limited() {
+        let now = Instant::now();
+        let mut limiter = FrameLimiter::new(now);
+        assert!(limiter.should_notify(now));
+        assert!(!limiter.should_notify(now + Duration::from_millis(500)));
+        assert!(limiter.should_notify(now + Duration::from_millis(1500)));
+    }
 }

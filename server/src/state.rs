@@ -9,9 +9,11 @@ use crate::auth::JwtKeys;
 use crate::config::Config;
 use crate::db::Db;
 use crate::dispatcher::CommandDispatcher;
+use crate::events::EventBus;
 use crate::presence::PresenceWriter;
 use crate::ratelimit::FailureLimiter;
 use crate::registry::DeviceRegistry;
+use crate::telemetry::TelemetrySink;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -21,6 +23,8 @@ pub struct AppState {
     pub registry: Addr<DeviceRegistry>,
     pub dispatcher: Addr<CommandDispatcher>,
     pub presence: Addr<PresenceWriter>,
+    pub bus: Addr<EventBus>,
+    pub telemetry: Addr<TelemetrySink>,
     pub limits: Arc<Limits>,
 }
 

@@ -86,8 +86,28 @@ fn sqlite_and_postgres_migrations_define_the_same_columns() {
     use diesel::Table;
     let declared: Vec<(&str, Vec<&str>)> = vec![
         (
+            "aggregated_batch_fixations",
+            schema::schema::aggregated_batch_fixations::table::all_columns().names(),
+        ),
+        (
+            "aggregated_batches",
+            schema::schema::aggregated_batches::table::all_columns().names(),
+        ),
+        (
+            "aggregated_bottles",
+            schema::schema::aggregated_bottles::table::all_columns().names(),
+        ),
+        (
+            "aggregated_pallets",
+            schema::schema::aggregated_pallets::table::all_columns().names(),
+        ),
+        (
             "audit_log",
             schema::schema::audit_log::table::all_columns().names(),
+        ),
+        (
+            "cloud_sync_queue",
+            schema::schema::cloud_sync_queue::table::all_columns().names(),
         ),
         (
             "commands",
@@ -136,7 +156,11 @@ macro_rules! column_names_for_tuples {
 }
 
 column_names_for_tuples!(
+    2: (A, B),
     4: (A, B, C, D),
+    5: (A, B, C, D, E),
+    6: (A, B, C, D, E, F),
+    16: (A, B, C, D, E, F, G, H, I, J, K, L, M, N, O, P),
     8: (A, B, C, D, E, F, G, H),
     9: (A, B, C, D, E, F, G, H, I),
     7: (A, B, C, D, E, F, G),

@@ -1,0 +1,11 @@
+DROP INDEX devices_line_idx;
+DROP INDEX devices_company_idx;
+DROP TABLE device_group_members;
+DROP TABLE device_groups;
+DROP TABLE device_events;
+DROP TABLE device_logs;
+ALTER TABLE devices DROP COLUMN status_at;
+ALTER TABLE devices DROP COLUMN metrics;
+ALTER TABLE devices DROP COLUMN run_id;
+ALTER TABLE devices DROP COLUMN boot_id;
+ALTER TABLE devices DROP COLUMN connection_mode;

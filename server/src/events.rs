@@ -1,0 +1,206 @@
+//! The `EventBus` actor: fans device events out to dashboards.
+//!
+//! Each dashboard registers a bounded channel. The bus never waits on a dashboard: when a
+//! channel is full the event is dropped for that dashboard alone and counted, and the
+//! dashboard later reports the count in a `dropped` frame. So one slow browser can neither
+//! slow a device nor grow the server's memory.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use protocol::dashboard::DashboardEvent;
+use protocol::device::DeviceEvent;
+use tokio::sync::mpsc;
+
+/// Which events a dashboard wants; `None` means all.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub device_ids: Option<HashSet<String>>,
+    pub event_types: Option<HashSet<String>>,
+}
+
+impl Filter {
+    pub fn matches(&self, device_id: &str, event_type: &str) -> bool {
+        self.device_ids
+            .as_ref()
+            .is_none_or(|ids| ids.contains(device_id))
+            && self
+                .event_types
+                .as_ref()
+                .is_none_or(|types| types.contains(event_type))
+    }
+}
+
+struct Subscriber {
+    filter: Filter,
+    tx: mpsc::Sender<Arc<str>>,
+    dropped: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+pub struct EventBus {
+    subscribers: HashMap<u64, Subscriber>,
+}
+
+impl Actor for EventBus {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub id: u64,
+    pub tx: mpsc::Sender<Arc<str>>,
+    pub dropped: Arc<AtomicU64>,
+    pub filter: Filter,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetFilter {
+    pub id: u64,
+    pub filter: Filter,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub id: u64,
+}
+
+/// An event already serialized once for every dashboard that wants it.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub device_id: String,
+    pub event_type: String,
+    pub json: Arc<str>,
+}
+
+impl Publish {
+    /// A device event as dashboards see it: the device's frame with `deviceId` added.
+    pub fn device_event(device_id: &str, event: DeviceEvent) -> Option<Publish> {
+        let event_type = event.event_type().to_owned();
+        let frame = DashboardEvent {
+            device_id: device_id.to_owned(),
+            event,
+        };
+        let json = serde_json::to_string(&frame).ok()?;
+        Some(Publish {
+            device_id: device_id.to_owned(),
+            event_type,
+            json: json.into(),
+        })
+    }
+}
+
+impl Handler<Subscribe> for EventBus {
+    type Result = ();
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        self.subscribers.insert(
+            msg.id,
+            Subscriber {
+                filter: msg.filter,
+                tx: msg.tx,
+                dropped: msg.dropped,
+            },
+        );
+    }
+}
+
+impl Handler<SetFilter> for EventBus {
+    type Result = ();
+    fn handle(&mut self, msg: SetFilter, _: &mut Context<Self>) {
+        if let Some(sub) = self.subscribers.get_mut(&msg.id) {
+            sub.filter = msg.filter;
+        }
+    }
+}
+
+impl Handler<Unsubscribe> for EventBus {
+    type Result = ();
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        self.subscribers.remove(&msg.id);
+    }
+}
+
+impl Handler<Publish> for EventBus {
+    type Result = ();
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        let mut closed = Vec::new();
+        for (id, sub) in &self.subscribers {
+            if !sub.filter.matches(&msg.device_id, &msg.event_type) {
+                continue;
+            }
+            match sub.tx.try_send(msg.json.clone()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*id),
+            }
+        }
+        for id in closed {
+            self.subscribers.remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_devices_and_types() {
+        let all = Filter::default();
+        assert!(all.matches("a", "scan"));
+        let some = Filter {
+            device_ids: Some(["a".to_string()].into()),
+            event_types: Some(["scan".to_string(), "status".to_string()].into()),
+        };
+        assert!(some.matches("a", "scan"));
+        assert!(!some.matches("b", "scan"));
+        assert!(!some.matches("a", "log_line"));
+    }
+
+    #[actix_rt::test]
+    async fn a_full_dashboard_drops_and_counts_without_blocking_others() {
+        let bus = EventBus::default().start();
+        let (slow_tx, _slow_rx) = mpsc::channel(2);
+        let (fast_tx, mut fast_rx) = mpsc::channel(100);
+        let slow_dropped = Arc::new(AtomicU64::new(0));
+        bus.send(Subscribe {
+            id: 1,
+            tx: slow_tx,
+            dropped: slow_dropped.clone(),
+            filter: Filter::default(),
+        })
+        .await
+        .unwrap();
+        bus.send(Subscribe {
+            id: 2,
+            tx: fast_tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            filter: Filter::default(),
+        })
+        .await
+        .unwrap();
+        for i in 0..10 {
+            bus.send(Publish {
+                device_id: "d".into(),
+                event_type: "scan".into(),
+                json: format!("{i}").into(),
+            })
+            .await
+            .unwrap();
+        }
+        assert_eq!(slow_dropped.load(Ordering::Relaxed), 8);
+        let mut got = 0;
+        while fast_rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, 10);
+    }
+}

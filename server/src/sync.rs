@@ -1,0 +1,359 @@
+//! Edge → factory sync, `POST /api/v1/sync`: production records from agents, stored once each
+//! in their `aggregated_*` table and in `cloud_sync_queue`, in one transaction.
+//!
+//! Agents resend whatever they did not see acknowledged, so every record id is checked: one
+//! seen before is a duplicate and changes nothing. The check runs inside the transaction, and
+//! a unique violation from a concurrent request with the same id counts as a duplicate too.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{NaiveDateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use futures_util::StreamExt;
+use protocol::rest::Envelope;
+use protocol::sync::{RecordKind, SyncRecord, SyncResponse};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::db::DbConnection;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::state::AppState;
+use schema::schema::{
+    aggregated_batch_fixations, aggregated_batches, aggregated_bottles, aggregated_pallets,
+    cloud_sync_queue,
+};
+
+/// Most records one request may carry; agents send at most this many per call.
+pub const MAX_SYNC_RECORDS: usize = 1000;
+/// Largest body accepted: room for `MAX_SYNC_RECORDS` records of up to 16 KiB each.
+pub const MAX_SYNC_BODY: usize = 16 * 1024 * 1024;
+/// Longest record id accepted.
+pub const MAX_RECORD_ID_LEN: usize = 128;
+/// State of a fresh `cloud_sync_queue` row.
+pub const QUEUE_PENDING: &str = "PENDING";
+
+/// The body as received, before each record is checked: `payload` may be anything and
+/// `kind` any string, so that a bad record is refused with its index and reason.
+#[derive(Deserialize)]
+struct RawRequest {
+    records: Vec<Value>,
+}
+
+/// One row of an `aggregated_*` table; the four tables share the shape.
+#[derive(Debug, Clone)]
+struct AggregatedRow {
+    id: String,
+    device_id: String,
+    company_id: String,
+    payload: String,
+    created_at: NaiveDateTime,
+    received_at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = cloud_sync_queue)]
+struct QueueRow {
+    id: String,
+    kind: String,
+    company_id: String,
+    payload: String,
+    state: String,
+    attempts: i64,
+    next_attempt_at: NaiveDateTime,
+    last_error: Option<String>,
+    created_at: NaiveDateTime,
+}
+
+/// The wire name of a kind, which is also the queue's `kind` column.
+pub fn kind_name(kind: RecordKind) -> &'static str {
+    match kind {
+        RecordKind::Bottle => "bottle",
+        RecordKind::Batch => "batch",
+        RecordKind::Pallet => "pallet",
+        RecordKind::BatchFixate => "batch_fixate",
+    }
+}
+
+/// Checks one record; the reason names what is wrong with it.
+fn check_record(value: Value) -> Result<SyncRecord, String> {
+    if let Some(kind) = value.get("kind").and_then(Value::as_str) {
+        if serde_json::from_value::<RecordKind>(Value::String(kind.to_owned())).is_err() {
+            return Err(format!(
+                "unknown kind `{kind}` (bottle, batch, pallet or batch_fixate)"
+            ));
+        }
+    }
+    let record: SyncRecord = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    if record.id.trim().is_empty() {
+        return Err("id must not be empty".into());
+    }
+    if record.id.len() > MAX_RECORD_ID_LEN {
+        return Err(format!("id is longer than {MAX_RECORD_ID_LEN} bytes"));
+    }
+    if record.company_id.trim().is_empty() {
+        return Err("companyId must not be empty".into());
+    }
+    if !record.payload.is_object() {
+        return Err("payload must be a JSON object".into());
+    }
+    Ok(record)
+}
+
+/// Parses and checks the whole body; the first bad record refuses the batch.
+fn parse_body(body: &[u8]) -> ApiResult<Vec<SyncRecord>> {
+    let raw: RawRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidBody, e.to_string()))?;
+    if raw.records.len() > MAX_SYNC_RECORDS {
+        return Err(too_large(format!(
+            "{} records in one request; at most {MAX_SYNC_RECORDS} are accepted",
+            raw.records.len()
+        )));
+    }
+    raw.records
+        .into_iter()
+        .enumerate()
+        .map(|(index, value)| {
+            check_record(value).map_err(|reason| {
+                ApiError::bad_request(
+                    ErrorCode::InvalidBody,
+                    format!("records[{index}]: {reason}"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn too_large(message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+        message,
+    )
+}
+
+/// Reads the body up to `MAX_SYNC_BODY`; the app-wide JSON limit is too small for a full batch.
+async fn read_body(mut payload: web::Payload) -> ApiResult<web::BytesMut> {
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(ErrorCode::InvalidBody, e.to_string()))?;
+        if body.len() + chunk.len() > MAX_SYNC_BODY {
+            return Err(too_large(format!(
+                "body is larger than {MAX_SYNC_BODY} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `POST /api/v1/sync`: a device's records, stored once each.
+pub async fn ingest(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    // Authentication comes before the body is read, so a stranger cannot make the server
+    // buffer 16 MiB.
+    let token = crate::auth::bearer_token(&req)
+        .ok_or_else(|| ApiError::unauthorized(ErrorCode::Unauthorized, "device token required"))?
+        .to_owned();
+    let device = crate::session::verify_device_token(&state, &token).await?;
+    let body = read_body(payload).await?;
+    let records = parse_body(&body)?;
+    let total = records.len();
+    let device_id = device.device_id.clone();
+    let stored = state
+        .db
+        .run(move |conn| store(conn, &device_id, records))
+        .await?;
+    tracing::debug!(
+        device_id = %device.device_id,
+        records = total,
+        accepted = stored.accepted,
+        duplicates = stored.duplicates,
+        "sync batch stored"
+    );
+    Ok(HttpResponse::Ok().json(Envelope::ok(stored)))
+}
+
+/// Stores a checked batch in one transaction and counts what was new.
+pub fn store(
+    conn: &mut DbConnection,
+    device_id: &str,
+    records: Vec<SyncRecord>,
+) -> ApiResult<SyncResponse> {
+    let now = Utc::now().naive_utc();
+    conn.transaction(|conn| {
+        let mut accepted = 0u64;
+        let mut duplicates = 0u64;
+        let mut seen = std::collections::HashSet::new();
+        for record in records {
+            // The same id twice in one body: the second is a duplicate of the first.
+            if !seen.insert(record.id.clone()) || exists(conn, record.kind, &record.id)? {
+                duplicates += 1;
+                continue;
+            }
+            let row = AggregatedRow {
+                id: record.id.clone(),
+                device_id: device_id.to_owned(),
+                company_id: record.company_id.clone(),
+                payload: record.payload.to_string(),
+                created_at: record.created_at.naive_utc(),
+                received_at: now,
+            };
+            let queued = QueueRow {
+                id: record.id,
+                kind: kind_name(record.kind).to_owned(),
+                company_id: record.company_id,
+                payload: row.payload.clone(),
+                state: QUEUE_PENDING.to_owned(),
+                attempts: 0,
+                next_attempt_at: now,
+                last_error: None,
+                created_at: row.created_at,
+            };
+            // A savepoint per record: a concurrent request that inserted the same id first
+            // makes this one a duplicate without aborting the rest of the batch.
+            let inserted = conn.transaction(|conn| {
+                insert_aggregated(conn, record.kind, &row)?;
+                diesel::insert_into(cloud_sync_queue::table)
+                    .values(&queued)
+                    .execute(conn)
+            });
+            match inserted {
+                Ok(_) => accepted += 1,
+                Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                    duplicates += 1
+                }
+                Err(e) => return Err(ApiError::from(e)),
+            }
+        }
+        Ok(SyncResponse {
+            accepted,
+            duplicates,
+        })
+    })
+}
+
+/// Whether a record id is already stored in the table of its kind.
+fn exists(conn: &mut DbConnection, kind: RecordKind, id: &str) -> ApiResult<bool> {
+    use diesel::dsl::{exists, select};
+    let found = match kind {
+        RecordKind::Bottle => select(exists(
+            aggregated_bottles::table.filter(aggregated_bottles::id.eq(id)),
+        ))
+        .get_result(conn)?,
+        RecordKind::Batch => select(exists(
+            aggregated_batches::table.filter(aggregated_batches::id.eq(id)),
+        ))
+        .get_result(conn)?,
+        RecordKind::Pallet => select(exists(
+            aggregated_pallets::table.filter(aggregated_pallets::id.eq(id)),
+        ))
+        .get_result(conn)?,
+        RecordKind::BatchFixate => select(exists(
+            aggregated_batch_fixations::table.filter(aggregated_batch_fixations::id.eq(id)),
+        ))
+        .get_result(conn)?,
+    };
+    // An id already queued for the cloud under another kind is taken too.
+    Ok(found
+        || select(exists(
+            cloud_sync_queue::table.filter(cloud_sync_queue::id.eq(id)),
+        ))
+        .get_result(conn)?)
+}
+
+/// Inserts into the `aggregated_*` table of the record's kind.
+fn insert_aggregated(
+    conn: &mut DbConnection,
+    kind: RecordKind,
+    row: &AggregatedRow,
+) -> QueryResult<usize> {
+    macro_rules! insert_into {
+        ($table:ident) => {
+            diesel::insert_into($table::table)
+                .values((
+                    $table::id.eq(&row.id),
+                    $table::device_id.eq(&row.device_id),
+                    $table::company_id.eq(&row.company_id),
+                    $table::payload.eq(&row.payload),
+                    $table::created_at.eq(row.created_at),
+                    $table::received_at.eq(row.received_at),
+                ))
+                .execute(conn)
+        };
+    }
+    match kind {
+        RecordKind::Bottle => insert_into!(aggregated_bottles),
+        RecordKind::Batch => insert_into!(aggregated_batches),
+        RecordKind::Pallet => insert_into!(aggregated_pallets),
+        RecordKind::BatchFixate => insert_into!(aggregated_batch_fixations),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn record(id: &str) -> Value {
+        json!({"id": id, "kind": "bottle", "companyId": "acme",
+               "payload": {"code": "x"}, "createdAt": "2030-01-01T00:00:00Z"})
+    }
+
+    fn body(records: Vec<Value>) -> Vec<u8> {
+        json!({ "records": records }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_good_batch_parses() {
+        let parsed = parse_body(&body(vec![record("a"), record("b")])).unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[1].id, "b");
+    }
+
+    #[test]
+    fn the_first_bad_record_is_named_with_its_index_and_reason() {
+        let cases = [
+            ("id", json!(""), "id must not be empty"),
+            ("id", json!("x".repeat(129)), "longer than 128"),
+            ("companyId", json!(" "), "companyId must not be empty"),
+            ("payload", json!([1, 2]), "payload must be a JSON object"),
+            ("kind", json!("crate"), "unknown kind `crate`"),
+            (
+                "createdAt",
+                json!("yesterday"),
+                "input contains invalid characters",
+            ),
+        ];
+        for (field, value, reason) in cases {
+            let mut bad = record("bad");
+            bad[field] = value;
+            let err = parse_body(&body(vec![record("ok"), bad, json!(7)])).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidBody);
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert!(err.message.starts_with("records[1]: "), "{}", err.message);
+            assert!(err.message.contains(reason), "{} / {reason}", err.message);
+        }
+        let err = parse_body(b"{\"records\": 3}").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidBody);
+    }
+
+    #[test]
+    fn more_than_the_maximum_is_too_large() {
+        let records = (0..=MAX_SYNC_RECORDS)
+            .map(|i| record(&i.to_string()))
+            .collect();
+        let err = parse_body(&body(records)).unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(err.code, ErrorCode::PayloadTooLarge);
+        let records = (0..MAX_SYNC_RECORDS)
+            .map(|i| record(&i.to_string()))
+            .collect();
+        assert_eq!(parse_body(&body(records)).unwrap().len(), MAX_SYNC_RECORDS);
+    }
+}
