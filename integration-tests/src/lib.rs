@@ -521,3 +521,54 @@ pub fn ws_send_json(socket: &mut WsClient, value: &Value) {
         .send(tungstenite::Message::Text(value.to_string()))
         .expect("send frame");
 }
+
+/// A device simulated over a real WebSocket: enrolls, connects with its token and reads its
+/// `hello`.
+pub struct FakeDevice {
+    pub id: String,
+    pub socket: WsClient,
+}
+
+impl FakeDevice {
+    pub fn connect(server: &ServerProcess, api: &Api, id: &str) -> FakeDevice {
+        let token = api.enroll(id);
+        let mut socket = ws_connect(&server.ws_url("/ws/device"), Some(&token))
+            .unwrap_or_else(|status| panic!("device {id} refused with {status}"));
+        let hello = ws_next_json(&mut socket).expect("hello");
+        assert_eq!(hello["type"], "hello");
+        FakeDevice {
+            id: id.to_owned(),
+            socket,
+        }
+    }
+
+    pub fn send(&mut self, frame: &Value) {
+        ws_send_json(&mut self.socket, frame);
+    }
+
+    /// Answers every command with success until the socket closes, on its own thread.
+    pub fn answer_commands(mut self) -> std::thread::JoinHandle<u32> {
+        std::thread::spawn(move || {
+            let mut answered = 0;
+            while let Some(frame) = ws_next_json(&mut self.socket) {
+                if frame["type"] == "command" {
+                    let id = frame["command"]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    ws_send_json(
+                        &mut self.socket,
+                        &serde_json::json!({"type": "command_result", "commandId": id, "success": true, "output": "ok"}),
+                    );
+                    answered += 1;
+                }
+            }
+            answered
+        })
+    }
+}
+
+/// Now, as the contract's timestamps.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
