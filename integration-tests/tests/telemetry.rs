@@ -22,6 +22,7 @@ on_both_backends!(
     telemetry_is_stored_and_listed,
     oversized_frames_and_floods_are_refused,
     devices_can_be_renamed_moved_and_deleted,
+    query_tokens_can_be_turned_off,
 );
 
 fn dashboard(server: &ServerProcess, api: &Api) -> WsClient {
@@ -413,4 +414,36 @@ fn devices_can_be_renamed_moved_and_deleted(backend: Backend) {
         actions.contains(&"device.update") && actions.contains(&"device.delete"),
         "{actions:?}"
     );
+}
+
+fn query_tokens_can_be_turned_off(backend: Backend) {
+    // On by default: a seed device's `?token=` works.
+    let server = ServerProcess::start(backend);
+    let api = Api::admin(&server);
+    let token = api.enroll("edge-q");
+    let mut socket = ws_connect(&server.ws_url(&format!("/ws/device?token={token}")), None)
+        .expect("query token accepted");
+    assert_eq!(ws_next_json(&mut socket).unwrap()["type"], "hello");
+    drop(socket);
+    let (db, dir) = server.stop();
+
+    let server = ServerProcess::start_with(db, dir, &["--allow-query-token=false"]);
+    assert_eq!(
+        ws_connect(&server.ws_url(&format!("/ws/device?token={token}")), None).err(),
+        Some(401)
+    );
+    let user = Api::admin(&server);
+    let user_token = user.token().unwrap().to_owned();
+    assert_eq!(
+        ws_connect(
+            &server.ws_url(&format!("/ws/dashboard?token={user_token}")),
+            None
+        )
+        .err(),
+        Some(401)
+    );
+    // The header still works.
+    let mut socket =
+        ws_connect(&server.ws_url("/ws/device"), Some(&token)).expect("header accepted");
+    assert_eq!(ws_next_json(&mut socket).unwrap()["type"], "hello");
 }
