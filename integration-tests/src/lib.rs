@@ -154,10 +154,15 @@ impl ServerProcess {
 
     /// Starts a server on `db` and `data_dir` (a restart reuses both) with extra flags.
     pub fn start_with(db: TestDb, data_dir: TempDir, extra: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", db, data_dir, extra)
+    }
+
+    /// Like `start_with`, on a chosen address (to come back on the same port after a stop).
+    pub fn start_on(bind: &str, db: TestDb, data_dir: TempDir, extra: &[&str]) -> Self {
         let log = data_dir.path().join("server.log");
         let mut cmd = Command::new(binary("factory-server"));
         cmd.arg("--bind")
-            .arg("127.0.0.1:0")
+            .arg(bind)
             .arg("--data-dir")
             .arg(data_dir.path())
             .arg("--admin-password")
@@ -209,6 +214,29 @@ impl ServerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Runs a query that answers one row of integers, on whichever database the server uses.
+    pub fn query_ints(&self, sql: &str) -> Vec<i64> {
+        match self.db.url() {
+            Some(url) => {
+                let mut client =
+                    postgres::Client::connect(&url, postgres::NoTls).expect("connect to test db");
+                let row = client.query_one(sql, &[]).expect("query");
+                (0..row.len()).map(|i| row.get::<_, i64>(i)).collect()
+            }
+            None => {
+                let conn = rusqlite::Connection::open(self.data_dir.path().join("factory.db"))
+                    .expect("open factory.db");
+                conn.busy_timeout(Duration::from_secs(10))
+                    .expect("busy timeout");
+                conn.query_row(sql, [], |row| {
+                    let n = row.as_ref().column_count();
+                    (0..n).map(|i| row.get::<_, i64>(i)).collect()
+                })
+                .expect("query")
+            }
+        }
+    }
+
     /// Stops the server and hands back its database and data dir for a restart.
     pub fn stop(mut self) -> (TestDb, TempDir) {
         let _ = self.child.kill();
@@ -233,21 +261,62 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Extra settings of an agent process.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// Flags after the harness's own.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Start the scanner listener on a free port and read its address.
+    pub scanner: bool,
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests use it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 /// A running `edge-agent`.
 pub struct AgentProcess {
     child: Child,
     pub device_id: String,
     pub data_dir: TempDir,
+    pub server_url: String,
+    pub options: AgentOptions,
+    /// `host:port` of the scanner listener, when started with one.
+    pub scanner_addr: Option<String>,
     log: PathBuf,
 }
 
 impl AgentProcess {
     pub fn start(server: &ServerProcess, device_id: &str) -> Self {
-        let data_dir = TempDir::new("edge-data");
+        Self::start_with(&server.base_url, device_id, AgentOptions::default())
+    }
+
+    /// An agent for the server at `server_url` (which need not be up), in a fresh data dir.
+    pub fn start_with(server_url: &str, device_id: &str, options: AgentOptions) -> Self {
+        Self::start_in(server_url, device_id, options, TempDir::new("edge-data"))
+    }
+
+    /// An agent on an existing data dir: a restart of the same device.
+    pub fn start_in(
+        server_url: &str,
+        device_id: &str,
+        options: AgentOptions,
+        data_dir: TempDir,
+    ) -> Self {
         let log = data_dir.path().join("agent.log");
-        let child = Command::new(binary("edge-agent"))
-            .arg("--server-url")
-            .arg(&server.base_url)
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("agent log file");
+        let mut cmd = Command::new(binary("edge-agent"));
+        cmd.arg("--server-url")
+            .arg(server_url)
             .arg("--device-id")
             .arg(device_id)
             .arg("--enrollment-key")
@@ -256,15 +325,44 @@ impl AgentProcess {
             .arg("company-1")
             .arg("--data-dir")
             .arg(data_dir.path())
-            .env("EDGE_LOG_LEVEL", "debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("agent log file"))
-            .spawn()
-            .expect("spawn edge-agent");
+            .env("EDGE_LOG_LEVEL", "debug,awc=info,actix_http=info")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        if options.scanner {
+            cmd.arg("--scanner-listen").arg("127.0.0.1:0");
+        }
+        cmd.args(&options.args);
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn edge-agent");
+        let lines = line_reader(&mut child);
+        let scanner_addr = if options.scanner {
+            match lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => Some(
+                    line.strip_prefix("edge-agent scanner listening on ")
+                        .unwrap_or_else(|| panic!("unexpected agent output: {line}"))
+                        .trim()
+                        .to_owned(),
+                ),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "edge-agent did not report its scanner address; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                }
+            }
+        } else {
+            None
+        };
         AgentProcess {
             child,
             device_id: device_id.to_owned(),
             data_dir,
+            server_url: server_url.to_owned(),
+            options,
+            scanner_addr,
             log,
         }
     }
@@ -278,12 +376,82 @@ impl AgentProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM (`kill -TERM <pid>`), then waits for the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.wait_exit(Duration::from_secs(20))
+    }
+
+    /// Waits for the process to end by itself; its exit code, `None` if it did not end.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Starts the same device again on the same data dir, after `kill`, `stop` or an exit.
+    pub fn restart(mut self) -> Self {
+        self.kill();
+        let data_dir = std::mem::replace(&mut self.data_dir, TempDir(PathBuf::new()));
+        Self::start_in(
+            &self.server_url,
+            &self.device_id,
+            self.options.clone(),
+            data_dir,
+        )
+    }
+
+    /// Writes lines to the scanner port, each ended by a newline, and closes the socket.
+    pub fn scan(&self, codes: &[String]) {
+        use std::io::Write;
+        let addr = self.scanner_addr.as_ref().expect("agent has no scanner");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect to scanner port");
+        let mut text = String::with_capacity(codes.len() * 40);
+        for code in codes {
+            text.push_str(code);
+            text.push('\n');
+        }
+        stream.write_all(text.as_bytes()).expect("write codes");
+        stream.flush().expect("flush codes");
+    }
 }
 
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// GS1 codes with a valid GTIN check digit and unique serials: `01<gtin>21<prefix><n>`.
+pub fn gs1_codes(prefix: &str, n: usize) -> Vec<String> {
+    let body = "0400638133393";
+    let mut sum = 0u32;
+    for (i, b) in body.bytes().rev().enumerate() {
+        sum += u32::from(b - b'0') * if i % 2 == 0 { 3 } else { 1 };
+    }
+    let gtin = format!("{body}{}", (10 - sum % 10) % 10);
+    (0..n).map(|i| format!("01{gtin}21{prefix}{i}")).collect()
+}
+
+/// Sends a command through the REST API and answers the dispatch `data`.
+pub fn command(api: &Api, device_id: &str, command: Value, confirm: bool) -> Value {
+    let reply = api.post(
+        &format!("/api/v1/devices/{device_id}/commands"),
+        &serde_json::json!({"command": command, "timeoutMs": 60000, "confirm": confirm}),
+    );
+    assert_eq!(reply.status, 200, "dispatch: {}", reply.body);
+    reply.data().clone()
 }
 
 /// A REST client that speaks the envelope.
@@ -526,6 +694,7 @@ pub fn ws_send_json(socket: &mut WsClient, value: &Value) {
 /// `hello`.
 pub struct FakeDevice {
     pub id: String,
+    pub token: String,
     pub socket: WsClient,
 }
 
@@ -538,6 +707,7 @@ impl FakeDevice {
         assert_eq!(hello["type"], "hello");
         FakeDevice {
             id: id.to_owned(),
+            token,
             socket,
         }
     }
@@ -571,4 +741,31 @@ impl FakeDevice {
 /// Now, as the contract's timestamps.
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl FakeDevice {
+    /// Runs `respond` for every command frame on its own thread, sending the frames it
+    /// returns; the thread ends with the commands it saw when the socket closes.
+    pub fn respond_with<F>(mut self, mut respond: F) -> std::thread::JoinHandle<Vec<Value>>
+    where
+        F: FnMut(&Value) -> Vec<Value> + Send + 'static,
+    {
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Some(frame) = ws_next_json(&mut self.socket) {
+                if frame["type"] == "command" {
+                    for reply in respond(&frame["command"]) {
+                        ws_send_json(&mut self.socket, &reply);
+                    }
+                    seen.push(frame["command"].clone());
+                }
+            }
+            seen
+        })
+    }
+}
+
+/// The `command_result` frame a device sends for `command`.
+pub fn result_frame(command: &Value, success: bool, output: &str) -> Value {
+    serde_json::json!({"type": "command_result", "commandId": command["id"], "success": success, "output": output})
 }

@@ -181,6 +181,28 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
         case(operator, 200),
     );
     cases.insert(("GET", "/api/v1/devices/{id}/commands"), case(viewer, 200));
+    cases.insert(("POST", "/api/v1/devices/commands"), case(operator, 200));
+    cases.insert(
+        ("POST", "/api/v1/devices/{id}/commands/{cmd_id}/cancel"),
+        case(operator, 200),
+    );
+    cases.insert(("POST", "/api/v1/device-groups"), case(manager, 201));
+    cases.insert(("GET", "/api/v1/device-groups"), case(viewer, 200));
+    cases.insert(("GET", "/api/v1/device-groups/{id}"), case(viewer, 200));
+    cases.insert(("PUT", "/api/v1/device-groups/{id}"), case(manager, 200));
+    cases.insert(("DELETE", "/api/v1/device-groups/{id}"), case(manager, 200));
+    cases.insert(
+        ("POST", "/api/v1/device-groups/{id}/members"),
+        case(manager, 200),
+    );
+    cases.insert(
+        ("DELETE", "/api/v1/device-groups/{id}/members"),
+        case(manager, 200),
+    );
+    cases.insert(
+        ("POST", "/api/v1/device-groups/{id}/commands"),
+        case(operator, 200),
+    );
     cases.insert(("POST", "/api/v1/sync"), case(Access::DeviceToken, 200));
     cases.insert(
         ("GET", "/api/v1/devices/{id}/commands/{cmd_id}"),
@@ -215,6 +237,7 @@ struct World<'a> {
     forged: BTreeMap<&'static str, String>,
     device_token: String,
     patch_target: String,
+    group_id: String,
     counter: AtomicU32,
 }
 
@@ -310,6 +333,63 @@ impl World<'_> {
                 }]})),
                 vec![],
             ),
+            ("POST", "/api/v1/devices/commands") => (
+                pattern.into(),
+                Some(
+                    json!({"deviceIds": ["edge-t", "edge-u"], "command": {"type": "force_sync"}, "timeoutMs": 1000}),
+                ),
+                vec![],
+            ),
+            ("POST", "/api/v1/devices/{id}/commands/{cmd_id}/cancel") => {
+                let queued = self.admin.post(
+                    "/api/v1/devices/edge-t/commands",
+                    &json!({"command": {"type": "force_sync", "id": format!("to-cancel-{n}")}, "queueIfOffline": true}),
+                );
+                assert_eq!(queued.data()["status"], "QUEUED", "{}", queued.body);
+                (
+                    format!("/api/v1/devices/edge-t/commands/to-cancel-{n}/cancel"),
+                    None,
+                    vec![],
+                )
+            }
+            ("POST", "/api/v1/device-groups") => (
+                pattern.into(),
+                Some(json!({"name": format!("group-{n}")})),
+                vec![],
+            ),
+            ("GET", "/api/v1/device-groups/{id}") => (
+                format!("/api/v1/device-groups/{}", self.group_id),
+                None,
+                vec![],
+            ),
+            ("PUT", "/api/v1/device-groups/{id}") => (
+                format!("/api/v1/device-groups/{}", self.group_id),
+                Some(json!({"description": format!("described {n}")})),
+                vec![],
+            ),
+            ("DELETE", "/api/v1/device-groups/{id}") => {
+                let victim = self.admin.post(
+                    "/api/v1/device-groups",
+                    &json!({"name": format!("victim-group-{n}")}),
+                );
+                let id = victim.data()["id"].as_str().unwrap().to_owned();
+                (format!("/api/v1/device-groups/{id}"), None, vec![])
+            }
+            ("POST", "/api/v1/device-groups/{id}/members") => (
+                format!("/api/v1/device-groups/{}/members", self.group_id),
+                Some(json!({"deviceIds": ["edge-u"]})),
+                vec![],
+            ),
+            ("DELETE", "/api/v1/device-groups/{id}/members") => (
+                format!("/api/v1/device-groups/{}/members", self.group_id),
+                Some(json!({"deviceIds": ["edge-u"]})),
+                vec![],
+            ),
+            ("POST", "/api/v1/device-groups/{id}/commands") => (
+                format!("/api/v1/device-groups/{}/commands", self.group_id),
+                Some(json!({"command": {"type": "force_sync"}, "timeoutMs": 1000})),
+                vec![],
+            ),
             ("GET", "/api/v1/devices/{id}/logs") => {
                 ("/api/v1/devices/edge-t/logs".into(), None, vec![])
             }
@@ -401,6 +481,14 @@ fn every_route_as_every_caller(backend: Backend) {
     );
 
     let device_token = admin.enroll("edge-t");
+    admin.enroll("edge-u");
+    let group = admin.post("/api/v1/device-groups", &json!({"name": "table-group"}));
+    let group_id = group.data()["id"].as_str().unwrap().to_owned();
+    let members = admin.post(
+        &format!("/api/v1/device-groups/{group_id}/members"),
+        &json!({"deviceIds": ["edge-t"]}),
+    );
+    assert_eq!(members.status, 200, "{}", members.body);
     let setup = admin.post(
         "/api/v1/devices/edge-t/commands",
         &json!({"command": {"type": "force_sync", "id": "setup-cmd"}}),
@@ -414,6 +502,7 @@ fn every_route_as_every_caller(backend: Backend) {
         forged,
         device_token,
         patch_target,
+        group_id,
         counter: AtomicU32::new(0),
     };
 

@@ -208,40 +208,123 @@ pub struct DispatchRequest {
     /// Dangerous commands need it (`contract.md`).
     #[serde(default)]
     pub confirm: bool,
+    /// `false`: answer 202 with the command id at once instead of waiting for the device.
+    #[serde(default = "yes")]
+    pub wait: bool,
+    /// Keep the command for an offline device and deliver it when it connects.
+    #[serde(default)]
+    pub queue_if_offline: bool,
+    /// How long a queued command stays deliverable; then it ends EXPIRED.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_ttl_ms: Option<u64>,
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// `POST /api/v1/devices/commands`: the single-device body plus the targets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkDispatchRequest {
+    pub device_ids: Vec<String>,
+    #[serde(flatten)]
+    pub request: DispatchRequest,
+}
+
+/// Where a command is. PENDING (stored, not yet handed over), QUEUED (kept for an offline
+/// device), SENT, then SUCCESS, FAILED, TIMEOUT, CANCELLED (before it was sent) or EXPIRED (its
+/// queue time ran out). `restart_service` and `reboot_os` go from the device's answer to
+/// CONFIRMING, and to CONFIRMED only when the device comes back with a new run or boot id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum CommandStatus {
     Pending,
+    Queued,
     Sent,
     Success,
     Failed,
     Timeout,
+    Cancelled,
+    Expired,
+    Confirming,
+    Confirmed,
 }
 
 impl CommandStatus {
+    pub const ALL: [CommandStatus; 10] = [
+        CommandStatus::Pending,
+        CommandStatus::Queued,
+        CommandStatus::Sent,
+        CommandStatus::Success,
+        CommandStatus::Failed,
+        CommandStatus::Timeout,
+        CommandStatus::Cancelled,
+        CommandStatus::Expired,
+        CommandStatus::Confirming,
+        CommandStatus::Confirmed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CommandStatus::Pending => "PENDING",
+            CommandStatus::Queued => "QUEUED",
             CommandStatus::Sent => "SENT",
             CommandStatus::Success => "SUCCESS",
             CommandStatus::Failed => "FAILED",
             CommandStatus::Timeout => "TIMEOUT",
+            CommandStatus::Cancelled => "CANCELLED",
+            CommandStatus::Expired => "EXPIRED",
+            CommandStatus::Confirming => "CONFIRMING",
+            CommandStatus::Confirmed => "CONFIRMED",
         }
     }
 
     pub fn parse(s: &str) -> Option<CommandStatus> {
-        [
-            CommandStatus::Pending,
-            CommandStatus::Sent,
-            CommandStatus::Success,
-            CommandStatus::Failed,
-            CommandStatus::Timeout,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == s)
+        CommandStatus::ALL.into_iter().find(|c| c.as_str() == s)
     }
+
+    /// No further change will happen.
+    pub fn is_final(self) -> bool {
+        !matches!(
+            self,
+            CommandStatus::Pending
+                | CommandStatus::Queued
+                | CommandStatus::Sent
+                | CommandStatus::Confirming
+        )
+    }
+}
+
+/// A device group with its member count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceGroup {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub member_count: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Present on `GET /api/v1/device-groups/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_ids: Option<Vec<String>>,
+}
+
+/// `POST /api/v1/device-groups` and `PUT /api/v1/device-groups/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRequest {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// `POST`/`DELETE /api/v1/device-groups/{id}/members`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MembersRequest {
+    pub device_ids: Vec<String>,
 }
 
 /// The answer of a dispatch: the device's result and the state the command ended in.
@@ -271,6 +354,14 @@ pub struct CommandRecord {
     pub created_at: Timestamp,
     pub sent_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
+    /// Latest progress the device reported, 0-100.
+    #[serde(default)]
+    pub progress: Option<i64>,
+    #[serde(default)]
+    pub progress_message: Option<String>,
+    /// When a queued command stops being deliverable.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
 }
 
 /// A user as the API shows it; never with its password hash.

@@ -96,6 +96,11 @@ diesel::table! {
         created_at -> Timestamp,
         sent_at -> Nullable<Timestamp>,
         completed_at -> Nullable<Timestamp>,
+        progress -> Nullable<BigInt>,
+        progress_message -> Nullable<Text>,
+        expires_at -> Nullable<Timestamp>,
+        confirm_previous -> Nullable<Text>,
+        confirm_deadline -> Nullable<Timestamp>,
     }
 }
 

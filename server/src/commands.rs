@@ -1,26 +1,22 @@
-//! Commands: the stored record, its queries, and the dispatch and history routes.
+//! Commands: the stored record and its queries. Every state change is a conditional update
+//! (from the states it may leave), so a cancel and a delivery racing each other cannot both win.
 
-use std::time::Duration;
-
-use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use protocol::commands::{Command, CommandResult, CommandType};
-use protocol::rest::{CommandRecord, CommandStatus, DispatchRequest, Envelope, Page, Role};
+use protocol::rest::{CommandRecord, CommandStatus, Page, Role};
 use schema::schema::commands;
-use serde::Deserialize;
 use serde_json::Value;
 
-use crate::audit::{self, AuditEntry};
-use crate::auth::{Authorized, DispatchCommands, ViewCommands};
 use crate::db::DbConnection;
-use crate::devices;
-use crate::dispatcher::Dispatch;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::state::AppState;
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Longest a command may wait in the queue for an offline device.
+pub const MAX_QUEUE_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Queue time of a `queueIfOffline` command that names none.
+pub const DEFAULT_QUEUE_TTL_MS: u64 = 3600 * 1000;
 /// Output kept per command; a device may print far more, and the history is for people.
 pub const MAX_STORED_OUTPUT_BYTES: usize = 64 * 1024;
 
@@ -40,22 +36,34 @@ pub struct CommandRow {
     pub created_at: NaiveDateTime,
     pub sent_at: Option<NaiveDateTime>,
     pub completed_at: Option<NaiveDateTime>,
+    pub progress: Option<i64>,
+    pub progress_message: Option<String>,
+    pub expires_at: Option<NaiveDateTime>,
+    pub confirm_previous: Option<String>,
+    pub confirm_deadline: Option<NaiveDateTime>,
 }
 
 impl CommandRow {
+    pub fn status(&self) -> ApiResult<CommandStatus> {
+        CommandStatus::parse(&self.status)
+            .ok_or_else(|| ApiError::internal(format!("bad command status {}", self.status)))
+    }
+
+    pub fn command(&self) -> ApiResult<Command> {
+        serde_json::from_str(&self.payload).map_err(ApiError::internal)
+    }
+
     pub fn to_api(&self) -> ApiResult<CommandRecord> {
         let command_type = self
             .command_type
             .parse::<CommandType>()
             .map_err(ApiError::internal)?;
-        let status = CommandStatus::parse(&self.status)
-            .ok_or_else(|| ApiError::internal(format!("bad command status {}", self.status)))?;
         Ok(CommandRecord {
             id: self.id.clone(),
             device_id: self.device_id.clone(),
             command_type,
             payload: serde_json::from_str(&self.payload).unwrap_or(Value::Null),
-            status,
+            status: self.status()?,
             success: self.success,
             output: self.output.clone(),
             data: self
@@ -67,7 +75,23 @@ impl CommandRow {
             created_at: self.created_at.and_utc(),
             sent_at: self.sent_at.map(|t| t.and_utc()),
             completed_at: self.completed_at.map(|t| t.and_utc()),
+            progress: self.progress,
+            progress_message: self.progress_message.clone(),
+            expires_at: self.expires_at.map(|t| t.and_utc()),
         })
+    }
+
+    /// The stored outcome as a device result.
+    pub fn result(&self) -> CommandResult {
+        CommandResult {
+            command_id: self.id.clone(),
+            success: self.success.unwrap_or(false),
+            output: self.output.clone().unwrap_or_default(),
+            data: self
+                .data
+                .as_deref()
+                .and_then(|d| serde_json::from_str(d).ok()),
+        }
     }
 }
 
@@ -86,6 +110,19 @@ pub fn cap_output(s: &str, max: usize) -> String {
         end,
         s.len()
     )
+}
+
+fn unique_violation(e: diesel::result::Error, id: &str) -> ApiError {
+    match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        ) => ApiError::conflict(
+            ErrorCode::DuplicateCommandId,
+            format!("a command with id {id} already exists"),
+        ),
+        other => other.into(),
+    }
 }
 
 pub fn insert_pending(
@@ -109,48 +146,224 @@ pub fn insert_pending(
         created_at: Utc::now().naive_utc(),
         sent_at: None,
         completed_at: None,
+        progress: None,
+        progress_message: None,
+        expires_at: None,
+        confirm_previous: None,
+        confirm_deadline: None,
     };
     diesel::insert_into(commands::table)
         .values(&row)
         .execute(conn)
-        .map_err(|e| match e {
-            diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            ) => ApiError::conflict(
-                ErrorCode::DuplicateCommandId,
-                format!("a command with id {} already exists", command.id),
-            ),
-            other => other.into(),
-        })?;
+        .map_err(|e| unique_violation(e, &command.id))?;
     Ok(())
 }
 
-pub fn mark_sent(conn: &mut DbConnection, id: &str) -> ApiResult<()> {
-    diesel::update(commands::table.find(id))
+fn names(states: &[CommandStatus]) -> Vec<&'static str> {
+    states.iter().map(|s| s.as_str()).collect()
+}
+
+/// PENDING or QUEUED → SENT. `false` when the command was cancelled or expired meanwhile.
+pub fn mark_sent(conn: &mut DbConnection, id: &str) -> ApiResult<bool> {
+    let changed =
+        diesel::update(commands::table.find(id).filter(
+            commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Queued])),
+        ))
         .set((
             commands::status.eq(CommandStatus::Sent.as_str()),
             commands::sent_at.eq(Some(Utc::now().naive_utc())),
         ))
         .execute(conn)?;
-    Ok(())
+    Ok(changed == 1)
 }
 
+/// PENDING or SENT → QUEUED until `expires_at`.
+pub fn mark_queued(
+    conn: &mut DbConnection,
+    id: &str,
+    expires_at: DateTime<Utc>,
+) -> ApiResult<bool> {
+    let changed =
+        diesel::update(commands::table.find(id).filter(
+            commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Sent])),
+        ))
+        .set((
+            commands::status.eq(CommandStatus::Queued.as_str()),
+            commands::expires_at.eq(Some(expires_at.naive_utc())),
+        ))
+        .execute(conn)?;
+    Ok(changed == 1)
+}
+
+/// Records an outcome, but only over a state that is not final yet.
 pub fn complete(
     conn: &mut DbConnection,
     result: &CommandResult,
     status: CommandStatus,
+) -> ApiResult<bool> {
+    let open = names(&[
+        CommandStatus::Pending,
+        CommandStatus::Queued,
+        CommandStatus::Sent,
+        CommandStatus::Confirming,
+    ]);
+    let changed = diesel::update(
+        commands::table
+            .find(&result.command_id)
+            .filter(commands::status.eq_any(open)),
+    )
+    .set((
+        commands::status.eq(status.as_str()),
+        commands::success.eq(Some(result.success)),
+        commands::output.eq(Some(cap_output(&result.output, MAX_STORED_OUTPUT_BYTES))),
+        commands::data.eq(result.data.as_ref().map(|d| d.to_string())),
+        commands::completed_at.eq(if status.is_final() {
+            Some(Utc::now().naive_utc())
+        } else {
+            None
+        }),
+    ))
+    .execute(conn)?;
+    Ok(changed == 1)
+}
+
+/// SENT → CONFIRMING, remembering what must change and by when.
+pub fn start_confirming(
+    conn: &mut DbConnection,
+    result: &CommandResult,
+    previous: Option<&str>,
+    deadline: DateTime<Utc>,
+) -> ApiResult<bool> {
+    let changed = diesel::update(
+        commands::table
+            .find(&result.command_id)
+            .filter(commands::status.eq(CommandStatus::Sent.as_str())),
+    )
+    .set((
+        commands::status.eq(CommandStatus::Confirming.as_str()),
+        commands::success.eq(Some(true)),
+        commands::output.eq(Some(cap_output(&result.output, MAX_STORED_OUTPUT_BYTES))),
+        commands::data.eq(result.data.as_ref().map(|d| d.to_string())),
+        commands::confirm_previous.eq(previous),
+        commands::confirm_deadline.eq(Some(deadline.naive_utc())),
+    ))
+    .execute(conn)?;
+    Ok(changed == 1)
+}
+
+pub fn set_progress(
+    conn: &mut DbConnection,
+    id: &str,
+    percent: u8,
+    message: &str,
 ) -> ApiResult<()> {
-    diesel::update(commands::table.find(&result.command_id))
+    diesel::update(
+        commands::table
+            .find(id)
+            .filter(commands::status.eq(CommandStatus::Sent.as_str())),
+    )
+    .set((
+        commands::progress.eq(Some(i64::from(percent))),
+        commands::progress_message.eq(Some(cap_output(message, 1024))),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// PENDING or QUEUED → CANCELLED. A command already sent cannot be called back.
+pub fn cancel(
+    conn: &mut DbConnection,
+    device_id: &str,
+    id: &str,
+    by: &str,
+) -> ApiResult<CommandRow> {
+    let changed = diesel::update(
+        commands::table
+            .filter(commands::id.eq(id))
+            .filter(commands::device_id.eq(device_id))
+            .filter(
+                commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Queued])),
+            ),
+    )
+    .set((
+        commands::status.eq(CommandStatus::Cancelled.as_str()),
+        commands::success.eq(Some(false)),
+        commands::output.eq(Some(format!("cancelled by {by}"))),
+        commands::completed_at.eq(Some(Utc::now().naive_utc())),
+    ))
+    .execute(conn)?;
+    let row = find(conn, device_id, id)?.ok_or_else(|| {
+        ApiError::not_found(ErrorCode::CommandNotFound, "no such command on this device")
+    })?;
+    if changed == 0 {
+        return Err(ApiError::conflict(
+            ErrorCode::CommandNotCancellable,
+            format!(
+                "command is {}; only PENDING or QUEUED commands can be cancelled",
+                row.status
+            ),
+        ));
+    }
+    Ok(row)
+}
+
+/// Queued commands of a device, oldest first.
+pub fn queued_for_device(conn: &mut DbConnection, device_id: &str) -> ApiResult<Vec<CommandRow>> {
+    Ok(commands::table
+        .filter(commands::device_id.eq(device_id))
+        .filter(commands::status.eq(CommandStatus::Queued.as_str()))
+        .order((commands::created_at.asc(), commands::id.asc()))
+        .select(CommandRow::as_select())
+        .load(conn)?)
+}
+
+/// QUEUED past its time → EXPIRED; returns the ids that expired.
+pub fn expire_queued(
+    conn: &mut DbConnection,
+    now: DateTime<Utc>,
+) -> ApiResult<Vec<(String, String)>> {
+    let due: Vec<(String, String)> = commands::table
+        .filter(commands::status.eq(CommandStatus::Queued.as_str()))
+        .filter(commands::expires_at.lt(now.naive_utc()))
+        .select((commands::id, commands::device_id))
+        .load(conn)?;
+    let mut expired = Vec::new();
+    for (id, device_id) in due {
+        let changed = diesel::update(
+            commands::table
+                .find(&id)
+                .filter(commands::status.eq(CommandStatus::Queued.as_str())),
+        )
         .set((
-            commands::status.eq(status.as_str()),
-            commands::success.eq(Some(result.success)),
-            commands::output.eq(Some(cap_output(&result.output, MAX_STORED_OUTPUT_BYTES))),
-            commands::data.eq(result.data.as_ref().map(|d| d.to_string())),
-            commands::completed_at.eq(Some(Utc::now().naive_utc())),
+            commands::status.eq(CommandStatus::Expired.as_str()),
+            commands::success.eq(Some(false)),
+            commands::output.eq(Some(
+                "the device did not connect before the queue time ran out",
+            )),
+            commands::completed_at.eq(Some(now.naive_utc())),
         ))
         .execute(conn)?;
-    Ok(())
+        if changed == 1 {
+            expired.push((id, device_id));
+        }
+    }
+    Ok(expired)
+}
+
+/// Commands waiting for a device to come back (after a server restart, from the database).
+pub fn confirming(conn: &mut DbConnection) -> ApiResult<Vec<CommandRow>> {
+    Ok(commands::table
+        .filter(commands::status.eq(CommandStatus::Confirming.as_str()))
+        .select(CommandRow::as_select())
+        .load(conn)?)
+}
+
+pub fn find_by_id(conn: &mut DbConnection, id: &str) -> ApiResult<Option<CommandRow>> {
+    Ok(commands::table
+        .find(id)
+        .select(CommandRow::as_select())
+        .first(conn)
+        .optional()?)
 }
 
 pub fn find(conn: &mut DbConnection, device_id: &str, id: &str) -> ApiResult<Option<CommandRow>> {
@@ -162,18 +375,34 @@ pub fn find(conn: &mut DbConnection, device_id: &str, id: &str) -> ApiResult<Opt
         .optional()?)
 }
 
+/// Filters of a device's history.
+#[derive(Debug, Default, Clone)]
+pub struct HistoryFilter {
+    pub status: Option<CommandStatus>,
+    pub command_type: Option<CommandType>,
+}
+
 pub fn list_for_device(
     conn: &mut DbConnection,
     device_id: &str,
+    filter: &HistoryFilter,
     limit: i64,
     offset: i64,
 ) -> ApiResult<Page<CommandRecord>> {
-    let total = commands::table
-        .filter(commands::device_id.eq(device_id))
-        .count()
-        .get_result(conn)?;
-    let rows: Vec<CommandRow> = commands::table
-        .filter(commands::device_id.eq(device_id))
+    let filtered = || {
+        let mut query = commands::table
+            .filter(commands::device_id.eq(device_id.to_owned()))
+            .into_boxed();
+        if let Some(status) = filter.status {
+            query = query.filter(commands::status.eq(status.as_str()));
+        }
+        if let Some(t) = filter.command_type {
+            query = query.filter(commands::command_type.eq(t.as_str()));
+        }
+        query
+    };
+    let total = filtered().count().get_result(conn)?;
+    let rows: Vec<CommandRow> = filtered()
         .order((commands::created_at.desc(), commands::id.desc()))
         .limit(limit)
         .offset(offset)
@@ -186,208 +415,74 @@ pub fn list_for_device(
     Ok(Page { items, total })
 }
 
+/// The lowest role that may run each shell template the agents ship. A template not listed
+/// here is for admins only, so a new template on a device is never open by accident.
+pub const SHELL_TEMPLATE_ROLES: &[(&str, Role)] = &[
+    ("disk_usage", Role::Operator),
+    ("network_interfaces", Role::Operator),
+    ("service_status", Role::Operator),
+    ("ping_host", Role::Manager),
+    ("journal_tail", Role::Manager),
+];
+
+pub fn shell_template_min_role(template: &str) -> Role {
+    SHELL_TEMPLATE_ROLES
+        .iter()
+        .find(|(name, _)| *name == template)
+        .map(|(_, role)| *role)
+        .unwrap_or(Role::Admin)
+}
+
 /// Which role may send which command (`server-management.md` §7): operators run the safe
-/// ones, managers add queue and config changes, admins everything.
-pub fn role_may_send(role: Role, command: CommandType) -> bool {
-    use CommandType::*;
-    match command {
-        ForceSync | PullLogs | EnableDevice => role >= Role::Operator,
-        ClearQueue | PushConfig => role >= Role::Manager,
-        RestartService | RebootOs | ShutdownOs | UpdateFirmware | ExecShell | DisableDevice => {
+/// ones, managers add queue and config changes, admins everything; `exec_shell` goes by the
+/// template's own role.
+pub fn role_may_send(role: Role, command: &Command) -> bool {
+    use protocol::commands::CommandKind::*;
+    match &command.kind {
+        ForceSync | PullLogs { .. } | EnableDevice => role >= Role::Operator,
+        ClearQueue { .. } | PushConfig { .. } => role >= Role::Manager,
+        ExecShell { template, .. } => role >= shell_template_min_role(template).max(Role::Operator),
+        RestartService | RebootOs | ShutdownOs | UpdateFirmware { .. } | DisableDevice { .. } => {
             role >= Role::Admin
         }
     }
 }
 
-/// Reads a dispatch body in steps, so each kind of mistake gets its own code: not JSON or no
-/// `command` object (`invalid_body`), a type that is not one of the eleven
-/// (`unknown_command_type`), fields that do not fit the type (`invalid_command`).
-pub fn parse_dispatch(body: &[u8]) -> ApiResult<DispatchRequest> {
-    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(ErrorCode::InvalidBody, format!("body is not JSON: {e}"))
-    })?;
-    let command = value
-        .get_mut("command")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| {
-            ApiError::bad_request(ErrorCode::InvalidBody, "body needs a `command` object")
-        })?;
-    let type_name = command.get("type").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::bad_request(ErrorCode::InvalidCommand, "command needs a string `type`")
-    })?;
-    if let Err(e) = type_name.parse::<CommandType>() {
-        return Err(ApiError::bad_request(
-            ErrorCode::UnknownCommandType,
-            e.to_string(),
-        ));
-    }
-    // A script may leave the id to the server.
-    if !command.contains_key("id") {
-        command.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
-    }
-    let request: DispatchRequest = serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidCommand, e.to_string()))?;
-    request
-        .command
-        .validate()
-        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidCommand, e))?;
-    Ok(request)
-}
-
-/// `POST /api/v1/devices/{id}/commands`.
-pub async fn dispatch(
-    user: Authorized<DispatchCommands>,
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    path: web::Path<String>,
-    body: web::Bytes,
-) -> ApiResult<HttpResponse> {
-    let device_id = path.into_inner();
-    let request = parse_dispatch(&body)?;
-    let command_type = request.command.command_type();
-    if !role_may_send(user.role, command_type) {
-        return Err(ApiError::forbidden(format!(
-            "role {} may not send {}",
-            user.role.as_str(),
-            command_type
-        )));
-    }
-    if command_type.is_dangerous() && !request.confirm {
-        return Err(ApiError::unprocessable(
-            ErrorCode::ConfirmationRequired,
-            format!("{command_type} is dangerous; send \"confirm\": true to run it"),
-        ));
-    }
-    let timeout_ms = request.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-    if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidParameter,
-            format!("timeoutMs must be between 1 and {MAX_TIMEOUT_MS}"),
-        ));
-    }
-    // The audit row is written before the command can reach the device.
-    let entry = AuditEntry::new("command.dispatch", "requested")
-        .actor(Some(user.username.clone()), Some(user.role))
-        .target(Some(device_id.clone()))
-        .params(serde_json::json!({
-            "commandId": request.command.id,
-            "type": command_type.as_str(),
-            "confirm": request.confirm,
-        }))
-        .source(audit::source_of(&req));
-    let id = device_id.clone();
-    state
-        .db
-        .run(move |conn| {
-            if !devices::exists(conn, &id)? {
-                return Err(ApiError::not_found(
-                    ErrorCode::DeviceNotFound,
-                    "no such device",
-                ));
-            }
-            audit::record(conn, &entry)
-        })
-        .await?;
-    let outcome = state
-        .dispatcher
-        .send(Dispatch {
-            device_id,
-            command: request.command,
-            timeout: Duration::from_millis(timeout_ms),
-            issued_by: Some(user.username.clone()),
-        })
-        .await
-        .map_err(ApiError::internal)??;
-    Ok(HttpResponse::Ok().json(Envelope::ok(outcome)))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct HistoryQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-}
-
-/// `GET /api/v1/devices/{id}/commands`.
-pub async fn history(
-    _user: Authorized<ViewCommands>,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    query: web::Query<HistoryQuery>,
-) -> ApiResult<HttpResponse> {
-    let device_id = path.into_inner();
-    let (limit, offset) = devices::paging(query.limit, query.offset)?;
-    let page = state
-        .db
-        .run(move |conn| {
-            if !devices::exists(conn, &device_id)? {
-                return Err(ApiError::not_found(
-                    ErrorCode::DeviceNotFound,
-                    "no such device",
-                ));
-            }
-            list_for_device(conn, &device_id, limit, offset)
-        })
-        .await?;
-    Ok(HttpResponse::Ok().json(Envelope::ok(page)))
-}
-
-/// `GET /api/v1/devices/{id}/commands/{cmdId}`.
-pub async fn get_command(
-    _user: Authorized<ViewCommands>,
-    state: web::Data<AppState>,
-    path: web::Path<(String, String)>,
-) -> ApiResult<HttpResponse> {
-    let (device_id, command_id) = path.into_inner();
-    let row = state
-        .db
-        .run(move |conn| find(conn, &device_id, &command_id))
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found(ErrorCode::CommandNotFound, "no such command on this device")
-        })?;
-    Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api()?)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unknown_type_and_bad_fields_get_their_own_codes() {
-        let err =
-            parse_dispatch(br#"{"command": {"type": "format_disk", "id": "x"}}"#).unwrap_err();
-        assert_eq!(err.code, ErrorCode::UnknownCommandType);
-        let err =
-            parse_dispatch(br#"{"command": {"type": "disable_device", "id": "x"}}"#).unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidCommand);
-        let err =
-            parse_dispatch(br#"{"command": {"type": "disable_device", "id": "x", "reason": ""}}"#)
-                .unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidCommand);
-        let err = parse_dispatch(b"not json").unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidBody);
-        let err = parse_dispatch(br#"{"cmd": {}}"#).unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidBody);
-    }
-
-    #[test]
-    fn missing_id_is_generated() {
-        let req =
-            parse_dispatch(br#"{"command": {"type": "force_sync"}, "timeoutMs": 500}"#).unwrap();
-        assert!(uuid::Uuid::parse_str(&req.command.id).is_ok());
-        assert_eq!(req.timeout_ms, Some(500));
-    }
+    use protocol::commands::CommandKind;
 
     #[test]
     fn roles_follow_the_spec_table() {
-        assert!(role_may_send(Role::Operator, CommandType::ForceSync));
-        assert!(!role_may_send(Role::Operator, CommandType::ClearQueue));
-        assert!(role_may_send(Role::Manager, CommandType::PushConfig));
-        assert!(!role_may_send(Role::Manager, CommandType::RebootOs));
-        assert!(role_may_send(Role::Admin, CommandType::ShutdownOs));
-        assert!(CommandType::ALL
-            .iter()
-            .all(|t| !role_may_send(Role::Viewer, *t)));
+        let c = |kind| Command::new("x", kind);
+        assert!(role_may_send(Role::Operator, &c(CommandKind::ForceSync)));
+        assert!(!role_may_send(
+            Role::Operator,
+            &c(CommandKind::ClearQueue {
+                include_completed: false
+            })
+        ));
+        assert!(role_may_send(
+            Role::Manager,
+            &c(CommandKind::PushConfig {
+                patch: serde_json::json!({})
+            })
+        ));
+        assert!(!role_may_send(Role::Manager, &c(CommandKind::RebootOs)));
+        assert!(role_may_send(Role::Admin, &c(CommandKind::ShutdownOs)));
+        let shell = |t: &str| {
+            c(CommandKind::ExecShell {
+                template: t.into(),
+                args: Default::default(),
+            })
+        };
+        assert!(role_may_send(Role::Operator, &shell("disk_usage")));
+        assert!(!role_may_send(Role::Operator, &shell("ping_host")));
+        assert!(role_may_send(Role::Manager, &shell("ping_host")));
+        assert!(!role_may_send(Role::Manager, &shell("unknown_template")));
+        assert!(role_may_send(Role::Admin, &shell("unknown_template")));
+        assert!(!role_may_send(Role::Viewer, &shell("disk_usage")));
     }
 
     #[test]

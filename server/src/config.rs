@@ -36,6 +36,10 @@ pub struct Config {
     pub lockout_secs: u64,
     /// Device logs and events older than this many days are deleted.
     pub log_retention_days: u32,
+    /// Seconds a device has to come back with a new run id after `restart_service`.
+    pub restart_confirm_secs: u64,
+    /// Seconds a device has to come back with a new boot id after `reboot_os`.
+    pub reboot_confirm_secs: u64,
     pub log_level: String,
 }
 
@@ -56,6 +60,8 @@ impl Default for Config {
             source_max_failures: 20,
             lockout_secs: 900,
             log_retention_days: 30,
+            restart_confirm_secs: 120,
+            reboot_confirm_secs: 600,
             log_level: "info".into(),
         }
     }
@@ -144,6 +150,16 @@ pub struct Cli {
     #[arg(long, env = "FACTORY_LOG_RETENTION_DAYS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_retention_days: Option<u32>,
+
+    /// Seconds a device has to come back after restart_service [default: 120].
+    #[arg(long, env = "FACTORY_RESTART_CONFIRM_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_confirm_secs: Option<u64>,
+
+    /// Seconds a device has to come back after reboot_os [default: 600].
+    #[arg(long, env = "FACTORY_REBOOT_CONFIRM_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot_confirm_secs: Option<u64>,
 
     /// Log filter, e.g. `info` or `server=debug,actix_web=info` [default: info].
     #[arg(long, env = "FACTORY_LOG_LEVEL")]

@@ -1,50 +1,170 @@
-//! The `CommandDispatcher` actor: carries a command to its device and its result back.
+//! The `CommandDispatcher` actor: carries a command to its device and its outcome back.
 //!
-//! Each dispatch is persisted PENDING, handed to the device's session and marked SENT, then
-//! waits for the device's `command_result` up to its timeout: SUCCESS or FAILED as the device
-//! says, TIMEOUT when it says nothing, FAILED at once when the device is not connected. The
-//! waiting happens in a future per command, so one slow device never holds up another.
+//! A dispatch is stored PENDING, moved to SENT (a conditional update, so a cancel that came
+//! first wins) and handed to the device's session; then it waits for the device's
+//! `command_result` up to its timeout: SUCCESS or FAILED as the device says, TIMEOUT when it
+//! says nothing. A device that is not connected fails the command at once, or, with
+//! `queueIfOffline`, keeps it QUEUED until the device connects or the queue time runs out
+//! (EXPIRED). `restart_service` and `reboot_os` are not taken on the device's word: after its
+//! answer they are CONFIRMING until the device reports a new run id (restart) or boot id
+//! (reboot), then CONFIRMED, or FAILED when the window passes.
+//!
+//! Each dispatch runs in its own future, so one slow device never holds up another.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use protocol::commands::{Command, CommandProgress, CommandResult};
-use protocol::device::ServerFrame;
+use chrono::Utc;
+use protocol::commands::{Command, CommandProgress, CommandResult, CommandType};
+use protocol::device::{DeviceEvent, ServerFrame};
 use protocol::rest::{CommandStatus, DispatchResponse};
 use tokio::sync::oneshot;
 
 use crate::commands;
 use crate::db::Db;
+use crate::devices;
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::events::{EventBus, Publish};
 use crate::registry::{DeviceRegistry, Lookup};
 use crate::session::DeliverCommand;
 
 pub const DEVICE_OFFLINE: &str = "Device offline";
+/// How often queue expiry and confirmation deadlines are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Waiting {
     device_id: String,
     reply: oneshot::Sender<CommandResult>,
 }
 
+struct Confirming {
+    device_id: String,
+    kind: CommandType,
+    previous: Option<String>,
+    deadline: chrono::DateTime<Utc>,
+}
+
+/// How long a device has to come back after `restart_service` and `reboot_os`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfirmWindows {
+    pub restart: Duration,
+    pub reboot: Duration,
+}
+
 pub struct CommandDispatcher {
     db: Db,
     registry: Addr<DeviceRegistry>,
+    bus: Addr<EventBus>,
+    windows: ConfirmWindows,
     waiting: HashMap<String, Waiting>,
+    confirming: HashMap<String, Confirming>,
+    sweeping: bool,
 }
 
 impl CommandDispatcher {
-    pub fn new(db: Db, registry: Addr<DeviceRegistry>) -> Self {
+    pub fn new(
+        db: Db,
+        registry: Addr<DeviceRegistry>,
+        bus: Addr<EventBus>,
+        windows: ConfirmWindows,
+    ) -> Self {
         CommandDispatcher {
             db,
             registry,
+            bus,
+            windows,
             waiting: HashMap::new(),
+            confirming: HashMap::new(),
+            sweeping: false,
+        }
+    }
+
+    /// Tells dashboards about an outcome the server decided (offline, timeout, expiry,
+    /// confirmation); outcomes a device sends reach them from its session.
+    fn publish(&self, device_id: &str, result: CommandResult) {
+        if let Some(p) = Publish::device_event(device_id, DeviceEvent::CommandResult(result)) {
+            self.bus.do_send(p);
         }
     }
 }
 
 impl Actor for CommandDispatcher {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Confirmations outlive a server restart: they are in the database.
+        let db = self.db.clone();
+        async move { db.run(commands::confirming).await }
+            .into_actor(self)
+            .map(|rows, act, _| {
+                for row in rows.unwrap_or_default() {
+                    let kind = row.command_type.parse::<CommandType>();
+                    if let (Ok(kind), Some(deadline)) = (kind, row.confirm_deadline) {
+                        act.confirming.insert(
+                            row.id.clone(),
+                            Confirming {
+                                device_id: row.device_id.clone(),
+                                kind,
+                                previous: row.confirm_previous.clone(),
+                                deadline: deadline.and_utc(),
+                            },
+                        );
+                    }
+                }
+            })
+            .spawn(ctx);
+        ctx.run_interval(SWEEP_INTERVAL, |act, ctx| act.sweep(ctx));
+    }
+}
+
+impl CommandDispatcher {
+    fn sweep(&mut self, ctx: &mut Context<Self>) {
+        let now = Utc::now();
+        let overdue: Vec<String> = self
+            .confirming
+            .iter()
+            .filter(|(_, c)| c.deadline < now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in overdue {
+            if let Some(c) = self.confirming.remove(&id) {
+                let what = if c.kind == CommandType::RebootOs {
+                    "boot id"
+                } else {
+                    "run id"
+                };
+                let result = CommandResult::failed(
+                    &id,
+                    format!("the device did not come back with a new {what} in time"),
+                );
+                self.publish(&c.device_id, result.clone());
+                let db = self.db.clone();
+                actix::spawn(async move {
+                    let _ = db
+                        .run(move |conn| commands::complete(conn, &result, CommandStatus::Failed))
+                        .await;
+                });
+            }
+        }
+        if self.sweeping {
+            return;
+        }
+        self.sweeping = true;
+        let db = self.db.clone();
+        async move { db.run(move |conn| commands::expire_queued(conn, now)).await }
+            .into_actor(self)
+            .map(|expired, act, _| {
+                act.sweeping = false;
+                for (id, device_id) in expired.unwrap_or_default() {
+                    act.publish(
+                        &device_id,
+                        CommandResult::failed(id, "expired in the queue"),
+                    );
+                }
+            })
+            .spawn(ctx);
+    }
 }
 
 /// Send `command` to `device_id` and answer with its outcome.
@@ -55,6 +175,12 @@ pub struct Dispatch {
     pub command: Command,
     pub timeout: Duration,
     pub issued_by: Option<String>,
+    /// Keep the command this long for a device that is offline.
+    pub queue_ttl: Option<Duration>,
+    /// The PENDING row exists already (bulk dispatch, queued delivery).
+    pub stored: bool,
+    /// Told once the command is stored (or refused), for callers that do not wait.
+    pub accepted: Option<oneshot::Sender<ApiResult<()>>>,
 }
 
 /// A device answered a command.
@@ -73,25 +199,52 @@ pub struct ProgressReceived {
     pub progress: CommandProgress,
 }
 
-/// The dispatch of a command gave up waiting.
+/// A device sent a `status` with these ids.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StatusSeen {
+    pub device_id: String,
+    pub boot_id: Option<String>,
+    pub run_id: Option<String>,
+}
+
+/// A device connected: deliver what is queued for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceConnected {
+    pub device_id: String,
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct StopWaiting {
     command_id: String,
 }
 
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StartConfirming {
+    command_id: String,
+    device_id: String,
+    kind: CommandType,
+    previous: Option<String>,
+    deadline: chrono::DateTime<Utc>,
+}
+
 impl Handler<Dispatch> for CommandDispatcher {
     type Result = ResponseFuture<ApiResult<DispatchResponse>>;
 
-    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, mut msg: Dispatch, ctx: &mut Context<Self>) -> Self::Result {
         let command_id = msg.command.id.clone();
         if self.waiting.contains_key(&command_id) {
-            return Box::pin(async move {
-                Err(ApiError::conflict(
-                    ErrorCode::DuplicateCommandId,
-                    format!("command {command_id} is already in flight"),
-                ))
-            });
+            let err = ApiError::conflict(
+                ErrorCode::CommandInFlight,
+                format!("command {command_id} is already in flight"),
+            );
+            if let Some(tx) = msg.accepted.take() {
+                let _ = tx.send(Err(err.clone()));
+            }
+            return Box::pin(async move { Err(err) });
         }
         // Registered before anything is sent, so an answer can never arrive unclaimed.
         let (tx, rx) = oneshot::channel();
@@ -102,70 +255,187 @@ impl Handler<Dispatch> for CommandDispatcher {
                 reply: tx,
             },
         );
-        let me = ctx.address();
-        let db = self.db.clone();
-        let registry = self.registry.clone();
+        let ctx_ = Ctx {
+            db: self.db.clone(),
+            registry: self.registry.clone(),
+            me: ctx.address(),
+            windows: self.windows,
+        };
         Box::pin(async move {
-            let outcome = run_dispatch(&db, &registry, msg, rx).await;
-            me.do_send(StopWaiting { command_id });
+            let outcome = run_dispatch(&ctx_, msg, rx).await;
+            ctx_.me.do_send(StopWaiting { command_id });
             outcome
         })
     }
 }
 
+struct Ctx {
+    db: Db,
+    registry: Addr<DeviceRegistry>,
+    me: Addr<CommandDispatcher>,
+    windows: ConfirmWindows,
+}
+
+fn response(result: CommandResult, status: CommandStatus) -> DispatchResponse {
+    DispatchResponse { result, status }
+}
+
+/// Stores an outcome. `announce`: the server decided it (offline, timeout), so dashboards
+/// hear it from here; what a device answers reaches them from its session.
+async fn finish(
+    ctx: &Ctx,
+    device_id: &str,
+    result: CommandResult,
+    status: CommandStatus,
+    announce: bool,
+) -> ApiResult<DispatchResponse> {
+    let stored = result.clone();
+    let changed = ctx
+        .db
+        .run(move |conn| commands::complete(conn, &stored, status))
+        .await?;
+    if !changed {
+        // Someone else ended it first (a cancel); answer with what is stored.
+        return stored_outcome(ctx, &result.command_id).await;
+    }
+    if announce {
+        ctx.me.do_send(PublishOutcome {
+            device_id: device_id.to_owned(),
+            result: result.clone(),
+        });
+    }
+    Ok(response(result, status))
+}
+
+async fn stored_outcome(ctx: &Ctx, id: &str) -> ApiResult<DispatchResponse> {
+    let id = id.to_owned();
+    let row = ctx
+        .db
+        .run(move |conn| commands::find_by_id(conn, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(ErrorCode::CommandNotFound, "command vanished"))?;
+    Ok(response(row.result(), row.status()?))
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PublishOutcome {
+    device_id: String,
+    result: CommandResult,
+}
+
+impl Handler<PublishOutcome> for CommandDispatcher {
+    type Result = ();
+    fn handle(&mut self, msg: PublishOutcome, _: &mut Context<Self>) {
+        self.publish(&msg.device_id, msg.result);
+    }
+}
+
 async fn run_dispatch(
-    db: &Db,
-    registry: &Addr<DeviceRegistry>,
-    msg: Dispatch,
+    ctx: &Ctx,
+    mut msg: Dispatch,
     rx: oneshot::Receiver<CommandResult>,
 ) -> ApiResult<DispatchResponse> {
-    let Dispatch {
-        device_id,
-        command,
-        timeout,
-        issued_by,
-    } = msg;
-    let command_id = command.id.clone();
-    {
-        let (device_id, command) = (device_id.clone(), command.clone());
-        let timeout_ms = timeout.as_millis() as i64;
-        db.run(move |conn| {
-            commands::insert_pending(conn, &device_id, &command, timeout_ms, issued_by.as_deref())
-        })
-        .await?;
+    let command_id = msg.command.id.clone();
+    let device_id = msg.device_id.clone();
+    if !msg.stored {
+        let (d, c, by) = (
+            device_id.clone(),
+            msg.command.clone(),
+            msg.issued_by.clone(),
+        );
+        let timeout_ms = msg.timeout.as_millis() as i64;
+        let stored = ctx
+            .db
+            .run(move |conn| commands::insert_pending(conn, &d, &c, timeout_ms, by.as_deref()))
+            .await;
+        if let Err(e) = stored {
+            if let Some(tx) = msg.accepted.take() {
+                let _ = tx.send(Err(e.clone()));
+            }
+            return Err(e);
+        }
     }
-    let session = registry
+    if let Some(tx) = msg.accepted.take() {
+        let _ = tx.send(Ok(()));
+    }
+
+    let session = ctx
+        .registry
         .send(Lookup {
             device_id: device_id.clone(),
         })
         .await
         .map_err(ApiError::internal)?;
-    let delivered = match session {
-        Some(session) => session
-            .send(DeliverCommand(ServerFrame::Command {
-                command,
-                timeout_ms: timeout.as_millis() as u64,
-            }))
-            .await
-            .is_ok(),
-        None => false,
+    let Some(session) = session else {
+        return offline(ctx, &msg).await;
     };
-    if !delivered {
-        let result = CommandResult::failed(&command_id, DEVICE_OFFLINE);
-        return finish(db, result, CommandStatus::Failed).await;
-    }
+    // What must change for a restart or reboot to count, read before the command can act.
+    let kind = msg.command.command_type();
+    let previous = if matches!(kind, CommandType::RestartService | CommandType::RebootOs) {
+        let d = device_id.clone();
+        let row = ctx.db.run(move |conn| devices::find(conn, &d)).await?;
+        row.and_then(|r| {
+            if kind == CommandType::RebootOs {
+                r.boot_id
+            } else {
+                r.run_id
+            }
+        })
+    } else {
+        None
+    };
+    let id = command_id.clone();
+    if !ctx
+        .db
+        .run(move |conn| commands::mark_sent(conn, &id))
+        .await?
     {
-        let id = command_id.clone();
-        db.run(move |conn| commands::mark_sent(conn, &id)).await?;
+        return stored_outcome(ctx, &command_id).await;
     }
-    match tokio::time::timeout(timeout, rx).await {
+    let delivered = session
+        .send(DeliverCommand(ServerFrame::Command {
+            command: msg.command.clone(),
+            timeout_ms: msg.timeout.as_millis() as u64,
+        }))
+        .await
+        .is_ok();
+    if !delivered {
+        return offline(ctx, &msg).await;
+    }
+    match tokio::time::timeout(msg.timeout, rx).await {
+        Ok(Ok(result))
+            if result.success
+                && matches!(kind, CommandType::RestartService | CommandType::RebootOs) =>
+        {
+            let window = if kind == CommandType::RebootOs {
+                ctx.windows.reboot
+            } else {
+                ctx.windows.restart
+            };
+            let deadline = Utc::now() + chrono::Duration::from_std(window).unwrap_or_default();
+            let (stored, prev) = (result.clone(), previous.clone());
+            ctx.db
+                .run(move |conn| {
+                    commands::start_confirming(conn, &stored, prev.as_deref(), deadline)
+                })
+                .await?;
+            ctx.me.do_send(StartConfirming {
+                command_id,
+                device_id,
+                kind,
+                previous,
+                deadline,
+            });
+            Ok(response(result, CommandStatus::Confirming))
+        }
         Ok(Ok(result)) => {
             let status = if result.success {
                 CommandStatus::Success
             } else {
                 CommandStatus::Failed
             };
-            finish(db, result, status).await
+            finish(ctx, &device_id, result, status, false).await
         }
         // The sender is dropped only if the dispatcher stopped; treat it as no answer.
         Ok(Err(_)) | Err(_) => {
@@ -173,23 +443,35 @@ async fn run_dispatch(
                 &command_id,
                 format!(
                     "no answer from the device within {} ms",
-                    timeout.as_millis()
+                    msg.timeout.as_millis()
                 ),
             );
-            finish(db, result, CommandStatus::Timeout).await
+            finish(ctx, &device_id, result, CommandStatus::Timeout, true).await
         }
     }
 }
 
-async fn finish(
-    db: &Db,
-    result: CommandResult,
-    status: CommandStatus,
-) -> ApiResult<DispatchResponse> {
-    let stored = result.clone();
-    db.run(move |conn| commands::complete(conn, &stored, status))
-        .await?;
-    Ok(DispatchResponse { result, status })
+/// The device is not connected: queue the command if asked to, else fail it.
+async fn offline(ctx: &Ctx, msg: &Dispatch) -> ApiResult<DispatchResponse> {
+    let command_id = msg.command.id.clone();
+    if let Some(ttl) = msg.queue_ttl {
+        let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+        let id = command_id.clone();
+        if ctx
+            .db
+            .run(move |conn| commands::mark_queued(conn, &id, expires_at))
+            .await?
+        {
+            let result = CommandResult::failed(
+                &command_id,
+                format!("{DEVICE_OFFLINE}; queued until {}", expires_at.to_rfc3339()),
+            );
+            return Ok(response(result, CommandStatus::Queued));
+        }
+        return stored_outcome(ctx, &command_id).await;
+    }
+    let result = CommandResult::failed(&command_id, DEVICE_OFFLINE);
+    finish(ctx, &msg.device_id, result, CommandStatus::Failed, true).await
 }
 
 impl Handler<ResultReceived> for CommandDispatcher {
@@ -222,14 +504,120 @@ impl Handler<ProgressReceived> for CommandDispatcher {
             .waiting
             .get(&msg.progress.command_id)
             .is_some_and(|w| w.device_id == msg.device_id);
-        if known {
-            tracing::debug!(
-                device = %msg.device_id,
-                command = %msg.progress.command_id,
-                percent = msg.progress.percent,
-                "command progress"
-            );
+        if !known {
+            return;
         }
+        let db = self.db.clone();
+        let p = msg.progress;
+        actix::spawn(async move {
+            let _ = db
+                .run(move |conn| commands::set_progress(conn, &p.command_id, p.percent, &p.message))
+                .await;
+        });
+    }
+}
+
+impl Handler<StatusSeen> for CommandDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: StatusSeen, _: &mut Context<Self>) {
+        let done: Vec<String> = self
+            .confirming
+            .iter()
+            .filter(|(_, c)| c.device_id == msg.device_id)
+            .filter(|(_, c)| {
+                let now = if c.kind == CommandType::RebootOs {
+                    &msg.boot_id
+                } else {
+                    &msg.run_id
+                };
+                now.is_some() && *now != c.previous
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in done {
+            let Some(c) = self.confirming.remove(&id) else {
+                continue;
+            };
+            let what = if c.kind == CommandType::RebootOs {
+                "boot id"
+            } else {
+                "run id"
+            };
+            let result = CommandResult::ok(
+                &id,
+                format!("confirmed: the device came back with a new {what}"),
+            );
+            self.publish(&c.device_id, result.clone());
+            let db = self.db.clone();
+            actix::spawn(async move {
+                let _ = db
+                    .run(move |conn| commands::complete(conn, &result, CommandStatus::Confirmed))
+                    .await;
+            });
+        }
+    }
+}
+
+impl Handler<DeviceConnected> for CommandDispatcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceConnected, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        let me = ctx.address();
+        actix::spawn(async move {
+            let device_id = msg.device_id;
+            let d = device_id.clone();
+            let Ok(queued) = db
+                .run(move |conn| commands::queued_for_device(conn, &d))
+                .await
+            else {
+                return;
+            };
+            // In the order they were given, each after the previous one ended.
+            for row in queued {
+                let Ok(command) = row.command() else { continue };
+                let remaining = row
+                    .expires_at
+                    .map(|t| (t.and_utc() - Utc::now()).to_std().unwrap_or_default())
+                    .unwrap_or_default();
+                if remaining.is_zero() {
+                    continue; // the sweep expires it
+                }
+                let outcome = me
+                    .send(Dispatch {
+                        device_id: device_id.clone(),
+                        command,
+                        timeout: Duration::from_millis(row.timeout_ms.max(1) as u64),
+                        issued_by: row.issued_by.clone(),
+                        queue_ttl: Some(remaining),
+                        stored: true,
+                        accepted: None,
+                    })
+                    .await;
+                if let Ok(Ok(r)) = outcome {
+                    tracing::info!(device = %device_id, command = %row.id, status = r.status.as_str(), "queued command delivered");
+                    if r.status == CommandStatus::Queued {
+                        break; // the device went away again
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Handler<StartConfirming> for CommandDispatcher {
+    type Result = ();
+    fn handle(&mut self, msg: StartConfirming, _: &mut Context<Self>) {
+        self.confirming.insert(
+            msg.command_id,
+            Confirming {
+                device_id: msg.device_id,
+                kind: msg.kind,
+                previous: msg.previous,
+                deadline: msg.deadline,
+            },
+        );
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod command_api;
 pub mod commands;
 pub mod config;
 pub mod dashboard;
@@ -14,6 +15,7 @@ pub mod devices;
 pub mod dispatcher;
 pub mod error;
 pub mod events;
+pub mod groups;
 pub mod janitor;
 pub mod presence;
 pub mod ratelimit;
@@ -35,7 +37,7 @@ use protocol::rest::Envelope;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::dispatcher::CommandDispatcher;
+use crate::dispatcher::{CommandDispatcher, ConfirmWindows};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::events::EventBus;
 use crate::janitor::Janitor;
@@ -84,15 +86,25 @@ routes! {
     get "/api/v1/audit" => audit::list_audit,
     get "/api/v1/devices" => devices::list_devices,
     get "/api/v1/devices/connected" => devices::connected_devices,
+    post "/api/v1/devices/commands" => command_api::bulk_dispatch,
     get "/api/v1/devices/{id}" => devices::get_device,
     patch "/api/v1/devices/{id}" => devices::update_device,
     delete "/api/v1/devices/{id}" => devices::delete_device,
     get "/api/v1/devices/{id}/logs" => telemetry::device_logs,
     get "/api/v1/devices/{id}/events" => telemetry::device_events,
     post "/api/v1/devices/{id}/token" => devices::issue_token,
-    post "/api/v1/devices/{id}/commands" => commands::dispatch,
-    get "/api/v1/devices/{id}/commands" => commands::history,
-    get "/api/v1/devices/{id}/commands/{cmd_id}" => commands::get_command,
+    post "/api/v1/devices/{id}/commands" => command_api::dispatch,
+    get "/api/v1/devices/{id}/commands" => command_api::history,
+    get "/api/v1/devices/{id}/commands/{cmd_id}" => command_api::get_command,
+    post "/api/v1/devices/{id}/commands/{cmd_id}/cancel" => command_api::cancel_command,
+    post "/api/v1/device-groups" => groups::create_group,
+    get "/api/v1/device-groups" => groups::list_groups,
+    get "/api/v1/device-groups/{id}" => groups::get_group,
+    put "/api/v1/device-groups/{id}" => groups::update_group,
+    delete "/api/v1/device-groups/{id}" => groups::delete_group,
+    post "/api/v1/device-groups/{id}/members" => groups::add_members,
+    delete "/api/v1/device-groups/{id}/members" => groups::remove_members,
+    post "/api/v1/device-groups/{id}/commands" => groups::dispatch_to_group,
     post "/api/v1/sync" => sync::ingest,
 }
 
@@ -163,7 +175,12 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         TelemetrySink::new(writer).start()
     };
     let registry = DeviceRegistry::new(presence.clone(), bus.clone()).start();
-    let dispatcher = CommandDispatcher::new(db.clone(), registry.clone()).start();
+    let windows = ConfirmWindows {
+        restart: std::time::Duration::from_secs(config.restart_confirm_secs),
+        reboot: std::time::Duration::from_secs(config.reboot_confirm_secs),
+    };
+    let dispatcher =
+        CommandDispatcher::new(db.clone(), registry.clone(), bus.clone(), windows).start();
     let limits = Arc::new(Limits::from_config(&config));
     Janitor::new(db.clone(), limits.clone(), config.log_retention_days).start();
     let state = web::Data::new(AppState {

@@ -18,7 +18,7 @@ use protocol::rest::DeviceStatus;
 use crate::auth::{bearer_token, Scope};
 use crate::devices;
 use crate::devices::StatusUpdate;
-use crate::dispatcher::{ProgressReceived, ResultReceived};
+use crate::dispatcher::{DeviceConnected, ProgressReceived, ResultReceived, StatusSeen};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::events::Publish;
 use crate::presence::RecordStatus;
@@ -243,6 +243,10 @@ impl DeviceSession {
             deliver: addr.clone().recipient(),
             close: addr.recipient(),
         });
+        // Sent after Connect, so the dispatcher's lookup finds this session registered.
+        self.state.dispatcher.do_send(DeviceConnected {
+            device_id: identity.device_id.clone(),
+        });
         Self::send_frame(
             ctx,
             &ServerFrame::Hello {
@@ -363,6 +367,11 @@ impl DeviceSession {
                     .and_then(|m| m.get("connectionMode"))
                     .and_then(|v| v.as_str())
                     .map(str::to_owned);
+                self.state.dispatcher.do_send(StatusSeen {
+                    device_id: device_id.clone(),
+                    boot_id: status.boot_id.clone(),
+                    run_id: status.run_id.clone(),
+                });
                 self.state.presence.do_send(RecordStatus {
                     device_id: device_id.clone(),
                     update: StatusUpdate {

@@ -114,6 +114,22 @@ fn sqlite_and_postgres_migrations_define_the_same_columns() {
             schema::schema::commands::table::all_columns().names(),
         ),
         (
+            "device_events",
+            schema::schema::device_events::table::all_columns().names(),
+        ),
+        (
+            "device_group_members",
+            schema::schema::device_group_members::table::all_columns().names(),
+        ),
+        (
+            "device_groups",
+            schema::schema::device_groups::table::all_columns().names(),
+        ),
+        (
+            "device_logs",
+            schema::schema::device_logs::table::all_columns().names(),
+        ),
+        (
             "devices",
             schema::schema::devices::table::all_columns().names(),
         ),
@@ -161,6 +177,7 @@ column_names_for_tuples!(
     5: (A, B, C, D, E),
     6: (A, B, C, D, E, F),
     16: (A, B, C, D, E, F, G, H, I, J, K, L, M, N, O, P),
+    18: (A, B, C, D, E, F, G, H, I, J, K, L, M, N, O, P, Q, R),
     8: (A, B, C, D, E, F, G, H),
     9: (A, B, C, D, E, F, G, H, I),
     7: (A, B, C, D, E, F, G),
