@@ -23,20 +23,22 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-/// Path of a workspace binary, next to the test executable's `deps` directory.
+/// Path of a workspace binary: beside the running executable (a benchmark binary in
+/// `target/<profile>/`) or one directory up (a test in `target/<profile>/deps/`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory of the test executable");
-    let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing; run `cargo build --workspace --bins` before the tests",
-        path.display()
+    let here = exe.parent().expect("directory of the executable");
+    let candidates = [Some(here), here.parent()];
+    for dir in candidates.into_iter().flatten() {
+        let path = dir.join(name);
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!(
+        "{name} is missing next to {}; run `cargo build --workspace --bins` (with --release for benchmarks) first",
+        exe.display()
     );
-    path
 }
 
 /// A fresh temporary directory, removed on drop.

@@ -28,6 +28,7 @@ on_both_backends!(
     malformed_frames_get_an_error_and_keep_the_session,
     unanswered_command_times_out_and_unknown_type_is_refused,
     newer_session_replaces_the_older_one,
+    concurrent_enrollments_all_succeed,
 );
 
 fn force_sync_round_trip_through_a_real_agent(backend: Backend) {
@@ -310,4 +311,31 @@ fn newer_session_replaces_the_older_one(backend: Backend) {
         "OFFLINE after the second session closed",
         || api.device_status("edge-twice").as_deref() == Some("OFFLINE"),
     );
+}
+
+/// Many devices enrolling at the same moment (a line powering up) must all get a token; on
+/// SQLite this needs write transactions that take the lock up front.
+fn concurrent_enrollments_all_succeed(backend: Backend) {
+    let server = ServerProcess::start(backend);
+    let base = server.base_url.clone();
+    let threads: Vec<_> = (0..40)
+        .map(|i| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                let resp = client
+                    .post(format!("{base}/api/v1/devices/burst-{i}/token"))
+                    .header("X-Enrollment-Key", ENROLLMENT_KEY)
+                    .send()
+                    .unwrap();
+                (resp.status().as_u16(), resp.text().unwrap())
+            })
+        })
+        .collect();
+    for t in threads {
+        let (status, body) = t.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let api = Api::admin(&server);
+    assert_eq!(api.get("/api/v1/devices").data()["total"], 40);
 }

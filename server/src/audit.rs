@@ -90,7 +90,7 @@ where
 {
     db.run(move |conn| {
         let success = entry.clone().outcome("success");
-        let result = conn.transaction(|conn| {
+        let result = crate::db::write_transaction(conn, |conn| {
             record(conn, &success)?;
             f(conn)
         });

@@ -283,7 +283,7 @@ pub async fn fan_out(
     state
         .db
         .run(move |conn| {
-            conn.transaction(|conn| {
+            crate::db::write_transaction(conn, |conn| {
                 for ((device_id, command), entry) in rows.iter().zip(&entries) {
                     audit::record(conn, entry)?;
                     commands::insert_pending(conn, device_id, command, timeout_ms, Some(&by))?;

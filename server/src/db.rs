@@ -205,3 +205,38 @@ impl Db {
         f(&mut conn)
     }
 }
+
+/// A transaction that writes. On SQLite it begins with `BEGIN IMMEDIATE`, taking the write
+/// lock at once: a deferred transaction that reads first and writes later cannot wait for the
+/// lock (SQLite answers "database is locked" at once to avoid a deadlock), so concurrent
+/// enrollments or dispatches would fail. Inside another transaction it is a savepoint.
+pub fn write_transaction<T, F>(conn: &mut DbConnection, f: F) -> ApiResult<T>
+where
+    F: FnOnce(&mut DbConnection) -> ApiResult<T>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let DbConnection::Sqlite(inner) = conn else {
+        return conn.transaction(f);
+    };
+    let nested = AnsiTransactionManager::transaction_manager_status_mut(inner)
+        .transaction_depth()?
+        .is_some();
+    if nested {
+        return conn.transaction(f);
+    }
+    AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
+    let result = f(conn);
+    let DbConnection::Sqlite(inner) = conn else {
+        return Err(ApiError::internal("connection changed backend"));
+    };
+    match result {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(inner)?;
+            Ok(value)
+        }
+        Err(e) => {
+            AnsiTransactionManager::rollback_transaction(inner)?;
+            Err(e)
+        }
+    }
+}

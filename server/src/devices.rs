@@ -339,7 +339,7 @@ pub async fn issue_token(
     let created = state
         .db
         .run(move |conn| {
-            conn.transaction(|conn| {
+            crate::db::write_transaction(conn, |conn| {
                 let now = Utc::now().naive_utc();
                 let created =
                     match find(conn, &id)? {

@@ -185,7 +185,7 @@ pub fn store(
     records: Vec<SyncRecord>,
 ) -> ApiResult<SyncResponse> {
     let now = Utc::now().naive_utc();
-    conn.transaction(|conn| {
+    crate::db::write_transaction(conn, |conn| {
         let mut accepted = 0u64;
         let mut duplicates = 0u64;
         let mut seen = std::collections::HashSet::new();

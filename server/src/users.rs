@@ -163,7 +163,7 @@ pub fn bootstrap_admin(
         None => (auth::random_password(), true),
     };
     db.run_blocking(|conn| {
-        conn.transaction(|conn| {
+        crate::db::write_transaction(conn, |conn| {
             // Another server process may have bootstrapped between the count and now.
             if count(conn)? == 0 {
                 insert(conn, FIRST_ADMIN, &password, Role::Admin)?;

@@ -1,0 +1,227 @@
+//! Benchmark: bulk dispatch to 1,000 and 10,000 connected simulated devices, and the round
+//! trip of single commands at a fixed rate. Prints figures; asserts only that every command
+//! succeeded. Run with `bash scripts/bench-dispatch.sh` (release build, raised fd limit).
+//!
+//! The devices are tokio tasks holding real WebSockets to a real `factory-server` process;
+//! each answers every command at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use integration_tests::{Backend, ServerProcess, ENROLLMENT_KEY};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Devices connecting at once; more overflows the listen backlog for no gain.
+const CONNECT_CONCURRENCY: usize = 200;
+const SINGLE_RATE_PER_SEC: u64 = 50;
+const SINGLE_DURATION: Duration = Duration::from_secs(10);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sizes: Vec<usize> = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--devices="))
+        .unwrap_or("1000,10000")
+        .split(',')
+        .map(|s| s.parse().expect("--devices=N,M"))
+        .collect();
+    let backend = match args
+        .iter()
+        .find_map(|a| a.strip_prefix("--db="))
+        .unwrap_or("sqlite")
+    {
+        "postgres" => Backend::Postgres,
+        _ => Backend::Sqlite,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    for n in sizes {
+        runtime.block_on(run(n, backend));
+    }
+}
+
+async fn run(n: usize, backend: Backend) {
+    let server = ServerProcess::start_with(
+        integration_tests::TestDb::new(backend),
+        integration_tests::TempDir::new("bench-data"),
+        &["--log-level", "warn"],
+    );
+    let base = server.base_url.clone();
+    let ws_url = server.ws_url("/ws/device");
+    let answered = Arc::new(AtomicU64::new(0));
+
+    // Enroll and connect n devices, CONNECT_CONCURRENCY at a time.
+    let start = Instant::now();
+    let ids: Vec<String> = (0..n).map(|i| format!("sim-{i:05}")).collect();
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::with_capacity(n);
+    for chunk in ids.chunks(CONNECT_CONCURRENCY) {
+        let mut connecting = Vec::new();
+        for id in chunk {
+            let (client, base, ws_url, id) =
+                (client.clone(), base.clone(), ws_url.clone(), id.clone());
+            connecting.push(tokio::spawn(async move {
+                let reply: Value = client
+                    .post(format!("{base}/api/v1/devices/{id}/token"))
+                    .header("X-Enrollment-Key", ENROLLMENT_KEY)
+                    .send()
+                    .await
+                    .expect("enroll")
+                    .json()
+                    .await
+                    .expect("enroll body");
+                let token = reply["data"]["token"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("enrollment of {id} failed: {reply}"))
+                    .to_owned();
+                let mut request = ws_url.into_client_request().expect("url");
+                request.headers_mut().insert(
+                    "Authorization",
+                    format!("Bearer {token}").parse().expect("header"),
+                );
+                let (socket, _) = tokio_tungstenite::connect_async(request)
+                    .await
+                    .expect("connect");
+                socket
+            }));
+        }
+        for c in connecting {
+            let socket = c.await.expect("device connects");
+            tasks.push(tokio::spawn(device(socket, answered.clone())));
+        }
+    }
+    let connect_time = start.elapsed();
+    let login: Value = client
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": integration_tests::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login")
+        .json()
+        .await
+        .expect("login body");
+    let admin_token = login["data"]["token"]
+        .as_str()
+        .expect("admin token")
+        .to_owned();
+    // Wait until the registry knows every session.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let connected: Value = client
+            .get(format!("{base}/api/v1/devices/connected"))
+            .bearer_auth(&admin_token)
+            .send()
+            .await
+            .expect("connected")
+            .json()
+            .await
+            .expect("connected body");
+        let total = connected["data"]["total"].as_u64().unwrap_or(0);
+        if total as usize == n || Instant::now() > deadline {
+            assert_eq!(total as usize, n, "not every device registered");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("[{backend:?}] {n} devices enrolled and connected in {connect_time:?}");
+
+    // Bulk dispatch to all of them.
+    let body = json!({"deviceIds": ids, "command": {"type": "force_sync"}, "timeoutMs": 60000});
+    let start = Instant::now();
+    let reply: Value = client
+        .post(format!("{base}/api/v1/devices/commands"))
+        .bearer_auth(&admin_token)
+        .json(&body)
+        .timeout(Duration::from_secs(300))
+        .send()
+        .await
+        .expect("bulk dispatch")
+        .json()
+        .await
+        .expect("bulk body");
+    let bulk_time = start.elapsed();
+    let map = reply["data"].as_object().expect("per-device map");
+    let ok = map.values().filter(|a| a["status"] == "SUCCESS").count();
+    println!(
+        "[{backend:?}] bulk dispatch of force_sync to {n} connected devices: {bulk_time:?} wall, {ok}/{n} SUCCESS ({:.0} commands/s)",
+        n as f64 / bulk_time.as_secs_f64()
+    );
+    assert_eq!(ok, n, "every device must answer");
+
+    // Single commands at a fixed rate.
+    let interval = Duration::from_micros(1_000_000 / SINGLE_RATE_PER_SEC);
+    let total = (SINGLE_DURATION.as_secs() * SINGLE_RATE_PER_SEC) as usize;
+    let mut ticker = tokio::time::interval(interval);
+    let mut pending = Vec::with_capacity(total);
+    for i in 0..total {
+        ticker.tick().await;
+        let (client, base, token) = (client.clone(), base.clone(), admin_token.clone());
+        let device = ids[(i * 7919) % n].clone();
+        pending.push(tokio::spawn(async move {
+            let start = Instant::now();
+            let reply: Value = client
+                .post(format!("{base}/api/v1/devices/{device}/commands"))
+                .bearer_auth(token)
+                .json(&json!({"command": {"type": "force_sync"}}))
+                .send()
+                .await
+                .expect("dispatch")
+                .json()
+                .await
+                .expect("dispatch body");
+            (start.elapsed(), reply["data"]["status"] == "SUCCESS")
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for p in pending {
+        let (latency, ok) = p.await.expect("single dispatch");
+        assert!(ok, "a single command failed");
+        latencies.push(latency);
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "[{backend:?}] single commands at {SINGLE_RATE_PER_SEC}/s for {SINGLE_DURATION:?} over {n} devices: p50 {:?} p99 {:?} max {:?}",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!(
+        "[{backend:?}] commands answered by the simulated devices: {}",
+        answered.load(Ordering::Relaxed)
+    );
+    for t in tasks {
+        t.abort();
+    }
+    drop(server);
+}
+
+/// One simulated device: answers every command with success.
+async fn device(
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    answered: Arc<AtomicU64>,
+) {
+    let (mut tx, mut rx) = socket.split();
+    while let Some(Ok(msg)) = rx.next().await {
+        let Message::Text(text) = msg else { continue };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if frame["type"] == "command" {
+            let reply = json!({"type": "command_result", "commandId": frame["command"]["id"], "success": true, "output": "ok"});
+            if tx.send(Message::Text(reply.to_string())).await.is_err() {
+                break;
+            }
+            answered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
