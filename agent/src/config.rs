@@ -5,6 +5,7 @@
 //! that were actually given reach figment, so an unset flag never hides a TOML value.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,6 +26,16 @@ pub const MIN_STATUS_INTERVAL_MS: u64 = 100;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Longest device id accepted, as the server bounds it too.
 pub const MAX_DEVICE_ID_LEN: usize = 128;
+/// Built-in bottles per batch: the batch closes when this many codes are in it.
+pub const DEFAULT_BATCH_SIZE: u32 = 100;
+/// Built-in batches per pallet: the pallet closes when this many batches are in it.
+pub const DEFAULT_PALLET_SIZE: u32 = 10;
+/// Name of the agent's own log file inside the data directory, unless `log_file` says
+/// otherwise.
+pub const DEFAULT_LOG_FILE: &str = "edge-agent.log";
+/// Built-in programs of `reboot_os` and `shutdown_os`, as `deploy/sudoers` allows them.
+pub const DEFAULT_REBOOT_COMMAND: [&str; 3] = ["sudo", "systemctl", "reboot"];
+pub const DEFAULT_SHUTDOWN_COMMAND: [&str; 3] = ["sudo", "systemctl", "poweroff"];
 
 /// A value that must never reach a log: its `Debug` and `Display` print a placeholder.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +176,36 @@ pub struct Cli {
     #[arg(long, env = "EDGE_LOG_LEVEL", value_name = "FILTER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+
+    /// The agent's own log file, read by pull_logs [default: <data dir>/edge-agent.log]
+    #[arg(long, env = "EDGE_LOG_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<PathBuf>,
+
+    /// TCP address the scanner listener binds, e.g. 127.0.0.1:9100 [default: no listener]
+    #[arg(long, env = "EDGE_SCANNER_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scanner_listen: Option<String>,
+
+    /// Bottles per batch; 0 closes batches only on a CLOSE_BATCH line [default: 100]
+    #[arg(long, env = "EDGE_BATCH_SIZE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+
+    /// Batches per pallet; 0 closes pallets only on a CLOSE_PALLET line [default: 10]
+    #[arg(long, env = "EDGE_PALLET_SIZE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pallet_size: Option<u32>,
+
+    /// Program and arguments run by reboot_os, split on spaces [default: sudo systemctl reboot]
+    #[arg(long, env = "EDGE_REBOOT_COMMAND", value_name = "ARGV", num_args = 1.., value_delimiter = ' ')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reboot_command: Option<Vec<String>>,
+
+    /// Program and arguments run by shutdown_os, split on spaces [default: sudo systemctl poweroff]
+    #[arg(long, env = "EDGE_SHUTDOWN_COMMAND", value_name = "ARGV", num_args = 1.., value_delimiter = ' ')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_command: Option<Vec<String>>,
 }
 
 /// The lowest layer.
@@ -174,6 +215,10 @@ struct Defaults {
     connection_mode: ConnectionMode,
     status_interval_ms: u64,
     log_level: &'static str,
+    batch_size: u32,
+    pallet_size: u32,
+    reboot_command: [&'static str; 3],
+    shutdown_command: [&'static str; 3],
 }
 
 const DEFAULTS: Defaults = Defaults {
@@ -181,6 +226,10 @@ const DEFAULTS: Defaults = Defaults {
     connection_mode: ConnectionMode::ViaLocalServer,
     status_interval_ms: DEFAULT_STATUS_INTERVAL_MS,
     log_level: DEFAULT_LOG_LEVEL,
+    batch_size: DEFAULT_BATCH_SIZE,
+    pallet_size: DEFAULT_PALLET_SIZE,
+    reboot_command: DEFAULT_REBOOT_COMMAND,
+    shutdown_command: DEFAULT_SHUTDOWN_COMMAND,
 };
 
 /// What the merged layers hold before validation. Unknown keys are refused so that a typo
@@ -200,6 +249,12 @@ struct Layered {
     cloud_token: Option<Secret>,
     status_interval_ms: u64,
     log_level: String,
+    log_file: Option<PathBuf>,
+    scanner_listen: Option<String>,
+    batch_size: u32,
+    pallet_size: u32,
+    reboot_command: Vec<String>,
+    shutdown_command: Vec<String>,
 }
 
 /// A setting that is missing or wrong. Every message is one line.
@@ -238,18 +293,31 @@ pub struct Config {
     pub cloud_token: Option<Secret>,
     pub status_interval: Duration,
     pub log_level: String,
+    pub log_file: PathBuf,
+    pub scanner_listen: Option<SocketAddr>,
+    pub batch_size: u32,
+    pub pallet_size: u32,
+    pub reboot_command: Vec<String>,
+    pub shutdown_command: Vec<String>,
 }
 
-impl Config {
-    /// Reads flags, environment and the TOML file. clap itself exits (code 2) on a flag it
-    /// cannot parse, and prints help or version and exits 0 when asked.
-    pub fn from_args() -> Result<Config, ConfigError> {
-        Config::from_cli(Cli::parse())
-    }
+/// The layers below the agent's stored configuration (defaults, TOML file, environment,
+/// flags), kept so that a `push_config` overlay can be layered over them again at run time.
+#[derive(Clone)]
+pub struct ConfigSource {
+    figment: Figment,
+}
 
-    /// Layers the given flags and environment (as clap produced them) over the TOML file
-    /// they name, if any, over the defaults.
-    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+/// Not derived: the layers hold secrets.
+impl fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfigSource(<layers>)")
+    }
+}
+
+impl ConfigSource {
+    /// Reads flags and environment as clap produced them and the TOML file they name.
+    pub fn from_cli(cli: Cli) -> Result<ConfigSource, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(DEFAULTS));
         if let Some(path) = &cli.config {
             if !path.is_file() {
@@ -258,12 +326,31 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Serialized::defaults(&cli));
+        Ok(ConfigSource { figment })
+    }
+
+    /// The validated settings with `overlay` (snake_case keys, as the TOML file has them)
+    /// layered over everything else.
+    pub fn resolve<T: Serialize>(&self, overlay: Option<&T>) -> Result<Config, ConfigError> {
+        let figment = match overlay {
+            Some(overlay) => self.figment.clone().merge(Serialized::defaults(overlay)),
+            None => self.figment.clone(),
+        };
         let layered: Layered = figment.extract().map_err(|e| {
             // figment chains every error it found on separate lines; the first is enough.
             let text = e.to_string();
             ConfigError::Layers(text.lines().next().unwrap_or("bad configuration").into())
         })?;
         Config::validate(layered)
+    }
+}
+
+impl Config {
+    /// Layers the given flags and environment (as clap produced them) over the TOML file
+    /// they name, if any, over the defaults.
+    #[cfg(test)]
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        ConfigSource::from_cli(cli)?.resolve::<()>(None)
     }
 
     fn validate(l: Layered) -> Result<Config, ConfigError> {
@@ -309,13 +396,43 @@ impl Config {
             }
         }
 
+        let scanner_listen = non_empty(l.scanner_listen)
+            .map(|a| {
+                a.parse::<SocketAddr>().map_err(|e| {
+                    invalid(
+                        "scanner_listen",
+                        format!("`{a}` is not an IP address and port: {e}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let company_id = non_empty(l.company_id);
+        if scanner_listen.is_some() && company_id.is_none() {
+            return Err(invalid(
+                "company_id",
+                "is required when scanner_listen is set: every queued record carries it",
+            ));
+        }
+        check_argv("reboot_command", &l.reboot_command)?;
+        check_argv("shutdown_command", &l.shutdown_command)?;
+        let log_file = l
+            .log_file
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| l.data_dir.join(DEFAULT_LOG_FILE));
+
         let name = non_empty(l.name).unwrap_or_else(|| device_id.clone());
         Ok(Config {
+            log_file,
+            scanner_listen,
+            batch_size: l.batch_size,
+            pallet_size: l.pallet_size,
+            reboot_command: l.reboot_command,
+            shutdown_command: l.shutdown_command,
             data_dir: l.data_dir,
             server_url,
             enrollment_key: l.enrollment_key.filter(|k| !k.expose().is_empty()),
             name,
-            company_id: non_empty(l.company_id),
+            company_id,
             production_line_id: non_empty(l.production_line_id),
             connection_mode: l.connection_mode,
             cloud_url,
@@ -383,6 +500,19 @@ fn check_http_url(setting: &'static str, url: &str) -> Result<String, ConfigErro
     Ok(url.trim_end_matches('/').to_owned())
 }
 
+/// A program and its arguments: at least the program, and no empty or NUL-holding element
+/// (execve could not pass it).
+fn check_argv(setting: &'static str, argv: &[String]) -> Result<(), ConfigError> {
+    match argv.first() {
+        None => Err(invalid(setting, "needs at least a program")),
+        Some(_) if argv.iter().any(|a| a.is_empty() || a.contains('\0')) => Err(invalid(
+            setting,
+            "elements must be non-empty and hold no NUL byte",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 fn check_device_id(id: &str) -> Result<(), ConfigError> {
     if id.len() > MAX_DEVICE_ID_LEN {
         return Err(invalid(
@@ -412,7 +542,7 @@ mod tests {
     /// every test thread.
     static ENV_LOCK: Mutex<()> = Mutex::new(());
 
-    const ALL_VARS: [&str; 13] = [
+    const ALL_VARS: [&str; 19] = [
         "EDGE_CONFIG",
         "EDGE_DATA_DIR",
         "EDGE_SERVER_URL",
@@ -426,6 +556,12 @@ mod tests {
         "EDGE_CLOUD_TOKEN",
         "EDGE_STATUS_INTERVAL_MS",
         "EDGE_LOG_LEVEL",
+        "EDGE_LOG_FILE",
+        "EDGE_SCANNER_LISTEN",
+        "EDGE_BATCH_SIZE",
+        "EDGE_PALLET_SIZE",
+        "EDGE_REBOOT_COMMAND",
+        "EDGE_SHUTDOWN_COMMAND",
     ];
 
     /// Sets variables for one test and removes every `EDGE_…` variable afterwards.
@@ -634,5 +770,59 @@ mod tests {
             Some("hunter2")
         );
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn production_settings_have_defaults_and_are_checked() {
+        let _env = Env::with(&[("EDGE_REBOOT_COMMAND", "/bin/echo rebooting now")]);
+        let c = load(&[
+            "--server-url",
+            "http://s",
+            "--device-id",
+            "e",
+            "--data-dir",
+            "/d",
+        ])
+        .unwrap();
+        assert_eq!(c.scanner_listen, None);
+        assert_eq!(c.batch_size, DEFAULT_BATCH_SIZE);
+        assert_eq!(c.pallet_size, DEFAULT_PALLET_SIZE);
+        assert_eq!(c.log_file, PathBuf::from("/d").join(DEFAULT_LOG_FILE));
+        assert_eq!(c.reboot_command, ["/bin/echo", "rebooting", "now"]);
+        assert_eq!(c.shutdown_command, DEFAULT_SHUTDOWN_COMMAND);
+
+        let base = ["--server-url", "http://s", "--device-id", "e"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            load(&args)
+        };
+        let err = with(&["--scanner-listen", "127.0.0.1:0"]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("company_id: is required"),
+            "{err}"
+        );
+        let c = with(&["--scanner-listen", "127.0.0.1:0", "--company-id", "acme"]).unwrap();
+        assert_eq!(c.scanner_listen, Some("127.0.0.1:0".parse().unwrap()));
+        let err = with(&["--scanner-listen", "localhost", "--company-id", "a"]).unwrap_err();
+        assert!(err.to_string().starts_with("scanner_listen:"), "{err}");
+        let bad = Cli::try_parse_from(["edge-agent", "--batch-size=-3"]);
+        assert!(bad.is_err(), "a negative batch size is refused by clap");
+    }
+
+    #[test]
+    fn an_overlay_beats_every_other_layer_and_is_validated() {
+        let _env = Env::with(&[("EDGE_STATUS_INTERVAL_MS", "2222")]);
+        let cli =
+            Cli::try_parse_from(["edge-agent", "--server-url", "http://s", "--device-id", "e"])
+                .unwrap();
+        let source = ConfigSource::from_cli(cli).unwrap();
+        let overlay = serde_json::json!({"status_interval_ms": 700, "log_level": "debug"});
+        let c = source.resolve(Some(&overlay)).unwrap();
+        assert_eq!(c.status_interval, Duration::from_millis(700));
+        assert_eq!(c.log_level, "debug");
+        let bad = serde_json::json!({"status_interval_ms": 5});
+        assert!(source.resolve(Some(&bad)).is_err());
+        assert!(!format!("{source:?}").contains("http://s"));
     }
 }

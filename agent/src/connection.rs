@@ -7,6 +7,8 @@
 //! waits out the backoff and tries again. An `epoch` number tags every attempt so that a
 //! late answer of an abandoned attempt changes nothing.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::io::{SinkWrite, WriteHandler};
@@ -18,14 +20,15 @@ use awc::ws::{CloseCode, CloseReason, Codec, Frame, Message as WsMessage};
 use awc::BoxedSocket;
 use futures_util::stream::{SplitSink, StreamExt};
 use protocol::commands::{Command, CommandResult};
-use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame, StatusEvent};
+use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame};
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::backoff::Backoff;
-use crate::commands::{CommandHandler, Execute};
-use crate::config::{Config, ConnectionMode};
+use crate::commands::{Answered, CommandHandler, Execute};
+use crate::config::Config;
+use crate::drain::Reenroll;
 use crate::enroll::{self, EnrollError, Enrollment};
+use crate::status::{ReportNow, StatusReporter};
 use crate::store::{ClearToken, GetToken, SetToken, StoreActor, StoreError};
 
 /// How often the actor checks that the server is still talking, and pings it.
@@ -77,6 +80,17 @@ fn read_boot_id() -> Option<String> {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// An event for the server: sent when a session is open, dropped otherwise (records never
+/// travel as events, so nothing that must survive is lost).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendEvent(pub DeviceEvent);
+
+/// New settings after a `push_config`; a changed server URL reconnects at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConfigChanged(pub Config);
+
 /// Why an attempt to open a session failed.
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
@@ -101,16 +115,16 @@ struct Session {
     sink: SinkWrite<WsMessage, WsSink>,
     stream: SpawnHandle,
     heartbeat: SpawnHandle,
-    status: Option<SpawnHandle>,
     opened: Instant,
     last_heard: Instant,
 }
 
 pub struct Connection {
     config: Config,
-    identity: Identity,
     store: Addr<StoreActor>,
     commands: Addr<CommandHandler>,
+    status: Addr<StatusReporter>,
+    exit_code: Arc<AtomicU8>,
     backoff: Backoff,
     epoch: u64,
     session: Option<Session>,
@@ -120,15 +134,17 @@ pub struct Connection {
 impl Connection {
     pub fn new(
         config: Config,
-        identity: Identity,
         store: Addr<StoreActor>,
         commands: Addr<CommandHandler>,
+        status: Addr<StatusReporter>,
+        exit_code: Arc<AtomicU8>,
     ) -> Self {
         Connection {
             config,
-            identity,
             store,
             commands,
+            status,
+            exit_code,
             backoff: Backoff::default(),
             epoch: 0,
             session: None,
@@ -220,7 +236,6 @@ impl Connection {
             sink,
             stream,
             heartbeat,
-            status: None,
             opened: now,
             last_heard: now,
         });
@@ -235,9 +250,6 @@ impl Connection {
         self.epoch += 1;
         ctx.cancel_future(session.stream);
         ctx.cancel_future(session.heartbeat);
-        if let Some(status) = session.status {
-            ctx.cancel_future(status);
-        }
         let writer = session.sink.handle();
         match close {
             // `SinkWrite::close` is not used: actix-codec's `Framed` shuts the socket down
@@ -280,7 +292,12 @@ impl Connection {
             return;
         }
         let Some(session) = &mut self.session else {
-            tracing::warn!("not connected; dropping a {} frame", frame_type(frame));
+            // Telemetry while offline is expected to be lost; a command result is not.
+            if matches!(frame, DeviceFrame::Event(DeviceEvent::CommandResult(_))) {
+                tracing::warn!("not connected; dropping a command_result frame");
+            } else {
+                tracing::debug!("not connected; dropping a {} frame", frame_type(frame));
+            }
             return;
         };
         match serde_json::to_string(frame) {
@@ -291,21 +308,6 @@ impl Connection {
             }
             Err(e) => tracing::error!("cannot encode a {} frame: {e}", frame_type(frame)),
         }
-    }
-
-    fn send_status(&mut self) {
-        let status = StatusEvent {
-            status: "ONLINE".into(),
-            version: Some(env!("CARGO_PKG_VERSION").into()),
-            boot_id: self.identity.boot_id.clone(),
-            run_id: Some(self.identity.run_id.clone()),
-            metrics: Some(status_metrics(
-                self.identity.started.elapsed(),
-                self.config.connection_mode,
-            )),
-            ts: chrono::Utc::now(),
-        };
-        self.send(&DeviceFrame::Event(DeviceEvent::Status(status)));
     }
 
     fn on_text(&mut self, bytes: &[u8], ctx: &mut Context<Self>) {
@@ -329,15 +331,7 @@ impl Connection {
                         "server greeted another device id"
                     );
                 }
-                self.send_status();
-                let interval = self.config.status_interval;
-                if let Some(session) = &mut self.session {
-                    // A second hello must not start a second timer.
-                    if let Some(old) = session.status.take() {
-                        ctx.cancel_future(old);
-                    }
-                    session.status = Some(ctx.run_interval(interval, |act, _| act.send_status()));
-                }
+                self.status.do_send(ReportNow);
             }
             ServerFrame::Command {
                 command,
@@ -360,12 +354,13 @@ impl Connection {
             self.commands
                 .send(Execute(command.clone()))
                 .into_actor(self)
-                .map(move |answer, act, _ctx| {
-                    let result = answer.unwrap_or_else(|e| {
-                        CommandResult::failed(
+                .map(move |answer, act, ctx| {
+                    let Answered { result, exit } = answer.unwrap_or_else(|e| Answered {
+                        result: CommandResult::failed(
                             &command.id,
                             format!("command handler unavailable: {e}"),
-                        )
+                        ),
+                        exit: None,
                     });
                     tracing::info!(
                         command_id = %result.command_id,
@@ -373,6 +368,13 @@ impl Connection {
                         "command answered"
                     );
                     act.send(&DeviceFrame::Event(DeviceEvent::CommandResult(result)));
+                    if let Some(code) = exit {
+                        // The result frame is already queued in the writer, ahead of the
+                        // close frame, so the server has the answer before the agent exits.
+                        tracing::info!(code, "exiting as the server asked");
+                        act.exit_code.store(code, Ordering::SeqCst);
+                        act.shut_down(ctx);
+                    }
                 }),
         );
     }
@@ -412,14 +414,6 @@ fn frame_type(frame: &DeviceFrame) -> &'static str {
         DeviceFrame::Auth { .. } => "auth",
         DeviceFrame::Event(event) => event.event_type(),
     }
-}
-
-/// The free-form `metrics` object of a status frame.
-fn status_metrics(uptime: Duration, mode: ConnectionMode) -> serde_json::Value {
-    json!({
-        "uptimeSecs": uptime.as_secs(),
-        "connectionMode": mode.as_str(),
-    })
 }
 
 impl Actor for Connection {
@@ -493,9 +487,48 @@ impl WriteHandler<WsProtocolError> for Connection {
 impl Handler<Shutdown> for Connection {
     type Result = ();
 
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
+        self.shut_down(ctx);
+    }
+}
+
+impl Handler<SendEvent> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, SendEvent(event): SendEvent, _ctx: &mut Self::Context) {
+        self.send(&DeviceFrame::Event(event));
+    }
+}
+
+impl Handler<Reenroll> for Connection {
+    type Result = ();
+
+    /// The token was refused elsewhere (and cleared); a fresh session enrolls first.
+    fn handle(&mut self, _msg: Reenroll, ctx: &mut Self::Context) {
+        if self.session.is_some() {
+            tracing::warn!("device token refused by the sync route; reconnecting to enroll again");
+            self.end_session(Some(CloseCode::Normal.into()), ctx);
+        }
+    }
+}
+
+impl Handler<ConfigChanged> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, ConfigChanged(config): ConfigChanged, ctx: &mut Self::Context) {
+        let moved = config.server_url != self.config.server_url;
+        self.config = config;
+        if moved && self.session.is_some() {
+            tracing::info!(server_url = %self.config.server_url, "server URL changed; reconnecting");
+            self.end_session(Some(CloseCode::Normal.into()), ctx);
+        }
+    }
+}
+
+impl Connection {
     /// Sends a normal close frame and waits for the server's close (or the end of the
     /// socket) before stopping the system, at most `CLOSE_GRACE`.
-    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) {
+    fn shut_down(&mut self, ctx: &mut Context<Self>) {
         if self.shutting_down {
             return;
         }
@@ -507,9 +540,6 @@ impl Handler<Shutdown> for Connection {
         };
         tracing::info!("closing the connection");
         ctx.cancel_future(session.heartbeat);
-        if let Some(status) = session.status.take() {
-            ctx.cancel_future(status);
-        }
         let _ = session.sink.write(WsMessage::Close(Some(CloseReason {
             code: CloseCode::Normal,
             description: Some("agent shutting down".into()),
@@ -520,37 +550,7 @@ impl Handler<Shutdown> for Connection {
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
-
     use super::*;
-
-    #[test]
-    fn status_frame_has_the_contract_fields() {
-        let status = StatusEvent {
-            status: "ONLINE".into(),
-            version: Some("0.1.0".into()),
-            boot_id: Some("b".into()),
-            run_id: Some("r".into()),
-            metrics: Some(status_metrics(
-                Duration::from_secs(42),
-                ConnectionMode::ViaLocalServer,
-            )),
-            ts: chrono::Utc.with_ymd_and_hms(2030, 1, 2, 3, 4, 5).unwrap(),
-        };
-        let value = serde_json::to_value(DeviceFrame::Event(DeviceEvent::Status(status))).unwrap();
-        assert_eq!(
-            value,
-            json!({
-                "type": "status",
-                "status": "ONLINE",
-                "version": "0.1.0",
-                "bootId": "b",
-                "runId": "r",
-                "metrics": {"uptimeSecs": 42, "connectionMode": "VIA_LOCAL_SERVER"},
-                "ts": "2030-01-02T03:04:05Z",
-            })
-        );
-    }
 
     #[test]
     fn unknown_command_frames_still_yield_their_id() {
@@ -699,15 +699,21 @@ mod tests {
             name: "edge-t".into(),
             company_id: Some("acme".into()),
             production_line_id: None,
-            connection_mode: ConnectionMode::ViaLocalServer,
+            connection_mode: crate::config::ConnectionMode::ViaLocalServer,
             cloud_url: None,
             cloud_token: None,
             status_interval: Duration::from_millis(200),
             log_level: "info".into(),
+            log_file: crate::store::tests::temp_dir().join("agent.log"),
+            scanner_listen: None,
+            batch_size: 100,
+            pallet_size: 10,
+            reboot_command: vec!["/bin/true".into()],
+            shutdown_command: vec!["/bin/true".into()],
         }
     }
 
-    /// Starts the store (with `token`, if any), the command handler and the connection.
+    /// Starts every actor of the agent on a store holding `token`, if any.
     fn start_agent(
         config: Config,
         token: Option<&str>,
@@ -720,18 +726,23 @@ mod tests {
         if let Some(token) = token {
             store.set_token(token).unwrap();
         }
-        let store = SyncArbiter::start(1, StoreActor::factory(store));
-        let handler = CommandHandler::new(store.clone());
-        let runs = handler.runs();
-        let commands = handler.start();
-        let connection = Connection::new(
+        let cli = <crate::config::Cli as clap::Parser>::try_parse_from([
+            "edge-agent",
+            "--server-url",
+            &config.server_url,
+            "--device-id",
+            &config.device_id,
+        ])
+        .unwrap();
+        let source = crate::config::ConfigSource::from_cli(cli).unwrap();
+        let agent = crate::runtime::start(
             config,
+            source,
+            store,
             Identity::for_this_process(),
-            store.clone(),
-            commands,
-        )
-        .start();
-        (store, runs, connection)
+            crate::logs::LogControl::detached(),
+        );
+        (agent.store, agent.runs, agent.connection)
     }
 
     #[actix::test]

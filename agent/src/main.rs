@@ -1,38 +1,69 @@
-//! `edge-agent`: reads its settings, opens its database and keeps the factory connection.
+//! `edge-agent`: reads its settings, opens its database and runs the agent's actors.
 
 mod backoff;
 mod commands;
 mod config;
 mod connection;
+mod drain;
 mod enroll;
+mod gs1;
+mod logs;
+mod production;
+mod queue;
+mod remote_config;
+mod runtime;
+mod shell;
+mod status;
 mod store;
+mod upstream;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 
-use actix::{Actor, SyncArbiter, System};
+use actix::System;
 use anyhow::Context as _;
+use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::commands::CommandHandler;
-use crate::config::Config;
-use crate::connection::{Connection, Identity, Shutdown};
-use crate::store::{Store, StoreActor};
+use crate::config::{Cli, Config, ConfigSource};
+use crate::connection::{Identity, Shutdown};
+use crate::logs::LogControl;
+use crate::store::Store;
 
 /// Exit code of a bad or missing setting, the same clap uses for a bad flag.
 const EXIT_BAD_SETTING: u8 = 2;
 
 fn main() -> ExitCode {
-    let config = match Config::from_args() {
+    let source = match ConfigSource::from_cli(Cli::parse()) {
+        Ok(source) => source,
+        Err(e) => return bad_setting(&e.to_string()),
+    };
+    let base = match source.resolve::<()>(None) {
         Ok(config) => config,
         Err(e) => return bad_setting(&e.to_string()),
     };
-    init_tracing(&config.log_level);
-
-    let store = match Store::open(&config.data_dir) {
+    let store = match Store::open(&base.data_dir) {
         Ok(store) => store,
         Err(e) => return bad_setting(&e.to_string()),
     };
+    // Settings pushed by the server lie over the others. If they no longer fit (a flag
+    // changed under them), the agent runs on the rest rather than not at all.
+    let (config, pushed_error) = match remote_config::load(&store)
+        .map_err(|e| e.to_string())
+        .and_then(|doc| remote_config::resolve(&source, &doc).map_err(|e| e.to_string()))
+    {
+        Ok(config) => (config, None),
+        Err(e) => (base, Some(e)),
+    };
+    let logs = logs::init(
+        &config.log_level,
+        &config.log_file,
+        std::io::stderr().is_terminal(),
+    );
+    if let Some(e) = pushed_error {
+        tracing::error!("pushed configuration ignored: {e}");
+    }
     // Without a token and without a key the agent could only retry a doomed enrollment.
     match store.token() {
         Ok(None) if config.enrollment_key.is_none() => {
@@ -45,8 +76,9 @@ fn main() -> ExitCode {
         Err(e) => return bad_setting(&e.to_string()),
     }
 
-    match run(config, store) {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(config, source, store, logs) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("edge-agent: {e:#}");
@@ -62,19 +94,13 @@ fn bad_setting(reason: &str) -> ExitCode {
     ExitCode::from(EXIT_BAD_SETTING)
 }
 
-fn init_tracing(filter: &str) {
-    // The filter was already checked while validating the settings.
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::DEFAULT_LOG_LEVEL));
-    // Colour codes only help a person at a terminal; journald and log files get plain text.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .init();
-}
+/// A setting that turned out bad once the system ran (the scanner address cannot be bound).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BadSetting(String);
 
-fn run(config: Config, store: Store) -> anyhow::Result<()> {
+/// Runs the agent until it is stopped; answers the exit code a command asked for, or 0.
+fn run(config: Config, source: ConfigSource, store: Store, logs: LogControl) -> anyhow::Result<u8> {
     tracing::info!(
         "edge-agent {} starting, device {}",
         env!("CARGO_PKG_VERSION"),
@@ -87,6 +113,10 @@ fn run(config: Config, store: Store) -> anyhow::Result<()> {
         status_interval_ms = config.status_interval.as_millis() as u64,
         cloud_url = config.cloud_url.as_deref().unwrap_or("-"),
         cloud_token_set = config.cloud_token.is_some(),
+        scanner_listen = ?config.scanner_listen,
+        batch_size = config.batch_size,
+        pallet_size = config.pallet_size,
+        log_file = %config.log_file.display(),
         "settings"
     );
     if config.uses_tls() {
@@ -96,15 +126,28 @@ fn run(config: Config, store: Store) -> anyhow::Result<()> {
     }
 
     let system = System::new();
-    system.block_on(async move {
+    let exit_code = system.block_on(async move {
         let identity = Identity::for_this_process();
         tracing::info!(run_id = %identity.run_id, boot_id = ?identity.boot_id, "process identity");
-        let store = SyncArbiter::start(1, StoreActor::factory(store));
-        let commands = CommandHandler::new(store.clone()).start();
-        let connection = Connection::new(config, identity, store, commands).start();
+        let scanner = config.scanner_listen;
+        let agent = runtime::start(config, source, store, identity, logs);
+
+        if let Some(addr) = scanner {
+            let listener = production::bind(addr)
+                .await
+                .map_err(|e| BadSetting(format!("scanner_listen: cannot listen on {addr}: {e}")))?;
+            let bound = listener.local_addr().context("scanner listener address")?;
+            tracing::info!(%bound, "scanner listening");
+            // Machine-readable, like factory-server's address line; tests read it.
+            let mut stdout = std::io::stdout();
+            let _ = writeln!(stdout, "edge-agent scanner listening on {bound}");
+            let _ = stdout.flush();
+            actix::spawn(production::serve(listener, agent.production.clone()));
+        }
 
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let connection = agent.connection.clone();
         actix::spawn(async move {
             tokio::select! {
                 _ = interrupt.recv() => tracing::info!("SIGINT received; shutting down"),
@@ -112,9 +155,20 @@ fn run(config: Config, store: Store) -> anyhow::Result<()> {
             }
             connection.do_send(Shutdown);
         });
-        anyhow::Ok(())
-    })?;
+        anyhow::Ok(agent.exit_code)
+    });
+    let exit_code = match exit_code {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(bad) = e.downcast_ref::<BadSetting>() {
+                eprintln!("edge-agent: {bad}");
+                return Ok(EXIT_BAD_SETTING);
+            }
+            return Err(e);
+        }
+    };
     system.run().context("actor system failed")?;
-    tracing::info!("edge-agent stopped");
-    Ok(())
+    let code = exit_code.load(Ordering::SeqCst);
+    tracing::info!(exit_code = code, "edge-agent stopped");
+    Ok(code)
 }

@@ -1,4 +1,5 @@
-//! The agent's SQLite file: the device token and the results of answered commands.
+//! The agent's SQLite file: the device token, the results of answered commands, and (through
+//! `queue.rs` and `remote_config.rs`) the offline queue, production state and pushed config.
 //!
 //! rusqlite blocks, so the store lives in its own `SyncArbiter` thread and every other actor
 //! talks to it with messages.
@@ -28,6 +29,19 @@ const SCHEMA: &str = "
         result TEXT NOT NULL,
         created_at TEXT NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS queue (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        company_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'PENDING',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        sent_at TEXT
+    );
+    CREATE INDEX IF NOT EXISTS queue_state_seq_idx ON queue (state, seq);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +67,13 @@ pub enum StoreError {
     Encode(serde_json::Error),
     #[error("database is not open")]
     Unavailable,
+    #[error("stored {what} is unreadable: {reason}")]
+    BadState { what: &'static str, reason: String },
 }
 
 /// One open connection to `<data_dir>/agent.db`.
 pub struct Store {
-    conn: Connection,
+    pub(crate) conn: Connection,
     path: PathBuf,
 }
 
@@ -105,6 +121,25 @@ impl Store {
             "INSERT INTO kv (key, value) VALUES (?1, ?2)
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![TOKEN_KEY, token],
+        )?;
+        Ok(())
+    }
+
+    /// A `kv` value.
+    pub fn kv(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM kv WHERE key = ?1", params![key], |row| {
+                row.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn set_kv(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO kv (key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
         )?;
         Ok(())
     }
@@ -193,8 +228,12 @@ impl StoreActor {
         }
     }
 
-    fn store(&self) -> Result<&Store, StoreError> {
+    pub(crate) fn store(&self) -> Result<&Store, StoreError> {
         self.store.as_ref().ok_or(StoreError::Unavailable)
+    }
+
+    pub(crate) fn store_mut(&mut self) -> Result<&mut Store, StoreError> {
+        self.store.as_mut().ok_or(StoreError::Unavailable)
     }
 }
 

@@ -504,7 +504,7 @@ fn shell_templates_have_their_own_roles(backend: Backend) {
     let refused = command(
         &op,
         "edge-s",
-        json!({"command": {"type": "exec_shell", "id": "sh-2", "template": "ping_host", "args": {"host": "10.0.0.1"}}}),
+        json!({"command": {"type": "exec_shell", "id": "sh-2", "template": "ping", "args": {"host": "10.0.0.1"}}}),
     );
     assert_eq!(refused.status, 403);
     let unknown = command(

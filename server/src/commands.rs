@@ -421,7 +421,7 @@ pub const SHELL_TEMPLATE_ROLES: &[(&str, Role)] = &[
     ("disk_usage", Role::Operator),
     ("network_interfaces", Role::Operator),
     ("service_status", Role::Operator),
-    ("ping_host", Role::Manager),
+    ("ping", Role::Manager),
     ("journal_tail", Role::Manager),
 ];
 
@@ -478,8 +478,8 @@ mod tests {
             })
         };
         assert!(role_may_send(Role::Operator, &shell("disk_usage")));
-        assert!(!role_may_send(Role::Operator, &shell("ping_host")));
-        assert!(role_may_send(Role::Manager, &shell("ping_host")));
+        assert!(!role_may_send(Role::Operator, &shell("ping")));
+        assert!(role_may_send(Role::Manager, &shell("ping")));
         assert!(!role_may_send(Role::Manager, &shell("unknown_template")));
         assert!(role_may_send(Role::Admin, &shell("unknown_template")));
         assert!(!role_may_send(Role::Viewer, &shell("disk_usage")));

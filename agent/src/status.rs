@@ -1,0 +1,133 @@
+//! The status reporter: a `status` frame right after each `hello` and then every status
+//! period (read afresh each time, so a pushed `statusIntervalMs` applies at once).
+
+use std::path::Path;
+
+use actix::prelude::*;
+use protocol::device::{DeviceEvent, StatusEvent};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::connection::{Identity, SendEvent};
+use crate::queue::{GetProduction, GetQueueCounts};
+use crate::store::StoreActor;
+
+/// Send a status now (after `hello`, or after production was switched).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportNow;
+
+pub struct StatusReporter {
+    store: Addr<StoreActor>,
+    events: Recipient<SendEvent>,
+    identity: Identity,
+    config: watch::Receiver<Config>,
+}
+
+impl StatusReporter {
+    pub fn new(
+        store: Addr<StoreActor>,
+        events: Recipient<SendEvent>,
+        identity: Identity,
+        config: watch::Receiver<Config>,
+    ) -> Self {
+        StatusReporter {
+            store,
+            events,
+            identity,
+            config,
+        }
+    }
+
+    fn report(&self, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let events = self.events.clone();
+        let identity = self.identity.clone();
+        let config = self.config.borrow().clone();
+        ctx.spawn(
+            async move {
+                let counts = store.send(GetQueueCounts).await.ok().and_then(Result::ok);
+                let production = store.send(GetProduction).await.ok().and_then(Result::ok);
+                let enabled = production.as_ref().map(|p| p.enabled).unwrap_or(true);
+                let metrics = metrics(
+                    &identity,
+                    &config,
+                    counts.map(|c| c.pending),
+                    enabled,
+                    disk_free(&config.data_dir),
+                );
+                events.do_send(SendEvent(DeviceEvent::Status(StatusEvent {
+                    status: if enabled { "ONLINE" } else { "DISABLED" }.into(),
+                    version: Some(env!("CARGO_PKG_VERSION").into()),
+                    boot_id: identity.boot_id.clone(),
+                    run_id: Some(identity.run_id.clone()),
+                    metrics: Some(metrics),
+                    ts: chrono::Utc::now(),
+                })));
+            }
+            .into_actor(self),
+        );
+    }
+
+    fn schedule(&self, ctx: &mut Context<Self>) {
+        let period = self.config.borrow().status_interval;
+        ctx.run_later(period, |act, ctx| {
+            act.report(ctx);
+            act.schedule(ctx);
+        });
+    }
+}
+
+/// The `metrics` object of a status frame.
+pub fn metrics(
+    identity: &Identity,
+    config: &Config,
+    queue_depth: Option<u64>,
+    production_enabled: bool,
+    disk_free: Option<u64>,
+) -> Value {
+    json!({
+        "queueDepth": queue_depth,
+        "uptimeSecs": identity.started.elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "connectionMode": config.connection_mode.as_str(),
+        "productionEnabled": production_enabled,
+        "diskFreeBytes": disk_free,
+        "shellTemplates": crate::shell::names(),
+    })
+}
+
+/// Bytes available to the agent on the file system of `dir`.
+pub fn disk_free(dir: &Path) -> Option<u64> {
+    rustix::fs::statvfs(dir)
+        .ok()
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+impl Actor for StatusReporter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<ReportNow> for StatusReporter {
+    type Result = ();
+
+    fn handle(&mut self, _: ReportNow, ctx: &mut Self::Context) {
+        self.report(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_free_of_the_temp_dir_is_known() {
+        assert!(disk_free(&std::env::temp_dir()).unwrap() > 0);
+        assert_eq!(disk_free(Path::new("/nonexistent/dir")), None);
+    }
+}
