@@ -2,9 +2,8 @@
 //! (`VIA_LOCAL_SERVER`) and the OKTO cloud's per-kind routes (`DIRECT_CLOUD`).
 //!
 //! Both clients only say whether a call succeeded; the drain loop decides what is marked sent.
-//! The cloud client is kept to the shape the contract gives (`POST /companies/{id}/bottles`,
-//! `/batches`, `/pallets`, `/batches/fixate`, bearer token, any 2xx is success) so the server's
-//! cloud-sync side can share it.
+//! The cloud side is the shared `cloud` crate, the same code the factory server's cloud sync
+//! runs.
 
 use std::time::Duration;
 
@@ -27,16 +26,6 @@ pub enum UpstreamError {
     Transport(String),
     #[error("unexpected answer: {0}")]
     Unexpected(String),
-}
-
-/// The cloud path of a record kind.
-pub fn cloud_path(kind: RecordKind) -> &'static str {
-    match kind {
-        RecordKind::Bottle => "bottles",
-        RecordKind::Batch => "batches",
-        RecordKind::Pallet => "pallets",
-        RecordKind::BatchFixate => "batches/fixate",
-    }
 }
 
 /// Sends records to the factory server; `Ok` only for a 2xx with a sync answer.
@@ -76,7 +65,8 @@ pub async fn post_sync(
     Err(UpstreamError::Status { status, message })
 }
 
-/// Sends records of one company and one kind to the cloud, as `{"records": [...]}`.
+/// Sends records of one company and one kind to the cloud through the client the factory
+/// server's cloud sync uses too (the `cloud` crate), so both speak to the cloud the same way.
 pub async fn post_cloud(
     client: &awc::Client,
     cloud_url: &str,
@@ -85,55 +75,13 @@ pub async fn post_cloud(
     kind: RecordKind,
     records: &[SyncRecord],
 ) -> Result<(), UpstreamError> {
-    let body = SyncRequest {
-        records: records.to_vec(),
-    };
-    let url = format!(
-        "{cloud_url}/companies/{}/{}",
-        encode_segment(company_id),
-        cloud_path(kind)
-    );
-    let mut response = client
-        .post(url)
-        .timeout(REQUEST_TIMEOUT)
-        .bearer_auth(token)
-        .send_json(&body)
+    cloud::post_records(client, cloud_url, token, company_id, kind, records)
         .await
-        .map_err(|e| UpstreamError::Transport(e.to_string()))?;
-    let status = response.status().as_u16();
-    if (200..300).contains(&status) {
-        return Ok(());
-    }
-    let bytes = response.body().limit(MAX_ANSWER).await.unwrap_or_default();
-    let message: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
-    if status == 401 {
-        return Err(UpstreamError::Unauthorized(message));
-    }
-    Err(UpstreamError::Status { status, message })
-}
-
-/// Percent-encodes a path segment, since a company id is configuration, not a checked name.
-fn encode_segment(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cloud_paths_and_segments() {
-        assert_eq!(cloud_path(RecordKind::BatchFixate), "batches/fixate");
-        assert_eq!(cloud_path(RecordKind::Bottle), "bottles");
-        assert_eq!(encode_segment("acme-1"), "acme-1");
-        assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
-    }
+        .map_err(|e| match e {
+            cloud::CloudError::Unauthorized { message, .. } => UpstreamError::Unauthorized(message),
+            cloud::CloudError::Status { status, message } => {
+                UpstreamError::Status { status, message }
+            }
+            cloud::CloudError::Transport(message) => UpstreamError::Transport(message),
+        })
 }

@@ -6,6 +6,8 @@
 //! The binaries must be built first (`cargo build --workspace --bins`, which the README's test
 //! command does); a missing binary fails the test with that instruction.
 
+pub mod cloud_sim;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -206,6 +208,17 @@ impl ServerProcess {
             db,
             log,
         }
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, …) to the server process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg("-s")
+            .arg(name)
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -s {name} failed");
     }
 
     pub fn ws_url(&self, path: &str) -> String {

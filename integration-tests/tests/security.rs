@@ -204,6 +204,13 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
         case(operator, 200),
     );
     cases.insert(("POST", "/api/v1/sync"), case(Access::DeviceToken, 200));
+    cases.insert(("GET", "/api/v1/sync/status"), case(viewer, 200));
+    cases.insert(("GET", "/api/v1/sync/dead-letters"), case(manager, 200));
+    cases.insert(
+        ("POST", "/api/v1/sync/dead-letters/requeue"),
+        case(manager, 200),
+    );
+    cases.insert(("PUT", "/api/v1/sync/cloud"), case(admin, 200));
     cases.insert(
         ("GET", "/api/v1/devices/{id}/commands/{cmd_id}"),
         case(viewer, 200),
@@ -388,6 +395,14 @@ impl World<'_> {
             ("POST", "/api/v1/device-groups/{id}/commands") => (
                 format!("/api/v1/device-groups/{}/commands", self.group_id),
                 Some(json!({"command": {"type": "force_sync"}, "timeoutMs": 1000})),
+                vec![],
+            ),
+            ("POST", "/api/v1/sync/dead-letters/requeue") => {
+                (pattern.into(), Some(json!({})), vec![])
+            }
+            ("PUT", "/api/v1/sync/cloud") => (
+                pattern.into(),
+                Some(json!({"url": "http://127.0.0.1:9", "token": format!("token-{n}")})),
                 vec![],
             ),
             ("GET", "/api/v1/devices/{id}/logs") => {

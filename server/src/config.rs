@@ -40,6 +40,16 @@ pub struct Config {
     pub restart_confirm_secs: u64,
     /// Seconds a device has to come back with a new boot id after `reboot_os`.
     pub reboot_confirm_secs: u64,
+    /// OKTO cloud base URL; without it (and a token) records wait in the cloud queue.
+    pub cloud_url: Option<String>,
+    pub cloud_token: Option<String>,
+    /// A file holding the cloud token, re-read on SIGHUP so a new token needs no restart.
+    pub cloud_token_file: Option<PathBuf>,
+    pub cloud_batch_size: usize,
+    pub cloud_concurrency: usize,
+    pub cloud_max_attempts: i64,
+    /// The longest wait, in seconds, between two attempts of a record.
+    pub cloud_retry_max_secs: u64,
     pub log_level: String,
 }
 
@@ -62,6 +72,13 @@ impl Default for Config {
             log_retention_days: 30,
             restart_confirm_secs: 120,
             reboot_confirm_secs: 600,
+            cloud_url: None,
+            cloud_token: None,
+            cloud_token_file: None,
+            cloud_batch_size: 500,
+            cloud_concurrency: 4,
+            cloud_max_attempts: 10,
+            cloud_retry_max_secs: 300,
             log_level: "info".into(),
         }
     }
@@ -161,6 +178,41 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reboot_confirm_secs: Option<u64>,
 
+    /// OKTO cloud base URL, e.g. https://app.okto.ru/api [default: none, records wait].
+    #[arg(long, env = "FACTORY_CLOUD_URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_url: Option<String>,
+
+    /// Bearer token for the OKTO cloud.
+    #[arg(long, env = "FACTORY_CLOUD_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_token: Option<String>,
+
+    /// File with the cloud token; re-read on SIGHUP [default: none].
+    #[arg(long, env = "FACTORY_CLOUD_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_token_file: Option<PathBuf>,
+
+    /// Records per cloud request [default: 500].
+    #[arg(long, env = "FACTORY_CLOUD_BATCH_SIZE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_batch_size: Option<usize>,
+
+    /// Cloud requests in flight at once [default: 4].
+    #[arg(long, env = "FACTORY_CLOUD_CONCURRENCY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_concurrency: Option<usize>,
+
+    /// Failed attempts before a record is a dead letter [default: 10].
+    #[arg(long, env = "FACTORY_CLOUD_MAX_ATTEMPTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_max_attempts: Option<i64>,
+
+    /// Longest wait between two cloud attempts of a record, in seconds [default: 300].
+    #[arg(long, env = "FACTORY_CLOUD_RETRY_MAX_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_retry_max_secs: Option<u64>,
+
     /// Log filter, e.g. `info` or `server=debug,actix_web=info` [default: info].
     #[arg(long, env = "FACTORY_LOG_LEVEL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -234,6 +286,35 @@ impl Config {
                 "login_max_failures, source_max_failures and lockout_secs must be positive".into(),
             ));
         }
+        if self.cloud_batch_size == 0 || self.cloud_batch_size > 10_000 {
+            return Err(ConfigError("cloud_batch_size must be 1-10000".into()));
+        }
+        if self.cloud_concurrency == 0 || self.cloud_concurrency > 64 {
+            return Err(ConfigError("cloud_concurrency must be 1-64".into()));
+        }
+        if self.cloud_retry_max_secs == 0 {
+            return Err(ConfigError(
+                "cloud_retry_max_secs must be at least 1".into(),
+            ));
+        }
+        if self.cloud_max_attempts < 1 {
+            return Err(ConfigError("cloud_max_attempts must be at least 1".into()));
+        }
+        if let Some(url) = &self.cloud_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!(
+                    "cloud_url: `{url}` is not an http(s) URL"
+                )));
+            }
+        }
+        if let Some(path) = &self.cloud_token_file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "cloud_token_file: {} does not exist",
+                    path.display()
+                )));
+            }
+        }
         if self.log_retention_days == 0 {
             return Err(ConfigError("log_retention_days must be at least 1".into()));
         }
@@ -255,6 +336,25 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level: {e}")))?;
         Ok(())
+    }
+
+    /// The cloud URL and token, the token read from its file when one is configured.
+    pub fn cloud_target(&self) -> Result<Option<(String, String)>, ConfigError> {
+        let token = match (&self.cloud_token_file, &self.cloud_token) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cloud_token_file {}: {e}", path.display())))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, token) => token.clone(),
+        };
+        Ok(match (&self.cloud_url, token) {
+            (Some(url), Some(token)) if !token.is_empty() => {
+                Some((url.trim_end_matches('/').to_owned(), token))
+            }
+            _ => None,
+        })
     }
 
     pub fn bind_addr(&self) -> SocketAddr {

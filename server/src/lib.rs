@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cloud_sync;
 pub mod command_api;
 pub mod commands;
 pub mod config;
@@ -35,6 +36,7 @@ use actix_web::{middleware, web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
 use protocol::rest::Envelope;
 
+use crate::cloud_sync::{CloudSettings, CloudSync, CloudTarget, SharedStats, UpdateTarget};
 use crate::config::Config;
 use crate::db::Db;
 use crate::dispatcher::{CommandDispatcher, ConfirmWindows};
@@ -106,6 +108,10 @@ routes! {
     delete "/api/v1/device-groups/{id}/members" => groups::remove_members,
     post "/api/v1/device-groups/{id}/commands" => groups::dispatch_to_group,
     post "/api/v1/sync" => sync::ingest,
+    get "/api/v1/sync/status" => cloud_sync::status,
+    get "/api/v1/sync/dead-letters" => cloud_sync::dead_letters,
+    post "/api/v1/sync/dead-letters/requeue" => cloud_sync::requeue,
+    put "/api/v1/sync/cloud" => cloud_sync::update_cloud,
 }
 
 async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
@@ -137,6 +143,43 @@ async fn index() -> HttpResponse {
 
 async fn not_found() -> ApiResult<HttpResponse> {
     Err(ApiError::not_found(ErrorCode::NotFound, "no such route"))
+}
+
+/// On SIGHUP, reads the settings again (flags, environment, TOML file, token file) and points
+/// the cloud drain at the cloud URL and token they now name: a rotated cloud token needs no
+/// restart. A bad reload is logged and changes nothing.
+fn reload_cloud_on_sighup(
+    cloud: actix::Addr<CloudSync>,
+    current: Arc<std::sync::Mutex<Option<CloudTarget>>>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; cloud settings reload only through the API");
+        return;
+    };
+    actix_web::rt::spawn(async move {
+        while hangups.recv().await.is_some() {
+            use clap::Parser;
+            let reloaded = config::Cli::try_parse()
+                .map_err(|e| e.to_string())
+                .and_then(|cli| Config::load(cli).map_err(|e| e.to_string()))
+                .and_then(|c| c.cloud_target().map_err(|e| e.to_string()));
+            match reloaded {
+                Ok(target) => {
+                    let target = target.map(|(url, token)| CloudTarget { url, token });
+                    if let Ok(mut slot) = current.lock() {
+                        slot.clone_from(&target);
+                    }
+                    tracing::info!(
+                        configured = target.is_some(),
+                        "SIGHUP: cloud settings reloaded"
+                    );
+                    cloud.do_send(UpdateTarget(target));
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: settings not reloaded"),
+            }
+        }
+    });
 }
 
 /// A server that is listening.
@@ -182,8 +225,30 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     let dispatcher =
         CommandDispatcher::new(db.clone(), registry.clone(), bus.clone(), windows).start();
     let limits = Arc::new(Limits::from_config(&config));
+    let cloud_target = config
+        .cloud_target()
+        .map_err(|e| anyhow::anyhow!(e))?
+        .map(|(url, token)| CloudTarget { url, token });
+    let cloud_stats = SharedStats::default();
+    let cloud = CloudSync::new(
+        db.clone(),
+        cloud_target.clone(),
+        CloudSettings {
+            batch_size: config.cloud_batch_size,
+            concurrency: config.cloud_concurrency,
+            max_attempts: config.cloud_max_attempts,
+            retry_max: std::time::Duration::from_secs(config.cloud_retry_max_secs),
+        },
+        cloud_stats.clone(),
+    )
+    .start();
+    let cloud_target = Arc::new(std::sync::Mutex::new(cloud_target));
+    reload_cloud_on_sighup(cloud.clone(), cloud_target.clone());
     Janitor::new(db.clone(), limits.clone(), config.log_retention_days).start();
     let state = web::Data::new(AppState {
+        cloud,
+        cloud_stats,
+        cloud_target,
         bus,
         telemetry,
         limits,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use actix::Addr;
 
 use crate::auth::JwtKeys;
+use crate::cloud_sync::{CloudSync, CloudTarget, SharedStats};
 use crate::config::Config;
 use crate::db::Db;
 use crate::dispatcher::CommandDispatcher;
@@ -24,6 +25,10 @@ pub struct AppState {
     pub dispatcher: Addr<CommandDispatcher>,
     pub presence: Addr<PresenceWriter>,
     pub bus: Addr<EventBus>,
+    pub cloud: Addr<CloudSync>,
+    pub cloud_stats: SharedStats,
+    /// The cloud target now in force, kept so a partial update can fill in the rest.
+    pub cloud_target: Arc<std::sync::Mutex<Option<CloudTarget>>>,
     pub telemetry: Addr<TelemetrySink>,
     pub limits: Arc<Limits>,
 }
