@@ -19,11 +19,15 @@ pub struct Accepted {
     pub ids: Vec<String>,
     /// `payload.code` of each record that has one.
     pub codes: Vec<String>,
+    /// The records as received.
+    pub records: Vec<Value>,
 }
 
 #[derive(Debug, Default)]
 struct SimState {
     fail_rate: f64,
+    /// Fail this many of the next requests with a 500.
+    fail_next: u32,
     down: bool,
     delay: Duration,
     token: Option<String>,
@@ -66,6 +70,9 @@ async fn records(
             .is_some_and(|t| auth != format!("Bearer {t}"))
         {
             Some(HttpResponse::Unauthorized().body("bad token"))
+        } else if s.fail_next > 0 {
+            s.fail_next -= 1;
+            Some(HttpResponse::InternalServerError().body("failure on command"))
         } else if rand::thread_rng().gen_bool(s.fail_rate.clamp(0.0, 1.0)) {
             Some(HttpResponse::InternalServerError().body("random failure"))
         } else {
@@ -109,6 +116,7 @@ async fn records(
         route,
         ids,
         codes,
+        records: body["records"].as_array().cloned().unwrap_or_default(),
     });
     HttpResponse::Ok().json(serde_json::json!({"ok": true}))
 }
@@ -144,6 +152,11 @@ impl CloudSim {
     /// Fail this share of requests (0.0-1.0) with a 500, at random.
     pub fn set_fail_rate(&self, rate: f64) {
         lock(&self.state).fail_rate = rate;
+    }
+
+    /// Fail the next `n` requests with a 500.
+    pub fn fail_next(&self, n: u32) {
+        lock(&self.state).fail_next = n;
     }
 
     /// Answer every request 503 while down.

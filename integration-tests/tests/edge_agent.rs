@@ -4,11 +4,9 @@
 //! production can be switched off, the OS commands run what is configured, and
 //! `DIRECT_CLOUD` mode posts to the cloud routes.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use integration_tests::cloud_sim::CloudSim;
 use integration_tests::*;
 use serde_json::{json, Value};
 
@@ -425,69 +423,14 @@ fn production_toggles_os_commands_logs_and_queue_commands() {
     assert_eq!(agent_queue_total(&agent), 0);
 }
 
-/// One request the fake cloud received.
-#[derive(Debug, Clone)]
-struct CloudCall {
-    path: String,
-    auth: String,
-    body: Value,
-}
-
-/// A tiny HTTP server that records requests; it fails the first one with 500.
-fn fake_cloud() -> (String, Arc<Mutex<Vec<CloudCall>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&calls);
-    std::thread::spawn(move || {
-        let mut first = true;
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            let mut length = 0;
-            let mut auth = String::new();
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                let (k, v) = line.split_once(':').unwrap();
-                match k.to_ascii_lowercase().as_str() {
-                    "content-length" => length = v.trim().parse().unwrap(),
-                    "authorization" => auth = v.trim().to_owned(),
-                    _ => {}
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let status = if std::mem::take(&mut first) {
-                "500 Internal Server Error"
-            } else {
-                seen.lock().unwrap().push(CloudCall {
-                    path: request_line.split(' ').nth(1).unwrap().to_owned(),
-                    auth,
-                    body: serde_json::from_slice(&body).unwrap(),
-                });
-                "200 OK"
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
-            );
-        }
-    });
-    (url, calls)
-}
-
 #[test]
 fn direct_cloud_mode_posts_each_kind_to_its_cloud_route() {
     let server = ServerProcess::start(Backend::Sqlite);
     let api = Api::admin(&server);
-    let (cloud_url, calls) = fake_cloud();
+    let sim = CloudSim::start();
+    sim.require_token("cloud-secret");
+    sim.fail_next(1);
+    let cloud_url = sim.url.clone();
     let agent = scanner_agent(
         &server.base_url,
         "edge-cloud",
@@ -509,8 +452,11 @@ fn direct_cloud_mode_posts_each_kind_to_its_cloud_route() {
     wait_until(LONG, "the agent's queue to drain to the cloud", || {
         agent_queue_total(&agent) == 4 + 1 && agent_queue(&agent, "PENDING") == 0
     });
-    let calls = calls.lock().unwrap().clone();
-    let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
+    let calls = sim.accepted();
+    let paths: Vec<String> = calls
+        .iter()
+        .map(|c| format!("/companies/{}/{}", c.company, c.route))
+        .collect();
     assert_eq!(
         paths,
         [
@@ -521,13 +467,17 @@ fn direct_cloud_mode_posts_each_kind_to_its_cloud_route() {
         ],
         "the first (failed) call was retried in order"
     );
-    assert!(calls.iter().all(|c| c.auth == "Bearer cloud-secret"));
-    let bottles = calls[0].body["records"].as_array().unwrap();
+    assert_eq!(
+        sim.requests(),
+        (5, 1),
+        "one refused on purpose, then four accepted with the token"
+    );
+    let bottles = &calls[0].records;
     assert_eq!(bottles.len(), 2);
     assert_eq!(bottles[0]["kind"], "bottle");
     assert_eq!(bottles[0]["companyId"], "company-1");
     assert_eq!(bottles[0]["payload"]["serial"], "CL0");
-    assert_eq!(calls[3].body["records"][0]["payload"]["batchCount"], 1);
+    assert_eq!(calls[3].records[0]["payload"]["batchCount"], 1);
     // Nothing went to the factory server in this mode.
     assert_eq!(server_bottles(&server).0, 0);
 }
