@@ -492,3 +492,24 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example shipped in `deploy/` must load as it is.
+    #[test]
+    fn the_deploy_example_loads() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/factory-server.toml"
+        );
+        let cli = Cli {
+            config: Some(PathBuf::from(path)),
+            ..Cli::default()
+        };
+        let config = Config::load(cli).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/factory"));
+        assert_eq!(config.cloud_batch_size, 500);
+    }
+}
