@@ -6,6 +6,20 @@
 //! The binaries must be built first (`cargo build --workspace --bins`, which the README's test
 //! command does); a missing binary fails the test with that instruction.
 
+/// Runs each named test function, which takes a `Backend`, once on SQLite and once on
+/// PostgreSQL, as `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name($crate::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name($crate::Backend::Postgres) })*
+        }
+    };
+}
+
 pub mod cloud_sim;
 
 use std::io::{BufRead, BufReader};

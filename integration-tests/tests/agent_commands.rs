@@ -7,17 +7,6 @@ use std::time::Duration;
 use integration_tests::*;
 use serde_json::{json, Value};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Postgres) })*
-        }
-    };
-}
-
 on_both_backends!(every_command_type_through_a_real_agent);
 
 fn send(api: &Api, device: &str, command: Value, confirm: bool) -> Value {

@@ -9,17 +9,6 @@ use integration_tests::cloud_sim::CloudSim;
 use integration_tests::*;
 use serde_json::json;
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Postgres) })*
-        }
-    };
-}
-
 on_both_backends!(
     codes_reach_the_cloud_exactly_once_through_failures_and_an_outage,
     dead_letters_and_token_changes_without_a_restart,

@@ -7,17 +7,6 @@ use std::time::{Duration, Instant};
 use integration_tests::*;
 use serde_json::{json, Value};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Postgres) })*
-        }
-    };
-}
-
 on_both_backends!(
     wait_false_answers_at_once_and_history_filters,
     queued_commands_are_delivered_in_order_expire_or_cancel,

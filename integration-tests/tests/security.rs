@@ -18,17 +18,6 @@ fn start(backend: Backend, extra: &[&str]) -> ServerProcess {
     ServerProcess::start_with(TestDb::new(backend), TempDir::new("factory-data"), &args)
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Postgres) })*
-        }
-    };
-}
-
 on_both_backends!(
     every_route_as_every_caller,
     logged_out_token_is_refused_after_a_restart,

@@ -5,17 +5,6 @@
 use integration_tests::*;
 use serde_json::{json, Value};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Postgres) })*
-        }
-    };
-}
-
 on_both_backends!(
     records_are_stored_once_with_their_queue_rows,
     bad_batches_are_refused_whole,

@@ -5,17 +5,6 @@ use std::time::{Duration, Instant};
 use integration_tests::*;
 use serde_json::{json, Value};
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Postgres) })*
-        }
-    };
-}
-
 on_both_backends!(
     dashboard_gets_only_the_devices_it_subscribed_to,
     a_stalled_dashboard_does_not_delay_other_devices,

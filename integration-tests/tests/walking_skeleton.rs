@@ -10,17 +10,6 @@ use serde_json::json;
 /// (15 s); the margin covers polling and the status write.
 const OFFLINE_WITHIN: Duration = Duration::from_secs(20);
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Postgres) })*
-        }
-    };
-}
-
 on_both_backends!(
     force_sync_round_trip_through_a_real_agent,
     enrollment_refuses_a_wrong_key,

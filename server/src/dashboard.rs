@@ -18,10 +18,9 @@ use futures_util::StreamExt;
 use protocol::dashboard::{DashboardClientFrame, DashboardNotice};
 use tokio::sync::mpsc;
 
-use crate::auth::{authenticate_user, bearer_token, AuthUser};
-use crate::error::{ApiError, ErrorCode};
+use crate::auth::{authenticate_user, AuthUser};
 use crate::events::{Filter, SetFilter, Subscribe, Unsubscribe};
-use crate::session::{query_token, AUTH_TIMEOUT, CLIENT_TIMEOUT, HEARTBEAT_INTERVAL};
+use crate::session::{upgrade_token, AUTH_TIMEOUT, CLIENT_TIMEOUT, HEARTBEAT_INTERVAL};
 use crate::state::AppState;
 
 /// Events buffered per dashboard before the bus starts dropping for it.
@@ -52,18 +51,7 @@ pub async fn dashboard_socket(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let token = match (bearer_token(&req), query_token(&req)) {
-        (Some(header), _) => Some(header.to_owned()),
-        (None, Some(query)) if state.config.allow_query_token => Some(query),
-        (None, Some(_)) => {
-            return Err(ApiError::unauthorized(
-                ErrorCode::Unauthorized,
-                "?token= is turned off on this server",
-            )
-            .into())
-        }
-        (None, None) => None,
-    };
+    let token = upgrade_token(&req, state.config.allow_query_token)?;
     let user = match token {
         Some(token) => Some(authenticate_user(&state, &token).await?),
         None => None,

@@ -551,24 +551,27 @@ pub fn query_token(req: &HttpRequest) -> Option<String> {
         .filter(|t| !t.is_empty())
 }
 
+/// The token a WebSocket upgrade carries: the `Authorization` header, else `?token=` while
+/// the compatibility setting allows it. `None`: the client will send an `auth` frame.
+pub fn upgrade_token(req: &HttpRequest, allow_query: bool) -> ApiResult<Option<String>> {
+    match (bearer_token(req), query_token(req)) {
+        (Some(header), _) => Ok(Some(header.to_owned())),
+        (None, Some(query)) if allow_query => Ok(Some(query)),
+        (None, Some(_)) => Err(ApiError::unauthorized(
+            ErrorCode::Unauthorized,
+            "?token= is turned off on this server; send the token in the Authorization header or an auth frame",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
 /// `GET /ws/device`.
 pub async fn device_socket(
     state: web::Data<AppState>,
     req: HttpRequest,
     stream: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let token = match (bearer_token(&req), query_token(&req)) {
-        (Some(header), _) => Some(header.to_owned()),
-        (None, Some(query)) if state.config.allow_query_token => Some(query),
-        (None, Some(_)) => {
-            return Err(ApiError::unauthorized(
-                ErrorCode::Unauthorized,
-                "?token= is turned off on this server; send the token in the Authorization header or an auth frame",
-            )
-            .into())
-        }
-        (None, None) => None,
-    };
+    let token = upgrade_token(&req, state.config.allow_query_token)?;
     // A token given on the upgrade is checked before the socket opens, so a refused device
     // gets a plain 401 it can act on (re-enroll) instead of an opened-then-closed socket.
     let identity = match token {

@@ -1,10 +1,10 @@
 //! Token revocations are stored, found, and pruned once past their expiry, on both databases.
 
 use chrono::{Duration, Utc};
-use diesel::prelude::*;
-use server::config::DatabaseTarget;
 use server::db::Db;
 use server::tokens;
+
+mod common;
 
 fn check(db: &Db) {
     let now = Utc::now();
@@ -29,27 +29,10 @@ fn check(db: &Db) {
 
 #[test]
 fn revocations_on_sqlite() {
-    let dir = std::env::temp_dir().join(format!("revoke-{}", uuid::Uuid::new_v4()));
-    let db = Db::open(DatabaseTarget::Sqlite(dir.join("factory.db"))).unwrap();
-    check(&db);
-    let _ = std::fs::remove_dir_all(dir);
+    check(&common::TestDb::sqlite().db);
 }
 
 #[test]
 fn revocations_on_postgres() {
-    let admin = std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let name = format!("revoke_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = diesel::PgConnection::establish(&admin)
-        .unwrap_or_else(|e| panic!("PostgreSQL is required at {admin}: {e}"));
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-    let db = Db::open(DatabaseTarget::Postgres(format!("{base}/{name}"))).unwrap();
-    check(&db);
-    drop(db);
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .unwrap();
+    check(&common::TestDb::postgres().db);
 }

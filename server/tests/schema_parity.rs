@@ -3,8 +3,9 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
-use server::config::DatabaseTarget;
 use server::db::{Db, DbConnection};
+
+mod common;
 
 #[derive(Debug, QueryableByName, PartialEq, Eq, PartialOrd, Ord, Clone)]
 struct Column {
@@ -41,33 +42,10 @@ fn columns(db: &Db) -> Vec<Column> {
     cols
 }
 
-fn postgres_db() -> (Db, String, String) {
-    let admin = std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let name = format!("parity_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = diesel::PgConnection::establish(&admin)
-        .unwrap_or_else(|e| panic!("PostgreSQL is required at {admin}: {e}"));
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .unwrap();
-    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-    let db = Db::open(DatabaseTarget::Postgres(format!("{base}/{name}"))).unwrap();
-    (db, admin, name)
-}
-
 #[test]
 fn sqlite_and_postgres_migrations_define_the_same_columns() {
-    let dir = std::env::temp_dir().join(format!("parity-{}", uuid::Uuid::new_v4()));
-    let sqlite = Db::open(DatabaseTarget::Sqlite(dir.join("factory.db"))).unwrap();
-    let (pg, admin, name) = postgres_db();
-    let lite_cols = columns(&sqlite);
-    let pg_cols = columns(&pg);
-    drop(pg);
-    let mut conn = diesel::PgConnection::establish(&admin).unwrap();
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut conn)
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let lite_cols = columns(&common::TestDb::sqlite().db);
+    let pg_cols = columns(&common::TestDb::postgres().db);
 
     assert!(!lite_cols.is_empty());
     assert_eq!(
