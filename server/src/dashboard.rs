@@ -23,7 +23,8 @@ use crate::events::{Filter, SetFilter, Subscribe, Unsubscribe};
 use crate::session::{upgrade_token, AUTH_TIMEOUT, CLIENT_TIMEOUT, HEARTBEAT_INTERVAL};
 use crate::state::AppState;
 
-/// Events buffered per dashboard before the bus starts dropping for it.
+/// Events buffered per dashboard before the bus starts dropping for it (and at most
+/// `events::MAX_QUEUED_BYTES` of them).
 pub const DASHBOARD_BUFFER: usize = 256;
 /// A dashboard whose socket accepts nothing for this long is closed.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -156,10 +157,12 @@ async fn run(
     let id = NEXT_DASHBOARD_ID.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(DASHBOARD_BUFFER);
     let dropped = Arc::new(AtomicU64::new(0));
+    let queued_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     state.bus.do_send(Subscribe {
         id,
         tx,
         dropped: dropped.clone(),
+        queued_bytes: queued_bytes.clone(),
         filter: Filter::default(),
     });
     tracing::info!(dashboard = id, user = %user.username, "dashboard connected");
@@ -212,6 +215,7 @@ async fn run(
             }
             event = rx.recv() => {
                 let Some(event) = event else { break };
+                queued_bytes.fetch_sub(event.len(), Ordering::Relaxed);
                 let missed = dropped.swap(0, Ordering::Relaxed);
                 if missed > 0 {
                     alive = send(&mut session, notice(&DashboardNotice::Dropped { count: missed })).await;

@@ -6,7 +6,7 @@
 //! slow a device nor grow the server's memory.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -37,7 +37,12 @@ struct Subscriber {
     filter: Filter,
     tx: mpsc::Sender<Arc<str>>,
     dropped: Arc<AtomicU64>,
+    queued_bytes: Arc<AtomicUsize>,
 }
+
+/// Most bytes of events waiting for one dashboard; with the channel's event count this bounds
+/// what a stalled browser can hold on the server whatever the events' size.
+pub const MAX_QUEUED_BYTES: usize = 1024 * 1024;
 
 #[derive(Default)]
 pub struct EventBus {
@@ -54,6 +59,8 @@ pub struct Subscribe {
     pub id: u64,
     pub tx: mpsc::Sender<Arc<str>>,
     pub dropped: Arc<AtomicU64>,
+    /// Bytes sent to `tx` and not yet taken; the dashboard subtracts what it takes.
+    pub queued_bytes: Arc<AtomicUsize>,
     pub filter: Filter,
 }
 
@@ -105,6 +112,7 @@ impl Handler<Subscribe> for EventBus {
                 filter: msg.filter,
                 tx: msg.tx,
                 dropped: msg.dropped,
+                queued_bytes: msg.queued_bytes,
             },
         );
     }
@@ -134,8 +142,15 @@ impl Handler<Publish> for EventBus {
             if !sub.filter.matches(&msg.device_id, &msg.event_type) {
                 continue;
             }
+            let len = msg.json.len();
+            if sub.queued_bytes.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+                sub.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             match sub.tx.try_send(msg.json.clone()) {
-                Ok(()) => {}
+                Ok(()) => {
+                    sub.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     sub.dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -175,6 +190,7 @@ mod tests {
             id: 1,
             tx: slow_tx,
             dropped: slow_dropped.clone(),
+            queued_bytes: Default::default(),
             filter: Filter::default(),
         })
         .await
@@ -183,6 +199,7 @@ mod tests {
             id: 2,
             tx: fast_tx,
             dropped: Arc::new(AtomicU64::new(0)),
+            queued_bytes: Default::default(),
             filter: Filter::default(),
         })
         .await
@@ -202,5 +219,35 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, 10);
+    }
+
+    #[actix_rt::test]
+    async fn a_dashboard_holds_at_most_the_byte_limit() {
+        let bus = EventBus::default().start();
+        let (tx, _rx) = mpsc::channel(1000);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let queued = Arc::new(AtomicUsize::new(0));
+        bus.send(Subscribe {
+            id: 1,
+            tx,
+            dropped: dropped.clone(),
+            queued_bytes: queued.clone(),
+            filter: Filter::default(),
+        })
+        .await
+        .unwrap();
+        let big: Arc<str> = "x".repeat(100 * 1024).into();
+        for _ in 0..20 {
+            bus.send(Publish {
+                device_id: "d".into(),
+                event_type: "log_line".into(),
+                json: big.clone(),
+            })
+            .await
+            .unwrap();
+        }
+        assert!(queued.load(Ordering::Relaxed) <= MAX_QUEUED_BYTES);
+        assert_eq!(queued.load(Ordering::Relaxed), 10 * 100 * 1024);
+        assert_eq!(dropped.load(Ordering::Relaxed), 10);
     }
 }
