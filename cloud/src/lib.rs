@@ -78,10 +78,14 @@ pub async fn post_records(
         .await
         .map_err(|e| CloudError::Transport(e.to_string()))?;
     let status = response.status().as_u16();
+    // The whole answer must arrive: a 2xx whose body is cut off is not a confirmed delivery.
+    let body = response.body().limit(MAX_ANSWER).await;
     if (200..300).contains(&status) {
-        return Ok(());
+        return body
+            .map(|_| ())
+            .map_err(|e| CloudError::Transport(format!("answer cut off: {e}")));
     }
-    let bytes = response.body().limit(MAX_ANSWER).await.unwrap_or_default();
+    let bytes = body.unwrap_or_default();
     let message: String = String::from_utf8_lossy(&bytes).chars().take(200).collect();
     if status == 401 || status == 403 {
         return Err(CloudError::Unauthorized { status, message });

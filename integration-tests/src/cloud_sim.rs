@@ -29,6 +29,8 @@ struct SimState {
     /// Fail this many of the next requests with a 500.
     fail_next: u32,
     down: bool,
+    /// Cut the connection in the middle of the answer, having processed nothing.
+    dropping: bool,
     delay: Duration,
     token: Option<String>,
     accepted: Vec<Accepted>,
@@ -62,7 +64,15 @@ async fn records(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let verdict = if s.down {
+        let verdict = if s.dropping {
+            // Headers go out, then the body fails: the client sees the connection cut.
+            let cut = futures_util::stream::once(async {
+                Err::<actix_web::web::Bytes, std::io::Error>(std::io::Error::other(
+                    "dropped on purpose",
+                ))
+            });
+            Some(HttpResponse::Ok().streaming(cut))
+        } else if s.down {
             Some(HttpResponse::ServiceUnavailable().body("down for maintenance"))
         } else if s
             .token
@@ -162,6 +172,11 @@ impl CloudSim {
     /// Answer every request 503 while down.
     pub fn set_down(&self, down: bool) {
         lock(&self.state).down = down;
+    }
+
+    /// Cut connections without an answer (nothing is recorded) while dropping.
+    pub fn set_dropping(&self, dropping: bool) {
+        lock(&self.state).dropping = dropping;
     }
 
     pub fn set_delay(&self, delay: Duration) {

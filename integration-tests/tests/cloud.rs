@@ -76,6 +76,10 @@ fn codes_reach_the_cloud_exactly_once_through_failures_and_an_outage(backend: Ba
     direct.scan(&b[150..]);
     std::thread::sleep(Duration::from_secs(4));
     sim.set_down(false);
+    // Then it cuts connections without answering for a moment.
+    sim.set_dropping(true);
+    std::thread::sleep(Duration::from_secs(2));
+    sim.set_dropping(false);
 
     let bottles = |sim: &CloudSim| -> usize {
         sim.accepted()
