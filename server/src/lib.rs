@@ -16,8 +16,10 @@ pub mod devices;
 pub mod dispatcher;
 pub mod error;
 pub mod events;
+pub mod firmware;
 pub mod groups;
 pub mod janitor;
+pub mod ota;
 pub mod presence;
 pub mod ratelimit;
 pub mod registry;
@@ -68,6 +70,7 @@ macro_rules! routes {
     (@name patch) => { "PATCH" };
     (@name put) => { "PUT" };
     (@name delete) => { "DELETE" };
+    (@name head) => { "HEAD" };
 }
 
 // Order matters where patterns overlap: `/devices/connected` before `/devices/{id}`.
@@ -112,6 +115,17 @@ routes! {
     get "/api/v1/sync/dead-letters" => cloud_sync::dead_letters,
     post "/api/v1/sync/dead-letters/requeue" => cloud_sync::requeue,
     put "/api/v1/sync/cloud" => cloud_sync::update_cloud,
+    post "/api/v1/firmware/releases" => firmware::upload,
+    get "/api/v1/firmware/releases" => firmware::list,
+    get "/api/v1/firmware/releases/{id}" => firmware::get,
+    delete "/api/v1/firmware/releases/{id}" => firmware::delete,
+    get "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
+    head "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
+    get "/status" => ota::status,
+    post "/admin/generate_token" => ota::generate_token,
+    get "/firmware/{project}/latest" => ota::latest,
+    get "/firmware/{project}/versions" => ota::versions,
+    get "/firmware/{project}/{file}" => ota::file,
 }
 
 async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
