@@ -152,7 +152,8 @@ fn releases_upload_list_download_and_delete(backend: Backend) {
     let admin = Api::admin(&server);
     let token = admin.token().unwrap().to_owned();
     let http = Http::new(&server);
-    let body = artifact(300_000, 7);
+    // Larger than the 1 MiB body limit of the JSON routes: uploads stream past it.
+    let body = artifact(1_500_000, 7);
 
     let created = http.upload(
         &token,

@@ -122,7 +122,7 @@ pub fn is_safe_name(name: &str, max: usize) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Checks an upload's names and version; answers the version's file-name form.
+/// Checks an upload's names and version before any byte of the body is read.
 fn validate_release(project: &str, version: &str, channel: &str, filename: &str) -> ApiResult<()> {
     if !is_safe_name(project, 64) {
         return Err(invalid(
