@@ -4,6 +4,7 @@
 //! downloads with and without tokens.
 
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine;
 use integration_tests::*;
@@ -82,7 +83,7 @@ impl Http {
         Http {
             base: server.base_url.clone(),
             client: reqwest::blocking::Client::builder()
-                .timeout(std::time::Duration::from_secs(60))
+                .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
         }
@@ -317,6 +318,28 @@ fn oversized_and_unsafe_uploads_leave_nothing(backend: Backend) {
         "{:?}",
         firmware_files(server.data_dir.path())
     );
+
+    // A client that goes away mid-upload leaves no temporary file behind.
+    {
+        use std::io::Write;
+        let addr = http.base.trim_start_matches("http://").to_owned();
+        let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            socket,
+            "POST /api/v1/firmware/releases?version=1.0.0&filename=cut.bin&project=p HTTP/1.1\r\n\
+             Host: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: 4000\r\n\r\n"
+        )
+        .unwrap();
+        socket.write_all(&artifact(1000, 8)).unwrap();
+        socket.flush().unwrap();
+        wait_until(Duration::from_secs(10), "the upload to begin", || {
+            !firmware_files(server.data_dir.path()).is_empty()
+        });
+        drop(socket);
+        wait_until(Duration::from_secs(10), "the temporary file to go", || {
+            firmware_files(server.data_dir.path()).is_empty()
+        });
+    }
 
     for filename in ["..%2Fx", "%2Fetc%2Fpasswd", "a%00b", "a%2Fb", "..", "a%5Cb"] {
         let r = http.upload(
