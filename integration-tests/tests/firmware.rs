@@ -662,6 +662,14 @@ fn ota_tokens_and_board_downloads(backend: Backend) {
     let status = http.get("/status", None, &[]).json();
     assert_eq!(status["status"], "ok");
     assert_eq!(status["jwt"], true);
+
+    // Query tokens are hidden in the access log.
+    let log = server.log();
+    assert!(
+        log.contains("/firmware/fan/1.10.0-fan.bin?token=REDACTED"),
+        "{log}"
+    );
+    assert!(!log.contains(&ota), "the server log contains an OTA token");
 }
 
 fn ota_without_tokens_and_without_admin_secret(backend: Backend) {

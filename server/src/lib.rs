@@ -155,6 +155,34 @@ async fn index() -> HttpResponse {
         .body(include_str!("index.html"))
 }
 
+/// The request line for the access log with the value of every `token` query parameter
+/// hidden: boards (`/firmware/…`) and older devices send their tokens there, and tokens are
+/// never logged. A key written with escapes (`%74oken`) is hidden too, whatever it decodes to.
+fn redacted_request_line(req: &actix_web::dev::ServiceRequest) -> String {
+    let query = req.query_string();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("token") || key.contains(['%', '+']) => {
+                    format!("{key}=REDACTED")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        format!("?{}", parts.join("&"))
+    };
+    format!(
+        "{} {}{} {:?}",
+        req.method(),
+        req.path(),
+        query,
+        req.version()
+    )
+}
+
 async fn not_found() -> ApiResult<HttpResponse> {
     Err(ApiError::not_found(ErrorCode::NotFound, "no such route"))
 }
@@ -285,7 +313,11 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             .app_data(web::PayloadConfig::new(MAX_JSON_BODY))
             .app_data(web::QueryConfig::default().error_handler(error::query_error_handler))
             .app_data(web::PathConfig::default().error_handler(error::path_error_handler))
-            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/healthz"))
+            .wrap(
+                middleware::Logger::new("%a \"%{line}xi\" %s %b %Dms")
+                    .custom_request_replace("line", redacted_request_line)
+                    .exclude("/healthz"),
+            )
             .configure(routes)
             .default_service(web::to(not_found))
     })
