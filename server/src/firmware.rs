@@ -105,6 +105,33 @@ pub fn firmware_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("firmware")
 }
 
+/// Prefix and suffix of an upload's temporary file.
+const PART_PREFIX: &str = ".upload-";
+const PART_SUFFIX: &str = ".part";
+
+/// Deletes the temporary files of uploads that a previous run was killed in the middle of (a
+/// crash runs no destructor). Called at start, before any upload can begin; answers how many
+/// went.
+pub fn remove_partial_uploads(data_dir: &Path) -> std::io::Result<usize> {
+    let dir = firmware_dir(data_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(PART_PREFIX) && name.ends_with(PART_SUFFIX) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(ErrorCode::InvalidParameter, message)
 }
@@ -334,7 +361,10 @@ pub async fn upload(
 
     let dir = firmware_dir(&state.config.data_dir);
     let part = PartFile {
-        path: dir.join(format!(".upload-{}.part", uuid::Uuid::new_v4())),
+        path: dir.join(format!(
+            "{PART_PREFIX}{}{PART_SUFFIX}",
+            uuid::Uuid::new_v4()
+        )),
     };
     let file = {
         let (dir, path) = (dir.clone(), part.path.clone());
@@ -704,6 +734,27 @@ mod tests {
         assert!(validate_release("p", "../1.2.3", "stable", "f.bin").is_err());
         assert_eq!(safe_version("1.2.3-rc.1+build.7"), "1.2.3-rc.1_build.7");
         assert!(is_safe_name(&safe_version("1.2.3-rc.1+build.7"), 64));
+    }
+
+    #[test]
+    fn partial_uploads_of_a_killed_run_are_removed_and_releases_kept() {
+        let data = std::env::temp_dir().join(format!("fw-sweep-{}", uuid::Uuid::new_v4()));
+        assert_eq!(
+            remove_partial_uploads(&data).unwrap(),
+            0,
+            "no firmware dir yet"
+        );
+        let dir = firmware_dir(&data);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".upload-abc.part"), b"half").unwrap();
+        std::fs::write(dir.join("1.0.0-fw.bin"), b"whole").unwrap();
+        assert_eq!(remove_partial_uploads(&data).unwrap(), 1);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec!["1.0.0-fw.bin"]);
+        std::fs::remove_dir_all(&data).unwrap();
     }
 
     #[test]

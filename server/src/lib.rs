@@ -246,6 +246,14 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             "devices left ONLINE by the previous run marked OFFLINE"
         );
     }
+    let swept = firmware::remove_partial_uploads(&config.data_dir)
+        .context("cannot clean the firmware directory")?;
+    if swept > 0 {
+        tracing::info!(
+            files = swept,
+            "partial firmware uploads of the previous run removed"
+        );
+    }
     let secret = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
         .context("cannot load or create the JWT secret")?;
 
