@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 const USER_PASSWORD: &str = "role-user-password";
+const OTA_SECRET: &str = "route-table-ota-admin-secret";
 
 fn start(backend: Backend, extra: &[&str]) -> ServerProcess {
     let mut args = vec!["--jwt-secret", JWT_SECRET];
@@ -78,6 +79,13 @@ enum Access {
     DeviceToken,
     /// A user token of at least this rank (0 viewer … 3 admin).
     MinRole(u8),
+    /// Any user token or a device token (the firmware artifact).
+    UserOrDevice,
+    /// `X-Admin-Secret`, not a bearer token: the OTA token route.
+    AdminSecret,
+    /// A board route: an OTA token, sent as `?token=`. A bearer header takes precedence, and no
+    /// user or device token is an OTA token, so every caller that sends one is refused.
+    OtaBoard,
 }
 
 struct Case {
@@ -99,7 +107,16 @@ fn case(access: Access, ok: u16) -> Case {
 /// The exact status every caller must get from a route.
 fn expected(case: &Case, caller: Caller) -> u16 {
     match case.access {
-        Access::Public | Access::Enrollment => case.ok,
+        Access::Public | Access::Enrollment | Access::AdminSecret => case.ok,
+        Access::UserOrDevice => match caller {
+            Caller::Device => case.ok,
+            _ if caller.role().is_some() => case.ok,
+            _ => 401,
+        },
+        Access::OtaBoard => match caller {
+            Caller::Anonymous => case.ok,
+            _ => 401,
+        },
         // A plain GET (no upgrade headers) that passes authentication fails the handshake.
         Access::DeviceSocket => match caller {
             Caller::Anonymous | Caller::Device => 400,
@@ -204,6 +221,38 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
         ("GET", "/api/v1/devices/{id}/commands/{cmd_id}"),
         case(viewer, 200),
     );
+    cases.insert(("POST", "/api/v1/firmware/releases"), case(admin, 201));
+    cases.insert(("GET", "/api/v1/firmware/releases"), case(viewer, 200));
+    cases.insert(("GET", "/api/v1/firmware/releases/{id}"), case(viewer, 200));
+    cases.insert(
+        ("DELETE", "/api/v1/firmware/releases/{id}"),
+        case(admin, 200),
+    );
+    cases.insert(
+        ("GET", "/api/v1/firmware/releases/{id}/artifact"),
+        case(Access::UserOrDevice, 200),
+    );
+    cases.insert(
+        ("HEAD", "/api/v1/firmware/releases/{id}/artifact"),
+        case(Access::UserOrDevice, 200),
+    );
+    cases.insert(("GET", "/status"), case(Access::Public, 200));
+    cases.insert(
+        ("POST", "/admin/generate_token"),
+        case(Access::AdminSecret, 200),
+    );
+    cases.insert(
+        ("GET", "/firmware/{project}/latest"),
+        case(Access::OtaBoard, 200),
+    );
+    cases.insert(
+        ("GET", "/firmware/{project}/versions"),
+        case(Access::OtaBoard, 200),
+    );
+    cases.insert(
+        ("GET", "/firmware/{project}/{file}"),
+        case(Access::OtaBoard, 200),
+    );
     cases
 }
 
@@ -234,7 +283,23 @@ struct World<'a> {
     device_token: String,
     patch_target: String,
     group_id: String,
+    /// A firmware release of project `table`, stored as `0.0.1-table.bin`.
+    release_id: String,
+    /// An OTA token for project `table`.
+    ota_token: String,
     counter: AtomicU32,
+}
+
+/// Uploads a small release as the admin and returns its id.
+fn upload_release(admin: &Api, version: &str) -> String {
+    let reply = admin.call(
+        "POST",
+        &format!("/api/v1/firmware/releases?version={version}&filename=table.bin&project=table"),
+        Some(&json!("firmware bytes")),
+        &[],
+    );
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.data()["id"].as_str().unwrap().to_owned()
 }
 
 impl World<'_> {
@@ -420,6 +485,45 @@ impl World<'_> {
                 None,
                 vec![],
             ),
+            ("POST", "/api/v1/firmware/releases") => (
+                format!("/api/v1/firmware/releases?version=1.0.{n}&filename=t.bin&project=table"),
+                Some(json!(format!("artifact {n}"))),
+                vec![],
+            ),
+            ("GET", "/api/v1/firmware/releases/{id}") => (
+                format!("/api/v1/firmware/releases/{}", self.release_id),
+                None,
+                vec![],
+            ),
+            ("DELETE", "/api/v1/firmware/releases/{id}") => {
+                let victim = upload_release(&self.admin, &format!("5.0.{n}"));
+                (format!("/api/v1/firmware/releases/{victim}"), None, vec![])
+            }
+            ("GET" | "HEAD", "/api/v1/firmware/releases/{id}/artifact") => (
+                format!("/api/v1/firmware/releases/{}/artifact", self.release_id),
+                None,
+                vec![],
+            ),
+            ("POST", "/admin/generate_token") => (
+                pattern.into(),
+                Some(json!({"device_id": format!("board-{n}"), "project": "table"})),
+                vec![("X-Admin-Secret", OTA_SECRET.to_owned())],
+            ),
+            ("GET", "/firmware/{project}/latest") => (
+                format!("/firmware/table/latest?token={}", self.ota_token),
+                None,
+                vec![],
+            ),
+            ("GET", "/firmware/{project}/versions") => (
+                format!("/firmware/table/versions?token={}", self.ota_token),
+                None,
+                vec![],
+            ),
+            ("GET", "/firmware/{project}/{file}") => (
+                format!("/firmware/table/0.0.1-table.bin?token={}", self.ota_token),
+                None,
+                vec![],
+            ),
             _ => {
                 assert!(
                     !pattern.contains('{'),
@@ -432,7 +536,7 @@ impl World<'_> {
 }
 
 fn every_route_as_every_caller(backend: Backend) {
-    let server = start(backend, &[]);
+    let server = start(backend, &["--ota-admin-secret", OTA_SECRET]);
     let admin = Api::admin(&server);
     let admin_id = admin.get("/api/v1/auth/me").data()["id"]
         .as_str()
@@ -498,6 +602,15 @@ fn every_route_as_every_caller(backend: Backend) {
         &json!({"command": {"type": "force_sync", "id": "setup-cmd"}}),
     );
     assert_eq!(setup.status, 200);
+    let release_id = upload_release(&admin, "0.0.1");
+    let ota = Api::new(&server).call(
+        "POST",
+        "/admin/generate_token",
+        Some(&json!({"device_id": "board-table", "project": "table"})),
+        &[("X-Admin-Secret", OTA_SECRET)],
+    );
+    assert_eq!(ota.status, 200, "{}", ota.body);
+    let ota_token = ota.body["token"].as_str().unwrap().to_owned();
 
     let world = World {
         server: &server,
@@ -507,6 +620,8 @@ fn every_route_as_every_caller(backend: Backend) {
         device_token,
         patch_target,
         group_id,
+        release_id,
+        ota_token,
         counter: AtomicU32::new(0),
     };
 
@@ -555,9 +670,22 @@ fn every_route_as_every_caller(backend: Backend) {
                     reply.status, reply.body
                 ));
             }
-            // Refusals carry the JSON error body with a code.
-            let is_socket = matches!(case.access, Access::DeviceSocket | Access::DashboardSocket);
-            let is_refusal = reply.status >= 400 && !is_socket;
+            // Refusals carry the JSON error body with a code, except where there is no body
+            // (sockets, HEAD) or the seed's boards expect plain text.
+            let no_json_body = matches!(
+                case.access,
+                Access::DeviceSocket | Access::DashboardSocket | Access::OtaBoard
+            ) || *method == "HEAD";
+            let is_refusal = reply.status >= 400 && !no_json_body;
+            if matches!(case.access, Access::OtaBoard)
+                && reply.status >= 400
+                && !reply.body.is_string()
+            {
+                mismatches.push(format!(
+                    "{method} {path} as {caller:?}: a board refusal must be plain text, got {}",
+                    reply.body
+                ));
+            }
             if is_refusal
                 && (reply.body["success"] != false || !reply.body["error"]["code"].is_string())
             {

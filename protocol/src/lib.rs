@@ -8,6 +8,7 @@
 pub mod commands;
 pub mod dashboard;
 pub mod device;
+pub mod firmware;
 pub mod ota;
 pub mod rest;
 pub mod sync;

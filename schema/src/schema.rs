@@ -202,3 +202,22 @@ diesel::allow_tables_to_appear_in_same_query!(
     aggregated_batch_fixations,
     cloud_sync_queue,
 );
+
+diesel::table! {
+    firmware_releases (id) {
+        id -> Text,
+        project -> Text,
+        version -> Text,
+        channel -> Text,
+        filename -> Text,
+        stored_name -> Text,
+        size_bytes -> BigInt,
+        sha256 -> Text,
+        signature_base64 -> Nullable<Text>,
+        signature_expires_at -> Nullable<Timestamp>,
+        uploaded_by -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(firmware_releases, audit_log);

@@ -33,6 +33,8 @@ const JWT_LEEWAY_SECS: u64 = 5;
 pub enum Scope {
     User,
     Device,
+    /// Tokens of boards that fetch firmware from `/firmware/…` (`POST /admin/generate_token`).
+    Ota,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +72,20 @@ impl From<TokenError> for ApiError {
             ),
         }
     }
+}
+
+/// The claims of an OTA token: the seed's payload (`ota-firmware-server.md`) plus `scope`,
+/// which keeps it apart from user and device tokens signed with the same key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OtaClaims {
+    pub sub: String,
+    pub project: String,
+    pub roles: Vec<String>,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    pub fw_version: String,
+    pub scope: Scope,
 }
 
 /// A token just issued.
@@ -143,6 +159,36 @@ impl JwtKeys {
         })
     }
 
+    /// Signs OTA claims; the caller fills them in and must have set `scope: Ota`.
+    pub fn issue_ota(&self, claims: &OtaClaims) -> ApiResult<String> {
+        if claims.scope != Scope::Ota {
+            return Err(ApiError::internal("OTA token without the ota scope"));
+        }
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .map_err(ApiError::internal)
+    }
+
+    /// Verifies an OTA token: signature, pinned algorithm, expiry, the `ota` scope and the
+    /// `ota_client` role. User and device tokens fail on the scope.
+    pub fn verify_ota(&self, token: &str) -> Result<OtaClaims, TokenError> {
+        // Decoded as the common claims first, so a user or device token is told apart by its
+        // scope rather than by a missing field.
+        let common = jsonwebtoken::decode::<ScopeOnly>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })?;
+        if common.claims.scope != Scope::Ota {
+            return Err(TokenError::WrongScope);
+        }
+        let data = jsonwebtoken::decode::<OtaClaims>(token, &self.decoding, &self.validation)
+            .map_err(|_| TokenError::Invalid)?;
+        if !data.claims.roles.iter().any(|r| r == "ota_client") {
+            return Err(TokenError::Invalid);
+        }
+        Ok(data.claims)
+    }
+
     /// Verifies signature, algorithm, expiry and scope.
     pub fn verify(&self, token: &str, scope: Scope) -> Result<Claims, TokenError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
@@ -158,6 +204,11 @@ impl JwtKeys {
         }
         Ok(data.claims)
     }
+}
+
+#[derive(Deserialize)]
+struct ScopeOnly {
+    scope: Scope,
 }
 
 /// Loads the JWT secret: the configured one, else the one persisted in the data dir, else a
@@ -283,6 +334,7 @@ permission!(DispatchCommands, "commands.dispatch", Role::Operator);
 permission!(ManageDevices, "devices.manage", Role::Manager);
 permission!(ListUsers, "users.list", Role::Manager);
 permission!(ManageUsers, "users.manage", Role::Admin);
+permission!(ManageFirmware, "firmware.manage", Role::Admin);
 
 /// The extractor: authenticates the bearer token, reloads the user, and checks `P`.
 #[derive(Debug)]
@@ -444,6 +496,40 @@ mod tests {
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap();
         assert_eq!(keys.verify(&token, Scope::User), Err(TokenError::Expired));
+    }
+
+    fn ota_claims(exp: i64) -> OtaClaims {
+        let now = Utc::now().timestamp();
+        OtaClaims {
+            sub: "board-1".into(),
+            project: "fan".into(),
+            roles: vec!["device".into(), "ota_client".into()],
+            iat: now,
+            exp: now + exp,
+            jti: "board-1-1".into(),
+            fw_version: "1.0.0".into(),
+            scope: Scope::Ota,
+        }
+    }
+
+    #[test]
+    fn ota_tokens_and_other_tokens_never_stand_in_for_each_other() {
+        let keys = keys();
+        let ota = keys.issue_ota(&ota_claims(600)).unwrap();
+        assert_eq!(keys.verify_ota(&ota).unwrap().project, "fan");
+        assert_eq!(keys.verify(&ota, Scope::User), Err(TokenError::WrongScope));
+        assert_eq!(
+            keys.verify(&ota, Scope::Device),
+            Err(TokenError::WrongScope)
+        );
+        let user = keys.issue_user("u1", Role::Admin, 0, 60).unwrap().token;
+        assert_eq!(keys.verify_ota(&user), Err(TokenError::WrongScope));
+        let device = keys.issue_device("edge-1", 60).unwrap().token;
+        assert_eq!(keys.verify_ota(&device), Err(TokenError::WrongScope));
+        let expired = keys.issue_ota(&ota_claims(-3600)).unwrap();
+        assert_eq!(keys.verify_ota(&expired), Err(TokenError::Expired));
+        let other = JwtKeys::new(b"another-secret-another-secret-xx");
+        assert_eq!(other.verify_ota(&ota), Err(TokenError::Invalid));
     }
 
     #[test]

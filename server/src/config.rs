@@ -50,6 +50,18 @@ pub struct Config {
     pub cloud_max_attempts: i64,
     /// The longest wait, in seconds, between two attempts of a record.
     pub cloud_retry_max_secs: u64,
+    /// Largest firmware artifact accepted, in bytes.
+    pub firmware_max_bytes: u64,
+    /// Ed25519 public keys (base64 of the raw 32 bytes, comma-separated) that may sign releases.
+    pub firmware_trusted_keys: Option<String>,
+    /// Refuse a release upload that carries no valid signature.
+    pub firmware_require_signature: bool,
+    /// Secret for `POST /admin/generate_token` (`X-Admin-Secret`); without it the route is off.
+    pub ota_admin_secret: Option<String>,
+    /// Default lifetime of OTA board tokens, in minutes.
+    pub ota_jwt_expiry_minutes: u64,
+    /// Serve `/firmware/…` without OTA tokens.
+    pub ota_no_jwt: bool,
     pub log_level: String,
 }
 
@@ -79,6 +91,12 @@ impl Default for Config {
             cloud_concurrency: 4,
             cloud_max_attempts: 10,
             cloud_retry_max_secs: 300,
+            firmware_max_bytes: 512 * 1024 * 1024,
+            firmware_trusted_keys: None,
+            firmware_require_signature: false,
+            ota_admin_secret: None,
+            ota_jwt_expiry_minutes: 30,
+            ota_no_jwt: false,
             log_level: "info".into(),
         }
     }
@@ -213,6 +231,36 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_retry_max_secs: Option<u64>,
 
+    /// Largest firmware artifact accepted, in bytes [default: 536870912 (512 MiB)].
+    #[arg(long, env = "FACTORY_FIRMWARE_MAX_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware_max_bytes: Option<u64>,
+
+    /// Trusted Ed25519 release-signing keys: base64 of the raw 32-byte keys, comma-separated [default: none].
+    #[arg(long, env = "FACTORY_FIRMWARE_TRUSTED_KEYS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware_trusted_keys: Option<String>,
+
+    /// Refuse firmware uploads without a valid signature [default: false].
+    #[arg(long, env = "FACTORY_FIRMWARE_REQUIRE_SIGNATURE", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware_require_signature: Option<bool>,
+
+    /// Secret boards' provisioning tools present in `X-Admin-Secret` to get OTA tokens [default: none, the route answers 403].
+    #[arg(long, env = "FACTORY_OTA_ADMIN_SECRET", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ota_admin_secret: Option<String>,
+
+    /// Default lifetime of OTA tokens in minutes [default: 30].
+    #[arg(long, env = "FACTORY_OTA_JWT_EXPIRY_MINUTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ota_jwt_expiry_minutes: Option<u64>,
+
+    /// Serve /firmware/… to boards without OTA tokens [default: false].
+    #[arg(long, env = "FACTORY_OTA_NO_JWT", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ota_no_jwt: Option<bool>,
+
     /// Log filter, e.g. `info` or `server=debug,actix_web=info` [default: info].
     #[arg(long, env = "FACTORY_LOG_LEVEL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -333,6 +381,25 @@ impl Config {
                 )));
             }
         }
+        if self.firmware_max_bytes == 0 {
+            return Err(ConfigError("firmware_max_bytes must be at least 1".into()));
+        }
+        let keys = self.firmware_keys()?;
+        if self.firmware_require_signature && keys.is_empty() {
+            return Err(ConfigError(
+                "firmware_require_signature needs firmware_trusted_keys".into(),
+            ));
+        }
+        if let Some(secret) = &self.ota_admin_secret {
+            if secret.len() < 16 {
+                return Err(ConfigError(
+                    "ota_admin_secret: must be at least 16 characters".into(),
+                ));
+            }
+        }
+        if !(1..=7 * 24 * 60).contains(&self.ota_jwt_expiry_minutes) {
+            return Err(ConfigError("ota_jwt_expiry_minutes must be 1-10080".into()));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level: {e}")))?;
         Ok(())
@@ -355,6 +422,29 @@ impl Config {
             }
             _ => None,
         })
+    }
+
+    /// The trusted release-signing keys, each the raw 32 bytes of an Ed25519 public key.
+    pub fn firmware_keys(&self) -> Result<Vec<[u8; 32]>, ConfigError> {
+        use base64::Engine;
+        let Some(list) = &self.firmware_trusted_keys else {
+            return Ok(Vec::new());
+        };
+        list.split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(k)
+                    .ok()
+                    .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "firmware_trusted_keys: `{k}` is not base64 of a 32-byte Ed25519 key"
+                        ))
+                    })
+            })
+            .collect()
     }
 
     pub fn bind_addr(&self) -> SocketAddr {
@@ -479,6 +569,31 @@ mod tests {
         std::fs::write(&file, "bnid = \"0.0.0.0:9000\"\n").unwrap();
         let err = Config::load(cli(&["--config", file.to_str().unwrap()])).unwrap_err();
         assert!(err.to_string().contains("bnid"), "{err}");
+    }
+
+    #[test]
+    fn firmware_and_ota_settings_are_checked() {
+        let config = Config::load(cli(&[])).unwrap();
+        assert_eq!(config.firmware_max_bytes, 512 * 1024 * 1024);
+        assert_eq!(config.ota_jwt_expiry_minutes, 30);
+        let key = "A".repeat(43) + "=";
+        let config = Config::load(cli(&[
+            "--firmware-trusted-keys",
+            &format!("{key}, {key}"),
+            "--firmware-require-signature",
+            "--ota-no-jwt",
+        ]))
+        .unwrap();
+        assert_eq!(config.firmware_keys().unwrap().len(), 2);
+        assert!(config.firmware_require_signature && config.ota_no_jwt);
+        let err = Config::load(cli(&["--firmware-require-signature"])).unwrap_err();
+        assert!(err.to_string().contains("firmware_trusted_keys"), "{err}");
+        let err = Config::load(cli(&["--firmware-trusted-keys", "c2hvcnQ="])).unwrap_err();
+        assert!(err.to_string().contains("32-byte"), "{err}");
+        let err = Config::load(cli(&["--ota-admin-secret", "short"])).unwrap_err();
+        assert!(err.to_string().contains("ota_admin_secret"), "{err}");
+        let err = Config::load(cli(&["--firmware-max-bytes", "0"])).unwrap_err();
+        assert!(err.to_string().contains("firmware_max_bytes"), "{err}");
     }
 
     #[test]

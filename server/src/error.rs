@@ -36,6 +36,12 @@ pub enum ErrorCode {
     GroupNameTaken,
     TooManyTargets,
     PayloadTooLarge,
+    ReleaseNotFound,
+    ReleaseExists,
+    InvalidSignature,
+    SignatureRequired,
+    SignatureExpired,
+    InvalidAdminSecret,
     DatabaseUnavailable,
     Internal,
 }
@@ -105,6 +111,14 @@ impl ApiError {
 
     pub fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    }
+
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            message,
+        )
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {

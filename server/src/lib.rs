@@ -16,8 +16,10 @@ pub mod devices;
 pub mod dispatcher;
 pub mod error;
 pub mod events;
+pub mod firmware;
 pub mod groups;
 pub mod janitor;
+pub mod ota;
 pub mod presence;
 pub mod ratelimit;
 pub mod registry;
@@ -68,6 +70,7 @@ macro_rules! routes {
     (@name patch) => { "PATCH" };
     (@name put) => { "PUT" };
     (@name delete) => { "DELETE" };
+    (@name head) => { "HEAD" };
 }
 
 // Order matters where patterns overlap: `/devices/connected` before `/devices/{id}`.
@@ -112,6 +115,17 @@ routes! {
     get "/api/v1/sync/dead-letters" => cloud_sync::dead_letters,
     post "/api/v1/sync/dead-letters/requeue" => cloud_sync::requeue,
     put "/api/v1/sync/cloud" => cloud_sync::update_cloud,
+    post "/api/v1/firmware/releases" => firmware::upload,
+    get "/api/v1/firmware/releases" => firmware::list,
+    get "/api/v1/firmware/releases/{id}" => firmware::get,
+    delete "/api/v1/firmware/releases/{id}" => firmware::delete,
+    get "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
+    head "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
+    get "/status" => ota::status,
+    post "/admin/generate_token" => ota::generate_token,
+    get "/firmware/{project}/latest" => ota::latest,
+    get "/firmware/{project}/versions" => ota::versions,
+    get "/firmware/{project}/{file}" => ota::file,
 }
 
 async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
@@ -139,6 +153,34 @@ async fn index() -> HttpResponse {
         .content_type("text/html; charset=utf-8")
         .insert_header(("Content-Security-Policy", "default-src 'self'"))
         .body(include_str!("index.html"))
+}
+
+/// The request line for the access log with the value of every `token` query parameter
+/// hidden: boards (`/firmware/…`) and older devices send their tokens there, and tokens are
+/// never logged. A key written with escapes (`%74oken`) is hidden too, whatever it decodes to.
+fn redacted_request_line(req: &actix_web::dev::ServiceRequest) -> String {
+    let query = req.query_string();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("token") || key.contains(['%', '+']) => {
+                    format!("{key}=REDACTED")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        format!("?{}", parts.join("&"))
+    };
+    format!(
+        "{} {}{} {:?}",
+        req.method(),
+        req.path(),
+        query,
+        req.version()
+    )
 }
 
 async fn not_found() -> ApiResult<HttpResponse> {
@@ -202,6 +244,14 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(
             devices = reset,
             "devices left ONLINE by the previous run marked OFFLINE"
+        );
+    }
+    let swept = firmware::remove_partial_uploads(&config.data_dir)
+        .context("cannot clean the firmware directory")?;
+    if swept > 0 {
+        tracing::info!(
+            files = swept,
+            "partial firmware uploads of the previous run removed"
         );
     }
     let secret = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
@@ -271,7 +321,11 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             .app_data(web::PayloadConfig::new(MAX_JSON_BODY))
             .app_data(web::QueryConfig::default().error_handler(error::query_error_handler))
             .app_data(web::PathConfig::default().error_handler(error::path_error_handler))
-            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/healthz"))
+            .wrap(
+                middleware::Logger::new("%a \"%{line}xi\" %s %b %Dms")
+                    .custom_request_replace("line", redacted_request_line)
+                    .exclude("/healthz"),
+            )
             .configure(routes)
             .default_service(web::to(not_found))
     })

@@ -112,6 +112,10 @@ fn sqlite_and_postgres_migrations_define_the_same_columns() {
             schema::schema::devices::table::all_columns().names(),
         ),
         (
+            "firmware_releases",
+            schema::schema::firmware_releases::table::all_columns().names(),
+        ),
+        (
             "revoked_tokens",
             schema::schema::revoked_tokens::table::all_columns().names(),
         ),
@@ -161,4 +165,5 @@ column_names_for_tuples!(
     7: (A, B, C, D, E, F, G),
     11: (A, B, C, D, E, F, G, H, I, J, K),
     13: (A, B, C, D, E, F, G, H, I, J, K, L, M),
+    12: (A, B, C, D, E, F, G, H, I, J, K, L),
 );

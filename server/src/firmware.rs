@@ -1,0 +1,792 @@
+//! Firmware releases: upload (streamed to disk, hashed, optionally signature-checked), list,
+//! get, delete, and the artifact download with ranges, ETag and HEAD.
+//!
+//! An artifact is written to a temporary file in `<data dir>/firmware`, synced, and linked to
+//! its final name `<safeVersion>-<filename>` only when the whole body arrived within the size
+//! limit and its signature (if any) holds; every other outcome deletes the temporary file.
+//!
+//! # Signed manifest
+//!
+//! A release signature is Ed25519 over these UTF-8 bytes, each line ending in `\n`, nothing
+//! else before, between or after:
+//!
+//! ```text
+//! factory-firmware-manifest-v1
+//! project=<project>
+//! version=<version>
+//! sha256=<64 lowercase hex digits>
+//! size=<bytes, decimal>
+//! expires=<unix seconds, decimal>
+//! ```
+//!
+//! `expires` is the upload's `signatureExpiresAt`; a manifest past it is refused.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use actix_files::NamedFile;
+use actix_web::http::header::{self, EntityTag, Header, IfNoneMatch};
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine;
+use chrono::{DateTime, NaiveDateTime, Utc};
+use diesel::prelude::*;
+use futures_util::StreamExt;
+use protocol::firmware::FirmwareRelease;
+use protocol::rest::{Envelope, Page};
+use schema::schema::firmware_releases as releases;
+use serde::Deserialize;
+
+use crate::audit::{self, audited, AuditEntry};
+use crate::auth::{self, Authorized, ManageFirmware, Permission, Scope, ViewDevices};
+use crate::db::DbConnection;
+use crate::devices::paging;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::state::AppState;
+
+/// Bytes gathered from the request before one write to disk.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// First line of the signed manifest; a new layout gets a new line.
+pub const MANIFEST_HEADER: &str = "factory-firmware-manifest-v1";
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = releases)]
+pub struct ReleaseRow {
+    pub id: String,
+    pub project: String,
+    pub version: String,
+    pub channel: String,
+    pub filename: String,
+    pub stored_name: String,
+    pub size_bytes: i64,
+    pub sha256: String,
+    pub signature_base64: Option<String>,
+    pub signature_expires_at: Option<NaiveDateTime>,
+    pub uploaded_by: Option<String>,
+    pub created_at: NaiveDateTime,
+}
+
+impl ReleaseRow {
+    pub fn to_api(&self) -> FirmwareRelease {
+        FirmwareRelease {
+            id: self.id.clone(),
+            project: self.project.clone(),
+            version: self.version.clone(),
+            channel: self.channel.clone(),
+            filename: self.filename.clone(),
+            stored_name: self.stored_name.clone(),
+            size: self.size_bytes,
+            sha256: self.sha256.clone(),
+            signature_base64: self.signature_base64.clone(),
+            signature_expires_at: self.signature_expires_at.map(|t| t.and_utc()),
+            uploaded_by: self.uploaded_by.clone(),
+            created_at: self.created_at.and_utc(),
+            artifact_url: format!("/api/v1/firmware/releases/{}/artifact", self.id),
+        }
+    }
+}
+
+/// The canonical bytes a release signature covers (see the module documentation).
+pub fn manifest_bytes(
+    project: &str,
+    version: &str,
+    sha256_hex: &str,
+    size: u64,
+    expires_unix: i64,
+) -> Vec<u8> {
+    format!(
+        "{MANIFEST_HEADER}\nproject={project}\nversion={version}\nsha256={sha256_hex}\nsize={size}\nexpires={expires_unix}\n"
+    )
+    .into_bytes()
+}
+
+/// `<data dir>/firmware`.
+pub fn firmware_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("firmware")
+}
+
+/// Prefix and suffix of an upload's temporary file.
+const PART_PREFIX: &str = ".upload-";
+const PART_SUFFIX: &str = ".part";
+
+/// Deletes the temporary files of uploads that a previous run was killed in the middle of (a
+/// crash runs no destructor). Called at start, before any upload can begin; answers how many
+/// went.
+pub fn remove_partial_uploads(data_dir: &Path) -> std::io::Result<usize> {
+    let dir = firmware_dir(data_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(PART_PREFIX) && name.ends_with(PART_SUFFIX) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(ErrorCode::InvalidParameter, message)
+}
+
+/// A name that is safe as one path component: letters, digits, `.`, `_`, `-`, not starting
+/// with a dot (so neither `.`, `..` nor a hidden file), at most `max` bytes. Separators, NUL
+/// and every other character are refused rather than cleaned, so what is stored is what was
+/// asked for.
+pub fn is_safe_name(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks an upload's names and version before any byte of the body is read.
+fn validate_release(project: &str, version: &str, channel: &str, filename: &str) -> ApiResult<()> {
+    if !is_safe_name(project, 64) {
+        return Err(invalid(
+            "project must be 1-64 of [A-Za-z0-9._-], not starting with a dot",
+        ));
+    }
+    if !is_safe_name(filename, 128) {
+        return Err(invalid(
+            "filename must be 1-128 of [A-Za-z0-9._-], not starting with a dot (no paths)",
+        ));
+    }
+    if !is_safe_name(channel, 32) {
+        return Err(invalid("channel must be 1-32 of [A-Za-z0-9._-]"));
+    }
+    if version.len() > 64 || semver::Version::parse(version).is_err() {
+        return Err(invalid(format!(
+            "version `{version}` is not a semantic version like 1.2.3"
+        )));
+    }
+    Ok(())
+}
+
+/// The version as it appears in a file name: semver's build separator `+` becomes `_`, the
+/// rest of a semantic version is already `[A-Za-z0-9.-]`.
+pub fn safe_version(version: &str) -> String {
+    version.replace('+', "_")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadQuery {
+    pub version: String,
+    pub project: String,
+    pub filename: String,
+    pub channel: Option<String>,
+    pub signature_base64: Option<String>,
+    pub signature_expires_at: Option<String>,
+}
+
+/// A signature asked for with an upload, checked once the hash and size are known.
+struct PendingSignature {
+    encoded: String,
+    bytes: Vec<u8>,
+    expires_at: DateTime<Utc>,
+}
+
+fn pending_signature(query: &UploadQuery, state: &AppState) -> ApiResult<Option<PendingSignature>> {
+    let Some(encoded) = &query.signature_base64 else {
+        if state.config.firmware_require_signature {
+            return Err(ApiError::unprocessable(
+                ErrorCode::SignatureRequired,
+                "this server accepts signed releases only: give signatureBase64 and signatureExpiresAt",
+            ));
+        }
+        return Ok(None);
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .filter(|b| b.len() == 64)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                ErrorCode::InvalidSignature,
+                "signatureBase64 is not base64 of a 64-byte Ed25519 signature",
+            )
+        })?;
+    let expires_at = query
+        .signature_expires_at
+        .as_deref()
+        .ok_or_else(|| invalid("signatureExpiresAt (RFC 3339) is required with a signature"))
+        .and_then(|t| {
+            DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| invalid("signatureExpiresAt is not an RFC 3339 time"))
+        })?;
+    if expires_at <= Utc::now() {
+        return Err(ApiError::unprocessable(
+            ErrorCode::SignatureExpired,
+            "the signed manifest has expired",
+        ));
+    }
+    Ok(Some(PendingSignature {
+        encoded: encoded.clone(),
+        bytes,
+        expires_at,
+    }))
+}
+
+fn verify_signature(
+    keys: &[[u8; 32]],
+    manifest: &[u8],
+    signature: &PendingSignature,
+) -> ApiResult<()> {
+    use ring::signature::{UnparsedPublicKey, ED25519};
+    let trusted = keys.iter().any(|k| {
+        UnparsedPublicKey::new(&ED25519, k)
+            .verify(manifest, &signature.bytes)
+            .is_ok()
+    });
+    if trusted {
+        Ok(())
+    } else {
+        Err(ApiError::unprocessable(
+            ErrorCode::InvalidSignature,
+            "the signature does not verify against any trusted key",
+        ))
+    }
+}
+
+/// The temporary file of an upload in progress; deleted when dropped, so an error, a refusal
+/// or a client that goes away leaves nothing behind, and a success leaves only the final name
+/// (a hard link to the same data).
+struct PartFile {
+    path: PathBuf,
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        // Removing one directory entry is quick; doing it here covers the futures that are
+        // dropped mid-upload, which cannot await anything.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+type Sink = (std::fs::File, ring::digest::Context);
+
+/// Hashes and writes one chunk on the blocking pool.
+async fn write_chunk(sink: Sink, buf: Vec<u8>) -> ApiResult<Sink> {
+    web::block(move || {
+        let (mut file, mut digest) = sink;
+        digest.update(&buf);
+        file.write_all(&buf).map(|_| (file, digest))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)
+}
+
+fn exists_conflict(project: &str, version: &str, filename: &str) -> ApiError {
+    ApiError::conflict(
+        ErrorCode::ReleaseExists,
+        format!("release {project} {version} {filename} exists"),
+    )
+}
+
+fn check_unique(
+    conn: &mut DbConnection,
+    project: &str,
+    version: &str,
+    filename: &str,
+    stored: &str,
+) -> ApiResult<()> {
+    let same: i64 = releases::table
+        .filter(
+            releases::project
+                .eq(project)
+                .and(releases::version.eq(version))
+                .and(releases::filename.eq(filename)),
+        )
+        .or_filter(releases::stored_name.eq(stored))
+        .count()
+        .get_result(conn)?;
+    if same > 0 {
+        return Err(exists_conflict(project, version, filename));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/firmware/releases?version&project&filename[&channel][&signatureBase64&signatureExpiresAt]`,
+/// the artifact as the body.
+pub async fn upload(
+    user: Authorized<ManageFirmware>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    query: web::Query<UploadQuery>,
+    mut payload: web::Payload,
+) -> ApiResult<HttpResponse> {
+    let query = query.into_inner();
+    let channel = query.channel.clone().unwrap_or_else(|| "stable".into());
+    validate_release(&query.project, &query.version, &channel, &query.filename)?;
+    let signature = pending_signature(&query, &state)?;
+    let max = state.config.firmware_max_bytes;
+    let too_large = || ApiError::payload_too_large(format!("firmware is limited to {max} bytes"));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let stored = format!("{}-{}", safe_version(&query.version), query.filename);
+    {
+        let (p, v, f, s) = (
+            query.project.clone(),
+            query.version.clone(),
+            query.filename.clone(),
+            stored.clone(),
+        );
+        state
+            .db
+            .run(move |conn| check_unique(conn, &p, &v, &f, &s))
+            .await?;
+    }
+
+    let dir = firmware_dir(&state.config.data_dir);
+    let part = PartFile {
+        path: dir.join(format!(
+            "{PART_PREFIX}{}{PART_SUFFIX}",
+            uuid::Uuid::new_v4()
+        )),
+    };
+    let file = {
+        let (dir, path) = (dir.clone(), part.path.clone());
+        web::block(move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?
+    };
+    let mut sink: Sink = (file, ring::digest::Context::new(&ring::digest::SHA256));
+    let mut buf = Vec::with_capacity(WRITE_CHUNK);
+    let mut size: u64 = 0;
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request(ErrorCode::InvalidBody, format!("upload interrupted: {e}"))
+        })?;
+        size += chunk.len() as u64;
+        if size > max {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= WRITE_CHUNK {
+            sink = write_chunk(
+                sink,
+                std::mem::replace(&mut buf, Vec::with_capacity(WRITE_CHUNK)),
+            )
+            .await?;
+        }
+    }
+    if size == 0 {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidBody,
+            "the artifact is empty",
+        ));
+    }
+    let (file, digest) = write_chunk(sink, buf).await?;
+    web::block(move || file.sync_all())
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let sha256 = hex(digest.finish().as_ref());
+
+    if let Some(signature) = &signature {
+        let keys = state
+            .config
+            .firmware_keys()
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let manifest = manifest_bytes(
+            &query.project,
+            &query.version,
+            &sha256,
+            size,
+            signature.expires_at.timestamp(),
+        );
+        verify_signature(&keys, &manifest, signature)?;
+    }
+
+    // A hard link never replaces an existing name, so two racing uploads cannot overwrite each
+    // other's artifact: the loser gets 409 and its temporary file is removed.
+    let final_path = dir.join(&stored);
+    {
+        let (from, to, dir) = (part.path.clone(), final_path.clone(), dir.clone());
+        let linked = web::block(move || {
+            std::fs::hard_link(&from, &to)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(exists_conflict(
+                    &query.project,
+                    &query.version,
+                    &query.filename,
+                ))
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        }
+    }
+
+    let row = ReleaseRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        project: query.project.clone(),
+        version: query.version.clone(),
+        channel,
+        filename: query.filename.clone(),
+        stored_name: stored,
+        size_bytes: size as i64,
+        sha256,
+        signature_base64: signature.as_ref().map(|s| s.encoded.clone()),
+        signature_expires_at: signature.as_ref().map(|s| s.expires_at.naive_utc()),
+        uploaded_by: Some(user.username.clone()),
+        created_at: Utc::now().naive_utc(),
+    };
+    let entry = AuditEntry::new("firmware.upload", "success")
+        .actor(Some(user.username.clone()), Some(user.role))
+        .target(Some(row.id.clone()))
+        .params(serde_json::json!({
+            "project": row.project, "version": row.version, "filename": row.filename,
+            "size": row.size_bytes, "sha256": row.sha256, "signed": row.signature_base64.is_some(),
+        }))
+        .source(audit::source_of(&req));
+    let inserted = {
+        let row = row.clone();
+        audited(&state.db, entry, move |conn| {
+            check_unique(
+                conn,
+                &row.project,
+                &row.version,
+                &row.filename,
+                &row.stored_name,
+            )?;
+            diesel::insert_into(releases::table)
+                .values(&row)
+                .execute(conn)
+                .map_err(|e| match e {
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::UniqueViolation,
+                        _,
+                    ) => exists_conflict(&row.project, &row.version, &row.filename),
+                    other => other.into(),
+                })?;
+            Ok(())
+        })
+        .await
+    };
+    if let Err(e) = inserted {
+        // The row is the release; without it the linked file is an orphan.
+        let _ = web::block(move || std::fs::remove_file(final_path)).await;
+        return Err(e);
+    }
+    // The temporary name goes; the final name keeps the data.
+    drop(part);
+    tracing::info!(release = %row.id, project = %row.project, version = %row.version, size, "firmware release stored");
+    Ok(HttpResponse::Created().json(Envelope::ok(row.to_api())))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+    pub project: Option<String>,
+    pub channel: Option<String>,
+}
+
+/// `GET /api/v1/firmware/releases`: newest first; `project` and `channel` filter.
+pub async fn list(
+    _user: Authorized<ViewDevices>,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> ApiResult<HttpResponse> {
+    let (limit, offset) = paging(query.limit, query.offset)?;
+    let ListQuery {
+        project, channel, ..
+    } = query.into_inner();
+    let page = state
+        .db
+        .run(move |conn| {
+            let filtered = || {
+                let mut q = releases::table.into_boxed();
+                if let Some(p) = &project {
+                    q = q.filter(releases::project.eq(p.clone()));
+                }
+                if let Some(c) = &channel {
+                    q = q.filter(releases::channel.eq(c.clone()));
+                }
+                q
+            };
+            let total = filtered().count().get_result(conn)?;
+            let rows: Vec<ReleaseRow> = filtered()
+                .order((releases::created_at.desc(), releases::id.asc()))
+                .limit(limit)
+                .offset(offset)
+                .select(ReleaseRow::as_select())
+                .load(conn)?;
+            Ok(Page {
+                items: rows.iter().map(ReleaseRow::to_api).collect(),
+                total,
+            })
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(page)))
+}
+
+fn not_found() -> ApiError {
+    ApiError::not_found(ErrorCode::ReleaseNotFound, "no such firmware release")
+}
+
+pub fn find(conn: &mut DbConnection, id: &str) -> ApiResult<Option<ReleaseRow>> {
+    Ok(releases::table
+        .find(id)
+        .select(ReleaseRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Every release of a project, for the board routes.
+pub fn of_project(conn: &mut DbConnection, project: &str) -> ApiResult<Vec<ReleaseRow>> {
+    Ok(releases::table
+        .filter(releases::project.eq(project))
+        .order(releases::created_at.asc())
+        .select(ReleaseRow::as_select())
+        .load(conn)?)
+}
+
+/// `GET /api/v1/firmware/releases/{id}`.
+pub async fn get(
+    _user: Authorized<ViewDevices>,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let row = state
+        .db
+        .run(move |conn| find(conn, &id))
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
+}
+
+/// `DELETE /api/v1/firmware/releases/{id}`: the row, then the file.
+pub async fn delete(
+    user: Authorized<ManageFirmware>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let id = path.into_inner();
+    let entry = AuditEntry::new("firmware.delete", "success")
+        .actor(Some(user.username.clone()), Some(user.role))
+        .target(Some(id.clone()))
+        .source(audit::source_of(&req));
+    let row = audited(&state.db, entry, move |conn| {
+        let row = find(conn, &id)?.ok_or_else(not_found)?;
+        // Deployments (issue 8, later) add their check here, inside this transaction: a release
+        // that a PENDING or IN_PROGRESS deployment names is refused with 409, so no device is
+        // sent a URL that stops working halfway.
+        diesel::delete(releases::table.find(&row.id)).execute(conn)?;
+        Ok(row)
+    })
+    .await?;
+    let path = firmware_dir(&state.config.data_dir).join(&row.stored_name);
+    match web::block(move || std::fs::remove_file(path)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(release = %row.id, error = %e, "firmware file not removed"),
+        Err(e) => tracing::warn!(release = %row.id, error = %e, "firmware file not removed"),
+    }
+    Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"deleted": row.id}))))
+}
+
+/// Who may download an artifact: any user (VIEWER and up) or an enrolled device, each with a
+/// valid bearer token.
+async fn authorize_reader(req: &HttpRequest, state: &AppState) -> ApiResult<()> {
+    let token = auth::bearer_token(req)
+        .ok_or_else(|| ApiError::unauthorized(ErrorCode::Unauthorized, "missing bearer token"))?;
+    match state.jwt.verify(token, Scope::Device) {
+        Ok(_) => crate::session::verify_device_token(state, token)
+            .await
+            .map(|_| ()),
+        Err(auth::TokenError::WrongScope) => {
+            let user = auth::authenticate_user(state, token).await?;
+            if ViewDevices::allows(user.role) {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden("this role may not download firmware"))
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `GET` and `HEAD /api/v1/firmware/releases/{id}/artifact`.
+pub async fn artifact(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    authorize_reader(&req, &state).await?;
+    let id = path.into_inner();
+    let row = state
+        .db
+        .run(move |conn| find(conn, &id))
+        .await?
+        .ok_or_else(not_found)?;
+    serve(&req, &state, &row).await
+}
+
+/// Serves a release's file: `Range` (one range; 206 with `Content-Range`, 416 when it cannot
+/// be satisfied) and `HEAD` by `NamedFile`; the ETag is the quoted SHA-256, so it names the
+/// content whatever the file's inode or time, and `If-None-Match` with it answers 304.
+pub async fn serve(
+    req: &HttpRequest,
+    state: &AppState,
+    row: &ReleaseRow,
+) -> ApiResult<HttpResponse> {
+    let etag = EntityTag::new_strong(row.sha256.clone());
+    let not_modified = match IfNoneMatch::parse(req) {
+        Ok(IfNoneMatch::Any) => true,
+        Ok(IfNoneMatch::Items(tags)) => tags.iter().any(|t| t.weak_eq(&etag)),
+        Err(_) => false,
+    };
+    if not_modified {
+        return Ok(HttpResponse::NotModified()
+            .insert_header(header::ETag(etag))
+            .finish());
+    }
+    let path = firmware_dir(&state.config.data_dir).join(&row.stored_name);
+    let file = web::block(move || NamedFile::open(path))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| {
+            tracing::error!(release = %row.id, error = %e, "firmware file missing");
+            not_found()
+        })?;
+    let file = file
+        .use_etag(false)
+        .set_content_type(header::ContentType::octet_stream().0)
+        .set_content_disposition(header::ContentDisposition {
+            disposition: header::DispositionType::Attachment,
+            parameters: vec![header::DispositionParam::Filename(row.stored_name.clone())],
+        });
+    let mut response = file.into_response(req);
+    response.headers_mut().insert(
+        header::ETAG,
+        header::HeaderValue::from_str(&etag.to_string()).map_err(ApiError::internal)?,
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_with_paths_or_odd_bytes_are_refused() {
+        for bad in [
+            "../x",
+            "/etc/passwd",
+            "a\0b",
+            "a/b",
+            "a\\b",
+            "..",
+            ".",
+            ".hidden",
+            "",
+            "a b",
+            "ü",
+        ] {
+            assert!(!is_safe_name(bad, 128), "{bad:?}");
+        }
+        for good in ["fw.bin", "edge-service_1.2.jar", "A9"] {
+            assert!(is_safe_name(good, 128), "{good:?}");
+        }
+        assert!(!is_safe_name(&"a".repeat(129), 128));
+    }
+
+    #[test]
+    fn versions_must_be_semantic_and_map_to_file_names() {
+        assert!(validate_release("p", "1.2.3", "stable", "f.bin").is_ok());
+        assert!(validate_release("p", "1.2", "stable", "f.bin").is_err());
+        assert!(validate_release("p", "../1.2.3", "stable", "f.bin").is_err());
+        assert_eq!(safe_version("1.2.3-rc.1+build.7"), "1.2.3-rc.1_build.7");
+        assert!(is_safe_name(&safe_version("1.2.3-rc.1+build.7"), 64));
+    }
+
+    #[test]
+    fn partial_uploads_of_a_killed_run_are_removed_and_releases_kept() {
+        let data = std::env::temp_dir().join(format!("fw-sweep-{}", uuid::Uuid::new_v4()));
+        assert_eq!(
+            remove_partial_uploads(&data).unwrap(),
+            0,
+            "no firmware dir yet"
+        );
+        let dir = firmware_dir(&data);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".upload-abc.part"), b"half").unwrap();
+        std::fs::write(dir.join("1.0.0-fw.bin"), b"whole").unwrap();
+        assert_eq!(remove_partial_uploads(&data).unwrap(), 1);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec!["1.0.0-fw.bin"]);
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+
+    #[test]
+    fn manifest_has_its_documented_form() {
+        let m = manifest_bytes("fan", "1.2.3", "ab", 10, 1_900_000_000);
+        assert_eq!(
+            String::from_utf8(m).unwrap(),
+            "factory-firmware-manifest-v1\nproject=fan\nversion=1.2.3\nsha256=ab\nsize=10\nexpires=1900000000\n"
+        );
+    }
+
+    #[test]
+    fn signatures_verify_against_trusted_keys_only() {
+        use ring::signature::{Ed25519KeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let pair = |rng| {
+            Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(rng).unwrap().as_ref())
+                .unwrap()
+        };
+        let (signer, stranger) = (pair(&rng), pair(&rng));
+        let trusted: [u8; 32] = signer.public_key().as_ref().try_into().unwrap();
+        let manifest = manifest_bytes("fan", "1.0.0", "00", 1, 2_000_000_000);
+        let signed = |key: &Ed25519KeyPair, m: &[u8]| PendingSignature {
+            encoded: String::new(),
+            bytes: key.sign(m).as_ref().to_vec(),
+            expires_at: Utc::now(),
+        };
+        assert!(verify_signature(&[trusted], &manifest, &signed(&signer, &manifest)).is_ok());
+        let err = verify_signature(&[trusted], &manifest, &signed(&stranger, &manifest));
+        assert_eq!(err.unwrap_err().code, ErrorCode::InvalidSignature);
+        let other = manifest_bytes("fan", "1.0.0", "00", 2, 2_000_000_000);
+        assert!(verify_signature(&[trusted], &other, &signed(&signer, &manifest)).is_err());
+        assert!(verify_signature(&[], &manifest, &signed(&signer, &manifest)).is_err());
+    }
+}
