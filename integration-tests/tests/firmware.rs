@@ -14,17 +14,6 @@ use serde_json::{json, Value};
 const JWT_SECRET: &str = "firmware-test-secret-0123456789abcdef";
 const OTA_SECRET: &str = "ota-admin-secret-for-tests";
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(integration_tests::Backend::Postgres) })*
-        }
-    };
-}
-
 on_both_backends!(
     releases_upload_list_download_and_delete,
     oversized_and_unsafe_uploads_leave_nothing,
