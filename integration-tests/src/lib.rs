@@ -794,6 +794,29 @@ impl FakeDevice {
     }
 }
 
+impl FakeDevice {
+    /// Like `respond_with`, but `respond` gets a sender that puts a frame on the wire at once,
+    /// for devices that report progress before they answer.
+    pub fn respond_live<F>(mut self, mut respond: F) -> std::thread::JoinHandle<Vec<Value>>
+    where
+        F: FnMut(&Value, &mut dyn FnMut(&Value)) + Send + 'static,
+    {
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while let Some(frame) = ws_next_json(&mut self.socket) {
+                if frame["type"] == "command" {
+                    let socket = &mut self.socket;
+                    respond(&frame["command"], &mut |reply: &Value| {
+                        ws_send_json(socket, reply)
+                    });
+                    seen.push(frame["command"].clone());
+                }
+            }
+            seen
+        })
+    }
+}
+
 /// The `command_result` frame a device sends for `command`.
 pub fn result_frame(command: &Value, success: bool, output: &str) -> Value {
     serde_json::json!({"type": "command_result", "commandId": command["id"], "success": success, "output": output})

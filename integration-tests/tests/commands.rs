@@ -433,16 +433,11 @@ fn progress_is_stored_and_streamed(backend: Backend) {
     let dev = FakeDevice::connect(&server, &api, "edge-p");
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let rx = std::sync::Mutex::new(rx);
-    let device = dev.respond_with(move |c| {
-        let progress = json!({"type": "command_progress", "commandId": c["id"], "percent": 40, "message": "downloading"});
+    let device = dev.respond_live(move |c, send| {
         // Progress first; the result only once the test has looked at the stored progress.
-        vec![progress]
-            .into_iter()
-            .chain(std::iter::once_with(|| {
-                let _ = rx.lock().unwrap().recv_timeout(Duration::from_secs(5));
-                result_frame(c, true, "done")
-            }))
-            .collect()
+        send(&json!({"type": "command_progress", "commandId": c["id"], "percent": 40, "message": "downloading"}));
+        let _ = rx.lock().unwrap().recv_timeout(Duration::from_secs(10));
+        send(&result_frame(c, true, "done"));
     });
     let api2 = Api::new(&server).with_token(api.token().unwrap());
     let waiting = std::thread::spawn(move || {
