@@ -391,6 +391,12 @@ async fn attempt(
             None => {
                 let sink = write(sink, buf).await?;
                 progress.report(sink.have);
+                // A body cut short can end like a whole one (awc does not always report the
+                // missing bytes of its Content-Length), so the size decides, not the stream.
+                if sink.have < request.size {
+                    let reason = format!("the body ended after {} bytes", sink.have);
+                    return Ok(Attempt::Dropped(sink, reason));
+                }
                 return Ok(Attempt::Complete(sink));
             }
         }
@@ -533,8 +539,44 @@ impl Updater {
     }
 }
 
+/// Deletes `.part` files a killed run left behind (a crash runs no clean-up); answers how
+/// many went. Staged releases are not touched.
+pub fn remove_partial_downloads(staging_dir: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(staging_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&format!(".{STAGED_PREFIX}")) && name.ends_with(".part") {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 impl Actor for Updater {
     type Context = Context<Self>;
+
+    /// Runs before the first message, so no download of this run can be removed.
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        let dir = self.config.borrow().firmware_staging_dir.clone();
+        match remove_partial_downloads(&dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "partial firmware downloads of an earlier run removed"
+            ),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot clean the staging directory")
+            }
+        }
+    }
 }
 
 impl Handler<StageRelease> for Updater {
@@ -751,5 +793,161 @@ mod tests {
         assert_eq!(content_range_start("bytes 7-9/10"), Some(7));
         assert_eq!(content_range_start("bytes */10"), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn partial_downloads_of_a_killed_run_are_removed_and_releases_kept() {
+        let dir = temp_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(part_path(&dir, "1.1.0"), b"half").unwrap();
+        std::fs::write(staged_path(&dir, "1.0.0"), b"whole").unwrap();
+        assert_eq!(remove_partial_downloads(&dir).unwrap(), 1);
+        assert_eq!(staged_files(&dir), vec!["edge-service-1.0.0"]);
+        assert_eq!(remove_partial_downloads(&dir.join("absent")).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn staged_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Collects the progress frames the updater sends.
+    struct Frames(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Actor for Frames {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<SendEvent> for Frames {
+        type Result = ();
+
+        fn handle(&mut self, SendEvent(event): SendEvent, _ctx: &mut Self::Context) {
+            if let DeviceEvent::CommandProgress(p) = event {
+                self.0.lock().unwrap().push(p.percent);
+            }
+        }
+    }
+
+    /// A one-file HTTP server, one connection per entry of `plan`: the first answers 200 and
+    /// cuts the body at `cut` bytes; the next answers the `Range` it was sent with 206, or
+    /// the whole body with 200 when `honour_range` is off. Answers the Range headers seen.
+    fn flaky_server(
+        body: Vec<u8>,
+        cut: usize,
+        honour_range: bool,
+    ) -> (String, std::thread::JoinHandle<Vec<Option<String>>>) {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/artifact", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut ranges = Vec::new();
+            for round in 0..2 {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut range = None;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("range") {
+                            range = Some(value.trim().to_owned());
+                        }
+                    }
+                }
+                ranges.push(range.clone());
+                let total = body.len();
+                if round == 0 {
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+                    stream.write_all(head.as_bytes()).unwrap();
+                    stream.write_all(&body[..cut]).unwrap();
+                    // Dropped here: the client sees the body end early.
+                    continue;
+                }
+                let start = range
+                    .as_deref()
+                    .and_then(|r| r.strip_prefix("bytes="))
+                    .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok())
+                    .filter(|_| honour_range)
+                    .unwrap_or(0);
+                let head = if start > 0 {
+                    format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{total}\r\nConnection: close\r\n\r\n",
+                        total - start,
+                        total - 1
+                    )
+                } else {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
+                    )
+                };
+                stream.write_all(head.as_bytes()).unwrap();
+                stream.write_all(&body[start..]).unwrap();
+            }
+            ranges
+        });
+        (url, handle)
+    }
+
+    async fn run_download(honour_range: bool) {
+        let body: Vec<u8> = (0..700_000u32).map(|i| (i * 7) as u8).collect();
+        let sha = hex(digest::digest(&digest::SHA256, &body).as_ref());
+        let (url, server) = flaky_server(body.clone(), 300_000, honour_range);
+        let mut p = policy(vec![]);
+        p.staging_dir = temp_dir();
+        let mut r = request("1.1.0");
+        r.url = url;
+        r.sha256 = sha.clone();
+        r.size = body.len() as u64;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let frames = Frames(seen.clone()).start().recipient();
+        let (path, got) = fetch_and_stage(awc::Client::default(), p.clone(), r, "t".into(), frames)
+            .await
+            .unwrap();
+        assert_eq!(got, sha);
+        assert_eq!(std::fs::read(&path).unwrap(), body);
+        assert_eq!(staged_files(&p.staging_dir), vec!["edge-service-1.1.0"]);
+        let ranges = server.join().unwrap();
+        assert_eq!(ranges, vec![None, Some("bytes=300000-".to_owned())]);
+        // Let the progress frames arrive; the last says 100.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(seen.lock().unwrap().last(), Some(&100));
+        std::fs::remove_dir_all(&p.staging_dir).unwrap();
+    }
+
+    #[actix::test]
+    async fn a_dropped_download_resumes_with_a_range() {
+        run_download(true).await;
+    }
+
+    #[actix::test]
+    async fn a_whole_body_answer_to_a_range_starts_again_from_zero() {
+        run_download(false).await;
+    }
+
+    #[actix::test]
+    async fn a_wrong_hash_leaves_nothing_in_the_staging_dir() {
+        let body = vec![5u8; 1000];
+        let (url, server) = flaky_server(body.clone(), 400, true);
+        let mut p = policy(vec![]);
+        p.staging_dir = temp_dir();
+        let mut r = request("1.1.0");
+        r.url = url;
+        r.size = body.len() as u64;
+        let frames = Frames(Default::default()).start().recipient();
+        let err = fetch_and_stage(awc::Client::default(), p.clone(), r, "t".into(), frames)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UpdateError::WrongHash { .. }), "{err}");
+        server.join().unwrap();
+        assert!(staged_files(&p.staging_dir).is_empty());
+        std::fs::remove_dir_all(&p.staging_dir).unwrap();
     }
 }
