@@ -857,6 +857,57 @@ mod tests {
     }
 
     #[test]
+    fn firmware_settings_have_defaults_and_are_checked() {
+        // 32 bytes of 0x01, base64.
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let _env = Env::with(&[("EDGE_FIRMWARE_TRUSTED_KEYS", key)]);
+        let base = [
+            "--server-url",
+            "http://s",
+            "--device-id",
+            "e",
+            "--data-dir",
+            "/d",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            load(&args)
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(c.firmware_staging_dir, PathBuf::from("/d/staging"));
+        assert_eq!(c.firmware_trusted_keys, vec![[1u8; 32]]);
+        assert!(!c.firmware_require_signature);
+        assert!(!c.allow_firmware_downgrade);
+
+        let c = with(&[
+            "--firmware-staging-dir",
+            "/s",
+            "--firmware-require-signature",
+            "--allow-firmware-downgrade",
+            "--firmware-trusted-keys",
+            &format!("{key}, {key}"),
+        ])
+        .unwrap();
+        assert_eq!(c.firmware_staging_dir, PathBuf::from("/s"));
+        assert_eq!(c.firmware_trusted_keys.len(), 2);
+        assert!(c.firmware_require_signature && c.allow_firmware_downgrade);
+
+        let err = with(&["--firmware-trusted-keys", "c2hvcnQ="]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("firmware_trusted_keys:"),
+            "{err}"
+        );
+        let err = with(&[
+            "--firmware-trusted-keys",
+            "",
+            "--firmware-require-signature",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("at least one key"), "{err}");
+    }
+
+    #[test]
     fn production_settings_have_defaults_and_are_checked() {
         let _env = Env::with(&[("EDGE_REBOOT_COMMAND", "/bin/echo rebooting now")]);
         let c = load(&[
