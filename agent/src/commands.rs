@@ -25,6 +25,7 @@ use crate::remote_config::{self, ApplyConfig};
 use crate::shell;
 use crate::status::{ReportNow, StatusReporter};
 use crate::store::{GetResult, PutResult, StoreActor};
+use crate::updater::{StageRelease, UpdateRequest, Updater};
 
 /// Exit code of `restart_service`: EX_TEMPFAIL, "try again", for the supervisor
 /// (`Restart=always` in `deploy/systemd/edge-agent.service`) to start the agent again.
@@ -56,6 +57,7 @@ pub struct Deps {
     pub config: Arc<watch::Sender<Config>>,
     pub source: ConfigSource,
     pub logs: LogControl,
+    pub updater: Addr<Updater>,
 }
 
 /// Executes commands. Messages are handled one at a time (`AtomicResponse`), so two
@@ -114,10 +116,27 @@ impl CommandHandler {
                 os_command(id, "shutdown", argv).boxed()
             }
             CommandKind::PushConfig { patch } => push_config(deps, id, patch).boxed(),
-            CommandKind::UpdateFirmware { .. } => done(CommandResult::failed(
-                id,
-                "update_firmware is not supported by this agent version yet",
-            )),
+            CommandKind::UpdateFirmware {
+                version,
+                url,
+                sha256,
+                size,
+                signature_base64,
+                signature_expires_at,
+                deployment_id: _,
+            } => update_firmware(
+                deps,
+                UpdateRequest {
+                    command_id: id,
+                    version,
+                    url,
+                    sha256,
+                    size,
+                    signature_base64,
+                    signature_expires_at,
+                },
+            )
+            .boxed(),
             CommandKind::ExecShell { template, args } => async move {
                 let (t, argv) = match shell::build(&template, &args) {
                     Ok(built) => built,
@@ -282,6 +301,33 @@ async fn push_config(deps: Deps, id: String, patch: Value) -> Answered {
         "applied": live,
         "restartRequired": restart,
     })))
+}
+
+async fn update_firmware(deps: Deps, request: UpdateRequest) -> Answered {
+    let id = request.command_id.clone();
+    let version = request.version.clone();
+    let result = match deps.updater.send(StageRelease(request)).await {
+        Ok(Ok(staged)) => {
+            tracing::info!(%version, path = %staged.path.display(), "firmware staged");
+            CommandResult::ok(
+                id,
+                format!("Firmware {version} staged at {}", staged.path.display()),
+            )
+            .with_data(json!({
+                "stagedPath": staged.path.display().to_string(),
+                "sha256": staged.sha256,
+                "size": staged.size,
+                "version": version,
+                "signatureVerified": staged.signature_verified,
+            }))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%version, "firmware not staged: {e}");
+            CommandResult::failed(id, e.to_string())
+        }
+        Err(e) => CommandResult::failed(id, format!("updater unavailable: {e}")),
+    };
+    answer(result)
 }
 
 async fn production(deps: Deps, id: String, enabled: bool, reason: Option<String>) -> Answered {

@@ -33,6 +33,8 @@ pub const DEFAULT_PALLET_SIZE: u32 = 10;
 /// Name of the agent's own log file inside the data directory, unless `log_file` says
 /// otherwise.
 pub const DEFAULT_LOG_FILE: &str = "edge-agent.log";
+/// Firmware staging directory inside the data directory.
+pub const DEFAULT_STAGING_DIR: &str = "staging";
 /// Built-in programs of `reboot_os` and `shutdown_os`, as `deploy/sudoers` allows them.
 pub const DEFAULT_REBOOT_COMMAND: [&str; 3] = ["sudo", "systemctl", "reboot"];
 pub const DEFAULT_SHUTDOWN_COMMAND: [&str; 3] = ["sudo", "systemctl", "poweroff"];
@@ -206,6 +208,31 @@ pub struct Cli {
     #[arg(long, env = "EDGE_SHUTDOWN_COMMAND", value_name = "ARGV", num_args = 1.., value_delimiter = ' ')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_command: Option<Vec<String>>,
+
+    /// Where update_firmware stages downloaded releases [default: <data dir>/staging]
+    #[arg(long, env = "EDGE_FIRMWARE_STAGING_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware_staging_dir: Option<PathBuf>,
+
+    /// Ed25519 public keys (base64 of 32 bytes, comma-separated) trusted for release signatures
+    #[arg(
+        long,
+        env = "EDGE_FIRMWARE_TRUSTED_KEYS",
+        value_name = "KEYS",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware_trusted_keys: Option<Vec<String>>,
+
+    /// Refuse update_firmware commands without a valid signature [default: false]
+    #[arg(long, env = "EDGE_FIRMWARE_REQUIRE_SIGNATURE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware_require_signature: Option<bool>,
+
+    /// Stage releases older than the running agent too [default: false]
+    #[arg(long, env = "EDGE_ALLOW_FIRMWARE_DOWNGRADE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_firmware_downgrade: Option<bool>,
 }
 
 /// The lowest layer.
@@ -219,6 +246,9 @@ struct Defaults {
     pallet_size: u32,
     reboot_command: [&'static str; 3],
     shutdown_command: [&'static str; 3],
+    firmware_trusted_keys: [&'static str; 0],
+    firmware_require_signature: bool,
+    allow_firmware_downgrade: bool,
 }
 
 const DEFAULTS: Defaults = Defaults {
@@ -230,6 +260,9 @@ const DEFAULTS: Defaults = Defaults {
     pallet_size: DEFAULT_PALLET_SIZE,
     reboot_command: DEFAULT_REBOOT_COMMAND,
     shutdown_command: DEFAULT_SHUTDOWN_COMMAND,
+    firmware_trusted_keys: [],
+    firmware_require_signature: false,
+    allow_firmware_downgrade: false,
 };
 
 /// What the merged layers hold before validation. Unknown keys are refused so that a typo
@@ -255,6 +288,10 @@ struct Layered {
     pallet_size: u32,
     reboot_command: Vec<String>,
     shutdown_command: Vec<String>,
+    firmware_staging_dir: Option<PathBuf>,
+    firmware_trusted_keys: Vec<String>,
+    firmware_require_signature: bool,
+    allow_firmware_downgrade: bool,
 }
 
 /// A setting that is missing or wrong. Every message is one line.
@@ -299,6 +336,12 @@ pub struct Config {
     pub pallet_size: u32,
     pub reboot_command: Vec<String>,
     pub shutdown_command: Vec<String>,
+    /// `<data dir>/staging` unless set.
+    pub firmware_staging_dir: PathBuf,
+    /// Ed25519 public keys that may sign firmware releases.
+    pub firmware_trusted_keys: Vec<[u8; 32]>,
+    pub firmware_require_signature: bool,
+    pub allow_firmware_downgrade: bool,
 }
 
 /// The layers below the agent's stored configuration (defaults, TOML file, environment,
@@ -420,8 +463,30 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| l.data_dir.join(DEFAULT_LOG_FILE));
 
+        let firmware_staging_dir = l
+            .firmware_staging_dir
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| l.data_dir.join(DEFAULT_STAGING_DIR));
+        let firmware_trusted_keys = l
+            .firmware_trusted_keys
+            .iter()
+            .map(|k| k.trim())
+            .filter(|k| !k.is_empty())
+            .map(parse_public_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        if l.firmware_require_signature && firmware_trusted_keys.is_empty() {
+            return Err(invalid(
+                "firmware_trusted_keys",
+                "at least one key is required when firmware_require_signature is on",
+            ));
+        }
+
         let name = non_empty(l.name).unwrap_or_else(|| device_id.clone());
         Ok(Config {
+            firmware_staging_dir,
+            firmware_trusted_keys,
+            firmware_require_signature: l.firmware_require_signature,
+            allow_firmware_downgrade: l.allow_firmware_downgrade,
             log_file,
             scanner_listen,
             batch_size: l.batch_size,
@@ -513,6 +578,21 @@ fn check_argv(setting: &'static str, argv: &[String]) -> Result<(), ConfigError>
     }
 }
 
+/// An Ed25519 public key: standard base64 of exactly 32 bytes.
+fn parse_public_key(text: &str) -> Result<[u8; 32], ConfigError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .ok_or_else(|| {
+            invalid(
+                "firmware_trusted_keys",
+                format!("`{text}` is not base64 of a 32-byte Ed25519 public key"),
+            )
+        })
+}
+
 fn check_device_id(id: &str) -> Result<(), ConfigError> {
     if id.len() > MAX_DEVICE_ID_LEN {
         return Err(invalid(
@@ -542,7 +622,7 @@ mod tests {
     /// every test thread.
     static ENV_LOCK: Mutex<()> = Mutex::new(());
 
-    const ALL_VARS: [&str; 19] = [
+    const ALL_VARS: [&str; 23] = [
         "EDGE_CONFIG",
         "EDGE_DATA_DIR",
         "EDGE_SERVER_URL",
@@ -562,6 +642,10 @@ mod tests {
         "EDGE_PALLET_SIZE",
         "EDGE_REBOOT_COMMAND",
         "EDGE_SHUTDOWN_COMMAND",
+        "EDGE_FIRMWARE_STAGING_DIR",
+        "EDGE_FIRMWARE_TRUSTED_KEYS",
+        "EDGE_FIRMWARE_REQUIRE_SIGNATURE",
+        "EDGE_ALLOW_FIRMWARE_DOWNGRADE",
     ];
 
     /// Sets variables for one test and removes every `EDGE_…` variable afterwards.
@@ -770,6 +854,57 @@ mod tests {
             Some("hunter2")
         );
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn firmware_settings_have_defaults_and_are_checked() {
+        // 32 bytes of 0x01, base64.
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let _env = Env::with(&[("EDGE_FIRMWARE_TRUSTED_KEYS", key)]);
+        let base = [
+            "--server-url",
+            "http://s",
+            "--device-id",
+            "e",
+            "--data-dir",
+            "/d",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            load(&args)
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(c.firmware_staging_dir, PathBuf::from("/d/staging"));
+        assert_eq!(c.firmware_trusted_keys, vec![[1u8; 32]]);
+        assert!(!c.firmware_require_signature);
+        assert!(!c.allow_firmware_downgrade);
+
+        let c = with(&[
+            "--firmware-staging-dir",
+            "/s",
+            "--firmware-require-signature",
+            "--allow-firmware-downgrade",
+            "--firmware-trusted-keys",
+            &format!("{key}, {key}"),
+        ])
+        .unwrap();
+        assert_eq!(c.firmware_staging_dir, PathBuf::from("/s"));
+        assert_eq!(c.firmware_trusted_keys.len(), 2);
+        assert!(c.firmware_require_signature && c.allow_firmware_downgrade);
+
+        let err = with(&["--firmware-trusted-keys", "c2hvcnQ="]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("firmware_trusted_keys:"),
+            "{err}"
+        );
+        let err = with(&[
+            "--firmware-trusted-keys",
+            "",
+            "--firmware-require-signature",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("at least one key"), "{err}");
     }
 
     #[test]

@@ -710,6 +710,10 @@ mod tests {
             pallet_size: 10,
             reboot_command: vec!["/bin/true".into()],
             shutdown_command: vec!["/bin/true".into()],
+            firmware_staging_dir: crate::store::tests::temp_dir(),
+            firmware_trusted_keys: Vec::new(),
+            firmware_require_signature: false,
+            allow_firmware_downgrade: false,
         }
     }
 

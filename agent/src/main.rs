@@ -15,6 +15,7 @@ mod runtime;
 mod shell;
 mod status;
 mod store;
+mod updater;
 mod upstream;
 
 use std::io::{IsTerminal, Write};

@@ -17,6 +17,7 @@ use crate::logs::LogControl;
 use crate::production::Production;
 use crate::status::StatusReporter;
 use crate::store::{Store, StoreActor};
+use crate::updater::Updater;
 
 /// Addresses of the running actors.
 pub struct Agent {
@@ -65,10 +66,12 @@ pub fn start(
         store.clone(),
         connection.clone().recipient(),
         drain.clone(),
-        config_rx,
+        config_rx.clone(),
     )
     .start();
+    let updater = Updater::new(store.clone(), connection.clone().recipient(), config_rx).start();
     let handler = CommandHandler::new(Deps {
+        updater,
         store: store.clone(),
         drain,
         events: connection.clone().recipient(),

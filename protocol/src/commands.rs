@@ -44,6 +44,11 @@ pub enum CommandKind {
         size: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signature_base64: Option<String>,
+        /// The release's `signatureExpiresAt`: the signed manifest covers it, so a device
+        /// cannot check `signatureBase64` without it. An addition to the contract's fields;
+        /// optional, so older senders still parse.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature_expires_at: Option<chrono::DateTime<chrono::Utc>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deployment_id: Option<String>,
     },

@@ -49,6 +49,7 @@ fn every_command() -> Vec<Command> {
                 sha256: "ab".repeat(32),
                 size: 1234,
                 signature_base64: Some("c2ln".into()),
+                signature_expires_at: None,
                 deployment_id: None,
             },
         ),

@@ -1,0 +1,216 @@
+//! `update_firmware` end to end: a release uploaded to the real server, the command sent
+//! through it, and the real agent downloading, checking and staging the artifact. SQLite only:
+//! the agent's side does not depend on the server's database.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use integration_tests::*;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::{json, Value};
+
+/// A recognisable artifact of `n` bytes.
+fn artifact(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed as u32) as u8)
+        .collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Query-string form of a base64 or RFC 3339 value.
+fn q(value: &str) -> String {
+    value
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+        .replace(':', "%3A")
+}
+
+/// Uploads a release as admin; answers its `data` (`id`, `sha256`, ...).
+fn upload(server: &ServerProcess, token: &str, query: &str, body: &[u8]) -> Value {
+    let response = reqwest::blocking::Client::new()
+        .post(format!(
+            "{}/api/v1/firmware/releases?{query}",
+            server.base_url
+        ))
+        .bearer_auth(token)
+        .header("Content-Type", "application/octet-stream")
+        .body(body.to_vec())
+        .send()
+        .expect("upload");
+    let status = response.status().as_u16();
+    let body: Value = response.json().expect("upload answer");
+    assert!((200..300).contains(&status), "upload {status}: {body}");
+    body["data"].clone()
+}
+
+/// Names in the staging directory, temporary ones included.
+fn staged_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn update_firmware_stages_good_releases_and_refuses_bad_ones() {
+    let signer = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
+    let stranger = Ed25519KeyPair::from_seed_unchecked(&[8; 32]).unwrap();
+    let trusted = b64(signer.public_key().as_ref());
+    let server = ServerProcess::start_with(
+        TestDb::new(Backend::Sqlite),
+        TempDir::new("factory-upd"),
+        &["--firmware-trusted-keys", &trusted],
+    );
+    let api = Api::admin(&server);
+    let token = api.token().unwrap().to_owned();
+    let device = "edge-upd";
+    let agent = AgentProcess::start_with(
+        &server.base_url,
+        device,
+        AgentOptions {
+            args: vec!["--firmware-trusted-keys".into(), trusted.clone()],
+            ..AgentOptions::default()
+        },
+    );
+    wait_until(Duration::from_secs(60), "the agent ONLINE", || {
+        api.device_status(device).as_deref() == Some("ONLINE")
+    });
+    let staging = agent.data_dir.path().join("staging");
+    let url = |id: &Value| {
+        format!(
+            "{}/api/v1/firmware/releases/{}/artifact",
+            server.base_url,
+            id.as_str().unwrap()
+        )
+    };
+
+    // A good release, large enough to take several writes and progress steps.
+    let body = artifact(3 * 1024 * 1024 + 17, 1);
+    let release = upload(
+        &server,
+        &token,
+        "version=0.2.0&project=edge&filename=edge-service",
+        &body,
+    );
+    let r = command(
+        &api,
+        device,
+        json!({"type": "update_firmware", "id": "fw-good", "version": "0.2.0",
+               "url": url(&release["id"]), "sha256": release["sha256"], "size": body.len()}),
+        true,
+    );
+    assert_eq!(r["status"], "SUCCESS", "{r}\n{}", agent.log());
+    let staged = staging.join("edge-service-0.2.0");
+    assert_eq!(r["data"]["stagedPath"], staged.display().to_string(), "{r}");
+    assert_eq!(r["data"]["sha256"], release["sha256"]);
+    assert_eq!(r["data"]["size"], body.len());
+    assert!(
+        std::fs::read(&staged).unwrap() == body,
+        "staged bytes differ"
+    );
+
+    // A wrong hash: refused, nothing new staged, no partial file left.
+    let other = artifact(4096, 2);
+    let release = upload(
+        &server,
+        &token,
+        "version=0.3.0&project=edge&filename=edge-service",
+        &other,
+    );
+    let r = command(
+        &api,
+        device,
+        json!({"type": "update_firmware", "id": "fw-hash", "version": "0.3.0",
+               "url": url(&release["id"]), "sha256": "00".repeat(32), "size": other.len()}),
+        true,
+    );
+    assert_eq!(r["status"], "FAILED", "{r}");
+    assert!(r["output"].as_str().unwrap().contains("wrong hash"), "{r}");
+    assert_eq!(staged_files(&staging), vec!["edge-service-0.2.0"]);
+
+    // A version below the agent's (0.1.0): refused before any download.
+    let old = artifact(1000, 3);
+    let release = upload(
+        &server,
+        &token,
+        "version=0.0.9&project=edge&filename=edge-service",
+        &old,
+    );
+    let r = command(
+        &api,
+        device,
+        json!({"type": "update_firmware", "id": "fw-down", "version": "0.0.9",
+               "url": url(&release["id"]), "sha256": release["sha256"], "size": old.len()}),
+        true,
+    );
+    assert_eq!(r["status"], "FAILED", "{r}");
+    assert!(r["output"].as_str().unwrap().contains("downgrade"), "{r}");
+    assert_eq!(staged_files(&staging), vec!["edge-service-0.2.0"]);
+
+    // A signed release: the agent checks the manifest against its trusted key; the earlier
+    // staged version stays for rollback.
+    let signed = artifact(20_000, 4);
+    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+    let sha = ring::digest::digest(&ring::digest::SHA256, &signed)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let manifest = format!(
+        "factory-firmware-manifest-v1\nproject=edge\nversion=0.4.0\nsha256={sha}\nsize={}\nexpires={}\n",
+        signed.len(),
+        expires.timestamp()
+    );
+    let signature = b64(signer.sign(manifest.as_bytes()).as_ref());
+    let expires_text = expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let release = upload(
+        &server,
+        &token,
+        &format!(
+            "version=0.4.0&project=edge&filename=edge-service&signatureBase64={}&signatureExpiresAt={}",
+            q(&signature),
+            q(&expires_text)
+        ),
+        &signed,
+    );
+    let r = command(
+        &api,
+        device,
+        json!({"type": "update_firmware", "id": "fw-signed", "version": "0.4.0",
+               "url": url(&release["id"]), "sha256": sha, "size": signed.len(),
+               "signatureBase64": signature, "signatureExpiresAt": expires_text}),
+        true,
+    );
+    assert_eq!(r["status"], "SUCCESS", "{r}\n{}", agent.log());
+    assert_eq!(r["data"]["signatureVerified"], true, "{r}");
+    assert_eq!(
+        staged_files(&staging),
+        vec!["edge-service-0.2.0", "edge-service-0.4.0"]
+    );
+
+    // The same release with a stranger's signature: refused.
+    let forged = b64(stranger.sign(manifest.as_bytes()).as_ref());
+    let r = command(
+        &api,
+        device,
+        json!({"type": "update_firmware", "id": "fw-forged", "version": "0.4.0",
+               "url": url(&release["id"]), "sha256": sha, "size": signed.len(),
+               "signatureBase64": forged, "signatureExpiresAt": expires_text}),
+        true,
+    );
+    assert_eq!(r["status"], "FAILED", "{r}");
+    assert!(
+        r["output"].as_str().unwrap().contains("bad signature"),
+        "{r}"
+    );
+}
