@@ -302,6 +302,11 @@ fn telemetry_is_stored_and_listed(backend: Backend) {
         api.get("/api/v1/devices?status=DISABLED").data()["total"],
         1
     );
+    // A status without a version keeps the stored one.
+    assert_eq!(
+        api.get("/api/v1/devices/edge-tel").data()["version"],
+        "9.9.9"
+    );
     dev.send(&json!({"type": "status", "status": "ONLINE", "ts": now_rfc3339()}));
     wait_until(Duration::from_secs(5), "ONLINE", || {
         api.device_status("edge-tel").as_deref() == Some("ONLINE")

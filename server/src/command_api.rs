@@ -169,12 +169,7 @@ pub async fn dispatch(
     let existing = state
         .db
         .run(move |conn| {
-            if !devices::exists(conn, &id)? {
-                return Err(ApiError::not_found(
-                    ErrorCode::DeviceNotFound,
-                    "no such device",
-                ));
-            }
+            devices::require(conn, &id)?;
             let existing = commands::find_by_id(conn, &command_id)?;
             if existing.is_none() {
                 // The audit row is written before the command can reach the device.
@@ -413,12 +408,7 @@ pub async fn history(
     let page = state
         .db
         .run(move |conn| {
-            if !devices::exists(conn, &device_id)? {
-                return Err(ApiError::not_found(
-                    ErrorCode::DeviceNotFound,
-                    "no such device",
-                ));
-            }
+            devices::require(conn, &device_id)?;
             commands::list_for_device(conn, &device_id, &filter, limit, offset)
         })
         .await?;

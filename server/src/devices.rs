@@ -74,8 +74,14 @@ pub fn find(conn: &mut DbConnection, id: &str) -> ApiResult<Option<DeviceRow>> {
         .optional()?)
 }
 
-pub fn exists(conn: &mut DbConnection, id: &str) -> ApiResult<bool> {
-    Ok(find(conn, id)?.is_some())
+/// The 404 of every route that names a device that is not there.
+pub fn not_found() -> ApiError {
+    ApiError::not_found(ErrorCode::DeviceNotFound, "no such device")
+}
+
+/// The device, or the 404 that says it is not there.
+pub fn require(conn: &mut DbConnection, id: &str) -> ApiResult<DeviceRow> {
+    find(conn, id)?.ok_or_else(not_found)
 }
 
 /// Filters of the device list; every one given must hold.
@@ -93,6 +99,14 @@ pub struct DeviceFilter {
 diesel::define_sql_function! {
     /// SQL `lower(text)`, which both backends have.
     fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+diesel::define_sql_function! {
+    /// SQL `coalesce(a, b)`, which both backends have.
+    fn coalesce(
+        a: diesel::sql_types::Nullable<diesel::sql_types::Text>,
+        b: diesel::sql_types::Nullable<diesel::sql_types::Text>,
+    ) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
 }
 
 /// Escapes `%`, `_` and the escape character so user text matches literally in a LIKE.
@@ -217,13 +231,10 @@ pub fn record_status(conn: &mut DbConnection, id: &str, update: &StatusUpdate) -
             devices::connection_mode.eq(update.connection_mode.as_deref()),
             devices::boot_id.eq(update.boot_id.as_deref()),
             devices::run_id.eq(update.run_id.as_deref()),
+            // A status without a version keeps the one stored.
+            devices::version.eq(coalesce(update.version.as_deref(), devices::version)),
         ))
         .execute(conn)?;
-    if let Some(version) = &update.version {
-        diesel::update(devices::table.find(id))
-            .set(devices::version.eq(Some(version)))
-            .execute(conn)?;
-    }
     if let Some(status) = update.status {
         diesel::update(
             devices::table
@@ -487,11 +498,7 @@ pub async fn get_device(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let row = state
-        .db
-        .run(move |conn| find(conn, &id))
-        .await?
-        .ok_or_else(|| ApiError::not_found(ErrorCode::DeviceNotFound, "no such device"))?;
+    let row = state.db.run(move |conn| require(conn, &id)).await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
 }
 
@@ -545,8 +552,7 @@ pub async fn update_device(
         .params(serde_json::to_value(&change).unwrap_or_default())
         .source(audit::source_of(&req));
     let row = audited(&state.db, entry, move |conn| {
-        let row = find(conn, &id)?
-            .ok_or_else(|| ApiError::not_found(ErrorCode::DeviceNotFound, "no such device"))?;
+        let row = require(conn, &id)?;
         diesel::update(devices::table.find(&id))
             .set((
                 devices::name.eq(change.name.unwrap_or(row.name)),
@@ -556,8 +562,7 @@ pub async fn update_device(
                 devices::updated_at.eq(Utc::now().naive_utc()),
             ))
             .execute(conn)?;
-        find(conn, &id)?
-            .ok_or_else(|| ApiError::not_found(ErrorCode::DeviceNotFound, "no such device"))
+        require(conn, &id)
     })
     .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
@@ -579,10 +584,7 @@ pub async fn delete_device(
     let target = id.clone();
     audited(&state.db, entry, move |conn| {
         if diesel::delete(devices::table.find(&target)).execute(conn)? == 0 {
-            return Err(ApiError::not_found(
-                ErrorCode::DeviceNotFound,
-                "no such device",
-            ));
+            return Err(not_found());
         }
         Ok(())
     })

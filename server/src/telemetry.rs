@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::auth::{Authorized, ViewDevices};
 use crate::db::{Db, DbConnection};
 use crate::devices;
-use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::error::ApiResult;
 use crate::state::AppState;
 
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
@@ -284,12 +284,7 @@ pub async fn device_logs(
     let page = state
         .db
         .run(move |conn| {
-            if !devices::exists(conn, &device_id)? {
-                return Err(ApiError::not_found(
-                    ErrorCode::DeviceNotFound,
-                    "no such device",
-                ));
-            }
+            devices::require(conn, &device_id)?;
             let filtered = || {
                 let mut query = device_logs::table
                     .filter(device_logs::device_id.eq(device_id.clone()))
@@ -351,12 +346,7 @@ pub async fn device_events(
     let page = state
         .db
         .run(move |conn| {
-            if !devices::exists(conn, &device_id)? {
-                return Err(ApiError::not_found(
-                    ErrorCode::DeviceNotFound,
-                    "no such device",
-                ));
-            }
+            devices::require(conn, &device_id)?;
             let filtered = || {
                 let mut query = device_events::table
                     .filter(device_events::device_id.eq(device_id.clone()))
