@@ -20,6 +20,7 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod browser;
 pub mod cloud_sim;
 
 use std::io::{BufRead, BufReader};

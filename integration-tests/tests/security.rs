@@ -146,6 +146,7 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
     let admin = Access::MinRole(3);
     let mut cases = BTreeMap::new();
     cases.insert(("GET", "/"), case(Access::Public, 200));
+    cases.insert(("GET", "/assets/{path:.*}"), case(Access::Public, 200));
     cases.insert(("GET", "/healthz"), case(Access::Public, 200));
     cases.insert(("GET", "/ws/device"), case(Access::DeviceSocket, 400));
     cases.insert(("GET", "/ws/dashboard"), case(Access::DashboardSocket, 400));
@@ -519,6 +520,7 @@ impl World<'_> {
                 None,
                 vec![],
             ),
+            ("GET", "/assets/{path:.*}") => ("/assets/js/app.js".into(), None, vec![]),
             ("GET", "/firmware/{project}/{file}") => (
                 format!("/firmware/table/0.0.1-table.bin?token={}", self.ota_token),
                 None,

@@ -28,6 +28,7 @@ pub mod state;
 pub mod sync;
 pub mod telemetry;
 pub mod tokens;
+pub mod ui;
 pub mod users;
 
 use std::net::SocketAddr;
@@ -75,7 +76,8 @@ macro_rules! routes {
 
 // Order matters where patterns overlap: `/devices/connected` before `/devices/{id}`.
 routes! {
-    get "/" => index,
+    get "/" => ui::index,
+    get "/assets/{path:.*}" => ui::asset,
     get "/healthz" => healthz,
     get "/ws/device" => session::device_socket,
     get "/ws/dashboard" => dashboard::dashboard_socket,
@@ -146,13 +148,6 @@ async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
         "database": state.db.backend().name(),
         "version": env!("CARGO_PKG_VERSION"),
     }))))
-}
-
-async fn index() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header(("Content-Security-Policy", "default-src 'self'"))
-        .body(include_str!("index.html"))
 }
 
 /// The request line for the access log with the value of every `token` query parameter

@@ -1,0 +1,261 @@
+// The eleven command types (contract.md's table): their forms, the confirmation the dangerous
+// ones need, and the panel of buttons a device page or a group page shows. Only the types the
+// person's role may send get a button.
+
+import * as api from './api.js';
+import { h, replace, errorBox, badge, confirmDialog, fmtBytes } from './dom.js';
+import { canSend, canRunTemplate } from './roles.js';
+
+/** Parameters of the agent's shell templates (agent/src/shell.rs), with their defaults. */
+const TEMPLATE_PARAMS = {
+  disk_usage: [{ name: 'path', value: '/' }],
+  network_interfaces: [],
+  service_status: [{ name: 'unit', value: 'edge-agent' }],
+  ping: [{ name: 'host', value: '', required: true }, { name: 'count', value: '3', number: true }],
+  journal_tail: [{ name: 'unit', value: 'edge-agent' }, { name: 'lines', value: '100', number: true }],
+};
+
+/** Per type: the button's label, whether it needs `confirm`, and what the dialog says. */
+export const COMMAND_TYPES = [
+  { type: 'force_sync', label: 'Force sync' },
+  { type: 'pull_logs', label: 'Pull logs', form: true },
+  { type: 'exec_shell', label: 'Run template', form: true },
+  { type: 'enable_device', label: 'Enable' },
+  { type: 'push_config', label: 'Push config', form: true },
+  { type: 'clear_queue', label: 'Clear queue', form: true, danger: 'Clear the offline queue of' },
+  { type: 'restart_service', label: 'Restart service' },
+  { type: 'update_firmware', label: 'Update firmware', form: true, danger: 'Install new firmware on' },
+  { type: 'disable_device', label: 'Disable', form: true, danger: 'Disable' },
+  { type: 'reboot_os', label: 'Reboot OS', danger: 'Reboot the operating system of' },
+  { type: 'shutdown_os', label: 'Shut down OS', danger: 'Shut down' },
+];
+
+const byType = Object.fromEntries(COMMAND_TYPES.map((c) => [c.type, c]));
+
+export function isDangerous(type) {
+  return Boolean(byType[type] && byType[type].danger);
+}
+
+/** A fresh id, so a double click sends one command, not two (the server refuses a repeat). */
+function commandId() {
+  return `ui-${crypto.randomUUID()}`;
+}
+
+/**
+ * The fields form of `type`; answers {element, read()} where read() builds the command's
+ * fields or throws an Error with what is wrong.
+ */
+function formFor(type, role, templates) {
+  switch (type) {
+    case 'pull_logs': {
+      const lines = h('input', { name: 'lines', type: 'number', min: 1, max: 10000, value: 100 });
+      return { element: h('label', {}, 'Lines', lines), read: () => ({ lines: Number(lines.value) }) };
+    }
+    case 'clear_queue': {
+      const completed = h('input', { name: 'includeCompleted', type: 'checkbox' });
+      return {
+        element: h('label', { class: 'inline' }, completed, 'Also remove records already sent'),
+        read: () => ({ includeCompleted: completed.checked }),
+      };
+    }
+    case 'disable_device': {
+      const reason = h('input', { name: 'reason', required: true, placeholder: 'why the device is taken out of service', size: 40 });
+      return {
+        element: h('label', {}, 'Reason', reason),
+        read: () => {
+          if (!reason.value.trim()) throw new Error('A reason is required.');
+          return { reason: reason.value.trim() };
+        },
+      };
+    }
+    case 'push_config': {
+      const patch = h('textarea', { name: 'patch', rows: 6 });
+      patch.value = '{\n  "statusIntervalMs": 5000\n}';
+      return {
+        element: h('label', {}, 'Merge patch (RFC 7386): keys to set, null to remove', patch),
+        read: () => {
+          let value;
+          try {
+            value = JSON.parse(patch.value);
+          } catch (e) {
+            throw new Error(`The patch is not JSON: ${e.message}`);
+          }
+          if (!value || typeof value !== 'object' || Array.isArray(value)) throw new Error('The patch must be a JSON object.');
+          return { patch: value };
+        },
+      };
+    }
+    case 'exec_shell':
+      return templateForm(role, templates);
+    case 'update_firmware':
+      return firmwareForm();
+    default:
+      return null;
+  }
+}
+
+function templateForm(role, templates) {
+  const names = templates.filter((t) => canRunTemplate(role, t));
+  const select = h('select', { name: 'template' }, names.map((n) => h('option', { value: n, text: n })));
+  const params = h('div', { class: 'row' });
+  const inputs = new Map();
+  const showParams = () => {
+    inputs.clear();
+    const list = TEMPLATE_PARAMS[select.value] || [];
+    replace(
+      params,
+      list.length
+        ? list.map((p) => {
+          const input = h('input', { name: p.name, value: p.value, type: p.number ? 'number' : 'text', required: p.required });
+          inputs.set(p.name, { input, number: p.number, required: p.required });
+          return h('label', {}, p.name, input);
+        })
+        : h('span', { class: 'muted', text: 'No parameters.' }),
+    );
+  };
+  select.addEventListener('change', showParams);
+  showParams();
+  return {
+    element: h('div', { class: 'row' }, h('label', {}, 'Template', select), params),
+    read: () => {
+      if (!select.value) throw new Error('Your role may run none of this device’s templates.');
+      const args = {};
+      for (const [name, { input, number, required }] of inputs) {
+        const value = input.value.trim();
+        if (!value) {
+          if (required) throw new Error(`${name} is required.`);
+          continue;
+        }
+        args[name] = number ? Number(value) : value;
+      }
+      return { template: select.value, args };
+    },
+  };
+}
+
+function firmwareForm() {
+  const select = h('select', { name: 'release' }, h('option', { value: '', text: 'Loading releases…' }));
+  const url = h('input', { name: 'url', size: 60 });
+  let releases = [];
+  api
+    .get('/api/v1/firmware/releases', { limit: 100 })
+    .then((page) => {
+      releases = page.items;
+      replace(
+        select,
+        releases.length
+          ? releases.map((r) => h('option', { value: r.id, text: `${r.project} ${r.version} (${r.filename}, ${fmtBytes(r.size)})` }))
+          : h('option', { value: '', text: 'No releases uploaded' }),
+      );
+      select.dispatchEvent(new Event('change'));
+    })
+    .catch((e) => replace(select, h('option', { value: '', text: e.message })));
+  // The device fetches from the URL; this origin is the server's address as the browser sees
+  // it, which an operator may correct when devices reach the server by another name.
+  select.addEventListener('change', () => {
+    const r = releases.find((x) => x.id === select.value);
+    url.value = r ? `${location.origin}${r.artifactUrl}` : '';
+  });
+  return {
+    element: h('div', { class: 'row' }, h('label', {}, 'Release', select), h('label', {}, 'Artifact URL (as the device reaches it)', url)),
+    read: () => {
+      const r = releases.find((x) => x.id === select.value);
+      if (!r) throw new Error('Choose a release.');
+      const fields = { version: r.version, url: url.value.trim(), sha256: r.sha256, size: r.size };
+      if (r.signatureBase64) fields.signatureBase64 = r.signatureBase64;
+      if (r.signatureExpiresAt) fields.signatureExpiresAt = r.signatureExpiresAt;
+      return fields;
+    },
+  };
+}
+
+/**
+ * The command buttons for `target` ({label, templates}) as `role`. `send(body)` dispatches
+ * and answers the API's data; `show(type, data)` renders it; both run after the form and,
+ * for the dangerous types, after the person confirmed in a dialog that names the target.
+ */
+export function commandPanel({ role, target, send, show }) {
+  const types = COMMAND_TYPES.filter((c) => canSend(role, c.type));
+  if (!types.length) return null;
+  const formArea = h('div');
+  const result = h('div', { id: 'command-result', class: 'stack' });
+
+  const dispatch = async (info, fields, button) => {
+    if (info.danger) {
+      const ok = await confirmDialog({
+        title: `${info.label}?`,
+        text: `${info.danger} ${target.label}? This cannot be undone from here.`,
+        action: `${info.label}: ${target.label}`,
+      });
+      if (!ok) return;
+    }
+    const body = {
+      command: { type: info.type, id: commandId(), ...fields },
+      confirm: Boolean(info.danger),
+      timeoutMs: info.type === 'update_firmware' ? 600000 : 60000,
+    };
+    button.disabled = true;
+    replace(result, h('div', { class: 'muted', dataset: { state: 'waiting' }, text: `${info.label}: sent, waiting for the answer…` }));
+    try {
+      const data = await send(body);
+      replace(result, show(info, data));
+    } catch (e) {
+      replace(result, errorBox(e));
+    } finally {
+      button.disabled = false;
+    }
+  };
+
+  const buttons = types.map((info) => {
+    const button = h('button', {
+      type: 'button',
+      class: info.danger ? 'danger small' : 'secondary small',
+      dataset: { command: info.type },
+      text: info.label,
+    });
+    button.addEventListener('click', () => {
+      if (!info.form) {
+        replace(formArea);
+        dispatch(info, {}, button);
+        return;
+      }
+      const form = formFor(info.type, role, target.templates || []);
+      const error = h('div');
+      const sendButton = h('button', { type: 'submit', class: info.danger ? 'danger' : '', dataset: { send: info.type }, text: `Send ${info.label.toLowerCase()}` });
+      const el = h(
+        'form',
+        { class: 'command-form stack' },
+        h('strong', { text: info.label }),
+        form.element,
+        error,
+        h('div', { class: 'row' }, sendButton, h('button', { type: 'button', class: 'secondary', onclick: () => replace(formArea), text: 'Close' })),
+      );
+      el.addEventListener('submit', (e) => {
+        e.preventDefault();
+        let fields;
+        try {
+          fields = form.read();
+        } catch (err) {
+          replace(error, errorBox(err));
+          return;
+        }
+        replace(error);
+        dispatch(info, fields, sendButton);
+      });
+      replace(formArea, el);
+    });
+    return button;
+  });
+
+  return h('div', { class: 'stack' }, h('div', { class: 'commands' }, buttons), formArea, result);
+}
+
+/** One device's answer: status, success and output. */
+export function resultView(info, data) {
+  return h(
+    'div',
+    { class: data.success ? 'success' : 'error', dataset: { status: data.status } },
+    h('div', {}, h('strong', { text: `${info.label}: ` }), badge(data.status), ` ${data.commandId}`),
+    data.output ? h('pre', { class: 'result mono', text: data.output }) : null,
+  );
+}
