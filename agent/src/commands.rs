@@ -124,6 +124,7 @@ impl CommandHandler {
                 signature_base64,
                 signature_expires_at,
                 deployment_id: _,
+                allow_downgrade: _,
             } => update_firmware(
                 deps,
                 UpdateRequest {

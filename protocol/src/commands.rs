@@ -51,6 +51,10 @@ pub enum CommandKind {
         signature_expires_at: Option<chrono::DateTime<chrono::Utc>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         deployment_id: Option<String>,
+        /// Lets the device install a version older than the one it runs (a rollback the
+        /// operator chose). An addition to the contract's fields; absent means no.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_downgrade: bool,
     },
     ExecShell {
         template: String,

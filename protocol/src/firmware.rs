@@ -27,3 +27,159 @@ pub struct FirmwareRelease {
     /// Path of the artifact route, for a device or a script to download it.
     pub artifact_url: String,
 }
+
+/// `POST /api/v1/firmware/deployments`: a release to a list of devices or to a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentRequest {
+    pub release_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Devices per wave. Absent (and no `wavePercent`): one wave of every target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_size: Option<u32>,
+    /// Devices per wave as a share of the targets, rounded up (1–100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_percent: Option<u32>,
+    /// At most this many devices download at once; absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_downloads: Option<u32>,
+    /// The deployment pauses by itself when more than this share of a wave failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold_percent: Option<u32>,
+    /// How long a device must stay healthy on the new version before its wave counts as done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_secs: Option<u32>,
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+/// A deployment as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeploymentStatus {
+    Running,
+    Paused,
+    Cancelled,
+    Completed,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Running => "RUNNING",
+            DeploymentStatus::Paused => "PAUSED",
+            DeploymentStatus::Cancelled => "CANCELLED",
+            DeploymentStatus::Completed => "COMPLETED",
+        }
+    }
+}
+
+impl std::str::FromStr for DeploymentStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "RUNNING" => DeploymentStatus::Running,
+            "PAUSED" => DeploymentStatus::Paused,
+            "CANCELLED" => DeploymentStatus::Cancelled,
+            "COMPLETED" => DeploymentStatus::Completed,
+            other => return Err(format!("unknown deployment status `{other}`")),
+        })
+    }
+}
+
+/// One device's part: PENDING → IN_PROGRESS (downloading) → STAGED (verified and staged,
+/// restarting) → ACTIVE (back on the new version), or FAILED with a reason, or CANCELLED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeviceDeploymentStatus {
+    Pending,
+    InProgress,
+    Staged,
+    Active,
+    Failed,
+    Cancelled,
+}
+
+impl DeviceDeploymentStatus {
+    pub const ALL: [DeviceDeploymentStatus; 6] = [
+        DeviceDeploymentStatus::Pending,
+        DeviceDeploymentStatus::InProgress,
+        DeviceDeploymentStatus::Staged,
+        DeviceDeploymentStatus::Active,
+        DeviceDeploymentStatus::Failed,
+        DeviceDeploymentStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceDeploymentStatus::Pending => "PENDING",
+            DeviceDeploymentStatus::InProgress => "IN_PROGRESS",
+            DeviceDeploymentStatus::Staged => "STAGED",
+            DeviceDeploymentStatus::Active => "ACTIVE",
+            DeviceDeploymentStatus::Failed => "FAILED",
+            DeviceDeploymentStatus::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+impl std::str::FromStr for DeviceDeploymentStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        DeviceDeploymentStatus::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown device deployment status `{s}`"))
+    }
+}
+
+/// One device in a deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceDeployment {
+    pub device_id: String,
+    /// Waves count from 1.
+    pub wave: u32,
+    pub status: DeviceDeploymentStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// Set while the device soaks on the new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak_until: Option<Timestamp>,
+    /// Set when it stayed healthy for the whole soak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+}
+
+/// A deployment, with per-status counts; `devices` only on `GET …/deployments/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub id: String,
+    pub release_id: String,
+    pub version: String,
+    pub status: DeploymentStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
+    /// The wave being rolled out, from 1.
+    pub current_wave: u32,
+    pub waves: u32,
+    pub wave_size: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_downloads: Option<u32>,
+    pub failure_threshold_percent: u32,
+    pub soak_secs: u32,
+    pub allow_downgrade: bool,
+    pub counts: std::collections::BTreeMap<DeviceDeploymentStatus, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceDeployment>>,
+}

@@ -51,6 +51,7 @@ fn every_command() -> Vec<Command> {
                 signature_base64: Some("c2ln".into()),
                 signature_expires_at: None,
                 deployment_id: None,
+                allow_downgrade: false,
             },
         ),
         Command::new(

@@ -220,4 +220,45 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(firmware_releases, audit_log);
+diesel::table! {
+    firmware_deployments (id) {
+        id -> Text,
+        release_id -> Text,
+        version -> Text,
+        status -> Text,
+        paused_reason -> Nullable<Text>,
+        wave_size -> Integer,
+        current_wave -> Integer,
+        waves -> Integer,
+        max_concurrent_downloads -> Nullable<Integer>,
+        failure_threshold_percent -> Integer,
+        soak_secs -> Integer,
+        allow_downgrade -> Bool,
+        created_by -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    firmware_deployment_devices (deployment_id, device_id) {
+        deployment_id -> Text,
+        device_id -> Text,
+        wave -> Integer,
+        status -> Text,
+        reason -> Nullable<Text>,
+        command_id -> Nullable<Text>,
+        run_id -> Nullable<Text>,
+        soak_until -> Nullable<Timestamp>,
+        verified_at -> Nullable<Timestamp>,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(firmware_deployment_devices -> firmware_deployments (deployment_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    firmware_releases,
+    firmware_deployments,
+    firmware_deployment_devices,
+    audit_log
+);

@@ -1,0 +1,2 @@
+DROP TABLE firmware_deployment_devices;
+DROP TABLE firmware_deployments;
