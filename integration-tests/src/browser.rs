@@ -131,13 +131,18 @@ impl Browser {
     }
 
     /// Polls `check` every 100 ms until it holds; panics after `WAIT` with the page's text.
-    pub fn wait_until(&self, what: &str, mut check: impl FnMut() -> bool) {
+    pub fn wait_until(&self, what: &str, check: impl FnMut() -> bool) {
+        self.wait_within(WAIT, what, check);
+    }
+
+    /// Like `wait_until`, for steps that take longer than `WAIT` (a firmware rollout).
+    pub fn wait_within(&self, timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
         let start = Instant::now();
         while !check() {
-            if start.elapsed() > WAIT {
+            if start.elapsed() > timeout {
                 let text = self.execute("return document.body.innerText;", vec![]);
                 panic!(
-                    "timed out after {WAIT:?} waiting for {what}; the page shows:\n{}",
+                    "timed out after {timeout:?} waiting for {what}; the page shows:\n{}",
                     text.as_str().unwrap_or_default()
                 );
             }

@@ -146,9 +146,27 @@ fn operator_runs_a_device_from_the_browser() {
     assert_eq!(releases.data()["items"][0]["size"], 256 * 1024);
     browser.screenshot("firmware");
 
+    // A group with the device, and a dispatch to every member with its per-device results.
+    browser.goto(&format!("{}/#/groups", server.base_url));
+    browser.type_into("#group-create input[name=name]", "Line 1");
+    browser.click("#group-create button[type=submit]");
+    browser.wait_for("#group-add");
+    browser.type_into("#group-add input[name=deviceIds]", DEVICE);
+    browser.click("#group-add button[type=submit]");
+    browser.wait_for(&format!("#group-members tr[data-device-id='{DEVICE}']"));
+    browser.click("button[data-command=force_sync]");
+    browser.wait_for(&format!(
+        "#command-result tr[data-device-id='{DEVICE}'] [data-status=SUCCESS]"
+    ));
+    assert!(browser
+        .text("#command-result")
+        .contains("1 of 1 devices succeeded"));
+    assert_eq!(commands_of_type(&api, DEVICE, "force_sync"), 2);
+    browser.screenshot("group");
+
     // The other pages render without an error.
     for (page, ready) in [
-        ("groups", "#group-list table"),
+        ("groups", "#group-list tr a"),
         ("sync", "#sync-status .counts"),
         ("audit", "#audit-list table"),
         ("users", "#user-list table"),
@@ -205,6 +223,33 @@ fn operator_runs_a_device_from_the_browser() {
     drop(agent);
 }
 
+/// Deploys the uploaded 0.2.0 to the device from the firmware page and follows it to STAGED
+/// or ACTIVE on the deployment's page, live.
+// Not called yet: the deployments API is being built on main and is not merged into this
+// branch; `operator_runs_a_device_from_the_browser` calls it once it is.
+#[allow(dead_code)]
+fn deploy_release_from_the_dashboard(browser: &Browser, server: &ServerProcess) {
+    browser.goto(&format!("{}/#/firmware", server.base_url));
+    browser.click("button[data-deploy='0.2.0']");
+    browser.type_into("#deploy-form input[name=deviceIds]", DEVICE);
+    browser.click("#deploy-form button[type=submit]");
+    browser.wait_for("dialog#confirm[open]");
+    assert!(browser.text("#confirm-text").contains(DEVICE));
+    browser.click("#confirm-ok");
+    let row = format!("#deployment-devices tr[data-device-id='{DEVICE}']");
+    browser.wait_for(&row);
+    browser.wait_within(
+        Duration::from_secs(120),
+        "the device to reach STAGED or ACTIVE",
+        || {
+            browser.count(&format!("{row}[data-status=STAGED]"))
+                + browser.count(&format!("{row}[data-status=ACTIVE]"))
+                == 1
+        },
+    );
+    browser.screenshot("deployment");
+}
+
 /// Adds `n` devices straight into the server's SQLite file (the server stopped): enrolling
 /// 10,000 through the API would spend minutes on argon2-free but audited round trips.
 fn insert_devices(server: ServerProcess, n: usize) -> ServerProcess {
@@ -246,21 +291,23 @@ fn ten_thousand_devices_first_page() {
     log_in(&browser, &server, "admin", ADMIN_PASSWORD);
 
     // A fresh load of the list page (another query string, so the document is loaded again):
-    // the document, its modules, and the first page.
-    browser.goto(&format!("{}/?fresh=1#/devices", server.base_url));
+    // the document, its modules, the session check and the first page of the list.
     let start = Instant::now();
+    browser.goto(&format!("{}/?fresh=1#/devices", server.base_url));
     browser.wait_until("the first page of 10,000 devices", || {
         browser.text("#device-list .page-info") == "1–50 of 10,000"
     });
     let took = start.elapsed();
-    let fetch_and_render = browser.execute(
-        "return document.getElementById('device-list').dataset.renderMs;",
+    let timing = browser.execute(
+        "const d = document.getElementById('device-list').dataset; \
+         return [d.shownAtMs, d.renderMs];",
         vec![],
     );
     println!(
-        "10,000 devices: first page shown {took:?} after navigation \
-         (fetch + render {} ms in the page)",
-        fetch_and_render.as_str().unwrap_or("?")
+        "10,000 devices: first page rendered {} ms after the navigation started (the page's \
+         clock; its fetch + render took {} ms); {took:?} as the test saw it, WebDriver included",
+        timing[0].as_str().unwrap_or("?"),
+        timing[1].as_str().unwrap_or("?"),
     );
     assert_eq!(browser.count("#device-list tr[data-device-id]"), 50);
     browser.wait_until("the counts", || {
