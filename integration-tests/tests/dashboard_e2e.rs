@@ -331,4 +331,58 @@ fn ten_thousand_devices_first_page() {
     browser.wait_until("the second page", || {
         browser.text("#device-list .page-info") == "51–100 of 250"
     });
+
+    // A device whose name is HTML is shown as text: no element is made of it, nothing runs.
+    let hostile = "<img src=x onerror=\"window.pwned=1\"><b>bold</b>";
+    let api = Api::admin(&server);
+    let enrolled = api.post_with_header(
+        &format!(
+            "/api/v1/devices/evil-1/token?name={}",
+            percent_encode(hostile)
+        ),
+        ("X-Enrollment-Key", ENROLLMENT_KEY),
+    );
+    assert_eq!(enrolled.status, 200, "{}", enrolled.body);
+    browser.type_into("#device-filters input[name=productionLineId]", "");
+    browser.type_into("#device-filters input[name=q]", "evil");
+    browser.wait_until("the hostile device", || {
+        browser.text("#device-list .page-info") == "1–1 of 1"
+    });
+    assert!(browser.text("#device-list").contains(hostile));
+    assert_eq!(browser.count("#device-list img, #device-list b"), 0);
+    assert_eq!(
+        browser.execute("return window.pwned === undefined;", vec![]),
+        json!(true)
+    );
+
+    // The server goes away: the header says so, and the socket comes back by itself when the
+    // server is up again on the same address.
+    let addr = server.base_url.trim_start_matches("http://").to_owned();
+    let (db, dir) = server.stop();
+    browser.wait_until("the connection state to show the loss", || {
+        browser.count("#conn[data-state=connecting]") == 1
+    });
+    assert!(
+        browser.text("#conn").contains("reconnecting"),
+        "{}",
+        browser.text("#conn")
+    );
+    let _server = ServerProcess::start_on(&addr, db, dir, &[]);
+    browser.wait_until("the socket to reconnect", || {
+        browser.count("#conn[data-state=live]") == 1
+    });
+}
+
+/// `%XX` for every byte but letters and digits, for a query value.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

@@ -136,6 +136,7 @@ function templateForm(role, templates) {
 function firmwareForm() {
   const select = h('select', { name: 'release' }, h('option', { value: '', text: 'Loading releases…' }));
   const url = h('input', { name: 'url', size: 60 });
+  const downgrade = h('input', { name: 'allowDowngrade', type: 'checkbox' });
   let releases = [];
   api
     .get('/api/v1/firmware/releases', { limit: 100 })
@@ -157,13 +158,20 @@ function firmwareForm() {
     url.value = r ? `${location.origin}${r.artifactUrl}` : '';
   });
   return {
-    element: h('div', { class: 'row' }, h('label', {}, 'Release', select), h('label', {}, 'Artifact URL (as the device reaches it)', url)),
+    element: h(
+      'div',
+      { class: 'row' },
+      h('label', {}, 'Release', select),
+      h('label', {}, 'Artifact URL (as the device reaches it)', url),
+      h('label', { class: 'inline' }, downgrade, 'Allow an older version'),
+    ),
     read: () => {
       const r = releases.find((x) => x.id === select.value);
       if (!r) throw new Error('Choose a release.');
       const fields = { version: r.version, url: url.value.trim(), sha256: r.sha256, size: r.size };
       if (r.signatureBase64) fields.signatureBase64 = r.signatureBase64;
       if (r.signatureExpiresAt) fields.signatureExpiresAt = r.signatureExpiresAt;
+      if (downgrade.checked) fields.allowDowngrade = true;
       return fields;
     },
   };

@@ -87,10 +87,13 @@ function renderGroup({ root, params, user, socket }) {
   const error = h('div');
   let offset = 0;
   let rows = new Map();
+  // Named in the confirmation of a dangerous command once the group is loaded.
+  const target = { label: 'every member of this group', templates: ['disk_usage', 'network_interfaces', 'service_status', 'ping', 'journal_tail'] };
 
   async function loadGroup() {
     try {
       const g = await api.get(base);
+      target.label = `all ${fmtNumber(g.memberCount)} members of group ${g.name}`;
       replace(title, g.name);
       replace(info, g.description ? `${g.description} · ` : '', `${fmtNumber(g.memberCount)} members`);
     } catch (e) {
@@ -161,7 +164,7 @@ function renderGroup({ root, params, user, socket }) {
 
   const panel = commandPanel({
     role: user.role,
-    target: { label: 'every member of this group', templates: ['disk_usage', 'network_interfaces', 'service_status', 'ping', 'journal_tail'] },
+    target,
     send: (body) => api.post(`${base}/commands`, body),
     show: (info, data) => {
       const entries = Object.entries(data).map(([deviceId, r]) => ({ deviceId, ...r }));
