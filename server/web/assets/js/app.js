@@ -144,7 +144,11 @@ function route() {
 
 function startSession(value) {
   api.saveSession(value);
-  if (parseHash().path === 'login' || !location.hash) location.hash = '#/devices';
+  // A deep link (#/devices/edge-7) survives the login; a bare address goes to the devices.
+  if (!location.hash || parseHash().path === 'login') {
+    location.hash = '#/devices'; // hashchange routes
+    return;
+  }
   route();
 }
 
