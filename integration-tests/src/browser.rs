@@ -195,6 +195,20 @@ impl Browser {
             .unwrap_or_else(|e| panic!("type into {css}: {e}"));
     }
 
+    /// Chooses the option with `value` in the first `<select>` matching `css`.
+    pub fn select(&self, css: &str, value: &str) {
+        self.wait_for(css);
+        self.runtime
+            .block_on(async {
+                self.client()
+                    .find(Locator::Css(css))
+                    .await?
+                    .select_by_value(value)
+                    .await
+            })
+            .unwrap_or_else(|e| panic!("select {value} in {css}: {e}"));
+    }
+
     /// Writes a PNG of the window to `target/screenshots/<name>.png` and answers its path.
     pub fn screenshot(&self, name: &str) -> PathBuf {
         let png = self

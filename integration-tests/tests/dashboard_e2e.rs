@@ -1,5 +1,5 @@
 //! The web dashboard in a real headless Chromium, against the real server and a real agent:
-//! logging in, live device status, dispatching a command and reading its result, the
+//! logging in, live device status, dispatching commands and reading their results, live logs, the
 //! confirmation dialog of a dangerous command (cancelled, so nothing is sent), a firmware
 //! upload, a VIEWER who finds no button to press, and the first page of 10,000 devices.
 //! Screenshots of the main pages land in `target/screenshots/`.
@@ -82,6 +82,25 @@ fn operator_runs_a_device_from_the_browser() {
     browser.wait_for("#command-history tr[data-type=force_sync][data-status=SUCCESS]");
     assert_eq!(commands_of_type(&api, DEVICE, "force_sync"), 1);
     browser.screenshot("device");
+
+    // pull_logs through its form: the agent's log lines arrive live, and the level filter
+    // narrows them.
+    browser.click("button[data-command=pull_logs]");
+    browser.type_into("form input[name=lines]", "30");
+    browser.click("button[data-send=pull_logs]");
+    browser.wait_until("the pull_logs answer", || {
+        browser.text("#command-result").contains("Sent ")
+    });
+    // The harness runs the agent at debug level, so DEBUG lines come beside INFO ones.
+    browser.wait_until("live log lines of more than one level", || {
+        browser.count("#device-logs div.lvl-INFO") > 0
+            && browser.count("#device-logs div[class^=lvl-]:not(.lvl-INFO)") > 0
+    });
+    browser.select("select[name=level]", "INFO");
+    browser.wait_until("only INFO lines", || {
+        let all = browser.count("#device-logs div[class^=lvl-]");
+        all > 0 && all == browser.count("#device-logs div.lvl-INFO")
+    });
 
     // reboot_os asks first, naming the device; cancelling sends nothing.
     browser.click("button[data-command=reboot_os]");

@@ -15,19 +15,22 @@ const TEMPLATE_PARAMS = {
   journal_tail: [{ name: 'unit', value: 'edge-agent' }, { name: 'lines', value: '100', number: true }],
 };
 
-/** Per type: the button's label, whether it needs `confirm`, and what the dialog says. */
+/**
+ * Per type: the button's label, whether it has a form, and for the dangerous ones (which need
+ * `confirm`) the dialog's question and what follows from a yes.
+ */
 export const COMMAND_TYPES = [
   { type: 'force_sync', label: 'Force sync' },
   { type: 'pull_logs', label: 'Pull logs', form: true },
   { type: 'exec_shell', label: 'Run template', form: true },
   { type: 'enable_device', label: 'Enable' },
   { type: 'push_config', label: 'Push config', form: true },
-  { type: 'clear_queue', label: 'Clear queue', form: true, danger: 'Clear the offline queue of' },
+  { type: 'clear_queue', label: 'Clear queue', form: true, danger: 'Clear the offline queue of', then: 'Records still waiting to be sent are deleted.' },
   { type: 'restart_service', label: 'Restart service' },
-  { type: 'update_firmware', label: 'Update firmware', form: true, danger: 'Install new firmware on' },
-  { type: 'disable_device', label: 'Disable', form: true, danger: 'Disable' },
-  { type: 'reboot_os', label: 'Reboot OS', danger: 'Reboot the operating system of' },
-  { type: 'shutdown_os', label: 'Shut down OS', danger: 'Shut down' },
+  { type: 'update_firmware', label: 'Update firmware', form: true, danger: 'Install new firmware on', then: 'The device downloads, checks and stages the release.' },
+  { type: 'disable_device', label: 'Disable', form: true, danger: 'Disable', then: 'It stops production until it is enabled again.' },
+  { type: 'reboot_os', label: 'Reboot OS', danger: 'Reboot the operating system of', then: 'Its station stops until the machine is back.' },
+  { type: 'shutdown_os', label: 'Shut down OS', danger: 'Shut down', then: 'It stays off until someone powers it on at the line.' },
 ];
 
 const byType = Object.fromEntries(COMMAND_TYPES.map((c) => [c.type, c]));
@@ -192,7 +195,7 @@ export function commandPanel({ role, target, send, show }) {
     if (info.danger) {
       const ok = await confirmDialog({
         title: `${info.label}?`,
-        text: `${info.danger} ${target.label}? This cannot be undone from here.`,
+        text: `${info.danger} ${target.label}? ${info.then}`,
         action: `${info.label}: ${target.label}`,
       });
       if (!ok) return;

@@ -81,6 +81,7 @@ function deployForm(release, onDeployed) {
   const devices = h('input', { name: 'deviceIds', size: 40, placeholder: 'edge-1, edge-2 …' });
   const group = h('select', { name: 'groupId' }, h('option', { value: '', text: '— or a group —' }));
   const waveSize = h('input', { name: 'waveSize', type: 'number', min: 1, size: 6, placeholder: 'all' });
+  const wavePercent = h('input', { name: 'wavePercent', type: 'number', min: 1, max: 100, size: 6 });
   const concurrent = h('input', { name: 'maxConcurrentDownloads', type: 'number', min: 1, size: 6 });
   const threshold = h('input', { name: 'failureThresholdPercent', type: 'number', min: 0, max: 100, size: 6 });
   const soak = h('input', { name: 'soakSecs', type: 'number', min: 0, size: 6 });
@@ -100,6 +101,7 @@ function deployForm(release, onDeployed) {
       'div',
       { class: 'row' },
       h('label', {}, 'Wave size', waveSize),
+      h('label', {}, 'or wave (% of devices)', wavePercent),
       h('label', {}, 'Concurrent downloads', concurrent),
       h('label', {}, 'Stop at failures (%)', threshold),
       h('label', {}, 'Soak (s)', soak),
@@ -119,7 +121,7 @@ function deployForm(release, onDeployed) {
     const body = { releaseId: release.id };
     if (ids.length) body.deviceIds = ids;
     else body.groupId = group.value;
-    for (const [key, input] of [['waveSize', waveSize], ['maxConcurrentDownloads', concurrent], ['failureThresholdPercent', threshold], ['soakSecs', soak]]) {
+    for (const [key, input] of [['waveSize', waveSize], ['wavePercent', wavePercent], ['maxConcurrentDownloads', concurrent], ['failureThresholdPercent', threshold], ['soakSecs', soak]]) {
       if (input.value !== '') body[key] = Number(input.value);
     }
     if (downgrade.checked) body.allowDowngrade = true;
