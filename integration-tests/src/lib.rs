@@ -821,3 +821,53 @@ impl FakeDevice {
 pub fn result_frame(command: &Value, success: bool, output: &str) -> Value {
     serde_json::json!({"type": "command_result", "commandId": command["id"], "success": success, "output": output})
 }
+
+/// Uploads `bytes` as a firmware release through the REST API; answers the release's `data`.
+pub fn upload_release(
+    server: &ServerProcess,
+    api: &Api,
+    project: &str,
+    version: &str,
+    bytes: Vec<u8>,
+) -> Value {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("http client");
+    let resp = client
+        .post(format!(
+            "{}/api/v1/firmware/releases?version={version}&filename=edge-service.bin&project={project}",
+            server.base_url
+        ))
+        .bearer_auth(api.token().expect("a logged-in api"))
+        .header("Content-Type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .expect("upload request");
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().expect("upload answer");
+    assert_eq!(status, 201, "upload: {body}");
+    body["data"].clone()
+}
+
+/// `GET /api/v1/firmware/deployments/{id}`'s `data`.
+pub fn deployment(api: &Api, id: &str) -> Value {
+    api.get(&format!("/api/v1/firmware/deployments/{id}"))
+        .data()
+        .clone()
+}
+
+/// Each device's deployment status, by device id.
+pub fn deployment_statuses(deployment: &Value) -> std::collections::BTreeMap<String, String> {
+    deployment["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            (
+                d["deviceId"].as_str().unwrap().to_owned(),
+                d["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}

@@ -555,7 +555,7 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
 
-fn not_found() -> ApiError {
+pub fn not_found() -> ApiError {
     ApiError::not_found(ErrorCode::ReleaseNotFound, "no such firmware release")
 }
 
@@ -605,9 +605,14 @@ pub async fn delete(
         .source(audit::source_of(&req));
     let row = audited(&state.db, entry, move |conn| {
         let row = find(conn, &id)?.ok_or_else(not_found)?;
-        // Deployments (issue 8, later) add their check here, inside this transaction: a release
-        // that a PENDING or IN_PROGRESS deployment names is refused with 409, so no device is
-        // sent a URL that stops working halfway.
+        // Checked inside this transaction, so no deployment can start sending the URL between
+        // the check and the delete and have it stop working halfway.
+        if crate::deployments::release_in_use(conn, &row.id)? {
+            return Err(ApiError::conflict(
+                ErrorCode::ReleaseDeployed,
+                "a running or paused deployment uses this release; cancel it first",
+            ));
+        }
         diesel::delete(releases::table.find(&row.id)).execute(conn)?;
         Ok(row)
     })
