@@ -20,7 +20,7 @@ use awc::ws::{CloseCode, CloseReason, Codec, Frame, Message as WsMessage};
 use awc::BoxedSocket;
 use futures_util::stream::{SplitSink, StreamExt};
 use protocol::commands::{Command, CommandResult};
-use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame};
+use protocol::device::{AlertEvent, DeviceEvent, DeviceFrame, ServerFrame};
 use serde::Deserialize;
 
 use crate::backoff::Backoff;
@@ -28,6 +28,7 @@ use crate::commands::{Answered, CommandHandler, Execute};
 use crate::config::Config;
 use crate::drain::Reenroll;
 use crate::enroll::{self, EnrollError, Enrollment};
+use crate::install;
 use crate::status::{ReportNow, StatusReporter};
 use crate::store::{ClearToken, GetToken, SetToken, StoreActor, StoreError};
 
@@ -55,6 +56,9 @@ pub struct Identity {
     pub run_id: String,
     pub boot_id: Option<String>,
     pub started: Instant,
+    /// The firmware version this process runs: the installed one (`install::begin_run`),
+    /// which is the build's own version unless a staged release was activated.
+    pub version: String,
 }
 
 impl Identity {
@@ -64,7 +68,13 @@ impl Identity {
             run_id: uuid::Uuid::new_v4().to_string(),
             boot_id: read_boot_id(),
             started: Instant::now(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
+    }
+
+    /// The same identity running the given firmware version.
+    pub fn running(self, version: String) -> Self {
+        Identity { version, ..self }
     }
 }
 
@@ -129,6 +139,11 @@ pub struct Connection {
     epoch: u64,
     session: Option<Session>,
     shutting_down: bool,
+    /// The firmware version sent at enrollment.
+    version: String,
+    /// Whether a `hello` was seen since the process started; the first one commits a
+    /// firmware trial.
+    greeted: bool,
 }
 
 impl Connection {
@@ -138,6 +153,7 @@ impl Connection {
         commands: Addr<CommandHandler>,
         status: Addr<StatusReporter>,
         exit_code: Arc<AtomicU8>,
+        version: String,
     ) -> Self {
         Connection {
             config,
@@ -149,7 +165,34 @@ impl Connection {
             epoch: 0,
             session: None,
             shutting_down: false,
+            version,
+            greeted: false,
         }
+    }
+
+    /// The server accepted this build: a firmware trial is over. A rollback made at start is
+    /// reported as an `alert` now that someone can hear it.
+    fn commit_firmware(&mut self, ctx: &mut Context<Self>) {
+        let dir = self.config.firmware_staging_dir.clone();
+        let commit = tokio::task::spawn_blocking(move || install::commit(&dir));
+        ctx.spawn(
+            commit
+                .into_actor(self)
+                .map(|outcome, act, _ctx| match outcome {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(rolled_back))) => {
+                        let message = rolled_back.message();
+                        tracing::warn!("{message}");
+                        act.send(&DeviceFrame::Event(DeviceEvent::Alert(AlertEvent {
+                            severity: "error".into(),
+                            message,
+                            ts: chrono::Utc::now(),
+                        })));
+                    }
+                    Ok(Err(e)) => tracing::error!("cannot commit the firmware trial: {e}"),
+                    Err(e) => tracing::error!("cannot commit the firmware trial: {e}"),
+                }),
+        );
     }
 
     /// Starts one attempt: token (enrolling if needed), then the WebSocket handshake.
@@ -160,7 +203,7 @@ impl Connection {
         self.epoch += 1;
         let epoch = self.epoch;
         let store = self.store.clone();
-        let enrollment = Enrollment::from_config(&self.config);
+        let enrollment = Enrollment::from_config(&self.config, &self.version);
         let url = self.config.ws_url();
         tracing::info!(%url, "connecting to the factory server");
 
@@ -332,6 +375,10 @@ impl Connection {
                     );
                 }
                 self.status.do_send(ReportNow);
+                if !self.greeted {
+                    self.greeted = true;
+                    self.commit_firmware(ctx);
+                }
             }
             ServerFrame::Command {
                 command,
@@ -714,6 +761,7 @@ mod tests {
             firmware_trusted_keys: Vec::new(),
             firmware_require_signature: false,
             allow_firmware_downgrade: false,
+            firmware_activate: true,
         }
     }
 
