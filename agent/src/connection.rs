@@ -765,15 +765,19 @@ mod tests {
         }
     }
 
-    /// Starts every actor of the agent on a store holding `token`, if any.
-    fn start_agent(
-        config: Config,
-        token: Option<&str>,
-    ) -> (
+    type Started = (
         Addr<StoreActor>,
         std::sync::Arc<std::sync::atomic::AtomicU64>,
         Addr<Connection>,
-    ) {
+    );
+
+    /// Starts every actor of the agent on a store holding `token`, if any.
+    fn start_agent(config: Config, token: Option<&str>) -> Started {
+        start_agent_as(config, token, env!("CARGO_PKG_VERSION"))
+    }
+
+    /// The same, running the given firmware version.
+    fn start_agent_as(config: Config, token: Option<&str>, version: &str) -> Started {
         let store = crate::store::Store::open(&config.data_dir).unwrap();
         if let Some(token) = token {
             store.set_token(token).unwrap();
@@ -791,7 +795,7 @@ mod tests {
             config,
             source,
             store,
-            Identity::for_this_process(),
+            Identity::for_this_process().running(version.to_owned()),
             crate::logs::LogControl::detached(),
         );
         (agent.store, agent.runs, agent.connection)
@@ -975,6 +979,63 @@ mod tests {
             .send(SMessage::Close(Some(CloseCode::Normal.into())))
             .await
             .unwrap();
+    }
+
+    #[actix::test]
+    async fn the_first_hello_commits_the_trial_and_reports_a_rollback() {
+        let (server, port) = fake_server::Server::bind().await;
+        let config = test_config(port);
+        let staging = config.firmware_staging_dir.clone();
+        install::save(
+            &staging,
+            &install::Installed {
+                active: Some("5.0.0".into()),
+                previous: Some("4.0.0".into()),
+                trial: Some(install::Trial {
+                    version: "5.0.0".into(),
+                    starts: 1,
+                }),
+                rolled_back: Some(install::RolledBack {
+                    from: "6.0.0".into(),
+                    to: "5.0.0".into(),
+                }),
+            },
+        )
+        .unwrap();
+        let (_store, _, _connection) = start_agent_as(config, Some("tok"), "5.0.0");
+        let (mut socket, _) = server.accept_ws().await;
+        fake_server::send(
+            &mut socket,
+            &ServerFrame::Hello {
+                device_id: "edge-t".into(),
+                server_time: chrono::Utc::now(),
+            },
+        )
+        .await;
+        let alert = loop {
+            match fake_server::next_event(&mut socket).await {
+                DeviceEvent::Alert(alert) => break alert,
+                // The installed version, not the crate's.
+                DeviceEvent::Status(status) => {
+                    assert_eq!(status.version.as_deref(), Some("5.0.0"));
+                    assert_eq!(status.metrics.unwrap()["version"], "5.0.0");
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        };
+        assert_eq!(alert.severity, "error");
+        assert!(
+            alert
+                .message
+                .contains("firmware 6.0.0 was rolled back to 5.0.0"),
+            "{}",
+            alert.message
+        );
+        let state = install::load(&staging).unwrap();
+        assert_eq!(state.trial, None);
+        assert_eq!(state.rolled_back, None);
+        assert_eq!(state.active.as_deref(), Some("5.0.0"));
+        std::fs::remove_dir_all(&staging).unwrap();
     }
 
     #[test]
