@@ -21,6 +21,7 @@ macro_rules! on_both_backends {
 }
 
 pub mod cloud_sim;
+pub mod cut_proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -439,6 +440,27 @@ impl AgentProcess {
             self.options.clone(),
             data_dir,
         )
+    }
+
+    /// What a supervisor does: when the agent exited with 75 (restart requested, as after
+    /// installing firmware), starts it again in place on the same data dir. True if it did.
+    pub fn respawn_if_asked(&mut self) -> bool {
+        match self.child.try_wait().expect("try_wait") {
+            Some(status) if status.code() == Some(75) => {
+                let data_dir = std::mem::replace(&mut self.data_dir, TempDir(PathBuf::new()));
+                let fresh = Self::start_in(
+                    &self.server_url,
+                    &self.device_id,
+                    self.options.clone(),
+                    data_dir,
+                );
+                let old = std::mem::replace(self, fresh);
+                // The old handle's data dir was moved out; dropping it only reaps the child.
+                drop(old);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Writes lines to the scanner port, each ended by a newline, and closes the socket.
