@@ -225,6 +225,11 @@ impl ServerProcess {
         }
     }
 
+    /// The server's process id, for reading its memory use from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal (`HUP`, `TERM`, …) to the server process.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

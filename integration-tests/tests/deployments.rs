@@ -16,6 +16,7 @@ on_both_backends!(
     failures_past_the_threshold_pause_and_resume_retries_them,
     unhealthy_devices_fail_during_the_soak,
     cancel_settles_the_rest_and_frees_the_release,
+    a_download_orphaned_by_a_restart_is_sent_again_and_an_offline_device_gets_it_queued,
     bad_deployment_requests_are_refused,
 );
 
@@ -86,6 +87,21 @@ fn waves_are_promoted_only_after_a_healthy_soak(backend: Backend) {
         .collect();
     let group = group_of(&api, "line", &names);
     let release = upload_release(&server, &api, "edge", "1.1.0", vec![7u8; 4096]);
+    // A dashboard that watches deployment events only, until the server goes away.
+    let mut dash = ws_connect(&server.ws_url("/ws/dashboard"), api.token()).expect("dashboard");
+    assert_eq!(ws_next_json(&mut dash).expect("hello")["type"], "hello");
+    ws_send_json(
+        &mut dash,
+        &json!({"type": "subscribe", "eventTypes": ["deployment"]}),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let watcher = std::thread::spawn(move || {
+        let mut frames = Vec::new();
+        while let Some(frame) = ws_next_json(&mut dash) {
+            frames.push(frame);
+        }
+        frames
+    });
     let soak_secs = 3;
     let created = deploy(
         &api,
@@ -138,6 +154,35 @@ fn waves_are_promoted_only_after_a_healthy_soak(backend: Backend) {
         assert_eq!(d["version"], "1.1.0", "{d}");
     }
     drop(server);
+    let frames = watcher.join().unwrap();
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["type"] == "deployment" && f["deploymentId"] == id),
+        "{frames:?}"
+    );
+    for name in names {
+        let steps: Vec<&str> = frames
+            .iter()
+            .filter(|f| f["deviceId"] == name)
+            .map(|f| f["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            steps,
+            ["IN_PROGRESS", "STAGED", "ACTIVE", "ACTIVE"],
+            "{name}: downloading, staged, back on the new version, verified after the soak"
+        );
+    }
+    let overall: Vec<&str> = frames
+        .iter()
+        .filter(|f| f["deviceId"] == "*")
+        .map(|f| f["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        overall,
+        ["RUNNING", "COMPLETED"],
+        "wave 2 promoted, then done"
+    );
     for d in devices {
         let commands = d.join().unwrap();
         assert_eq!(commands.len(), 1, "one update per device: {commands:?}");
@@ -381,6 +426,56 @@ fn cancel_settles_the_rest_and_frees_the_release(backend: Backend) {
     assert!(listed.data()["items"][0].get("devices").is_none());
     drop(server);
     silent.join().unwrap();
+}
+
+fn a_download_orphaned_by_a_restart_is_sent_again_and_an_offline_device_gets_it_queued(
+    backend: Backend,
+) {
+    let server = ServerProcess::start(backend);
+    let api = Api::admin(&server);
+    // The first connection takes the command and never answers.
+    let silent = FakeDevice::connect(&server, &api, "phoenix").respond_with(|_| vec![]);
+    let release = upload_release(&server, &api, "edge", "5.0.0", vec![9u8; 1000]);
+    let created = deploy(
+        &api,
+        json!({"releaseId": release["id"], "deviceIds": ["phoenix"], "soakSecs": 0}),
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+    let mut first = Value::Null;
+    wait_until(WAIT, "the download under way", || {
+        first = deployment(&api, &id);
+        first["devices"][0]["status"] == "IN_PROGRESS"
+    });
+    let first_command = first["devices"][0]["commandId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let (db, dir) = server.stop();
+    assert!(silent.join().unwrap().len() == 1);
+    let server = ServerProcess::start_with(db, dir, &[]);
+    let api = Api::admin(&server);
+    // The restarted server sends the update again under a new id; the device is offline, so
+    // it is queued, and delivered when the device comes back, this time answering.
+    wait_until(WAIT, "the update queued again", || {
+        let d = deployment(&api, &id);
+        let command = d["devices"][0]["commandId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        command != first_command
+            && api
+                .get(&format!("/api/v1/devices/phoenix/commands/{command}"))
+                .body["data"]["status"]
+                == "QUEUED"
+    });
+    let device = updating_device(&server, &api, "phoenix");
+    let done = wait_for_status(&api, &id, "COMPLETED");
+    assert_eq!(done["devices"][0]["status"], "ACTIVE", "{done}");
+    let history = api.get("/api/v1/devices/phoenix/commands?type=update_firmware");
+    assert_eq!(history.data()["total"], 2, "{}", history.body);
+    drop(server);
+    assert_eq!(device.join().unwrap().len(), 1);
 }
 
 fn bad_deployment_requests_are_refused(backend: Backend) {

@@ -17,7 +17,7 @@ use protocol::rest::CommandStatus;
 use serde_json::Value;
 
 use crate::db::Db;
-use crate::deployments::{self, Effect, Timeouts};
+use crate::deployments::{self, Carried, Effect, Timeouts};
 use crate::dispatcher::{CommandDispatcher, Dispatch};
 use crate::events::{EventBus, Publish};
 
@@ -32,8 +32,8 @@ pub struct FirmwareDeployer {
     timeouts: Timeouts,
     /// How long one device may take to download and stage a release.
     stage_timeout: Duration,
-    /// Command ids of `update_firmware` commands this process is waiting on.
-    in_flight: HashSet<String>,
+    /// The `update_firmware` commands under way.
+    carried: Carried,
     /// Device → deployments it takes an unsettled part in, as of the last pass.
     watched: HashMap<String, Vec<String>>,
     running: bool,
@@ -56,7 +56,7 @@ impl FirmwareDeployer {
                 activate: activate_timeout,
             },
             stage_timeout,
-            in_flight: HashSet::new(),
+            carried: Carried::default(),
             watched: HashMap::new(),
             running: false,
             again: false,
@@ -71,13 +71,13 @@ impl FirmwareDeployer {
         self.running = true;
         self.again = false;
         let db = self.db.clone();
-        let in_flight = self.in_flight.clone();
+        let carried = self.carried.clone();
         let timeouts = self.timeouts;
         async move {
             db.run(move |conn| {
                 let mut effects = Vec::new();
                 for id in deployments::unfinished(conn)? {
-                    match deployments::advance(conn, &id, &in_flight, timeouts) {
+                    match deployments::advance(conn, &id, &carried, timeouts) {
                         Ok(more) => effects.extend(more),
                         // One deployment's trouble must not hold up the others.
                         Err(e) => tracing::warn!(deployment = %id, error = %e.message, "deployment pass failed"),
@@ -94,9 +94,13 @@ impl FirmwareDeployer {
             match outcome {
                 Ok((effects, watched)) => {
                     act.watched.clear();
-                    for (device, deployment) in watched {
+                    let mut under_way = HashSet::new();
+                    for (device, deployment, command) in watched {
                         act.watched.entry(device).or_default().push(deployment);
+                        under_way.extend(command);
                     }
+                    // A queued command whose row moved on needs no more remembering.
+                    act.carried.queued.retain(|c| under_way.contains(c));
                     for effect in effects {
                         act.apply(effect, ctx);
                     }
@@ -119,39 +123,50 @@ impl FirmwareDeployer {
                 issued_by,
             } => {
                 let command_id = command.id.clone();
-                self.in_flight.insert(command_id.clone());
+                self.carried.awaited.insert(command_id.clone());
+                // An offline device gets the command queued: it downloads when it connects,
+                // or the command expires and the device fails.
                 let request = self.dispatcher.send(Dispatch {
                     device_id: device_id.clone(),
                     command,
                     timeout: self.stage_timeout,
                     issued_by,
-                    queue_ttl: None,
+                    queue_ttl: Some(self.stage_timeout),
                     stored: false,
                     accepted: None,
                 });
                 async move {
                     match request.await {
-                        Ok(Ok(response)) if response.status == CommandStatus::Success => {
-                            Ok(response.result.output)
-                        }
-                        Ok(Ok(response)) => Err(if response.result.output.is_empty() {
-                            format!("the command ended {}", response.status.as_str())
-                        } else {
-                            response.result.output
-                        }),
-                        Ok(Err(e)) => Err(e.message),
-                        Err(e) => Err(format!("dispatcher unavailable: {e}")),
+                        Ok(Ok(response)) => match response.status {
+                            CommandStatus::Success => Outcome::Staged(response.result.output),
+                            CommandStatus::Queued => Outcome::Queued,
+                            status if response.result.output.is_empty() => {
+                                Outcome::Failed(format!("the command ended {}", status.as_str()))
+                            }
+                            _ => Outcome::Failed(response.result.output),
+                        },
+                        Ok(Err(e)) => Outcome::Failed(e.message),
+                        Err(e) => Outcome::Failed(format!("dispatcher unavailable: {e}")),
                     }
                 }
                 .into_actor(self)
                 .map(move |outcome, act, ctx| {
+                    let outcome = match outcome {
+                        Outcome::Queued => {
+                            // Settled from the command's record once the device answers.
+                            act.carried.queued.insert(command_id.clone());
+                            act.carried.awaited.remove(&command_id);
+                            return;
+                        }
+                        Outcome::Staged(output) => Ok(output),
+                        Outcome::Failed(reason) => Err(reason),
+                    };
                     ctx.notify(DownloadFinished {
                         deployment_id,
                         device_id,
                         command_id,
                         outcome,
                     });
-                    let _ = act;
                 })
                 .spawn(ctx);
             }
@@ -291,6 +306,13 @@ impl Handler<DeviceAlert> for FirmwareDeployer {
     }
 }
 
+/// How a dispatch of `update_firmware` came back.
+enum Outcome {
+    Staged(String),
+    Queued,
+    Failed(String),
+}
+
 /// The `update_firmware` command of one device ended.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -322,7 +344,7 @@ impl Handler<DownloadFinished> for FirmwareDeployer {
         .map(move |outcome, act, ctx| {
             // Forgotten only once the row left IN_PROGRESS, so no pass in between takes the
             // download for one a restart lost.
-            act.in_flight.remove(&command_id);
+            act.carried.awaited.remove(&command_id);
             match outcome {
                 Ok(Some(effect)) => act.apply(effect, ctx),
                 Ok(None) => {}

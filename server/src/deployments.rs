@@ -175,7 +175,9 @@ pub fn unfinished(conn: &mut DbConnection) -> ApiResult<Vec<String>> {
 
 /// Devices that take part in an unfinished deployment and are not settled yet; a status frame
 /// or an alert from one of them is worth a look.
-pub fn watched_devices(conn: &mut DbConnection) -> ApiResult<Vec<(String, String)>> {
+pub fn watched_devices(
+    conn: &mut DbConnection,
+) -> ApiResult<Vec<(String, String, Option<String>)>> {
     Ok(targets::table
         .inner_join(deployments::table)
         .filter(deployments::status.eq_any([
@@ -188,7 +190,11 @@ pub fn watched_devices(conn: &mut DbConnection) -> ApiResult<Vec<(String, String
             DeviceDeploymentStatus::Active.as_str(),
         ]))
         .filter(targets::verified_at.is_null())
-        .select((targets::device_id, targets::deployment_id))
+        .select((
+            targets::device_id,
+            targets::deployment_id,
+            targets::command_id,
+        ))
         .load(conn)?)
 }
 
@@ -228,6 +234,15 @@ pub enum Effect {
         status: DeploymentStatus,
         detail: Value,
     },
+}
+
+/// The `update_firmware` commands the actor knows to be under way: those it awaits an
+/// answer for, and those the dispatcher queued for an offline device (delivered when it
+/// connects, or expired). An IN_PROGRESS row whose command is in neither was lost to a restart.
+#[derive(Debug, Clone, Default)]
+pub struct Carried {
+    pub awaited: std::collections::HashSet<String>,
+    pub queued: std::collections::HashSet<String>,
 }
 
 /// The settings `advance` needs besides the rows.
@@ -331,12 +346,12 @@ fn update_command(
 /// failures pass the threshold pauses the deployment, a settled wave promotes the next one;
 /// and PENDING devices of the current wave start downloading, within the download cap.
 ///
-/// `in_flight` holds the command ids the actor is waiting on; an IN_PROGRESS row with another
-/// id lost its dispatcher (the server restarted) and is settled from the command's record.
+/// An IN_PROGRESS row whose command the actor does not await is settled from the command's
+/// record (see `settle_download`).
 pub fn advance(
     conn: &mut DbConnection,
     id: &str,
-    in_flight: &std::collections::HashSet<String>,
+    carried: &Carried,
     timeouts: Timeouts,
 ) -> ApiResult<Vec<Effect>> {
     crate::db::write_transaction(conn, |conn| {
@@ -371,12 +386,12 @@ pub fn advance(
             let reported = view.and_then(|v| v.version.as_deref());
             match row.status() {
                 DeviceDeploymentStatus::InProgress => {
-                    let lost = row
+                    let awaited = row
                         .command_id
                         .as_ref()
-                        .is_none_or(|c| !in_flight.contains(c));
-                    if lost {
-                        settle_lost_download(conn, row, now, &mut effects)?;
+                        .is_some_and(|c| carried.awaited.contains(c));
+                    if !awaited {
+                        settle_download(conn, row, carried, now, &mut effects)?;
                     }
                 }
                 DeviceDeploymentStatus::Staged => {
@@ -609,12 +624,15 @@ pub fn advance(
     })
 }
 
-/// An IN_PROGRESS device whose command no dispatcher waits for (the server restarted during
-/// the download): the command's record says how it ended; one that never ended is sent again
-/// under a fresh id (the agent resumes a partial download and re-staging is harmless).
-fn settle_lost_download(
+/// An IN_PROGRESS device whose answer the actor does not await: the command was queued for an
+/// offline device, or the server restarted during the download. The command's record says how
+/// it ended; one still queued (or delivered from the queue in this run) is left to the
+/// dispatcher; one a restart orphaned is sent again under a fresh id (the agent resumes a
+/// partial download, and re-staging is harmless).
+fn settle_download(
     conn: &mut DbConnection,
     row: &TargetRow,
+    carried: &Carried,
     now: NaiveDateTime,
     effects: &mut Vec<Effect>,
 ) -> ApiResult<()> {
@@ -642,6 +660,11 @@ fn settle_lost_download(
             let output = record.and_then(|(_, o)| o).unwrap_or_default();
             fail(conn, row, output, now, effects)?;
         }
+        Some(CommandStatus::Queued) => {}
+        _ if row
+            .command_id
+            .as_ref()
+            .is_some_and(|c| carried.queued.contains(c)) => {}
         _ => {
             if set_target(conn, row, DeviceDeploymentStatus::Pending, None, now)? {
                 effects.push(device_effect(row, DeviceDeploymentStatus::Pending, None));
