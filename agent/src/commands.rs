@@ -2,14 +2,21 @@
 //!
 //! Dispatch is by command type; each type's work lives with the actor or module that owns
 //! it (the drain for `force_sync`, the store for the queue, production and configuration,
-//! `shell` for templates and the OS commands, `logs` for `pull_logs`).
+//! `shell` for templates and the OS commands, `logs` for `pull_logs`, the updater and
+//! `install` for `update_firmware`).
+//!
+//! Commands run one at a time in arrival order, except `update_firmware`: its download may
+//! take minutes, so it runs beside the others (the updater still takes one update at a time)
+//! and only its activation waits for its turn. A command that ends in an exit keeps its turn
+//! for good, so nothing queued behind it starts while the process goes down.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 use protocol::commands::{Command, CommandKind, CommandResult};
 use protocol::device::{DeviceEvent, LogLineEvent};
@@ -19,13 +26,14 @@ use tokio::sync::watch;
 use crate::config::{Config, ConfigSource};
 use crate::connection::{ConfigChanged, SendEvent};
 use crate::drain::{Drain, DrainNow};
+use crate::install;
 use crate::logs::{self, LogControl};
 use crate::queue::{ClearQueue, SetProduction};
 use crate::remote_config::{self, ApplyConfig};
 use crate::shell;
 use crate::status::{ReportNow, StatusReporter};
 use crate::store::{GetResult, PutResult, StoreActor};
-use crate::updater::{StageRelease, UpdateRequest, Updater};
+use crate::updater::{parse_running, StageRelease, UpdateRequest, Updater};
 
 /// Exit code of `restart_service`: EX_TEMPFAIL, "try again", for the supervisor
 /// (`Restart=always` in `deploy/systemd/edge-agent.service`) to start the agent again.
@@ -58,13 +66,21 @@ pub struct Deps {
     pub source: ConfigSource,
     pub logs: LogControl,
     pub updater: Addr<Updater>,
+    /// The firmware version this process runs.
+    pub running: String,
 }
 
-/// Executes commands. Messages are handled one at a time (`AtomicResponse`), so two
-/// deliveries of the same id cannot both miss the stored result and both run.
+/// The turn of commands that run one at a time.
+type Turn = Arc<tokio::sync::Mutex<()>>;
+
+/// Executes commands. A command id being run is remembered until its result is stored, and
+/// a second delivery of it waits for that run's answer; after that the store answers it. So
+/// two deliveries of the same id never both run, although commands run concurrently.
 pub struct CommandHandler {
     deps: Deps,
     runs: Arc<AtomicU64>,
+    turn: Turn,
+    in_flight: HashMap<String, Shared<BoxFuture<'static, Answered>>>,
 }
 
 impl CommandHandler {
@@ -72,6 +88,8 @@ impl CommandHandler {
         CommandHandler {
             deps,
             runs: Arc::new(AtomicU64::new(0)),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+            in_flight: HashMap::new(),
         }
     }
 
@@ -80,19 +98,70 @@ impl CommandHandler {
     pub fn runs(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.runs)
     }
+}
 
-    /// Runs a command that has no stored result yet.
-    fn run(&self, command: Command) -> BoxFuture<'static, Answered> {
-        self.runs.fetch_add(1, Ordering::Relaxed);
-        let id = command.id.clone();
-        if let Err(reason) = command.validate() {
-            return done(CommandResult::failed(
-                id,
-                format!("invalid command: {reason}"),
-            ));
+/// Answers the stored result of an earlier run, or runs the command (in its turn, unless it
+/// is `update_firmware`) and stores the result before answering it.
+async fn execute(deps: Deps, runs: Arc<AtomicU64>, turn: Turn, command: Command) -> Answered {
+    let id = command.id.clone();
+    match deps.store.send(GetResult { id: id.clone() }).await {
+        Ok(Ok(Some(previous))) => {
+            tracing::info!(command_id = %id, "command already answered; sending the stored result");
+            return answer(previous);
         }
-        let deps = self.deps.clone();
-        match command.kind {
+        Ok(Ok(None)) => {}
+        // Without the store the agent cannot tell whether the command already ran, and
+        // running a reboot twice is worse than refusing it once.
+        Ok(Err(e)) => {
+            return answer(CommandResult::failed(
+                id,
+                format!("command store unavailable: {e}"),
+            ))
+        }
+        Err(e) => {
+            return answer(CommandResult::failed(
+                id,
+                format!("command store unavailable: {e}"),
+            ))
+        }
+    }
+    let fresh = if matches!(command.kind, CommandKind::UpdateFirmware { .. }) {
+        run(deps.clone(), &runs, turn, command).await
+    } else {
+        let held = turn.clone().lock_owned().await;
+        let fresh = run(deps.clone(), &runs, turn, command).await;
+        if fresh.exit.is_some() {
+            // The process is about to exit: nothing queued behind may start now.
+            std::mem::forget(held);
+        }
+        fresh
+    };
+    // The result is stored before it is sent, and before a restart.
+    match deps
+        .store
+        .send(PutResult {
+            result: fresh.result.clone(),
+        })
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(command_id = %id, "cannot store command result: {e}"),
+        Err(e) => tracing::error!(command_id = %id, "cannot store command result: {e}"),
+    }
+    fresh
+}
+
+/// Runs a command that has no stored result yet.
+fn run(deps: Deps, runs: &AtomicU64, turn: Turn, command: Command) -> BoxFuture<'static, Answered> {
+    runs.fetch_add(1, Ordering::Relaxed);
+    let id = command.id.clone();
+    if let Err(reason) = command.validate() {
+        return done(CommandResult::failed(
+            id,
+            format!("invalid command: {reason}"),
+        ));
+    }
+    match command.kind {
             CommandKind::ForceSync => force_sync(deps, id).boxed(),
             CommandKind::ClearQueue { include_completed } => {
                 clear_queue(deps, id, include_completed).boxed()
@@ -124,9 +193,10 @@ impl CommandHandler {
                 signature_base64,
                 signature_expires_at,
                 deployment_id: _,
-                allow_downgrade: _,
+                allow_downgrade,
             } => update_firmware(
                 deps,
+                turn,
                 UpdateRequest {
                     command_id: id,
                     version,
@@ -135,6 +205,7 @@ impl CommandHandler {
                     size,
                     signature_base64,
                     signature_expires_at,
+                    allow_downgrade,
                 },
             )
             .boxed(),
@@ -153,7 +224,6 @@ impl CommandHandler {
                 production(deps, id, false, Some(reason)).boxed()
             }
         }
-    }
 }
 
 fn answer(result: CommandResult) -> Answered {
@@ -304,31 +374,99 @@ async fn push_config(deps: Deps, id: String, patch: Value) -> Answered {
     })))
 }
 
-async fn update_firmware(deps: Deps, request: UpdateRequest) -> Answered {
+/// Stages the release (not in the turn of other commands: the download may take long), then,
+/// in the turn, activates it and asks for the restart onto it, unless activation is off or
+/// the release is the version already running.
+async fn update_firmware(deps: Deps, turn: Turn, request: UpdateRequest) -> Answered {
     let id = request.command_id.clone();
     let version = request.version.clone();
-    let result = match deps.updater.send(StageRelease(request)).await {
-        Ok(Ok(staged)) => {
-            tracing::info!(%version, path = %staged.path.display(), "firmware staged");
-            CommandResult::ok(
-                id,
-                format!("Firmware {version} staged at {}", staged.path.display()),
-            )
-            .with_data(json!({
-                "stagedPath": staged.path.display().to_string(),
-                "sha256": staged.sha256,
-                "size": staged.size,
-                "version": version,
-                "signatureVerified": staged.signature_verified,
-            }))
-        }
+    let staged = match deps.updater.send(StageRelease(request)).await {
+        Ok(Ok(staged)) => staged,
         Ok(Err(e)) => {
             tracing::warn!(%version, "firmware not staged: {e}");
-            CommandResult::failed(id, e.to_string())
+            return answer(CommandResult::failed(id, e.to_string()));
         }
-        Err(e) => CommandResult::failed(id, format!("updater unavailable: {e}")),
+        Err(e) => {
+            return answer(CommandResult::failed(
+                id,
+                format!("updater unavailable: {e}"),
+            ))
+        }
     };
-    answer(result)
+    tracing::info!(%version, path = %staged.path.display(), "firmware staged");
+    let mut data = json!({
+        "stagedPath": staged.path.display().to_string(),
+        "sha256": staged.sha256,
+        "size": staged.size,
+        "version": version,
+        "signatureVerified": staged.signature_verified,
+        "activating": false,
+    });
+    let staged_text = format!("Firmware {version} staged at {}", staged.path.display());
+    let (activate, staging_dir) = {
+        let config = deps.config.borrow();
+        (
+            config.firmware_activate,
+            config.firmware_staging_dir.clone(),
+        )
+    };
+    // The checks passed, so the version parses; equal builds need no restart.
+    let already_running =
+        semver::Version::parse(&version).is_ok_and(|wanted| wanted == parse_running(&deps.running));
+    if already_running {
+        return answer(
+            CommandResult::ok(
+                id,
+                format!("{staged_text}; it is already the running version"),
+            )
+            .with_data(data),
+        );
+    }
+    if !activate {
+        return answer(
+            CommandResult::ok(id, format!("{staged_text}; firmware_activate is off"))
+                .with_data(data),
+        );
+    }
+    let held = turn.lock_owned().await;
+    let running = deps.running.clone();
+    let wanted = version.clone();
+    let activated =
+        tokio::task::spawn_blocking(move || install::activate(&staging_dir, &wanted, &running))
+            .await;
+    match activated {
+        Ok(Ok(activation)) => {
+            tracing::warn!(%version, previous = %activation.previous, "firmware activated; restarting on it");
+            data["activating"] = json!(true);
+            data["previousVersion"] = json!(activation.previous);
+            // The process is about to exit: nothing queued behind may start now.
+            std::mem::forget(held);
+            Answered {
+                result: CommandResult::ok(
+                    id,
+                    format!(
+                        "{staged_text} and activated; the agent exits with code {EXIT_RESTART} to be restarted on it ({} is kept for rollback)",
+                        activation.previous
+                    ),
+                )
+                .with_data(data),
+                exit: Some(EXIT_RESTART),
+            }
+        }
+        // Staged but not installed: a success would have the server wait for a version that
+        // never comes.
+        Ok(Err(e)) => {
+            tracing::error!(%version, "firmware staged but not activated: {e}");
+            answer(
+                CommandResult::failed(id, format!("{staged_text} but not activated: {e}"))
+                    .with_data(data),
+            )
+        }
+        Err(e) => answer(
+            CommandResult::failed(id, format!("{staged_text} but not activated: {e}"))
+                .with_data(data),
+        ),
+    }
 }
 
 async fn production(deps: Deps, id: String, enabled: bool, reason: Option<String>) -> Answered {
@@ -365,64 +503,39 @@ impl Actor for CommandHandler {
 }
 
 impl Handler<Execute> for CommandHandler {
-    type Result = AtomicResponse<Self, Answered>;
+    /// Not atomic: the handler is free for the next command while this one runs.
+    type Result = ResponseActFuture<Self, Answered>;
 
     fn handle(&mut self, Execute(command): Execute, _ctx: &mut Self::Context) -> Self::Result {
-        let store = self.deps.store.clone();
-        let lookup = store.send(GetResult {
-            id: command.id.clone(),
-        });
-        AtomicResponse::new(Box::pin(lookup.into_actor(self).then(
-            move |stored, act, _ctx| {
-                let result = match stored {
-                    Ok(Ok(Some(previous))) => {
-                        tracing::info!(
-                            command_id = %command.id,
-                            "command already answered; sending the stored result"
-                        );
-                        Err(previous)
-                    }
-                    Ok(Ok(None)) => Ok(act.run(command.clone())),
-                    // Without the store the agent cannot tell whether the command already
-                    // ran, and running a reboot twice is worse than refusing it once.
-                    Ok(Err(e)) => Err(CommandResult::failed(
-                        &command.id,
-                        format!("command store unavailable: {e}"),
-                    )),
-                    Err(e) => Err(CommandResult::failed(
-                        &command.id,
-                        format!("command store unavailable: {e}"),
-                    )),
-                };
+        let id = command.id.clone();
+        if let Some(running) = self.in_flight.get(&id) {
+            tracing::info!(command_id = %id, "command is running; the repeat gets its answer");
+            let running = running.clone();
+            // Only the first delivery acts on an exit.
+            return Box::pin(
                 async move {
-                    match result {
-                        Err(previous) => answer(previous),
-                        Ok(running) => {
-                            let fresh = running.await;
-                            // The result is stored before it is sent, and before a restart.
-                            match store
-                                .send(PutResult {
-                                    result: fresh.result.clone(),
-                                })
-                                .await
-                            {
-                                Ok(Ok(())) => {}
-                                Ok(Err(e)) => tracing::error!(
-                                    command_id = %fresh.result.command_id,
-                                    "cannot store command result: {e}"
-                                ),
-                                Err(e) => tracing::error!(
-                                    command_id = %fresh.result.command_id,
-                                    "cannot store command result: {e}"
-                                ),
-                            }
-                            fresh
-                        }
+                    Answered {
+                        exit: None,
+                        ..running.await
                     }
                 }
-                .into_actor(act)
-            },
-        )))
+                .into_actor(self),
+            );
+        }
+        let work = execute(
+            self.deps.clone(),
+            Arc::clone(&self.runs),
+            Arc::clone(&self.turn),
+            command,
+        )
+        .boxed()
+        .shared();
+        self.in_flight.insert(id.clone(), work.clone());
+        Box::pin(work.into_actor(self).map(move |answered, act, _ctx| {
+            // Stored by now, so a later delivery is answered from the store.
+            act.in_flight.remove(&id);
+            answered
+        }))
     }
 }
 
@@ -440,7 +553,12 @@ mod tests {
 
     /// Every actor of an agent whose server does not answer (port 9 is discard).
     fn agent(extra: &[&str]) -> crate::runtime::Agent {
-        let dir = temp_dir();
+        agent_in(&temp_dir(), extra)
+    }
+
+    /// The same, with its data in `dir` and a device token stored (downloads need one).
+    fn agent_in(dir: &std::path::Path, extra: &[&str]) -> crate::runtime::Agent {
+        let dir = dir.to_owned();
         let dir_text = dir.display().to_string();
         let mut args = vec![
             "edge-agent",
@@ -457,6 +575,7 @@ mod tests {
         let source = ConfigSource::from_cli(Cli::try_parse_from(args).unwrap()).unwrap();
         let config = source.resolve::<()>(None).unwrap();
         let store = Store::open(&dir).unwrap();
+        store.set_token("device-token").unwrap();
         crate::runtime::start(
             config,
             source,
@@ -573,5 +692,132 @@ mod tests {
         )
         .await;
         assert_eq!(r.result.output, "Cleared 3 pending and 0 sent records");
+    }
+
+    /// Serves one download: the head and the first half of `body` at once, the rest only
+    /// after the returned sender is used, so the download is in flight until then.
+    fn held_download(body: Vec<u8>) -> (String, std::sync::mpsc::Sender<()>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/artifact", listener.local_addr().unwrap());
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+            }
+            let half = body.len() / 2;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&body[..half]).unwrap();
+            stream.flush().unwrap();
+            // A dropped sender (a failed test) releases too.
+            let _ = released.recv();
+            stream.write_all(&body[half..]).unwrap();
+        });
+        (url, release)
+    }
+
+    fn update(version: &str, url: &str, body: &[u8]) -> CommandKind {
+        let digest = ring::digest::digest(&ring::digest::SHA256, body);
+        CommandKind::UpdateFirmware {
+            version: version.into(),
+            url: url.into(),
+            sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            size: body.len() as u64,
+            signature_base64: None,
+            signature_expires_at: None,
+            deployment_id: Some("dep-1".into()),
+            allow_downgrade: false,
+        }
+    }
+
+    #[actix::test]
+    async fn other_commands_are_answered_while_a_download_runs_and_activation_restarts() {
+        let dir = temp_dir();
+        let agent = agent_in(&dir, &[]);
+        let body = vec![7u8; 64 * 1024];
+        let (url, release) = held_download(body.clone());
+        let first = agent
+            .commands
+            .send(Execute(Command::new("up-1", update("99.0.0", &url, &body))));
+        // The same id again while it runs: answered with the first run's result.
+        let repeat = agent
+            .commands
+            .send(Execute(Command::new("up-1", update("99.0.0", &url, &body))));
+
+        let sync = tokio::time::timeout(
+            Duration::from_secs(10),
+            exec(&agent, "fs-1", CommandKind::ForceSync),
+        )
+        .await
+        .expect("force_sync waited for the download");
+        assert_eq!(sync.result.command_id, "fs-1");
+        let staging = dir.join("staging");
+        assert!(!staging.join(install::CURRENT_LINK).exists());
+
+        release.send(()).unwrap();
+        let first = first.await.unwrap();
+        assert!(first.result.success, "{}", first.result.output);
+        assert_eq!(first.exit, Some(EXIT_RESTART));
+        let data = first.result.data.clone().unwrap();
+        assert_eq!(data["activating"], true);
+        assert_eq!(data["previousVersion"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(data["version"], "99.0.0");
+        assert_eq!(data["size"], body.len());
+        let repeat = repeat.await.unwrap();
+        assert_eq!(repeat.result, first.result);
+        assert_eq!(repeat.exit, None);
+        assert_eq!(agent.runs.load(Ordering::Relaxed), 2);
+
+        assert_eq!(
+            std::fs::read_link(staging.join(install::CURRENT_LINK)).unwrap(),
+            std::path::PathBuf::from("edge-service-99.0.0")
+        );
+        let state = install::load(&staging).unwrap();
+        assert_eq!(state.active.as_deref(), Some("99.0.0"));
+        assert_eq!(state.previous.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(state.trial.map(|t| t.starts), Some(0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[actix::test]
+    async fn no_activation_when_it_is_off_or_the_version_already_runs() {
+        let dir = temp_dir();
+        let agent = agent_in(&dir, &["--firmware-activate", "false"]);
+        let body = b"new build".to_vec();
+        let (url, release) = held_download(body.clone());
+        release.send(()).unwrap();
+        let r = exec(&agent, "up-2", update("99.0.0", &url, &body)).await;
+        assert!(r.result.success, "{}", r.result.output);
+        assert_eq!(r.exit, None);
+        let data = r.result.data.unwrap();
+        assert_eq!(data["activating"], false);
+        assert!(data.get("previousVersion").is_none());
+        let staging = dir.join("staging");
+        assert!(staging.join("edge-service-99.0.0").is_file());
+        assert!(!staging.join(install::CURRENT_LINK).exists());
+        assert!(!staging.join(install::STATE_FILE).exists());
+
+        let dir = temp_dir();
+        let agent = agent_in(&dir, &[]);
+        let (url, release) = held_download(body.clone());
+        release.send(()).unwrap();
+        let own = env!("CARGO_PKG_VERSION");
+        let r = exec(&agent, "up-3", update(own, &url, &body)).await;
+        assert!(r.result.success, "{}", r.result.output);
+        assert_eq!(r.exit, None);
+        assert_eq!(r.result.data.unwrap()["activating"], false);
+        let staging = dir.join("staging");
+        assert!(!staging.join(install::CURRENT_LINK).exists());
+        assert!(!staging.join(install::STATE_FILE).exists());
     }
 }

@@ -233,6 +233,11 @@ pub struct Cli {
     #[arg(long, env = "EDGE_ALLOW_FIRMWARE_DOWNGRADE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_firmware_downgrade: Option<bool>,
+
+    /// Install a staged release at once: point <staging dir>/current at it and restart [default: true]
+    #[arg(long, env = "EDGE_FIRMWARE_ACTIVATE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware_activate: Option<bool>,
 }
 
 /// The lowest layer.
@@ -249,6 +254,7 @@ struct Defaults {
     firmware_trusted_keys: [&'static str; 0],
     firmware_require_signature: bool,
     allow_firmware_downgrade: bool,
+    firmware_activate: bool,
 }
 
 const DEFAULTS: Defaults = Defaults {
@@ -263,6 +269,7 @@ const DEFAULTS: Defaults = Defaults {
     firmware_trusted_keys: [],
     firmware_require_signature: false,
     allow_firmware_downgrade: false,
+    firmware_activate: true,
 };
 
 /// What the merged layers hold before validation. Unknown keys are refused so that a typo
@@ -292,6 +299,7 @@ struct Layered {
     firmware_trusted_keys: Vec<String>,
     firmware_require_signature: bool,
     allow_firmware_downgrade: bool,
+    firmware_activate: bool,
 }
 
 /// A setting that is missing or wrong. Every message is one line.
@@ -342,6 +350,8 @@ pub struct Config {
     pub firmware_trusted_keys: Vec<[u8; 32]>,
     pub firmware_require_signature: bool,
     pub allow_firmware_downgrade: bool,
+    /// Install a staged release (point `current` at it, exit 75 to be restarted on it).
+    pub firmware_activate: bool,
 }
 
 /// The layers below the agent's stored configuration (defaults, TOML file, environment,
@@ -487,6 +497,7 @@ impl Config {
             firmware_trusted_keys,
             firmware_require_signature: l.firmware_require_signature,
             allow_firmware_downgrade: l.allow_firmware_downgrade,
+            firmware_activate: l.firmware_activate,
             log_file,
             scanner_listen,
             batch_size: l.batch_size,
@@ -622,7 +633,7 @@ mod tests {
     /// every test thread.
     static ENV_LOCK: Mutex<()> = Mutex::new(());
 
-    const ALL_VARS: [&str; 23] = [
+    const ALL_VARS: [&str; 24] = [
         "EDGE_CONFIG",
         "EDGE_DATA_DIR",
         "EDGE_SERVER_URL",
@@ -646,6 +657,7 @@ mod tests {
         "EDGE_FIRMWARE_TRUSTED_KEYS",
         "EDGE_FIRMWARE_REQUIRE_SIGNATURE",
         "EDGE_ALLOW_FIRMWARE_DOWNGRADE",
+        "EDGE_FIRMWARE_ACTIVATE",
     ];
 
     /// Sets variables for one test and removes every `EDGE_…` variable afterwards.
@@ -879,6 +891,7 @@ mod tests {
         assert_eq!(c.firmware_trusted_keys, vec![[1u8; 32]]);
         assert!(!c.firmware_require_signature);
         assert!(!c.allow_firmware_downgrade);
+        assert!(c.firmware_activate);
 
         let c = with(&[
             "--firmware-staging-dir",
@@ -905,6 +918,28 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("at least one key"), "{err}");
+    }
+
+    #[test]
+    fn firmware_activation_is_on_unless_a_layer_turns_it_off() {
+        let base = ["--server-url", "http://s", "--device-id", "e"];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            load(&args).unwrap().firmware_activate
+        };
+        let path = toml_file("firmware_activate = false");
+        let config = path.to_str().unwrap();
+        {
+            let _env = Env::with(&[]);
+            assert!(with(&[]));
+            assert!(!with(&["--firmware-activate", "false"]));
+            assert!(!with(&["--config", config]));
+        }
+        let _env = Env::with(&[("EDGE_FIRMWARE_ACTIVATE", "false")]);
+        assert!(!with(&[]));
+        // A bare flag beats the variable.
+        assert!(with(&["--firmware-activate"]));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use awc::ws::{CloseCode, CloseReason, Codec, Frame, Message as WsMessage};
 use awc::BoxedSocket;
 use futures_util::stream::{SplitSink, StreamExt};
 use protocol::commands::{Command, CommandResult};
-use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame};
+use protocol::device::{AlertEvent, DeviceEvent, DeviceFrame, ServerFrame};
 use serde::Deserialize;
 
 use crate::backoff::Backoff;
@@ -28,6 +28,7 @@ use crate::commands::{Answered, CommandHandler, Execute};
 use crate::config::Config;
 use crate::drain::Reenroll;
 use crate::enroll::{self, EnrollError, Enrollment};
+use crate::install;
 use crate::status::{ReportNow, StatusReporter};
 use crate::store::{ClearToken, GetToken, SetToken, StoreActor, StoreError};
 
@@ -55,6 +56,9 @@ pub struct Identity {
     pub run_id: String,
     pub boot_id: Option<String>,
     pub started: Instant,
+    /// The firmware version this process runs: the installed one (`install::begin_run`),
+    /// which is the build's own version unless a staged release was activated.
+    pub version: String,
 }
 
 impl Identity {
@@ -64,7 +68,13 @@ impl Identity {
             run_id: uuid::Uuid::new_v4().to_string(),
             boot_id: read_boot_id(),
             started: Instant::now(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
         }
+    }
+
+    /// The same identity running the given firmware version.
+    pub fn running(self, version: String) -> Self {
+        Identity { version, ..self }
     }
 }
 
@@ -129,6 +139,11 @@ pub struct Connection {
     epoch: u64,
     session: Option<Session>,
     shutting_down: bool,
+    /// The firmware version sent at enrollment.
+    version: String,
+    /// Whether a `hello` was seen since the process started; the first one commits a
+    /// firmware trial.
+    greeted: bool,
 }
 
 impl Connection {
@@ -138,6 +153,7 @@ impl Connection {
         commands: Addr<CommandHandler>,
         status: Addr<StatusReporter>,
         exit_code: Arc<AtomicU8>,
+        version: String,
     ) -> Self {
         Connection {
             config,
@@ -149,7 +165,34 @@ impl Connection {
             epoch: 0,
             session: None,
             shutting_down: false,
+            version,
+            greeted: false,
         }
+    }
+
+    /// The server accepted this build: a firmware trial is over. A rollback made at start is
+    /// reported as an `alert` now that someone can hear it.
+    fn commit_firmware(&mut self, ctx: &mut Context<Self>) {
+        let dir = self.config.firmware_staging_dir.clone();
+        let commit = tokio::task::spawn_blocking(move || install::commit(&dir));
+        ctx.spawn(
+            commit
+                .into_actor(self)
+                .map(|outcome, act, _ctx| match outcome {
+                    Ok(Ok(None)) => {}
+                    Ok(Ok(Some(rolled_back))) => {
+                        let message = rolled_back.message();
+                        tracing::warn!("{message}");
+                        act.send(&DeviceFrame::Event(DeviceEvent::Alert(AlertEvent {
+                            severity: "error".into(),
+                            message,
+                            ts: chrono::Utc::now(),
+                        })));
+                    }
+                    Ok(Err(e)) => tracing::error!("cannot commit the firmware trial: {e}"),
+                    Err(e) => tracing::error!("cannot commit the firmware trial: {e}"),
+                }),
+        );
     }
 
     /// Starts one attempt: token (enrolling if needed), then the WebSocket handshake.
@@ -160,7 +203,7 @@ impl Connection {
         self.epoch += 1;
         let epoch = self.epoch;
         let store = self.store.clone();
-        let enrollment = Enrollment::from_config(&self.config);
+        let enrollment = Enrollment::from_config(&self.config, &self.version);
         let url = self.config.ws_url();
         tracing::info!(%url, "connecting to the factory server");
 
@@ -332,6 +375,10 @@ impl Connection {
                     );
                 }
                 self.status.do_send(ReportNow);
+                if !self.greeted {
+                    self.greeted = true;
+                    self.commit_firmware(ctx);
+                }
             }
             ServerFrame::Command {
                 command,
@@ -714,18 +761,23 @@ mod tests {
             firmware_trusted_keys: Vec::new(),
             firmware_require_signature: false,
             allow_firmware_downgrade: false,
+            firmware_activate: true,
         }
     }
 
-    /// Starts every actor of the agent on a store holding `token`, if any.
-    fn start_agent(
-        config: Config,
-        token: Option<&str>,
-    ) -> (
+    type Started = (
         Addr<StoreActor>,
         std::sync::Arc<std::sync::atomic::AtomicU64>,
         Addr<Connection>,
-    ) {
+    );
+
+    /// Starts every actor of the agent on a store holding `token`, if any.
+    fn start_agent(config: Config, token: Option<&str>) -> Started {
+        start_agent_as(config, token, env!("CARGO_PKG_VERSION"))
+    }
+
+    /// The same, running the given firmware version.
+    fn start_agent_as(config: Config, token: Option<&str>, version: &str) -> Started {
         let store = crate::store::Store::open(&config.data_dir).unwrap();
         if let Some(token) = token {
             store.set_token(token).unwrap();
@@ -743,7 +795,7 @@ mod tests {
             config,
             source,
             store,
-            Identity::for_this_process(),
+            Identity::for_this_process().running(version.to_owned()),
             crate::logs::LogControl::detached(),
         );
         (agent.store, agent.runs, agent.connection)
@@ -927,6 +979,63 @@ mod tests {
             .send(SMessage::Close(Some(CloseCode::Normal.into())))
             .await
             .unwrap();
+    }
+
+    #[actix::test]
+    async fn the_first_hello_commits_the_trial_and_reports_a_rollback() {
+        let (server, port) = fake_server::Server::bind().await;
+        let config = test_config(port);
+        let staging = config.firmware_staging_dir.clone();
+        install::save(
+            &staging,
+            &install::Installed {
+                active: Some("5.0.0".into()),
+                previous: Some("4.0.0".into()),
+                trial: Some(install::Trial {
+                    version: "5.0.0".into(),
+                    starts: 1,
+                }),
+                rolled_back: Some(install::RolledBack {
+                    from: "6.0.0".into(),
+                    to: "5.0.0".into(),
+                }),
+            },
+        )
+        .unwrap();
+        let (_store, _, _connection) = start_agent_as(config, Some("tok"), "5.0.0");
+        let (mut socket, _) = server.accept_ws().await;
+        fake_server::send(
+            &mut socket,
+            &ServerFrame::Hello {
+                device_id: "edge-t".into(),
+                server_time: chrono::Utc::now(),
+            },
+        )
+        .await;
+        let alert = loop {
+            match fake_server::next_event(&mut socket).await {
+                DeviceEvent::Alert(alert) => break alert,
+                // The installed version, not the crate's.
+                DeviceEvent::Status(status) => {
+                    assert_eq!(status.version.as_deref(), Some("5.0.0"));
+                    assert_eq!(status.metrics.unwrap()["version"], "5.0.0");
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        };
+        assert_eq!(alert.severity, "error");
+        assert!(
+            alert
+                .message
+                .contains("firmware 6.0.0 was rolled back to 5.0.0"),
+            "{}",
+            alert.message
+        );
+        let state = install::load(&staging).unwrap();
+        assert_eq!(state.trial, None);
+        assert_eq!(state.rolled_back, None);
+        assert_eq!(state.active.as_deref(), Some("5.0.0"));
+        std::fs::remove_dir_all(&staging).unwrap();
     }
 
     #[test]

@@ -24,10 +24,12 @@ pub struct Enrollment {
     pub name: String,
     pub company_id: Option<String>,
     pub production_line_id: Option<String>,
+    /// The firmware version this process runs.
+    pub version: String,
 }
 
 impl Enrollment {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, version: &str) -> Self {
         Enrollment {
             server_url: config.server_url.clone(),
             device_id: config.device_id.clone(),
@@ -35,6 +37,7 @@ impl Enrollment {
             name: config.name.clone(),
             company_id: config.company_id.clone(),
             production_line_id: config.production_line_id.clone(),
+            version: version.to_owned(),
         }
     }
 
@@ -51,7 +54,7 @@ impl Enrollment {
             name: &self.name,
             company_id: self.company_id.as_deref(),
             production_line_id: self.production_line_id.as_deref(),
-            version: env!("CARGO_PKG_VERSION"),
+            version: &self.version,
         }
     }
 
@@ -171,6 +174,7 @@ mod tests {
             name: "Line 1 & 2/ü".into(),
             company_id: Some("acme".into()),
             production_line_id: None,
+            version: "1.2.3".into(),
         }
     }
 
@@ -179,12 +183,10 @@ mod tests {
         let client = awc::Client::new();
         let request = enrollment().request(&client).unwrap();
         let uri = request.get_uri().to_string();
+        // The version is the one the enrollment carries (the installed firmware's).
         assert_eq!(
             uri,
-            format!(
-                "http://factory:8080/api/v1/devices/edge-1/token?name=Line+1+%26+2%2F%C3%BC&companyId=acme&version={}",
-                env!("CARGO_PKG_VERSION")
-            )
+            "http://factory:8080/api/v1/devices/edge-1/token?name=Line+1+%26+2%2F%C3%BC&companyId=acme&version=1.2.3"
         );
         assert_eq!(request.get_method(), awc::http::Method::POST);
         assert_eq!(request.headers().get("X-Enrollment-Key").unwrap(), "k3y");

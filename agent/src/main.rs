@@ -7,6 +7,7 @@ mod connection;
 mod drain;
 mod enroll;
 mod gs1;
+mod install;
 mod logs;
 mod production;
 mod queue;
@@ -44,6 +45,8 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return bad_setting(&e.to_string()),
     };
+    // Counted before anything else can fail, so that a build that crash-loops is rolled back.
+    let firmware = install::begin_run(&base.firmware_staging_dir);
     let store = match Store::open(&base.data_dir) {
         Ok(store) => store,
         Err(e) => return bad_setting(&e.to_string()),
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     if let Some(e) = pushed_error {
         tracing::error!("pushed configuration ignored: {e}");
     }
+    let version = firmware_version(firmware);
     // Without a token and without a key the agent could only retry a doomed enrollment.
     match store.token() {
         Ok(None) if config.enrollment_key.is_none() => {
@@ -77,7 +81,7 @@ fn main() -> ExitCode {
         Err(e) => return bad_setting(&e.to_string()),
     }
 
-    match run(config, source, store, logs) {
+    match run(config, source, store, logs, version) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -95,15 +99,60 @@ fn bad_setting(reason: &str) -> ExitCode {
     ExitCode::from(EXIT_BAD_SETTING)
 }
 
+/// Logs what the start-up check of the installed firmware found; answers the firmware version
+/// this process runs. An unreadable state is not a reason to stop: the agent must stay
+/// reachable to be repaired, so it runs as its own build's version.
+fn firmware_version(startup: Result<install::Startup, install::InstallError>) -> String {
+    let own = env!("CARGO_PKG_VERSION");
+    let startup = match startup {
+        Ok(startup) => startup,
+        Err(e) => {
+            tracing::error!("installed firmware state not usable, running as {own}: {e}");
+            return own.to_owned();
+        }
+    };
+    if let Some(rolled_back) = &startup.rolled_back {
+        tracing::warn!("{}", rolled_back.message());
+    }
+    if let Some(trial) = &startup.trial {
+        tracing::warn!(
+            version = %trial.version,
+            "firmware on trial: start {} of {} before it is rolled back unless it reaches the server",
+            trial.starts,
+            install::MAX_TRIAL_STARTS
+        );
+    }
+    // The version reported is the installed one; a supervisor that does not start
+    // `<staging dir>/current` would make that report wrong, which is worth a loud line.
+    if startup.running != own {
+        let expected = updater::staged_name(&startup.running);
+        let exe = std::env::current_exe().ok();
+        if exe.as_ref().and_then(|p| p.file_name()) != Some(std::ffi::OsStr::new(&expected)) {
+            tracing::warn!(
+                installed = %startup.running,
+                exe = ?exe,
+                "the installed firmware is not the running executable; does the supervisor start <staging dir>/current?"
+            );
+        }
+    }
+    startup.running
+}
+
 /// A setting that turned out bad once the system ran (the scanner address cannot be bound).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct BadSetting(String);
 
 /// Runs the agent until it is stopped; answers the exit code a command asked for, or 0.
-fn run(config: Config, source: ConfigSource, store: Store, logs: LogControl) -> anyhow::Result<u8> {
+fn run(
+    config: Config,
+    source: ConfigSource,
+    store: Store,
+    logs: LogControl,
+    version: String,
+) -> anyhow::Result<u8> {
     tracing::info!(
-        "edge-agent {} starting, device {}",
+        "edge-agent {} (firmware {version}) starting, device {}",
         env!("CARGO_PKG_VERSION"),
         config.device_id
     );
@@ -128,7 +177,7 @@ fn run(config: Config, source: ConfigSource, store: Store, logs: LogControl) -> 
 
     let system = System::new();
     let exit_code = system.block_on(async move {
-        let identity = Identity::for_this_process();
+        let identity = Identity::for_this_process().running(version);
         tracing::info!(run_id = %identity.run_id, boot_id = ?identity.boot_id, "process identity");
         let scanner = config.scanner_listen;
         let agent = runtime::start(config, source, store, identity, logs);

@@ -69,7 +69,13 @@ pub fn start(
         config_rx.clone(),
     )
     .start();
-    let updater = Updater::new(store.clone(), connection.clone().recipient(), config_rx).start();
+    let updater = Updater::new(
+        store.clone(),
+        connection.clone().recipient(),
+        config_rx,
+        identity.version.clone(),
+    )
+    .start();
     let handler = CommandHandler::new(Deps {
         updater,
         store: store.clone(),
@@ -78,6 +84,7 @@ pub fn start(
         config_changed: connection.clone().recipient(),
         status: status.clone(),
         config: Arc::new(config_tx),
+        running: identity.version.clone(),
         source,
         logs,
     });
@@ -90,6 +97,7 @@ pub fn start(
         commands.clone(),
         status,
         exit_code.clone(),
+        identity.version.clone(),
     ));
     Agent {
         #[cfg(test)]

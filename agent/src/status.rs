@@ -59,7 +59,7 @@ impl StatusReporter {
                 );
                 events.do_send(SendEvent(DeviceEvent::Status(StatusEvent {
                     status: if enabled { "ONLINE" } else { "DISABLED" }.into(),
-                    version: Some(env!("CARGO_PKG_VERSION").into()),
+                    version: Some(identity.version.clone()),
                     boot_id: identity.boot_id.clone(),
                     run_id: Some(identity.run_id.clone()),
                     metrics: Some(metrics),
@@ -90,7 +90,7 @@ pub fn metrics(
     json!({
         "queueDepth": queue_depth,
         "uptimeSecs": identity.started.elapsed().as_secs(),
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": identity.version,
         "connectionMode": config.connection_mode.as_str(),
         "productionEnabled": production_enabled,
         "diskFreeBytes": disk_free,

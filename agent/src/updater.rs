@@ -7,7 +7,9 @@
 //! announced size and SHA-256 is synced and renamed to `<staging dir>/edge-service-<version>`;
 //! every failure removes the `.part` file. Earlier staged versions stay for rollback.
 //!
-//! Installing the staged file (swapping the binary, restarting) is not this actor's job.
+//! A `url` that is a path (`/api/v1/firmware/releases/<id>/artifact`, as the server's deployer
+//! sends it) is fetched from the configured server. Installing the staged file (`current`,
+//! the trial, the restart) is `install.rs`'s job, run by the command handler after a stage.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -53,6 +55,8 @@ pub struct UpdateRequest {
     pub size: u64,
     pub signature_base64: Option<String>,
     pub signature_expires_at: Option<DateTime<Utc>>,
+    /// The command's `allowDowngrade`: the operator chose an older release on purpose.
+    pub allow_downgrade: bool,
 }
 
 /// A release staged for installation.
@@ -70,8 +74,10 @@ pub struct Staged {
 pub enum UpdateError {
     #[error("refused: version `{0}` is not a semantic version")]
     BadVersion(String),
-    #[error("refused: downgrade from {running} to {wanted} (allow_firmware_downgrade is off)")]
+    #[error("refused: downgrade from {running} to {wanted} (neither the command's allowDowngrade nor allow_firmware_downgrade is on)")]
     Downgrade { running: String, wanted: String },
+    #[error("refused: url `{0}` is neither an http(s) URL nor a path on the server")]
+    BadUrl(String),
     #[error("refused: the release is unsigned and firmware_require_signature is on")]
     SignatureRequired,
     #[error("bad signature: {0}")]
@@ -93,38 +99,64 @@ pub struct Policy {
     pub trusted_keys: Vec<[u8; 32]>,
     pub require_signature: bool,
     pub allow_downgrade: bool,
+    /// The firmware version this process runs (`install::Startup::running`).
     pub running: semver::Version,
+    /// The base a path-only `url` is resolved against, without a trailing slash.
+    pub server_url: String,
 }
 
 impl Policy {
-    pub fn from_config(config: &Config) -> Policy {
+    pub fn from_config(config: &Config, running: &str) -> Policy {
         Policy {
             staging_dir: config.firmware_staging_dir.clone(),
             trusted_keys: config.firmware_trusted_keys.clone(),
             require_signature: config.firmware_require_signature,
             allow_downgrade: config.allow_firmware_downgrade,
-            running: running_version(),
+            running: parse_running(running),
+            server_url: config.server_url.clone(),
         }
     }
 }
 
-/// This agent's version; the crate version is a semantic version by Cargo's rules.
-pub fn running_version() -> semver::Version {
-    semver::Version::parse(env!("CARGO_PKG_VERSION")).unwrap_or(semver::Version::new(0, 0, 0))
+/// The running version as semver; the agent only ever activates semantic versions and the
+/// crate version is one by Cargo's rules, so the fallback is for a hand-edited state file.
+pub fn parse_running(running: &str) -> semver::Version {
+    semver::Version::parse(running).unwrap_or(semver::Version::new(0, 0, 0))
 }
 
-/// Refuses a version that is not semver, or that is older than the running one when
-/// downgrades are not allowed. The same version is allowed: staging it again is harmless.
-pub fn check_version(policy: &Policy, version: &str) -> Result<semver::Version, UpdateError> {
+/// Refuses a version that is not semver, or that is older than the running one when neither
+/// the command (`allowDowngrade`) nor the local setting allows a downgrade. The same version
+/// is allowed: staging it again is harmless.
+pub fn check_version(
+    policy: &Policy,
+    version: &str,
+    allowed_by_command: bool,
+) -> Result<semver::Version, UpdateError> {
     let wanted =
         semver::Version::parse(version).map_err(|_| UpdateError::BadVersion(version.into()))?;
-    if !policy.allow_downgrade && wanted.cmp_precedence(&policy.running).is_lt() {
+    let allowed = policy.allow_downgrade || allowed_by_command;
+    if !allowed && wanted.cmp_precedence(&policy.running).is_lt() {
         return Err(UpdateError::Downgrade {
             running: policy.running.to_string(),
             wanted: wanted.to_string(),
         });
     }
     Ok(wanted)
+}
+
+/// The URL to download from: an http(s) URL as it is; a path (`/api/v1/…`) appended to the
+/// configured server URL, the same way the agent builds every other route of its server (so a
+/// server URL with a base path behind a proxy keeps that base).
+pub fn resolve_url(server_url: &str, url: &str) -> Result<String, UpdateError> {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Ok(url.to_owned());
+    }
+    // `//host/…` would be a scheme-relative URL to another host, not a path on this one.
+    if url.starts_with('/') && !url.starts_with("//") {
+        return Ok(format!("{}{url}", server_url.trim_end_matches('/')));
+    }
+    Err(UpdateError::BadUrl(url.to_owned()))
 }
 
 /// The bytes a release signature covers, as the server builds them.
@@ -198,7 +230,7 @@ pub fn check_signature(
 }
 
 /// The file name of a staged version: semver's `+` is not wanted in file names.
-fn staged_name(version: &str) -> String {
+pub fn staged_name(version: &str) -> String {
     format!("{STAGED_PREFIX}{}", version.replace('+', "_"))
 }
 
@@ -528,6 +560,8 @@ pub struct Updater {
     events: Recipient<SendEvent>,
     config: watch::Receiver<Config>,
     client: awc::Client,
+    /// The firmware version of this process.
+    running: String,
 }
 
 impl Updater {
@@ -535,11 +569,13 @@ impl Updater {
         store: Addr<StoreActor>,
         events: Recipient<SendEvent>,
         config: watch::Receiver<Config>,
+        running: String,
     ) -> Self {
         Updater {
             store,
             events,
             config,
+            running,
             // No overall timeout: a large release may take long; stalls are caught per chunk.
             client: awc::Client::builder().disable_timeout().finish(),
         }
@@ -591,15 +627,16 @@ impl Handler<StageRelease> for Updater {
 
     fn handle(
         &mut self,
-        StageRelease(request): StageRelease,
+        StageRelease(mut request): StageRelease,
         _ctx: &mut Self::Context,
     ) -> Self::Result {
-        let policy = Policy::from_config(&self.config.borrow());
+        let policy = Policy::from_config(&self.config.borrow(), &self.running);
         let store = self.store.clone();
         let events = self.events.clone();
         let client = self.client.clone();
         let work = async move {
-            check_version(&policy, &request.version)?;
+            check_version(&policy, &request.version, request.allow_downgrade)?;
+            request.url = resolve_url(&policy.server_url, &request.url)?;
             let signature_verified = check_signature(&policy, &request, Utc::now())?;
             let token = match store.send(GetToken).await {
                 Ok(Ok(Some(token))) => token,
@@ -644,6 +681,7 @@ mod tests {
             require_signature: false,
             allow_downgrade: false,
             running: semver::Version::new(1, 0, 0),
+            server_url: "http://factory:8080".into(),
         }
     }
 
@@ -656,6 +694,7 @@ mod tests {
             size: 10,
             signature_base64: None,
             signature_expires_at: None,
+            allow_downgrade: false,
         }
     }
 
@@ -680,18 +719,52 @@ mod tests {
     }
 
     #[test]
-    fn downgrades_are_refused_unless_allowed() {
+    fn downgrades_are_refused_unless_the_setting_or_the_command_allows_them() {
         let mut p = policy(vec![]);
-        assert!(check_version(&p, "1.0.0").is_ok());
-        assert!(check_version(&p, "1.0.1").is_ok());
-        let err = check_version(&p, "0.9.9").unwrap_err();
+        assert!(check_version(&p, "1.0.0", false).is_ok());
+        assert!(check_version(&p, "1.0.1", false).is_ok());
+        let err = check_version(&p, "0.9.9", false).unwrap_err();
         assert!(err.to_string().contains("downgrade"), "{err}");
         assert!(matches!(
-            check_version(&p, "one"),
+            check_version(&p, "one", true),
             Err(UpdateError::BadVersion(_))
         ));
+        // The command alone may allow it.
+        assert!(check_version(&p, "0.9.9", true).is_ok());
         p.allow_downgrade = true;
-        assert!(check_version(&p, "0.9.9").is_ok());
+        assert!(check_version(&p, "0.9.9", false).is_ok());
+        // The running version is the installed one, not the crate's.
+        p.allow_downgrade = false;
+        p.running = parse_running("7.0.0");
+        assert!(check_version(&p, "6.9.0", false).is_err());
+        assert!(check_version(&p, "6.9.0", true).is_ok());
+    }
+
+    #[test]
+    fn a_path_url_is_fetched_from_the_configured_server() {
+        let path = "/api/v1/firmware/releases/r-1/artifact";
+        assert_eq!(
+            resolve_url("http://factory:8080", path).unwrap(),
+            "http://factory:8080/api/v1/firmware/releases/r-1/artifact"
+        );
+        assert_eq!(
+            resolve_url("https://proxy/base/", path).unwrap(),
+            "https://proxy/base/api/v1/firmware/releases/r-1/artifact"
+        );
+        let absolute = "https://cdn.example/edge-2.0.0";
+        assert_eq!(
+            resolve_url("http://factory:8080", absolute).unwrap(),
+            absolute
+        );
+        for bad in ["//evil.example/x", "api/v1/x", "ftp://host/x", ""] {
+            assert!(
+                matches!(
+                    resolve_url("http://factory:8080", bad),
+                    Err(UpdateError::BadUrl(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

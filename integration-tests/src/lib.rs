@@ -22,6 +22,7 @@ macro_rules! on_both_backends {
 
 pub mod browser;
 pub mod cloud_sim;
+pub mod cut_proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -223,6 +224,11 @@ impl ServerProcess {
             db,
             log,
         }
+    }
+
+    /// The server's process id, for reading its memory use from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends a signal (`HUP`, `TERM`, …) to the server process.
@@ -440,6 +446,27 @@ impl AgentProcess {
             self.options.clone(),
             data_dir,
         )
+    }
+
+    /// What a supervisor does: when the agent exited with 75 (restart requested, as after
+    /// installing firmware), starts it again in place on the same data dir. True if it did.
+    pub fn respawn_if_asked(&mut self) -> bool {
+        match self.child.try_wait().expect("try_wait") {
+            Some(status) if status.code() == Some(75) => {
+                let data_dir = std::mem::replace(&mut self.data_dir, TempDir(PathBuf::new()));
+                let fresh = Self::start_in(
+                    &self.server_url,
+                    &self.device_id,
+                    self.options.clone(),
+                    data_dir,
+                );
+                let old = std::mem::replace(self, fresh);
+                // The old handle's data dir was moved out; dropping it only reaps the child.
+                drop(old);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Writes lines to the scanner port, each ended by a newline, and closes the socket.
@@ -821,4 +848,54 @@ impl FakeDevice {
 /// The `command_result` frame a device sends for `command`.
 pub fn result_frame(command: &Value, success: bool, output: &str) -> Value {
     serde_json::json!({"type": "command_result", "commandId": command["id"], "success": success, "output": output})
+}
+
+/// Uploads `bytes` as a firmware release through the REST API; answers the release's `data`.
+pub fn upload_release(
+    server: &ServerProcess,
+    api: &Api,
+    project: &str,
+    version: &str,
+    bytes: Vec<u8>,
+) -> Value {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("http client");
+    let resp = client
+        .post(format!(
+            "{}/api/v1/firmware/releases?version={version}&filename=edge-service.bin&project={project}",
+            server.base_url
+        ))
+        .bearer_auth(api.token().expect("a logged-in api"))
+        .header("Content-Type", "application/octet-stream")
+        .body(bytes)
+        .send()
+        .expect("upload request");
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().expect("upload answer");
+    assert_eq!(status, 201, "upload: {body}");
+    body["data"].clone()
+}
+
+/// `GET /api/v1/firmware/deployments/{id}`'s `data`.
+pub fn deployment(api: &Api, id: &str) -> Value {
+    api.get(&format!("/api/v1/firmware/deployments/{id}"))
+        .data()
+        .clone()
+}
+
+/// Each device's deployment status, by device id.
+pub fn deployment_statuses(deployment: &Value) -> std::collections::BTreeMap<String, String> {
+    deployment["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            (
+                d["deviceId"].as_str().unwrap().to_owned(),
+                d["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }

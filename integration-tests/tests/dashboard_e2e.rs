@@ -1,7 +1,8 @@
 //! The web dashboard in a real headless Chromium, against the real server and a real agent:
 //! logging in, live device status, dispatching commands and reading their results, live logs, the
 //! confirmation dialog of a dangerous command (cancelled, so nothing is sent), a firmware
-//! upload, a VIEWER who finds no button to press, and the first page of 10,000 devices.
+//! upload and its deployment followed to ACTIVE, pause/resume/abort, a VIEWER who finds no
+//! button to press, and the first page of 10,000 devices.
 //! Screenshots of the main pages land in `target/screenshots/`.
 //!
 //! SQLite only: the browser sees the same API on both backends, and the API's behaviour on
@@ -49,7 +50,7 @@ fn commands_of_type(api: &Api, device: &str, type_: &str) -> i64 {
 fn operator_runs_a_device_from_the_browser() {
     let _turn = take_turn();
     let server = ServerProcess::start(Backend::Sqlite);
-    let agent = AgentProcess::start(&server, DEVICE);
+    let mut agent = AgentProcess::start(&server, DEVICE);
     let api = Api::admin(&server);
     let browser = Browser::start();
 
@@ -164,6 +165,12 @@ fn operator_runs_a_device_from_the_browser() {
     );
     assert_eq!(releases.data()["items"][0]["size"], 256 * 1024);
     browser.screenshot("firmware");
+    deploy_release_from_the_dashboard(&browser, &server, &mut agent);
+    pause_resume_and_abort_a_deployment(&browser, &server, &api);
+    browser.goto(&format!("{}/#/firmware", server.base_url));
+    browser.wait_for("#deployment-list tr[data-deployment-id]");
+    assert_eq!(browser.count("#deployment-list tr[data-deployment-id]"), 2);
+    browser.screenshot("firmware");
 
     // A group with the device, and a dispatch to every member with its per-device results.
     browser.goto(&format!("{}/#/groups", server.base_url));
@@ -242,31 +249,74 @@ fn operator_runs_a_device_from_the_browser() {
     drop(agent);
 }
 
-/// Deploys the uploaded 0.2.0 to the device from the firmware page and follows it to STAGED
-/// or ACTIVE on the deployment's page, live.
-// Not called yet: the deployments API is being built on main and is not merged into this
-// branch; `operator_runs_a_device_from_the_browser` calls it once it is.
-#[allow(dead_code)]
-fn deploy_release_from_the_dashboard(browser: &Browser, server: &ServerProcess) {
+/// Deploys the uploaded 0.2.0 to the device from the firmware page and follows it on the
+/// deployment's page, live, until the device is ACTIVE on it and the deployment COMPLETED. The
+/// agent stages, installs and exits 75 for its supervisor to start it on the new version; the
+/// loop plays the supervisor.
+fn deploy_release_from_the_dashboard(
+    browser: &Browser,
+    server: &ServerProcess,
+    agent: &mut AgentProcess,
+) {
     browser.goto(&format!("{}/#/firmware", server.base_url));
     browser.click("button[data-deploy='0.2.0']");
     browser.type_into("#deploy-form input[name=deviceIds]", DEVICE);
+    browser.type_into("#deploy-form input[name=soakSecs]", "1");
     browser.click("#deploy-form button[type=submit]");
     browser.wait_for("dialog#confirm[open]");
     assert!(browser.text("#confirm-text").contains(DEVICE));
     browser.click("#confirm-ok");
     let row = format!("#deployment-devices tr[data-device-id='{DEVICE}']");
     browser.wait_for(&row);
+    let mut seen = Vec::new();
     browser.wait_within(
         Duration::from_secs(120),
-        "the device to reach STAGED or ACTIVE",
+        "the device ACTIVE and the deployment COMPLETED",
         || {
-            browser.count(&format!("{row}[data-status=STAGED]"))
-                + browser.count(&format!("{row}[data-status=ACTIVE]"))
-                == 1
+            agent.respawn_if_asked();
+            let status = browser.execute(
+                "const r = document.querySelector(arguments[0]); return r ? r.dataset.status : '';",
+                vec![json!(row)],
+            );
+            let status = status.as_str().unwrap_or_default().to_owned();
+            if seen.last() != Some(&status) {
+                seen.push(status.clone());
+            }
+            status == "ACTIVE" && browser.count("main h1 [data-status=COMPLETED]") == 1
         },
     );
+    println!("the device's row showed {seen:?}");
+    assert!(
+        browser.text("#deployment-summary").contains("ACTIVE 1"),
+        "{}",
+        browser.text("#deployment-summary")
+    );
+    // A finished deployment offers nothing to pause, resume or abort.
+    assert_eq!(browser.count("button[data-action]"), 0);
     browser.screenshot("deployment");
+}
+
+/// Pause, resume and abort from a deployment's page, on a deployment that cannot finish: its
+/// only device is enrolled but never connects, so its update stays queued.
+fn pause_resume_and_abort_a_deployment(browser: &Browser, server: &ServerProcess, api: &Api) {
+    api.enroll("edge-dash-offline");
+    browser.goto(&format!("{}/#/firmware", server.base_url));
+    browser.click("button[data-deploy='0.2.0']");
+    browser.type_into("#deploy-form input[name=deviceIds]", "edge-dash-offline");
+    browser.click("#deploy-form button[type=submit]");
+    browser.click("#confirm-ok");
+    browser.wait_for("main h1 [data-status=RUNNING]");
+    browser.click("button[data-action=pause]");
+    browser.wait_for("main h1 [data-status=PAUSED]");
+    browser.click("button[data-action=resume]");
+    browser.wait_for("main h1 [data-status=RUNNING]");
+    browser.click("button[data-action=cancel]");
+    browser.wait_for("dialog#confirm[open]");
+    browser.click("#confirm-ok");
+    browser.wait_for("main h1 [data-status=CANCELLED]");
+    browser.wait_for("#deployment-devices tr[data-device-id='edge-dash-offline'][data-status=CANCELLED]");
+    let list = api.get("/api/v1/firmware/deployments?status=CANCELLED");
+    assert_eq!(list.data()["total"], 1, "{}", list.body);
 }
 
 /// Adds `n` devices straight into the server's SQLite file (the server stopped): enrolling

@@ -237,6 +237,20 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
         ("HEAD", "/api/v1/firmware/releases/{id}/artifact"),
         case(Access::UserOrDevice, 200),
     );
+    cases.insert(("POST", "/api/v1/firmware/deployments"), case(admin, 201));
+    cases.insert(("GET", "/api/v1/firmware/deployments"), case(viewer, 200));
+    cases.insert(
+        ("GET", "/api/v1/firmware/deployments/{id}"),
+        case(viewer, 200),
+    );
+    for action in ["pause", "resume", "cancel"] {
+        let pattern: &'static str = match action {
+            "pause" => "/api/v1/firmware/deployments/{id}/pause",
+            "resume" => "/api/v1/firmware/deployments/{id}/resume",
+            _ => "/api/v1/firmware/deployments/{id}/cancel",
+        };
+        cases.insert(("POST", pattern), case(admin, 200));
+    }
     cases.insert(("GET", "/status"), case(Access::Public, 200));
     cases.insert(
         ("POST", "/admin/generate_token"),
@@ -288,7 +302,19 @@ struct World<'a> {
     release_id: String,
     /// An OTA token for project `table`.
     ota_token: String,
+    /// A deployment of that release to `edge-fw`, which never answers, so it stays RUNNING.
+    deployment_id: String,
     counter: AtomicU32,
+}
+
+/// Deploys `release_id` to `edge-fw` as the admin and returns the deployment's id.
+fn deploy_to_silent_device(admin: &Api, release_id: &str) -> String {
+    let reply = admin.post(
+        "/api/v1/firmware/deployments",
+        &json!({"releaseId": release_id, "deviceIds": ["edge-fw"]}),
+    );
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.data()["id"].as_str().unwrap().to_owned()
 }
 
 /// Uploads a small release as the admin and returns its id.
@@ -500,6 +526,30 @@ impl World<'_> {
                 let victim = upload_release(&self.admin, &format!("5.0.{n}"));
                 (format!("/api/v1/firmware/releases/{victim}"), None, vec![])
             }
+            ("POST", "/api/v1/firmware/deployments") => (
+                pattern.into(),
+                Some(json!({"releaseId": self.release_id, "deviceIds": ["edge-fw"]})),
+                vec![],
+            ),
+            ("GET", "/api/v1/firmware/deployments/{id}") => (
+                format!("/api/v1/firmware/deployments/{}", self.deployment_id),
+                None,
+                vec![],
+            ),
+            ("POST", "/api/v1/firmware/deployments/{id}/pause")
+            | ("POST", "/api/v1/firmware/deployments/{id}/cancel") => {
+                let victim = deploy_to_silent_device(&self.admin, &self.release_id);
+                (pattern.replace("{id}", &victim), None, vec![])
+            }
+            ("POST", "/api/v1/firmware/deployments/{id}/resume") => {
+                let victim = deploy_to_silent_device(&self.admin, &self.release_id);
+                let paused = self.admin.post(
+                    &format!("/api/v1/firmware/deployments/{victim}/pause"),
+                    &json!({}),
+                );
+                assert_eq!(paused.data()["status"], "PAUSED", "{}", paused.body);
+                (pattern.replace("{id}", &victim), None, vec![])
+            }
             ("GET" | "HEAD", "/api/v1/firmware/releases/{id}/artifact") => (
                 format!("/api/v1/firmware/releases/{}/artifact", self.release_id),
                 None,
@@ -614,6 +664,12 @@ fn every_route_as_every_caller(backend: Backend) {
     assert_eq!(ota.status, 200, "{}", ota.body);
     let ota_token = ota.body["token"].as_str().unwrap().to_owned();
 
+    // A device that stays online and never answers: deployments to it stay RUNNING, so pause,
+    // resume and cancel have something to act on.
+    let silent = FakeDevice::connect(&server, &admin, "edge-fw");
+    drop(silent.respond_with(|_| vec![]));
+    let deployment_id = deploy_to_silent_device(&admin, &release_id);
+
     let world = World {
         server: &server,
         admin,
@@ -624,6 +680,7 @@ fn every_route_as_every_caller(backend: Backend) {
         group_id,
         release_id,
         ota_token,
+        deployment_id,
         counter: AtomicU32::new(0),
     };
 

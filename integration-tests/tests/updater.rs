@@ -78,7 +78,14 @@ fn update_firmware_stages_good_releases_and_refuses_bad_ones() {
         &server.base_url,
         device,
         AgentOptions {
-            args: vec!["--firmware-trusted-keys".into(), trusted.clone()],
+            // Staging only: installing (and the exit that goes with it) is tested with
+            // deployments in agent_firmware.rs.
+            args: vec![
+                "--firmware-trusted-keys".into(),
+                trusted.clone(),
+                "--firmware-activate".into(),
+                "false".into(),
+            ],
             ..AgentOptions::default()
         },
     );

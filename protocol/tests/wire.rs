@@ -350,3 +350,48 @@ fn login_and_progress_round_trip() {
     });
     assert_eq!(p["commandId"], "c");
 }
+
+#[test]
+fn deployment_bodies_use_the_documented_names() {
+    use protocol::firmware::{DeploymentRequest, DeviceDeploymentStatus};
+    let request: DeploymentRequest = serde_json::from_value(json!({
+        "releaseId": "r1", "groupId": "g1", "wavePercent": 25, "maxConcurrentDownloads": 5,
+        "failureThresholdPercent": 10, "soakSecs": 120, "allowDowngrade": true
+    }))
+    .unwrap();
+    assert_eq!(request.release_id, "r1");
+    assert_eq!(request.group_id.as_deref(), Some("g1"));
+    assert!(request.device_ids.is_empty());
+    assert_eq!(request.wave_percent, Some(25));
+    assert_eq!(request.max_concurrent_downloads, Some(5));
+    assert_eq!(request.failure_threshold_percent, Some(10));
+    assert_eq!(request.soak_secs, Some(120));
+    assert!(request.allow_downgrade);
+    assert_eq!(
+        serde_json::to_value(DeviceDeploymentStatus::InProgress).unwrap(),
+        json!("IN_PROGRESS")
+    );
+    for s in DeviceDeploymentStatus::ALL {
+        assert_eq!(s.as_str().parse::<DeviceDeploymentStatus>().unwrap(), s);
+    }
+}
+
+#[test]
+fn allow_downgrade_is_sent_only_when_true() {
+    let mut fw: Command = serde_json::from_value(json!({
+        "type": "update_firmware", "id": "f", "version": "1.0.0", "url": "/a",
+        "sha256": "00".repeat(32), "size": 1
+    }))
+    .unwrap();
+    assert!(!serde_json::to_string(&fw)
+        .unwrap()
+        .contains("allowDowngrade"));
+    if let CommandKind::UpdateFirmware {
+        allow_downgrade, ..
+    } = &mut fw.kind
+    {
+        *allow_downgrade = true;
+    }
+    let text = serde_json::to_string(&fw).unwrap();
+    assert!(text.contains(r#""allowDowngrade":true"#), "{text}");
+}

@@ -40,6 +40,10 @@ pub struct Config {
     pub restart_confirm_secs: u64,
     /// Seconds a device has to come back with a new boot id after `reboot_os`.
     pub reboot_confirm_secs: u64,
+    /// Seconds a deployed device has to download and stage a release.
+    pub deployment_stage_timeout_secs: u64,
+    /// Seconds a device has, once it staged a release, to come back on the new version.
+    pub deployment_activate_timeout_secs: u64,
     /// OKTO cloud base URL; without it (and a token) records wait in the cloud queue.
     pub cloud_url: Option<String>,
     pub cloud_token: Option<String>,
@@ -84,6 +88,8 @@ impl Default for Config {
             log_retention_days: 30,
             restart_confirm_secs: 120,
             reboot_confirm_secs: 600,
+            deployment_stage_timeout_secs: 1800,
+            deployment_activate_timeout_secs: 600,
             cloud_url: None,
             cloud_token: None,
             cloud_token_file: None,
@@ -195,6 +201,16 @@ pub struct Cli {
     #[arg(long, env = "FACTORY_REBOOT_CONFIRM_SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reboot_confirm_secs: Option<u64>,
+
+    /// Seconds a deployed device has to download and stage a release [default: 1800].
+    #[arg(long, env = "FACTORY_DEPLOYMENT_STAGE_TIMEOUT_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_stage_timeout_secs: Option<u64>,
+
+    /// Seconds a device has after staging to come back on the new version [default: 600].
+    #[arg(long, env = "FACTORY_DEPLOYMENT_ACTIVATE_TIMEOUT_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment_activate_timeout_secs: Option<u64>,
 
     /// OKTO cloud base URL, e.g. https://app.okto.ru/api [default: none, records wait].
     #[arg(long, env = "FACTORY_CLOUD_URL")]

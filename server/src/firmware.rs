@@ -23,9 +23,13 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use actix_files::NamedFile;
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header::{self, EntityTag, Header, IfNoneMatch};
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -555,7 +559,7 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
 
-fn not_found() -> ApiError {
+pub fn not_found() -> ApiError {
     ApiError::not_found(ErrorCode::ReleaseNotFound, "no such firmware release")
 }
 
@@ -605,9 +609,14 @@ pub async fn delete(
         .source(audit::source_of(&req));
     let row = audited(&state.db, entry, move |conn| {
         let row = find(conn, &id)?.ok_or_else(not_found)?;
-        // Deployments (issue 8, later) add their check here, inside this transaction: a release
-        // that a PENDING or IN_PROGRESS deployment names is refused with 409, so no device is
-        // sent a URL that stops working halfway.
+        // Checked inside this transaction, so no deployment can start sending the URL between
+        // the check and the delete and have it stop working halfway.
+        if crate::deployments::release_in_use(conn, &row.id)? {
+            return Err(ApiError::conflict(
+                ErrorCode::ReleaseDeployed,
+                "a running or paused deployment uses this release; cancel it first",
+            ));
+        }
         diesel::delete(releases::table.find(&row.id)).execute(conn)?;
         Ok(row)
     })
@@ -697,7 +706,83 @@ pub async fn serve(
         header::ETAG,
         header::HeaderValue::from_str(&etag.to_string()).map_err(ApiError::internal)?,
     );
-    Ok(response)
+    if req.method() == actix_web::http::Method::HEAD || !response.status().is_success() {
+        return Ok(response);
+    }
+    let offset = response
+        .headers()
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(range_start)
+        .unwrap_or(0);
+    let release = row.id.clone();
+    Ok(response.map_body(move |_, body| {
+        let expected = match body.size() {
+            BodySize::Sized(n) => n,
+            _ => 0,
+        };
+        BoxBody::new(Counted {
+            inner: body,
+            release,
+            offset,
+            expected,
+            sent: 0,
+        })
+    }))
+}
+
+/// The first byte of a `Content-Range: bytes <first>-<last>/<size>` value.
+fn range_start(value: &str) -> Option<u64> {
+    value
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// An artifact body that counts what it handed to the connection, and logs it when the
+/// transfer ends, complete or cut: how much a resumed download really cost the server.
+struct Counted {
+    inner: BoxBody,
+    release: String,
+    offset: u64,
+    expected: u64,
+    sent: u64,
+}
+
+impl MessageBody for Counted {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.inner.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.sent += chunk.len() as u64;
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            other => other,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        tracing::info!(
+            release = %self.release,
+            offset = self.offset,
+            sent = self.sent,
+            complete = self.sent == self.expected,
+            "artifact transfer ended"
+        );
+    }
 }
 
 #[cfg(test)]

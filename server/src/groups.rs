@@ -29,7 +29,7 @@ fn not_found() -> ApiError {
     ApiError::not_found(ErrorCode::GroupNotFound, "no such device group")
 }
 
-fn find(conn: &mut DbConnection, id: &str) -> ApiResult<GroupRow> {
+pub fn require(conn: &mut DbConnection, id: &str) -> ApiResult<GroupRow> {
     groups::table
         .find(id)
         .select(GroupRow::as_select())
@@ -178,7 +178,7 @@ pub async fn get_group(
     let id = path.into_inner();
     let group = state
         .db
-        .run(move |conn| find(conn, &id).and_then(|r| to_api(conn, r, true)))
+        .run(move |conn| require(conn, &id).and_then(|r| to_api(conn, r, true)))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(group)))
 }
@@ -199,7 +199,7 @@ pub async fn update_group(
     let e =
         entry(&user, &req, "group.update", &id).params(serde_json::json!({"name": change.name}));
     let group = audited(&state.db, e, move |conn| {
-        let row = find(conn, &id)?;
+        let row = require(conn, &id)?;
         if let Some(name) = &change.name {
             name_taken(conn, name, Some(&id))?;
         }
@@ -210,7 +210,7 @@ pub async fn update_group(
                 groups::updated_at.eq(Utc::now().naive_utc()),
             ))
             .execute(conn)?;
-        let row = find(conn, &id)?;
+        let row = require(conn, &id)?;
         to_api(conn, row, true)
     })
     .await?;
@@ -228,7 +228,7 @@ pub async fn delete_group(
     let e = entry(&user, &req, "group.delete", &id);
     let target = id.clone();
     audited(&state.db, e, move |conn| {
-        find(conn, &target)?;
+        require(conn, &target)?;
         diesel::delete(members::table.filter(members::group_id.eq(&target))).execute(conn)?;
         diesel::delete(groups::table.find(&target)).execute(conn)?;
         Ok(())
@@ -262,7 +262,7 @@ pub async fn add_members(
     let e = entry(&user, &req, "group.members.add", &id)
         .params(serde_json::json!({"count": request.device_ids.len()}));
     let group = audited(&state.db, e, move |conn| {
-        let row = find(conn, &id)?;
+        let row = require(conn, &id)?;
         let mut wanted = request.device_ids.clone();
         wanted.sort();
         wanted.dedup();
@@ -319,7 +319,7 @@ pub async fn remove_members(
     let e = entry(&user, &req, "group.members.remove", &id)
         .params(serde_json::json!({"count": request.device_ids.len()}));
     let group = audited(&state.db, e, move |conn| {
-        let row = find(conn, &id)?;
+        let row = require(conn, &id)?;
         for chunk in request.device_ids.chunks(500) {
             diesel::delete(
                 members::table
@@ -348,7 +348,7 @@ pub async fn dispatch_to_group(
     let targets = state
         .db
         .run(move |conn| {
-            find(conn, &id)?;
+            require(conn, &id)?;
             member_ids(conn, &id)
         })
         .await?;

@@ -12,6 +12,8 @@ pub mod commands;
 pub mod config;
 pub mod dashboard;
 pub mod db;
+pub mod deployer;
+pub mod deployments;
 pub mod devices;
 pub mod dispatcher;
 pub mod error;
@@ -42,6 +44,7 @@ use protocol::rest::Envelope;
 use crate::cloud_sync::{CloudSettings, CloudSync, CloudTarget, SharedStats, UpdateTarget};
 use crate::config::Config;
 use crate::db::Db;
+use crate::deployer::FirmwareDeployer;
 use crate::dispatcher::{CommandDispatcher, ConfirmWindows};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::events::EventBus;
@@ -123,6 +126,12 @@ routes! {
     delete "/api/v1/firmware/releases/{id}" => firmware::delete,
     get "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
     head "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
+    post "/api/v1/firmware/deployments" => deployments::create,
+    get "/api/v1/firmware/deployments" => deployments::list,
+    get "/api/v1/firmware/deployments/{id}" => deployments::get,
+    post "/api/v1/firmware/deployments/{id}/pause" => deployments::pause,
+    post "/api/v1/firmware/deployments/{id}/resume" => deployments::resume,
+    post "/api/v1/firmware/deployments/{id}/cancel" => deployments::cancel,
     get "/status" => ota::status,
     post "/admin/generate_token" => ota::generate_token,
     get "/firmware/{project}/latest" => ota::latest,
@@ -269,6 +278,14 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     };
     let dispatcher =
         CommandDispatcher::new(db.clone(), registry.clone(), bus.clone(), windows).start();
+    let deployer = FirmwareDeployer::new(
+        db.clone(),
+        dispatcher.clone(),
+        bus.clone(),
+        std::time::Duration::from_secs(config.deployment_stage_timeout_secs),
+        std::time::Duration::from_secs(config.deployment_activate_timeout_secs),
+    )
+    .start();
     let limits = Arc::new(Limits::from_config(&config));
     let cloud_target = config
         .cloud_target()
@@ -302,6 +319,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         config: Arc::new(config.clone()),
         registry,
         dispatcher,
+        deployer,
         presence,
     });
 

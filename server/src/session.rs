@@ -16,6 +16,7 @@ use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame};
 use protocol::rest::DeviceStatus;
 
 use crate::auth::{bearer_token, Scope};
+use crate::deployer::{DeviceAlert, DeviceReported};
 use crate::devices;
 use crate::devices::StatusUpdate;
 use crate::dispatcher::{DeviceConnected, ProgressReceived, ResultReceived, StatusSeen};
@@ -383,6 +384,11 @@ impl DeviceSession {
                         metrics,
                     },
                 });
+                // After the presence writer was asked to store it; the deployer's pass reads
+                // the stored version, and a pass a moment early is repeated on the next tick.
+                self.state.deployer.do_send(DeviceReported {
+                    device_id: device_id.clone(),
+                });
             }
             DeviceEvent::LogLine(log) => {
                 telemetry.do_send(Telemetry::log(&device_id, log.ts, &log.level, &log.line));
@@ -399,6 +405,11 @@ impl DeviceSession {
                 let payload =
                     serde_json::json!({"severity": alert.severity, "message": alert.message});
                 telemetry.do_send(Telemetry::event(&device_id, alert.ts, "alert", &payload));
+                self.state.deployer.do_send(DeviceAlert {
+                    device_id: device_id.clone(),
+                    severity: alert.severity.clone(),
+                    message: alert.message.clone(),
+                });
             }
         }
         if let Some(publish) = Publish::device_event(&device_id, event) {

@@ -9,6 +9,7 @@ use crate::auth::JwtKeys;
 use crate::cloud_sync::{CloudSync, CloudTarget, SharedStats};
 use crate::config::Config;
 use crate::db::Db;
+use crate::deployer::FirmwareDeployer;
 use crate::dispatcher::CommandDispatcher;
 use crate::events::EventBus;
 use crate::presence::PresenceWriter;
@@ -23,6 +24,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub registry: Addr<DeviceRegistry>,
     pub dispatcher: Addr<CommandDispatcher>,
+    pub deployer: Addr<FirmwareDeployer>,
     pub presence: Addr<PresenceWriter>,
     pub bus: Addr<EventBus>,
     pub cloud: Addr<CloudSync>,

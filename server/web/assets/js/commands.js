@@ -154,18 +154,18 @@ function firmwareForm() {
       select.dispatchEvent(new Event('change'));
     })
     .catch((e) => replace(select, h('option', { value: '', text: e.message })));
-  // The device fetches from the URL; this origin is the server's address as the browser sees
-  // it, which an operator may correct when devices reach the server by another name.
+  // A path is fetched by the device from the server it is connected to, whatever name the
+  // browser reaches the server by; a full URL may be typed instead.
   select.addEventListener('change', () => {
     const r = releases.find((x) => x.id === select.value);
-    url.value = r ? `${location.origin}${r.artifactUrl}` : '';
+    url.value = r ? r.artifactUrl : '';
   });
   return {
     element: h(
       'div',
       { class: 'row' },
       h('label', {}, 'Release', select),
-      h('label', {}, 'Artifact URL (as the device reaches it)', url),
+      h('label', {}, 'Artifact URL (a path is fetched from the device’s server)', url),
       h('label', { class: 'inline' }, downgrade, 'Allow an older version'),
     ),
     read: () => {

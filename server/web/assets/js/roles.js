@@ -12,7 +12,7 @@ const ACTIONS = {
   manageGroups: 'MANAGER',
   deadLetters: 'MANAGER',
   uploadFirmware: 'ADMIN',
-  deployFirmware: 'MANAGER',
+  deployFirmware: 'ADMIN',
   manageUsers: 'ADMIN',
 };
 

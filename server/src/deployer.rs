@@ -1,0 +1,379 @@
+//! `FirmwareDeployer`: the actor that rolls firmware deployments out, wave by wave.
+//!
+//! It keeps no state the database does not have. A *pass* runs `deployments::advance` for
+//! every unfinished deployment on the blocking pool, then carries out what the pass decided:
+//! `update_firmware` commands through the `CommandDispatcher`, and `deployment` events to the
+//! dashboards. Passes never overlap (so the download cap holds); a pass runs every
+//! `TICK_INTERVAL`, and at once when something happened: a deployment was created or
+//! controlled, a download ended, or a watched device sent a status frame.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use actix::prelude::*;
+use protocol::dashboard::DashboardNotice;
+use protocol::firmware::DeploymentStatus;
+use protocol::rest::CommandStatus;
+use serde_json::Value;
+
+use crate::db::Db;
+use crate::deployments::{self, Carried, Effect, Timeouts};
+use crate::dispatcher::{CommandDispatcher, Dispatch};
+use crate::events::{EventBus, Publish};
+
+/// How often unfinished deployments are looked at without a reason: soaks end and
+/// activation deadlines pass on the clock, not on an event.
+const TICK_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct FirmwareDeployer {
+    db: Db,
+    dispatcher: Addr<CommandDispatcher>,
+    bus: Addr<EventBus>,
+    timeouts: Timeouts,
+    /// How long one device may take to download and stage a release.
+    stage_timeout: Duration,
+    /// The `update_firmware` commands under way.
+    carried: Carried,
+    /// Device → deployments it takes an unsettled part in, as of the last pass.
+    watched: HashMap<String, Vec<String>>,
+    running: bool,
+    again: bool,
+}
+
+impl FirmwareDeployer {
+    pub fn new(
+        db: Db,
+        dispatcher: Addr<CommandDispatcher>,
+        bus: Addr<EventBus>,
+        stage_timeout: Duration,
+        activate_timeout: Duration,
+    ) -> Self {
+        FirmwareDeployer {
+            db,
+            dispatcher,
+            bus,
+            timeouts: Timeouts {
+                activate: activate_timeout,
+            },
+            stage_timeout,
+            carried: Carried::default(),
+            watched: HashMap::new(),
+            running: false,
+            again: false,
+        }
+    }
+
+    fn pass(&mut self, ctx: &mut Context<Self>) {
+        if self.running {
+            self.again = true;
+            return;
+        }
+        self.running = true;
+        self.again = false;
+        let db = self.db.clone();
+        let carried = self.carried.clone();
+        let timeouts = self.timeouts;
+        async move {
+            db.run(move |conn| {
+                let mut effects = Vec::new();
+                for id in deployments::unfinished(conn)? {
+                    match deployments::advance(conn, &id, &carried, timeouts) {
+                        Ok(more) => effects.extend(more),
+                        // One deployment's trouble must not hold up the others.
+                        Err(e) => tracing::warn!(deployment = %id, error = %e.message, "deployment pass failed"),
+                    }
+                }
+                let watched = deployments::watched_devices(conn)?;
+                Ok((effects, watched))
+            })
+            .await
+        }
+        .into_actor(self)
+        .map(|outcome, act, ctx| {
+            act.running = false;
+            match outcome {
+                Ok((effects, watched)) => {
+                    act.watched.clear();
+                    let mut under_way = HashSet::new();
+                    for (device, deployment, command) in watched {
+                        act.watched.entry(device).or_default().push(deployment);
+                        under_way.extend(command);
+                    }
+                    // A queued command whose row moved on needs no more remembering.
+                    act.carried.queued.retain(|c| under_way.contains(c));
+                    for effect in effects {
+                        act.apply(effect, ctx);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.message, "deployment pass failed"),
+            }
+            if act.again {
+                act.pass(ctx);
+            }
+        })
+        .spawn(ctx);
+    }
+
+    fn apply(&mut self, effect: Effect, ctx: &mut Context<Self>) {
+        match effect {
+            Effect::Dispatch {
+                deployment_id,
+                device_id,
+                command,
+                issued_by,
+            } => {
+                let command_id = command.id.clone();
+                self.carried.awaited.insert(command_id.clone());
+                // An offline device gets the command queued: it downloads when it connects,
+                // or the command expires and the device fails.
+                let request = self.dispatcher.send(Dispatch {
+                    device_id: device_id.clone(),
+                    command,
+                    timeout: self.stage_timeout,
+                    issued_by,
+                    queue_ttl: Some(self.stage_timeout),
+                    stored: false,
+                    accepted: None,
+                });
+                async move {
+                    match request.await {
+                        Ok(Ok(response)) => match response.status {
+                            CommandStatus::Success => Outcome::Staged(response.result.output),
+                            CommandStatus::Queued => Outcome::Queued,
+                            status if response.result.output.is_empty() => {
+                                Outcome::Failed(format!("the command ended {}", status.as_str()))
+                            }
+                            _ => Outcome::Failed(response.result.output),
+                        },
+                        Ok(Err(e)) => Outcome::Failed(e.message),
+                        Err(e) => Outcome::Failed(format!("dispatcher unavailable: {e}")),
+                    }
+                }
+                .into_actor(self)
+                .map(move |outcome, act, ctx| {
+                    let outcome = match outcome {
+                        Outcome::Queued => {
+                            // Settled from the command's record once the device answers.
+                            act.carried.queued.insert(command_id.clone());
+                            act.carried.awaited.remove(&command_id);
+                            return;
+                        }
+                        Outcome::Staged(output) => Ok(output),
+                        Outcome::Failed(reason) => Err(reason),
+                    };
+                    ctx.notify(DownloadFinished {
+                        deployment_id,
+                        device_id,
+                        command_id,
+                        outcome,
+                    });
+                })
+                .spawn(ctx);
+            }
+            Effect::Device {
+                deployment_id,
+                device_id,
+                status,
+                detail,
+            } => self.publish(&deployment_id, &device_id, status.as_str(), detail),
+            Effect::Deployment {
+                deployment_id,
+                status,
+                detail,
+            } => self.announce(&deployment_id, status, detail),
+        }
+    }
+
+    fn publish(&self, deployment_id: &str, device_id: &str, status: &str, detail: Option<Value>) {
+        tracing::info!(deployment = %deployment_id, device = %device_id, status, "deployment step");
+        let notice = DashboardNotice::Deployment {
+            deployment_id: deployment_id.to_owned(),
+            device_id: device_id.to_owned(),
+            status: status.to_owned(),
+            detail,
+        };
+        if let Ok(json) = serde_json::to_string(&notice) {
+            self.bus.do_send(Publish {
+                device_id: device_id.to_owned(),
+                event_type: "deployment".into(),
+                json: json.into(),
+            });
+        }
+    }
+
+    /// A deployment-wide change goes out with `deviceId: "*"`.
+    fn announce(&self, deployment_id: &str, status: DeploymentStatus, detail: Value) {
+        self.publish(deployment_id, "*", status.as_str(), Some(detail));
+    }
+}
+
+impl Actor for FirmwareDeployer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The first pass also settles downloads a previous run left IN_PROGRESS.
+        self.pass(ctx);
+        ctx.run_interval(TICK_INTERVAL, |act, ctx| act.pass(ctx));
+    }
+}
+
+/// Something changed in this deployment: look at it now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Poke(pub String);
+
+impl Handler<Poke> for FirmwareDeployer {
+    type Result = ();
+    fn handle(&mut self, _: Poke, ctx: &mut Context<Self>) {
+        self.pass(ctx);
+    }
+}
+
+/// An operator changed a deployment's state; dashboards hear it from here.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Announce {
+    pub deployment_id: String,
+    pub status: DeploymentStatus,
+    pub detail: Value,
+}
+
+impl Handler<Announce> for FirmwareDeployer {
+    type Result = ();
+    fn handle(&mut self, msg: Announce, _: &mut Context<Self>) {
+        self.announce(&msg.deployment_id, msg.status, msg.detail);
+    }
+}
+
+/// A device sent a status frame (its version and run id are stored by then, or soon).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceReported {
+    pub device_id: String,
+}
+
+impl Handler<DeviceReported> for FirmwareDeployer {
+    type Result = ();
+    fn handle(&mut self, msg: DeviceReported, ctx: &mut Context<Self>) {
+        if self.watched.contains_key(&msg.device_id) {
+            self.pass(ctx);
+        }
+    }
+}
+
+/// A device raised an alert.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceAlert {
+    pub device_id: String,
+    pub severity: String,
+    pub message: String,
+}
+
+/// Severities that fail a device soaking on new firmware.
+fn is_error_severity(severity: &str) -> bool {
+    matches!(
+        severity.to_ascii_lowercase().as_str(),
+        "error" | "critical" | "fatal"
+    )
+}
+
+impl Handler<DeviceAlert> for FirmwareDeployer {
+    type Result = ();
+    fn handle(&mut self, msg: DeviceAlert, ctx: &mut Context<Self>) {
+        if !is_error_severity(&msg.severity) || !self.watched.contains_key(&msg.device_id) {
+            return;
+        }
+        let db = self.db.clone();
+        async move {
+            db.run(move |conn| deployments::alert_received(conn, &msg.device_id, &msg.message))
+                .await
+        }
+        .into_actor(self)
+        .map(|outcome, act, ctx| match outcome {
+            Ok(effects) => {
+                let any = !effects.is_empty();
+                for effect in effects {
+                    act.apply(effect, ctx);
+                }
+                if any {
+                    act.pass(ctx);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e.message, "alert not applied to a deployment"),
+        })
+        .spawn(ctx);
+    }
+}
+
+/// How a dispatch of `update_firmware` came back.
+enum Outcome {
+    Staged(String),
+    Queued,
+    Failed(String),
+}
+
+/// The `update_firmware` command of one device ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DownloadFinished {
+    deployment_id: String,
+    device_id: String,
+    command_id: String,
+    outcome: Result<String, String>,
+}
+
+impl Handler<DownloadFinished> for FirmwareDeployer {
+    type Result = ();
+    fn handle(&mut self, msg: DownloadFinished, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        let command_id = msg.command_id.clone();
+        async move {
+            db.run(move |conn| {
+                deployments::download_finished(
+                    conn,
+                    &msg.deployment_id,
+                    &msg.device_id,
+                    &msg.command_id,
+                    msg.outcome,
+                )
+            })
+            .await
+        }
+        .into_actor(self)
+        .map(move |outcome, act, ctx| {
+            // Forgotten only once the row left IN_PROGRESS, so no pass in between takes the
+            // download for one a restart lost.
+            act.carried.awaited.remove(&command_id);
+            match outcome {
+                Ok(Some(effect)) => act.apply(effect, ctx),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e.message, "download outcome not stored"),
+            }
+            act.pass(ctx);
+        })
+        .spawn(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::firmware::DeviceDeploymentStatus;
+
+    use super::*;
+
+    #[test]
+    fn only_error_alerts_fail_a_soak() {
+        assert!(is_error_severity("error"));
+        assert!(is_error_severity("CRITICAL"));
+        assert!(!is_error_severity("warning"));
+        assert!(!is_error_severity("info"));
+    }
+
+    #[test]
+    fn device_statuses_read_back() {
+        for s in DeviceDeploymentStatus::ALL {
+            assert_eq!(s.as_str().parse::<DeviceDeploymentStatus>().unwrap(), s);
+        }
+    }
+}
