@@ -2,7 +2,8 @@
 //! ACTIVE on a group in two waves (each agent stages, installs, exits 75, is restarted and comes
 //! back on the new version); a wrong hash, a bad signature and a truncated download fail on the
 //! device with the reason and stage nothing, and the wrong hash auto-pauses its deployment;
-//! a download cut in the middle resumes where it stopped, by the server's own byte counts.
+//! a download cut in the middle resumes where it stopped, by the server's own byte counts;
+//! a new build that never reaches the server is rolled back by the agent and FAILED.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +18,7 @@ on_both_backends!(
     a_good_release_goes_active_on_a_group_in_two_waves,
     broken_releases_fail_on_the_device_and_stage_nothing,
     a_cut_download_resumes_where_it_stopped,
+    a_build_that_never_reaches_the_server_is_rolled_back,
 );
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -351,5 +353,55 @@ fn a_cut_download_resumes_where_it_stopped(backend: Backend) {
         proxy
             .forwarded_before_cut
             .load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+fn a_build_that_never_reaches_the_server_is_rolled_back(backend: Backend) {
+    let server = ServerProcess::start(backend);
+    let api = Api::admin(&server);
+    let mut agent = AgentProcess::start(&server, "fw-rb");
+    online(&api, &[&agent]);
+    let release = upload_release(&server, &api, "edge", "0.7.0", artifact(100_000, 7));
+    let id = deploy(
+        &api,
+        json!({"releaseId": release["id"], "deviceIds": ["fw-rb"], "soakSecs": 1,
+               "failureThresholdPercent": 100}),
+    );
+    assert_eq!(
+        agent.wait_exit(WAIT),
+        Some(75),
+        "the agent installs and asks to be restarted: {}",
+        agent.log()
+    );
+    wait_until(WAIT, "STAGED", || {
+        deployment_statuses(&deployment(&api, &id))["fw-rb"] == "STAGED"
+    });
+    let staging = agent.data_dir.path().join("staging");
+    assert!(staging.join("current").exists());
+
+    // The new build starts three times and never gets through to the server (here: pointed at
+    // a closed port, and killed), as a build that crashes early would.
+    let mut dir = std::mem::replace(&mut agent.data_dir, TempDir::new("unused"));
+    for _ in 0..3 {
+        let mut dead =
+            AgentProcess::start_in("http://127.0.0.1:9", "fw-rb", AgentOptions::default(), dir);
+        std::thread::sleep(Duration::from_millis(1500));
+        dead.kill();
+        dir = std::mem::replace(&mut dead.data_dir, TempDir::new("unused"));
+    }
+    // The fourth start rolls back to the build it came from, connects and says so.
+    let agent = AgentProcess::start_in(&server.base_url, "fw-rb", AgentOptions::default(), dir);
+    let done = settle(&api, &id, "COMPLETED", &mut []);
+    let rb = row(&done, "fw-rb");
+    assert_eq!(rb["status"], "FAILED", "{done}\n{}", agent.log());
+    assert!(
+        rb["reason"].as_str().unwrap().contains("rolled back"),
+        "{done}"
+    );
+    let device = api.get("/api/v1/devices/fw-rb");
+    assert_ne!(device.data()["version"], "0.7.0", "{}", device.body);
+    assert!(
+        !agent.data_dir.path().join("staging/current").exists(),
+        "the install link is gone: the original build runs"
     );
 }

@@ -66,6 +66,23 @@ fn wait_for_status(api: &Api, id: &str, status: &str) -> Value {
     last
 }
 
+/// Waits until the first device of a deployment has its update (the command is SENT); answers
+/// the command id.
+fn wait_sent(api: &Api, id: &str, device: &str) -> String {
+    let mut sent = String::new();
+    wait_until(WAIT, "the update sent", || {
+        let d = deployment(api, id);
+        let Some(command) = d["devices"][0]["commandId"].as_str() else {
+            return false;
+        };
+        sent = command.to_owned();
+        api.get(&format!("/api/v1/devices/{device}/commands/{command}"))
+            .body["data"]["status"]
+            == "SENT"
+    });
+    sent
+}
+
 fn group_of(api: &Api, name: &str, devices: &[&str]) -> String {
     let group = api.post("/api/v1/device-groups", &json!({"name": name}));
     let id = group.data()["id"].as_str().unwrap().to_owned();
@@ -391,9 +408,8 @@ fn cancel_settles_the_rest_and_frees_the_release(backend: Backend) {
         json!({"releaseId": release_id, "deviceIds": ["silent", "waiting"], "waveSize": 1}),
     );
     let id = created["id"].as_str().unwrap();
-    wait_until(WAIT, "the silent device downloading", || {
-        deployment_statuses(&deployment(&api, id))["silent"] == "IN_PROGRESS"
-    });
+    // SENT: the device has it, so a cancel cannot call it back.
+    wait_sent(&api, id, "silent");
 
     let refused = api.delete(&format!("/api/v1/firmware/releases/{release_id}"));
     assert_eq!(refused.status, 409, "{}", refused.body);
@@ -441,15 +457,7 @@ fn a_download_orphaned_by_a_restart_is_sent_again_and_an_offline_device_gets_it_
         json!({"releaseId": release["id"], "deviceIds": ["phoenix"], "soakSecs": 0}),
     );
     let id = created["id"].as_str().unwrap().to_owned();
-    let mut first = Value::Null;
-    wait_until(WAIT, "the download under way", || {
-        first = deployment(&api, &id);
-        first["devices"][0]["status"] == "IN_PROGRESS"
-    });
-    let first_command = first["devices"][0]["commandId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first_command = wait_sent(&api, &id, "phoenix");
 
     let (db, dir) = server.stop();
     assert!(silent.join().unwrap().len() == 1);
@@ -539,6 +547,35 @@ fn bad_deployment_requests_are_refused(backend: Backend) {
         0,
         "no refused request left a deployment"
     );
+    // One rollout per device at a time (edge-1 is offline: its update waits queued).
+    let first = api.post(
+        "/api/v1/firmware/deployments",
+        &json!({"releaseId": rid, "deviceIds": ["edge-1"]}),
+    );
+    assert_eq!(first.status, 201, "{}", first.body);
+    let second = api.post(
+        "/api/v1/firmware/deployments",
+        &json!({"releaseId": rid, "deviceIds": ["edge-1"]}),
+    );
+    assert_eq!(second.status, 409, "{}", second.body);
+    assert_eq!(second.error_code(), "device_in_deployment");
+    let id = first.data()["id"].as_str().unwrap();
+    let cancelled = api.post(
+        &format!("/api/v1/firmware/deployments/{id}/cancel"),
+        &json!({}),
+    );
+    // The update that waited queued for the offline device is withdrawn with it.
+    assert_eq!(deployment_statuses(cancelled.data())["edge-1"], "CANCELLED");
+    let command = cancelled.data()["devices"][0]["commandId"]
+        .as_str()
+        .unwrap();
+    let record = api.get(&format!("/api/v1/devices/edge-1/commands/{command}"));
+    assert_eq!(record.data()["status"], "CANCELLED", "{}", record.body);
+    let after_cancel = api.post(
+        "/api/v1/firmware/deployments",
+        &json!({"releaseId": rid, "deviceIds": ["edge-1"]}),
+    );
+    assert_eq!(after_cancel.status, 201, "{}", after_cancel.body);
     let missing = api.get("/api/v1/firmware/deployments/nope");
     assert_eq!(missing.status, 404);
     assert_eq!(missing.error_code(), "deployment_not_found");

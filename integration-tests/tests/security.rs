@@ -302,16 +302,18 @@ struct World<'a> {
     release_id: String,
     /// An OTA token for project `table`.
     ota_token: String,
-    /// A deployment of that release to `edge-fw`, which never answers, so it stays RUNNING.
+    /// A deployment of that release to `edge-fw`, which stays offline, so it stays RUNNING.
     deployment_id: String,
     counter: AtomicU32,
 }
 
-/// Deploys `release_id` to `edge-fw` as the admin and returns the deployment's id.
-fn deploy_to_silent_device(admin: &Api, release_id: &str) -> String {
+/// Enrolls `device` (which stays offline), deploys `release_id` to it as the admin, and
+/// returns the deployment's id.
+fn deploy_to_offline_device(admin: &Api, release_id: &str, device: &str) -> String {
+    admin.enroll(device);
     let reply = admin.post(
         "/api/v1/firmware/deployments",
-        &json!({"releaseId": release_id, "deviceIds": ["edge-fw"]}),
+        &json!({"releaseId": release_id, "deviceIds": [device]}),
     );
     assert_eq!(reply.status, 201, "{}", reply.body);
     reply.data()["id"].as_str().unwrap().to_owned()
@@ -526,11 +528,15 @@ impl World<'_> {
                 let victim = upload_release(&self.admin, &format!("5.0.{n}"));
                 (format!("/api/v1/firmware/releases/{victim}"), None, vec![])
             }
-            ("POST", "/api/v1/firmware/deployments") => (
-                pattern.into(),
-                Some(json!({"releaseId": self.release_id, "deviceIds": ["edge-fw"]})),
-                vec![],
-            ),
+            ("POST", "/api/v1/firmware/deployments") => {
+                let device = format!("edge-fw-{n}");
+                self.admin.enroll(&device);
+                (
+                    pattern.into(),
+                    Some(json!({"releaseId": self.release_id, "deviceIds": [device]})),
+                    vec![],
+                )
+            }
             ("GET", "/api/v1/firmware/deployments/{id}") => (
                 format!("/api/v1/firmware/deployments/{}", self.deployment_id),
                 None,
@@ -538,11 +544,13 @@ impl World<'_> {
             ),
             ("POST", "/api/v1/firmware/deployments/{id}/pause")
             | ("POST", "/api/v1/firmware/deployments/{id}/cancel") => {
-                let victim = deploy_to_silent_device(&self.admin, &self.release_id);
+                let victim =
+                    deploy_to_offline_device(&self.admin, &self.release_id, &format!("fw-v{n}"));
                 (pattern.replace("{id}", &victim), None, vec![])
             }
             ("POST", "/api/v1/firmware/deployments/{id}/resume") => {
-                let victim = deploy_to_silent_device(&self.admin, &self.release_id);
+                let victim =
+                    deploy_to_offline_device(&self.admin, &self.release_id, &format!("fw-v{n}"));
                 let paused = self.admin.post(
                     &format!("/api/v1/firmware/deployments/{victim}/pause"),
                     &json!({}),
@@ -664,11 +672,9 @@ fn every_route_as_every_caller(backend: Backend) {
     assert_eq!(ota.status, 200, "{}", ota.body);
     let ota_token = ota.body["token"].as_str().unwrap().to_owned();
 
-    // A device that stays online and never answers: deployments to it stay RUNNING, so pause,
-    // resume and cancel have something to act on.
-    let silent = FakeDevice::connect(&server, &admin, "edge-fw");
-    drop(silent.respond_with(|_| vec![]));
-    let deployment_id = deploy_to_silent_device(&admin, &release_id);
+    // Deployments to an offline device stay RUNNING (the update waits queued for it), so
+    // pause, resume and cancel have something to act on.
+    let deployment_id = deploy_to_offline_device(&admin, &release_id, "edge-fw");
 
     let world = World {
         server: &server,

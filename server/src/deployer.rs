@@ -54,6 +54,7 @@ impl FirmwareDeployer {
             bus,
             timeouts: Timeouts {
                 activate: activate_timeout,
+                stage: stage_timeout,
             },
             stage_timeout,
             carried: Carried::default(),
@@ -132,7 +133,7 @@ impl FirmwareDeployer {
                     timeout: self.stage_timeout,
                     issued_by,
                     queue_ttl: Some(self.stage_timeout),
-                    stored: false,
+                    stored: true,
                     accepted: None,
                 });
                 async move {

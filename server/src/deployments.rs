@@ -250,6 +250,8 @@ pub struct Carried {
 pub struct Timeouts {
     /// From STAGED to the device reporting the new version.
     pub activate: std::time::Duration,
+    /// For a device to download and stage the release (the command's timeout).
+    pub stage: std::time::Duration,
 }
 
 /// What the server knows about a device, as `advance` reads it.
@@ -606,6 +608,14 @@ pub fn advance(
             ))
             .execute(conn)?;
             if n == 1 {
+                // Stored with the row, so a cancel between here and the dispatcher finds it.
+                crate::commands::insert_pending(
+                    conn,
+                    &row.device_id,
+                    &command,
+                    timeouts.stage.as_millis().min(i64::MAX as u128) as i64,
+                    deployment.created_by.as_deref(),
+                )?;
                 row.status = DeviceDeploymentStatus::InProgress.as_str().to_owned();
                 effects.push(device_effect(
                     row,
@@ -834,6 +844,30 @@ pub async fn create(
                 ));
             }
         }
+        // One rollout per device at a time: two would race to install different builds.
+        for chunk in wanted.chunks(500) {
+            let busy: Option<(String, String)> = targets::table
+                .inner_join(deployments::table)
+                .filter(targets::device_id.eq_any(chunk))
+                .filter(deployments::status.eq_any([
+                    DeploymentStatus::Running.as_str(),
+                    DeploymentStatus::Paused.as_str(),
+                ]))
+                .filter(targets::status.ne_all([
+                    DeviceDeploymentStatus::Failed.as_str(),
+                    DeviceDeploymentStatus::Cancelled.as_str(),
+                ]))
+                .filter(targets::verified_at.is_null())
+                .select((targets::device_id, targets::deployment_id))
+                .first(conn)
+                .optional()?;
+            if let Some((device, deployment)) = busy {
+                return Err(ApiError::conflict(
+                    ErrorCode::DeviceInDeployment,
+                    format!("device {device} is still in deployment {deployment}"),
+                ));
+            }
+        }
         let (wave_size, waves) = wave_plan(wanted.len(), &request)?;
         let now = Utc::now().naive_utc();
         let row = DeploymentRow {
@@ -993,6 +1027,7 @@ async fn control(
         .target(Some(id.clone()))
         .source(audit::source_of(&req));
     let poke = id.clone();
+    let by = user.username.clone();
     let deployment = audited(&state.db, entry, move |conn| {
         let row = find(conn, &id)?.ok_or_else(not_found)?;
         let now = Utc::now().naive_utc();
@@ -1027,6 +1062,30 @@ async fn control(
                 .execute(conn)?;
             }
             Control::Cancel => {
+                // An update still waiting queued for an offline device (or not yet sent) is
+                // withdrawn; one a device already has cannot be called back and finishes.
+                let started: Vec<TargetRow> = targets::table
+                    .filter(targets::deployment_id.eq(&id))
+                    .filter(targets::status.eq(DeviceDeploymentStatus::InProgress.as_str()))
+                    .select(TargetRow::as_select())
+                    .load(conn)?;
+                for row in started {
+                    let Some(command) = &row.command_id else { continue };
+                    match crate::commands::cancel(conn, &row.device_id, command, &by) {
+                        Ok(_) => {
+                            set_target(
+                                conn,
+                                &row,
+                                DeviceDeploymentStatus::Cancelled,
+                                Some("the deployment was cancelled before the device took the update".into()),
+                                now,
+                            )?;
+                        }
+                        Err(e) if e.code == ErrorCode::CommandNotCancellable => {}
+                        Err(e) if e.code == ErrorCode::CommandNotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 diesel::update(
                     targets::table
                         .filter(targets::deployment_id.eq(&id))

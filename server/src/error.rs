@@ -41,6 +41,7 @@ pub enum ErrorCode {
     ReleaseDeployed,
     DeploymentNotFound,
     DeploymentState,
+    DeviceInDeployment,
     InvalidSignature,
     SignatureRequired,
     SignatureExpired,
