@@ -246,7 +246,7 @@ fn operator_runs_a_device_from_the_browser() {
     browser.wait_for("#device-status [data-status=ONLINE]");
     browser.wait_for("#command-history table");
     assert_eq!(browser.count("button[data-command]"), 0);
-    assert_eq!(browser.count("#device-commands button"), 0);
+    assert_eq!(browser.count("main button:not(.pager button)"), 0);
     assert_eq!(browser.count("#nav a[data-nav=users]"), 0);
     assert_eq!(browser.count("#nav a[data-nav=devices]"), 1);
     browser.screenshot("device-viewer");
@@ -254,6 +254,19 @@ fn operator_runs_a_device_from_the_browser() {
     browser.wait_for("#release-list table");
     assert_eq!(browser.count("#firmware-upload"), 0);
     assert_eq!(browser.count("button[data-deploy]"), 0);
+    browser.click("#deployment-list tr[data-deployment-id] a");
+    browser.wait_for("#deployment-devices table");
+    assert_eq!(browser.count("button[data-action]"), 0);
+    browser.goto(&format!("{}/#/groups", server.base_url));
+    browser.wait_for("#group-list tr a");
+    assert_eq!(browser.count("#group-create"), 0);
+    browser.click("#group-list tr a");
+    browser.wait_for(&format!("#group-members tr[data-device-id='{DEVICE}']"));
+    assert_eq!(browser.count("main button:not(.pager button)"), 0);
+    browser.goto(&format!("{}/#/sync", server.base_url));
+    browser.wait_for("#sync-status .counts");
+    assert_eq!(browser.count("#dead-letters"), 0);
+    assert_eq!(browser.count("main button"), 0);
     drop(agent);
 }
 
