@@ -111,6 +111,25 @@ fn operator_runs_a_device_from_the_browser() {
         all > 0 && all == browser.count("#device-logs div.lvl-INFO")
     });
 
+    // exec_shell through the template form, and push_config through the merge-patch form.
+    browser.click("button[data-command=exec_shell]");
+    browser.select("form select[name=template]", "disk_usage");
+    browser.type_into("form input[name=path]", "/");
+    browser.click("button[data-send=exec_shell]");
+    browser.wait_until("the disk_usage answer", || {
+        let text = browser.text("#command-result");
+        text.contains("Run template:") && text.contains("Filesystem")
+    });
+    assert_eq!(browser.count("#command-result > [data-status=SUCCESS]"), 1);
+    browser.click("button[data-command=push_config]");
+    browser.click("button[data-send=push_config]");
+    browser.wait_until("the push_config answer", || {
+        browser.text("#command-result").contains("Push config:")
+            && browser.count("#command-result > [data-status=SUCCESS]") == 1
+    });
+    assert_eq!(commands_of_type(&api, DEVICE, "exec_shell"), 1);
+    assert_eq!(commands_of_type(&api, DEVICE, "push_config"), 1);
+
     // reboot_os asks first, naming the device; cancelling sends nothing.
     browser.click("button[data-command=reboot_os]");
     browser.wait_for("dialog#confirm[open]");

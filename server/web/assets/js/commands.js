@@ -19,7 +19,7 @@ const TEMPLATE_PARAMS = {
  * Per type: the button's label, whether it has a form, and for the dangerous ones (which need
  * `confirm`) the dialog's question and what follows from a yes.
  */
-export const COMMAND_TYPES = [
+const COMMAND_TYPES = [
   { type: 'force_sync', label: 'Force sync' },
   { type: 'pull_logs', label: 'Pull logs', form: true },
   { type: 'exec_shell', label: 'Run template', form: true },
@@ -32,12 +32,6 @@ export const COMMAND_TYPES = [
   { type: 'reboot_os', label: 'Reboot OS', danger: 'Reboot the operating system of', then: 'Its station stops until the machine is back.' },
   { type: 'shutdown_os', label: 'Shut down OS', danger: 'Shut down', then: 'It stays off until someone powers it on at the line.' },
 ];
-
-const byType = Object.fromEntries(COMMAND_TYPES.map((c) => [c.type, c]));
-
-export function isDangerous(type) {
-  return Boolean(byType[type] && byType[type].danger);
-}
 
 /** A fresh id, so a double click sends one command, not two (the server refuses a repeat). */
 function commandId() {
