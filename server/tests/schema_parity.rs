@@ -112,6 +112,14 @@ fn sqlite_and_postgres_migrations_define_the_same_columns() {
             schema::schema::devices::table::all_columns().names(),
         ),
         (
+            "firmware_deployment_devices",
+            schema::schema::firmware_deployment_devices::table::all_columns().names(),
+        ),
+        (
+            "firmware_deployments",
+            schema::schema::firmware_deployments::table::all_columns().names(),
+        ),
+        (
             "firmware_releases",
             schema::schema::firmware_releases::table::all_columns().names(),
         ),
@@ -166,4 +174,6 @@ column_names_for_tuples!(
     11: (A, B, C, D, E, F, G, H, I, J, K),
     13: (A, B, C, D, E, F, G, H, I, J, K, L, M),
     12: (A, B, C, D, E, F, G, H, I, J, K, L),
+    10: (A, B, C, D, E, F, G, H, I, J),
+    15: (A, B, C, D, E, F, G, H, I, J, K, L, M, N, O),
 );
