@@ -344,6 +344,7 @@ fn pause_resume_and_abort_a_deployment(browser: &Browser, server: &ServerProcess
     browser.click("button[data-deploy='0.2.0']");
     browser.type_into("#deploy-form input[name=deviceIds]", "edge-dash-offline");
     browser.click("#deploy-form button[type=submit]");
+    browser.wait_for("dialog#confirm[open]");
     browser.click("#confirm-ok");
     browser.wait_for("main h1 [data-status=RUNNING]");
     browser.click("button[data-action=pause]");
