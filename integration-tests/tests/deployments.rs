@@ -398,8 +398,14 @@ fn cancel_settles_the_rest_and_frees_the_release(backend: Backend) {
     let server = ServerProcess::start(backend);
     let api = Api::admin(&server);
     // Never answers: its download stays IN_PROGRESS.
+    // Reports progress and never answers: its download stays IN_PROGRESS at 42 %.
     let silent = FakeDevice::connect(&server, &api, "silent");
-    let silent = silent.respond_with(|_| vec![]);
+    let silent = silent.respond_with(|command| {
+        vec![
+            json!({"type": "command_progress", "commandId": command["id"], "percent": 42,
+                    "message": "downloaded 108 of 256 bytes"}),
+        ]
+    });
     api.enroll("waiting");
     let release = upload_release(&server, &api, "edge", "4.0.0", vec![4u8; 256]);
     let release_id = release["id"].as_str().unwrap();
@@ -410,6 +416,11 @@ fn cancel_settles_the_rest_and_frees_the_release(backend: Backend) {
     let id = created["id"].as_str().unwrap();
     // SENT: the device has it, so a cancel cannot call it back.
     wait_sent(&api, id, "silent");
+    wait_until(WAIT, "the download's progress in the deployment", || {
+        let d = deployment(&api, id);
+        d["devices"][0]["progress"] == 42
+            && d["devices"][0]["progressMessage"] == "downloaded 108 of 256 bytes"
+    });
 
     let refused = api.delete(&format!("/api/v1/firmware/releases/{release_id}"));
     assert_eq!(refused.status, 409, "{}", refused.body);

@@ -147,6 +147,11 @@ pub struct DeviceDeployment {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<String>,
+    /// While IN_PROGRESS: the download's percentage and message, as the device last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_message: Option<String>,
     /// Set while the device soaks on the new version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak_until: Option<Timestamp>,

@@ -376,6 +376,28 @@ pub struct UserInfo {
     pub updated_at: Timestamp,
 }
 
+/// `GET /api/v1/auth/me`: the caller, and what the caller's role may do, so a dashboard shows
+/// only the actions that will be allowed without keeping its own copy of the rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    #[serde(flatten)]
+    pub user: UserInfo,
+    pub rights: Rights,
+}
+
+/// Permission names (`devices.manage`, `firmware.manage`, …), the command types the role may
+/// send, and the `exec_shell` templates it may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rights {
+    pub permissions: Vec<String>,
+    pub commands: Vec<String>,
+    pub templates: Vec<String>,
+    /// Whether templates not listed in `templates` (a device's own) may be run.
+    pub other_templates: bool,
+}
+
 /// `POST /api/v1/users`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateUserRequest {

@@ -336,6 +336,30 @@ permission!(ListUsers, "users.list", Role::Manager);
 permission!(ManageUsers, "users.manage", Role::Admin);
 permission!(ManageFirmware, "firmware.manage", Role::Admin);
 
+/// Whether a role holds a permission.
+type Allows = fn(Role) -> bool;
+
+/// Every permission by name, for telling a client what its role holds.
+const PERMISSIONS: &[(&str, Allows)] = &[
+    (ViewDevices::NAME, ViewDevices::allows),
+    (ViewCommands::NAME, ViewCommands::allows),
+    (ViewAudit::NAME, ViewAudit::allows),
+    (DispatchCommands::NAME, DispatchCommands::allows),
+    (ManageDevices::NAME, ManageDevices::allows),
+    (ListUsers::NAME, ListUsers::allows),
+    (ManageUsers::NAME, ManageUsers::allows),
+    (ManageFirmware::NAME, ManageFirmware::allows),
+];
+
+/// The names of the permissions `role` holds.
+pub fn permissions_of(role: Role) -> Vec<String> {
+    PERMISSIONS
+        .iter()
+        .filter(|(_, allows)| allows(role))
+        .map(|(name, _)| (*name).to_owned())
+        .collect()
+}
+
 /// The extractor: authenticates the bearer token, reloads the user, and checks `P`.
 #[derive(Debug)]
 pub struct Authorized<P: Permission> {

@@ -436,15 +436,42 @@ pub fn shell_template_min_role(template: &str) -> Role {
 /// Which role may send which command (`server-management.md` §7): operators run the safe
 /// ones, managers add queue and config changes, admins everything; `exec_shell` goes by the
 /// template's own role.
+/// The least role that may send a command type; `exec_shell` also needs its template's role.
+pub fn min_role(kind: CommandType) -> Role {
+    use protocol::commands::CommandType::*;
+    match kind {
+        ForceSync | PullLogs | EnableDevice | ExecShell => Role::Operator,
+        ClearQueue | PushConfig => Role::Manager,
+        RestartService | RebootOs | ShutdownOs | UpdateFirmware | DisableDevice => Role::Admin,
+    }
+}
+
 pub fn role_may_send(role: Role, command: &Command) -> bool {
-    use protocol::commands::CommandKind::*;
-    match &command.kind {
-        ForceSync | PullLogs { .. } | EnableDevice => role >= Role::Operator,
-        ClearQueue { .. } | PushConfig { .. } => role >= Role::Manager,
-        ExecShell { template, .. } => role >= shell_template_min_role(template).max(Role::Operator),
-        RestartService | RebootOs | ShutdownOs | UpdateFirmware { .. } | DisableDevice { .. } => {
-            role >= Role::Admin
+    let template_allows = match &command.kind {
+        protocol::commands::CommandKind::ExecShell { template, .. } => {
+            role >= shell_template_min_role(template)
         }
+        _ => true,
+    };
+    role >= min_role(command.kind.command_type()) && template_allows
+}
+
+/// What `role` may send: the command types and the `exec_shell` templates.
+pub fn rights_of(role: Role) -> protocol::rest::Rights {
+    protocol::rest::Rights {
+        permissions: crate::auth::permissions_of(role),
+        commands: CommandType::ALL
+            .into_iter()
+            .filter(|k| role >= min_role(*k))
+            .map(|k| k.as_str().to_owned())
+            .collect(),
+        templates: SHELL_TEMPLATE_ROLES
+            .iter()
+            .filter(|(_, least)| role >= *least && role >= min_role(CommandType::ExecShell))
+            .map(|(name, _)| (*name).to_owned())
+            .collect(),
+        other_templates: role >= shell_template_min_role("")
+            && role >= min_role(CommandType::ExecShell),
     }
 }
 
@@ -452,6 +479,43 @@ pub fn role_may_send(role: Role, command: &Command) -> bool {
 mod tests {
     use super::*;
     use protocol::commands::CommandKind;
+
+    #[test]
+    fn rights_list_what_each_role_may_send() {
+        let viewer = rights_of(Role::Viewer);
+        assert!(viewer.commands.is_empty() && viewer.templates.is_empty());
+        assert!(viewer.permissions.contains(&"devices.view".to_owned()));
+        assert!(!viewer.permissions.contains(&"commands.dispatch".to_owned()));
+        let operator = rights_of(Role::Operator);
+        assert!(operator.commands.contains(&"force_sync".to_owned()));
+        assert!(!operator.commands.contains(&"clear_queue".to_owned()));
+        assert_eq!(
+            operator.templates,
+            ["disk_usage", "network_interfaces", "service_status"]
+        );
+        assert!(!operator.other_templates);
+        let admin = rights_of(Role::Admin);
+        assert_eq!(admin.commands.len(), CommandType::ALL.len());
+        assert!(admin.other_templates);
+        assert!(admin.permissions.contains(&"firmware.manage".to_owned()));
+        // The lists agree with the checks the routes make.
+        for role in [Role::Viewer, Role::Operator, Role::Manager, Role::Admin] {
+            let rights = rights_of(role);
+            for (name, _) in SHELL_TEMPLATE_ROLES {
+                let c = Command::new(
+                    "x",
+                    protocol::commands::CommandKind::ExecShell {
+                        template: (*name).into(),
+                        args: Default::default(),
+                    },
+                );
+                assert_eq!(
+                    rights.templates.contains(&(*name).to_owned()),
+                    role_may_send(role, &c)
+                );
+            }
+        }
+    }
 
     #[test]
     fn roles_follow_the_spec_table() {

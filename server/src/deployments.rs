@@ -86,6 +86,8 @@ impl TargetRow {
             status: self.status(),
             reason: self.reason.clone(),
             command_id: self.command_id.clone(),
+            progress: None,
+            progress_message: None,
             soak_until: self.soak_until.map(|t| t.and_utc()),
             verified_at: self.verified_at.map(|t| t.and_utc()),
             updated_at: self.updated_at.and_utc(),
@@ -977,6 +979,36 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
 
+/// The download progress of the devices still IN_PROGRESS, from their commands' records.
+fn with_progress(conn: &mut DbConnection, deployment: &mut Deployment) -> ApiResult<()> {
+    let Some(devices) = deployment.devices.as_mut() else {
+        return Ok(());
+    };
+    let ids: Vec<String> = devices
+        .iter()
+        .filter(|d| d.status == DeviceDeploymentStatus::InProgress)
+        .filter_map(|d| d.command_id.clone())
+        .collect();
+    let mut found = std::collections::HashMap::new();
+    for chunk in ids.chunks(500) {
+        let rows: Vec<(String, Option<i64>, Option<String>)> = commands::table
+            .filter(commands::id.eq_any(chunk))
+            .select((commands::id, commands::progress, commands::progress_message))
+            .load(conn)?;
+        found.extend(rows.into_iter().map(|(id, p, m)| (id, (p, m))));
+    }
+    for device in devices.iter_mut() {
+        if device.status != DeviceDeploymentStatus::InProgress {
+            continue;
+        }
+        if let Some((percent, message)) = device.command_id.as_ref().and_then(|c| found.get(c)) {
+            device.progress = percent.map(|p| p.clamp(0, 100) as u8);
+            device.progress_message = message.clone();
+        }
+    }
+    Ok(())
+}
+
 /// `GET /api/v1/firmware/deployments/{id}`: with every device's state.
 pub async fn get(
     _user: Authorized<ViewDevices>,
@@ -989,7 +1021,9 @@ pub async fn get(
         .run(move |conn| {
             let row = find(conn, &id)?.ok_or_else(not_found)?;
             let targets = targets_of(conn, &id)?;
-            Ok(row.to_api(&targets, true))
+            let mut deployment = row.to_api(&targets, true);
+            with_progress(conn, &mut deployment)?;
+            Ok(deployment)
         })
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(deployment)))

@@ -315,7 +315,9 @@ pub async fn me(
 ) -> ApiResult<HttpResponse> {
     let id = user.id.clone();
     let row = state.db.run(move |conn| require(conn, &id)).await?;
-    Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api()?)))
+    let user = row.to_api()?;
+    let rights = crate::commands::rights_of(user.role);
+    Ok(HttpResponse::Ok().json(Envelope::ok(protocol::rest::Me { user, rights })))
 }
 
 /// `POST /api/v1/auth/password`: changes one's own password, revokes every other token of the

@@ -99,7 +99,7 @@ function renderHeader(user) {
   const section = path.split('/')[0];
   replace(
     document.getElementById('nav'),
-    NAV.filter(([, , action]) => !action || can(user.role, action)).map(([href, label]) =>
+    NAV.filter(([, , action]) => !action || can(user, action)).map(([href, label]) =>
       h('a', { href: `#/${href}`, class: href === section ? 'active' : '', dataset: { nav: href }, text: label }),
     ),
   );
@@ -142,8 +142,16 @@ function route() {
   }
 }
 
-function startSession(value) {
+async function startSession(value) {
   api.saveSession(value);
+  // What this person may do, in the server's words: the buttons follow it.
+  try {
+    const me = await api.get('/api/v1/auth/me');
+    api.saveSession({ ...value, role: me.role, rights: me.rights });
+  } catch (e) {
+    endSession(e.message);
+    return;
+  }
   // A deep link (#/devices/edge-7) survives the login; a bare address goes to the devices.
   if (!location.hash || parseHash().path === 'login') {
     location.hash = '#/devices'; // hashchange routes

@@ -42,7 +42,7 @@ function commandId() {
  * The fields form of `type`; answers {element, read()} where read() builds the command's
  * fields or throws an Error with what is wrong.
  */
-function formFor(type, role, templates) {
+function formFor(type, user, templates) {
   switch (type) {
     case 'pull_logs': {
       const lines = h('input', { name: 'lines', type: 'number', min: 1, max: 10000, value: 100 });
@@ -83,7 +83,7 @@ function formFor(type, role, templates) {
       };
     }
     case 'exec_shell':
-      return templateForm(role, templates);
+      return templateForm(user, templates);
     case 'update_firmware':
       return firmwareForm();
     default:
@@ -91,8 +91,8 @@ function formFor(type, role, templates) {
   }
 }
 
-function templateForm(role, templates) {
-  const names = templates.filter((t) => canRunTemplate(role, t));
+function templateForm(user, templates) {
+  const names = templates.filter((t) => canRunTemplate(user, t));
   const select = h('select', { name: 'template' }, names.map((n) => h('option', { value: n, text: n })));
   const params = h('div', { class: 'row' });
   const inputs = new Map();
@@ -175,12 +175,12 @@ function firmwareForm() {
 }
 
 /**
- * The command buttons for `target` ({label, templates}) as `role`. `send(body)` dispatches
+ * The command buttons for `target` ({label, templates}) as `user` (whose `rights` the server gave). `send(body)` dispatches
  * and answers the API's data; `show(type, data)` renders it; both run after the form and,
  * for the dangerous types, after the person confirmed in a dialog that names the target.
  */
-export function commandPanel({ role, target, send, show }) {
-  const types = COMMAND_TYPES.filter((c) => canSend(role, c.type));
+export function commandPanel({ user, target, send, show }) {
+  const types = COMMAND_TYPES.filter((c) => canSend(user, c.type));
   if (!types.length) return null;
   const formArea = h('div');
   const result = h('div', { id: 'command-result', class: 'stack' });
@@ -224,7 +224,7 @@ export function commandPanel({ role, target, send, show }) {
         dispatch(info, {}, button);
         return;
       }
-      const form = formFor(info.type, role, target.templates || []);
+      const form = formFor(info.type, user, target.templates || []);
       const error = h('div');
       const sendButton = h('button', { type: 'submit', class: info.danger ? 'danger' : '', dataset: { send: info.type }, text: `Send ${info.label.toLowerCase()}` });
       const el = h(

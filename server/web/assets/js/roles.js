@@ -1,55 +1,30 @@
-// What each role may do, so the dashboard shows only the buttons a person can use. A mirror
-// of the server's rules (server/src/auth.rs permissions, commands::role_may_send and the
-// exec_shell template table); the server still checks every call, so a drift here hides or
-// shows a button but never grants a right.
+// What the person may do, as the server said after login (`GET /api/v1/auth/me` → `rights`),
+// so the dashboard shows only the buttons a person can use without keeping its own copy of
+// the server's rules. The server still checks every call.
 
-const RANK = { VIEWER: 0, OPERATOR: 1, MANAGER: 2, ADMIN: 3 };
-
-/** The least role of each dashboard action. */
-const ACTIONS = {
-  dispatch: 'OPERATOR',
-  manageDevices: 'MANAGER',
-  manageGroups: 'MANAGER',
-  deadLetters: 'MANAGER',
-  uploadFirmware: 'ADMIN',
-  deployFirmware: 'ADMIN',
-  manageUsers: 'ADMIN',
+/** The permission each dashboard action needs (server/src/auth.rs names them). */
+const ACTION_PERMISSION = {
+  dispatch: 'commands.dispatch',
+  manageDevices: 'devices.manage',
+  manageGroups: 'devices.manage',
+  deadLetters: 'devices.manage',
+  uploadFirmware: 'firmware.manage',
+  deployFirmware: 'firmware.manage',
+  manageUsers: 'users.manage',
 };
 
-/** The least role per command type; exec_shell goes by template. */
-const COMMANDS = {
-  force_sync: 'OPERATOR',
-  pull_logs: 'OPERATOR',
-  enable_device: 'OPERATOR',
-  clear_queue: 'MANAGER',
-  push_config: 'MANAGER',
-  restart_service: 'ADMIN',
-  reboot_os: 'ADMIN',
-  shutdown_os: 'ADMIN',
-  update_firmware: 'ADMIN',
-  disable_device: 'ADMIN',
-  exec_shell: 'OPERATOR',
-};
+const rightsOf = (user) => (user && user.rights) || { permissions: [], commands: [], templates: [], otherTemplates: false };
 
-const TEMPLATES = {
-  disk_usage: 'OPERATOR',
-  network_interfaces: 'OPERATOR',
-  service_status: 'OPERATOR',
-  ping: 'MANAGER',
-  journal_tail: 'MANAGER',
-};
-
-const atLeast = (role, least) => (RANK[role] ?? -1) >= RANK[least];
-
-export function can(role, action) {
-  return atLeast(role, ACTIONS[action]);
+export function can(user, action) {
+  return rightsOf(user).permissions.includes(ACTION_PERMISSION[action]);
 }
 
-export function canSend(role, type) {
-  return atLeast(role, COMMANDS[type]);
+export function canSend(user, type) {
+  return rightsOf(user).commands.includes(type);
 }
 
-/** Templates not in the table need ADMIN, as on the server. */
-export function canRunTemplate(role, template) {
-  return atLeast(role, TEMPLATES[template] || 'ADMIN');
+/** A template the server does not name (a device's own) needs `otherTemplates`. */
+export function canRunTemplate(user, template) {
+  const rights = rightsOf(user);
+  return rights.templates.includes(template) || (rights.otherTemplates && canSend(user, 'exec_shell'));
 }

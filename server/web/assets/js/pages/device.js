@@ -85,7 +85,7 @@ export function render(ctx) {
     showDevice();
     if (!commands.firstChild) {
       const panel = commandPanel({
-        role: user.role,
+        user,
         target: {
           label: device.name && device.name !== device.id ? `${device.name} (${device.id})` : device.id,
           templates: (device.metrics && device.metrics.shellTemplates) || ['disk_usage', 'network_interfaces', 'service_status', 'ping', 'journal_tail'],

@@ -162,7 +162,7 @@ function renderOverview({ root, user, socket }) {
       replace(releases, errorBox(e));
       return;
     }
-    const deploy = can(user.role, 'deployFirmware');
+    const deploy = can(user, 'deployFirmware');
     replace(
       releases,
       table(
@@ -232,7 +232,7 @@ function renderOverview({ root, user, socket }) {
 
   root.append(
     h('h1', { text: 'Firmware' }),
-    can(user.role, 'uploadFirmware') ? uploadForm(loadReleases) : null,
+    can(user, 'uploadFirmware') ? uploadForm(loadReleases) : null,
     h('div', { class: 'card stack' }, h('h2', { text: 'Releases' }), deployArea, releases),
     h('div', { class: 'card stack' }, h('h2', { text: 'Deployments' }), deployments),
   );
@@ -284,7 +284,7 @@ function renderDeployment({ root, params, user, socket }) {
         ].map(([k, v]) => [h('dt', { text: k }), h('dd', {}, v)]),
       ),
     );
-    const manage = can(user.role, 'deployFirmware');
+    const manage = can(user, 'deployFirmware');
     replace(
       actions,
       manage && d.status === 'RUNNING' ? h('button', { type: 'button', class: 'secondary', dataset: { action: 'pause' }, onclick: () => act('pause'), text: 'Pause' }) : null,
@@ -307,11 +307,11 @@ function renderDeployment({ root, params, user, socket }) {
         { title: 'Device', cell: (x) => h('a', { href: `#/devices/${encodeURIComponent(x.deviceId)}`, class: 'mono', text: x.deviceId }) },
         { title: 'Wave', class: 'num', cell: (x) => String(x.wave) },
         { title: 'Status', cell: (x) => badge(x.status) },
-        { title: 'Detail', cell: (x) => x.reason || '' },
+        { title: 'Detail', cell: (x) => x.reason || (x.progress != null ? progressText(x.progress, x.progressMessage) : '') },
         { title: 'Updated', cell: (x) => timeEl(x.updatedAt) },
       ],
       d.devices || [],
-      { empty: 'No devices.', rowAttrs: (x) => ({ dataset: { deviceId: x.deviceId, status: x.status } }) },
+      { empty: 'No devices.', rowAttrs: (x) => ({ dataset: { deviceId: x.deviceId, status: x.status, commandId: x.commandId || '' } }) },
     );
     rows = new Map([...view.querySelectorAll('tr[data-device-id]')].map((tr) => [tr.dataset.deviceId, tr]));
     replace(devices, h('p', { class: 'muted', text: `${fmtNumber((d.devices || []).length)} devices` }), view);
@@ -321,6 +321,14 @@ function renderDeployment({ root, params, user, socket }) {
   const stopListening = socket.listen((frame) => {
     if (frame.type === 'hello' || frame.type === 'dropped') {
       load();
+      return;
+    }
+    if (frame.type === 'command_progress') {
+      // A download's progress: shown in its device's row while the update runs.
+      const tr = rows.get(frame.deviceId);
+      if (tr && tr.dataset.commandId === frame.commandId && tr.dataset.status === 'IN_PROGRESS') {
+        replace(tr.children[3], progressText(frame.percent, frame.message));
+      }
       return;
     }
     if (frame.type !== 'deployment' || frame.deploymentId !== id) return;
@@ -345,4 +353,9 @@ function renderDeployment({ root, params, user, socket }) {
   );
   load();
   return stopListening;
+}
+
+/** A download's progress as the device reported it, e.g. `42 % — downloaded 1 MB of 8 MB`. */
+function progressText(percent, message) {
+  return `${percent} %${message ? ` — ${message}` : ''}`;
 }

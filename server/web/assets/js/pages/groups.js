@@ -51,7 +51,7 @@ function renderList({ root, user }) {
   }
 
   let create = null;
-  if (can(user.role, 'manageGroups')) {
+  if (can(user, 'manageGroups')) {
     const name = h('input', { name: 'name', required: true, placeholder: 'Line 3 printers' });
     const description = h('input', { name: 'description', size: 40 });
     create = h(
@@ -109,7 +109,7 @@ function renderGroup({ root, params, user, socket }) {
       replace(members, errorBox(e));
       return;
     }
-    const manage = can(user.role, 'manageGroups');
+    const manage = can(user, 'manageGroups');
     const view = table(
       [
         { title: 'Device', cell: (d) => h('a', { href: `#/devices/${encodeURIComponent(d.id)}`, class: 'mono', text: d.id }) },
@@ -147,7 +147,7 @@ function renderGroup({ root, params, user, socket }) {
   }
 
   let manageForm = null;
-  if (can(user.role, 'manageGroups')) {
+  if (can(user, 'manageGroups')) {
     const ids = h('input', { name: 'deviceIds', size: 50, placeholder: 'edge-1, edge-2 …' });
     manageForm = h(
       'form',
@@ -163,7 +163,7 @@ function renderGroup({ root, params, user, socket }) {
   }
 
   const panel = commandPanel({
-    role: user.role,
+    user,
     target,
     send: (body) => api.post(`${base}/commands`, body),
     show: (info, data) => {

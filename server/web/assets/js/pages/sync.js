@@ -117,10 +117,10 @@ export function render({ root, user }) {
   root.append(
     h('h1', { text: 'Cloud sync' }),
     h('div', { class: 'card' }, h('h2', { text: 'Queue' }), status),
-    can(user.role, 'deadLetters') ? h('div', { class: 'card' }, h('h2', { text: 'Dead letters' }), error, dead) : null,
+    can(user, 'deadLetters') ? h('div', { class: 'card' }, h('h2', { text: 'Dead letters' }), error, dead) : null,
   );
   loadStatus();
-  if (can(user.role, 'deadLetters')) loadDead();
+  if (can(user, 'deadLetters')) loadDead();
   const timer = setInterval(loadStatus, REFRESH_MS);
   return () => clearInterval(timer);
 }

@@ -13,7 +13,7 @@ function roleSelect(name, selected) {
 }
 
 export function render({ root, user }) {
-  if (!can(user.role, 'manageUsers')) {
+  if (!can(user, 'manageUsers')) {
     root.append(errorBox({ message: 'Only an ADMIN manages users.' }));
     return null;
   }
