@@ -450,7 +450,11 @@ fn cancel_settles_the_rest_and_frees_the_release(backend: Backend) {
     assert_eq!(kept["version"], "4.0.0");
     let listed = api.get("/api/v1/firmware/deployments?status=CANCELLED");
     assert_eq!(listed.data()["total"], 1);
-    assert!(listed.data()["items"][0].get("devices").is_none());
+    let item = &listed.data()["items"][0];
+    assert!(item.get("devices").is_none());
+    assert_eq!(item["counts"]["CANCELLED"], 1, "{item}");
+    assert_eq!(item["counts"]["IN_PROGRESS"], 1, "{item}");
+    assert_eq!(item["counts"]["ACTIVE"], 0, "{item}");
     drop(server);
     silent.join().unwrap();
 }

@@ -110,13 +110,21 @@ impl DeploymentRow {
     }
 
     fn to_api(&self, rows: &[TargetRow], with_devices: bool) -> Deployment {
-        let mut counts: BTreeMap<DeviceDeploymentStatus, u64> = DeviceDeploymentStatus::ALL
-            .into_iter()
-            .map(|s| (s, 0))
-            .collect();
+        let mut counts = zero_counts();
         for row in rows {
             *counts.entry(row.status()).or_default() += 1;
         }
+        self.summary(
+            counts,
+            with_devices.then(|| rows.iter().map(TargetRow::to_api).collect()),
+        )
+    }
+
+    fn summary(
+        &self,
+        counts: BTreeMap<DeviceDeploymentStatus, u64>,
+        devices: Option<Vec<DeviceDeployment>>,
+    ) -> Deployment {
         Deployment {
             id: self.id.clone(),
             release_id: self.release_id.clone(),
@@ -134,9 +142,41 @@ impl DeploymentRow {
             created_by: self.created_by.clone(),
             created_at: self.created_at.and_utc(),
             updated_at: self.updated_at.and_utc(),
-            devices: with_devices.then(|| rows.iter().map(TargetRow::to_api).collect()),
+            devices,
         }
     }
+}
+
+fn zero_counts() -> BTreeMap<DeviceDeploymentStatus, u64> {
+    DeviceDeploymentStatus::ALL
+        .into_iter()
+        .map(|s| (s, 0))
+        .collect()
+}
+
+/// Per-status device counts of these deployments, counted by the database: a list page must
+/// not load every device row of every deployment on it.
+fn counts_of(
+    conn: &mut DbConnection,
+    ids: &[String],
+) -> ApiResult<std::collections::HashMap<String, BTreeMap<DeviceDeploymentStatus, u64>>> {
+    let rows: Vec<(String, String, i64)> = targets::table
+        .filter(targets::deployment_id.eq_any(ids))
+        .group_by((targets::deployment_id, targets::status))
+        .select((
+            targets::deployment_id,
+            targets::status,
+            diesel::dsl::count_star(),
+        ))
+        .load(conn)?;
+    let mut all = std::collections::HashMap::new();
+    for (id, status, n) in rows {
+        let counts = all.entry(id).or_insert_with(zero_counts);
+        if let Ok(status) = status.parse() {
+            *counts.entry(status).or_default() += n.max(0) as u64;
+        }
+    }
+    Ok(all)
 }
 
 fn not_found() -> ApiError {
@@ -968,11 +1008,12 @@ pub async fn list(
                 .offset(offset)
                 .select(DeploymentRow::as_select())
                 .load(conn)?;
-            let mut items = Vec::with_capacity(rows.len());
-            for row in rows {
-                let targets = targets_of(conn, &row.id)?;
-                items.push(row.to_api(&targets, false));
-            }
+            let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+            let mut counts = counts_of(conn, &ids)?;
+            let items = rows
+                .iter()
+                .map(|row| row.summary(counts.remove(&row.id).unwrap_or_else(zero_counts), None))
+                .collect();
             Ok(Page { items, total })
         })
         .await?;
