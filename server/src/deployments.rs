@@ -203,6 +203,30 @@ pub fn targets_of(conn: &mut DbConnection, id: &str) -> ApiResult<Vec<TargetRow>
         .load(conn)?)
 }
 
+/// The devices of a deployment between their first download and a passed soak.
+fn unsettled_of(conn: &mut DbConnection, id: &str) -> ApiResult<Vec<TargetRow>> {
+    Ok(targets::table
+        .filter(targets::deployment_id.eq(id))
+        .filter(targets::status.eq_any([
+            DeviceDeploymentStatus::InProgress.as_str(),
+            DeviceDeploymentStatus::Staged.as_str(),
+            DeviceDeploymentStatus::Active.as_str(),
+        ]))
+        .filter(targets::verified_at.is_null())
+        .select(TargetRow::as_select())
+        .load(conn)?)
+}
+
+/// One wave's devices, in the order they are started.
+fn wave_of(conn: &mut DbConnection, id: &str, wave: i32) -> ApiResult<Vec<TargetRow>> {
+    Ok(targets::table
+        .filter(targets::deployment_id.eq(id))
+        .filter(targets::wave.eq(wave))
+        .order(targets::device_id.asc())
+        .select(TargetRow::as_select())
+        .load(conn)?)
+}
+
 /// Deployments that may still change: the actor looks at these on every tick.
 pub fn unfinished(conn: &mut DbConnection) -> ApiResult<Vec<String>> {
     Ok(deployments::table
@@ -408,7 +432,9 @@ pub fn advance(
             return Ok(effects);
         }
         let now = Utc::now().naive_utc();
-        let rows = targets_of(conn, id)?;
+        // Only the devices something can happen to, and only their device rows: a pass over
+        // a large deployment reads its moving part, not every target, each second.
+        let rows = unsettled_of(conn, id)?;
         let ids: Vec<&str> = rows.iter().map(|r| r.device_id.as_str()).collect();
         let mut views = std::collections::HashMap::new();
         for chunk in ids.chunks(500) {
@@ -543,11 +569,12 @@ pub fn advance(
         if status != DeploymentStatus::Running {
             return Ok(effects);
         }
-        // The rows as the steps above left them.
-        let mut rows = targets_of(conn, id)?;
+        // The current wave as the steps above left it.
+        let mut rows;
         loop {
             let wave = deployment.current_wave;
-            let in_wave: Vec<&TargetRow> = rows.iter().filter(|r| r.wave == wave).collect();
+            rows = wave_of(conn, id, wave)?;
+            let in_wave = &rows;
             let failed = in_wave
                 .iter()
                 .filter(|r| r.status() == DeviceDeploymentStatus::Failed)
@@ -611,10 +638,12 @@ pub fn advance(
         }
 
         // Start downloads in the current wave, within the cap.
-        let downloading = rows
-            .iter()
-            .filter(|r| r.status() == DeviceDeploymentStatus::InProgress)
-            .count();
+        let downloading: i64 = targets::table
+            .filter(targets::deployment_id.eq(id))
+            .filter(targets::status.eq(DeviceDeploymentStatus::InProgress.as_str()))
+            .count()
+            .get_result(conn)?;
+        let downloading = downloading.max(0) as usize;
         let slots = match deployment.max_concurrent_downloads {
             Some(cap) => (cap.max(1) as usize).saturating_sub(downloading),
             None => usize::MAX,
