@@ -28,6 +28,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::commands::EXIT_RESTART;
 use crate::config::{Cli, Config, ConfigSource};
 use crate::connection::{Identity, Shutdown};
 use crate::logs::LogControl;
@@ -68,7 +69,20 @@ fn main() -> ExitCode {
     if let Some(e) = pushed_error {
         tracing::error!("pushed configuration ignored: {e}");
     }
+    // The start that rolls a build back is that build's own (the supervisor started
+    // `current`): it hands over to the build it rolled back to by asking for a restart.
+    let rolled_back_self = matches!(
+        &firmware,
+        Ok(install::Startup { rolled_back: Some(rb), .. }) if exe_is_staged(&rb.from)
+    );
     let version = firmware_version(firmware);
+    if rolled_back_self {
+        tracing::warn!(
+            code = EXIT_RESTART,
+            "this build was rolled back; exiting so the supervisor starts the previous one"
+        );
+        return ExitCode::from(EXIT_RESTART);
+    }
     // Without a token and without a key the agent could only retry a doomed enrollment.
     match store.token() {
         Ok(None) if config.enrollment_key.is_none() => {
@@ -90,6 +104,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether this process runs the staged build of `version` (started through `current`).
+fn exe_is_staged(version: &str) -> bool {
+    let expected = updater::staged_name(version);
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n == std::ffi::OsStr::new(&expected)))
+        .unwrap_or(false)
 }
 
 /// Prints a one-line reason and gives the exit code of a bad setting.
