@@ -305,6 +305,9 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// Start the scanner listener on a free port and read its address.
     pub scanner: bool,
+    /// Start `<data dir>/staging/current` when it exists, as the systemd launcher does
+    /// (`deploy/systemd/edge-agent-launch`), so an installed release really runs.
+    pub launch_installed: bool,
 }
 
 /// A free TCP port on 127.0.0.1 (free when asked; tests use it at once).
@@ -350,7 +353,13 @@ impl AgentProcess {
             .append(true)
             .open(&log)
             .expect("agent log file");
-        let mut cmd = Command::new(binary("edge-agent"));
+        let installed = data_dir.path().join("staging").join("current");
+        let program = if options.launch_installed && installed.exists() {
+            installed
+        } else {
+            binary("edge-agent")
+        };
+        let mut cmd = Command::new(program);
         cmd.arg("--server-url")
             .arg(server_url)
             .arg("--device-id")
@@ -405,6 +414,11 @@ impl AgentProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The agent's process id, e.g. to see which executable runs (`/proc/<pid>/exe`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: the agent gets no chance to say goodbye.

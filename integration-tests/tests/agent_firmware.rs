@@ -93,8 +93,14 @@ fn stored_file(server: &ServerProcess, release: &Value) -> std::path::PathBuf {
 fn a_good_release_goes_active_on_a_group_in_two_waves(backend: Backend) {
     let server = ServerProcess::start(backend);
     let api = Api::admin(&server);
-    let mut a = AgentProcess::start(&server, "fw-a");
-    let mut b = AgentProcess::start(&server, "fw-b");
+    // Started the way the systemd launcher does it, so the new build really runs after the
+    // restart: `<staging dir>/current` when there is one.
+    let options = AgentOptions {
+        launch_installed: true,
+        ..AgentOptions::default()
+    };
+    let mut a = AgentProcess::start_with(&server.base_url, "fw-a", options.clone());
+    let mut b = AgentProcess::start_with(&server.base_url, "fw-b", options);
     online(&api, &[&a, &b]);
     let group = api.post("/api/v1/device-groups", &json!({"name": "line-1"}));
     let group_id = group.data()["id"].as_str().unwrap().to_owned();
@@ -102,7 +108,8 @@ fn a_good_release_goes_active_on_a_group_in_two_waves(backend: Backend) {
         &format!("/api/v1/device-groups/{group_id}/members"),
         &json!({"deviceIds": ["fw-a", "fw-b"]}),
     );
-    let body = artifact(1024 * 1024 + 5, 1);
+    // The release is a real build: this very edge-agent binary, as version 0.2.0.
+    let body = std::fs::read(binary("edge-agent")).unwrap();
     let release = upload_release(&server, &api, "edge", "0.2.0", body.clone());
     let soak = 2;
     let id = deploy(
@@ -144,6 +151,11 @@ fn a_good_release_goes_active_on_a_group_in_two_waves(backend: Backend) {
         );
         let device = api.get(&format!("/api/v1/devices/{}", agent.device_id));
         assert_eq!(device.data()["version"], "0.2.0");
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{}/exe", agent.pid())).unwrap(),
+            staging.join("edge-service-0.2.0"),
+            "the process runs the installed build"
+        );
     }
 }
 
@@ -359,9 +371,16 @@ fn a_cut_download_resumes_where_it_stopped(backend: Backend) {
 fn a_build_that_never_reaches_the_server_is_rolled_back(backend: Backend) {
     let server = ServerProcess::start(backend);
     let api = Api::admin(&server);
-    let mut agent = AgentProcess::start(&server, "fw-rb");
+    // Started the way the systemd launcher does it: `<staging dir>/current` when there is one.
+    let options = AgentOptions {
+        launch_installed: true,
+        ..AgentOptions::default()
+    };
+    let mut agent = AgentProcess::start_with(&server.base_url, "fw-rb", options.clone());
     online(&api, &[&agent]);
-    let release = upload_release(&server, &api, "edge", "0.7.0", artifact(100_000, 7));
+    // The release is a real build: this very edge-agent binary, as version 0.7.0.
+    let build = std::fs::read(binary("edge-agent")).unwrap();
+    let release = upload_release(&server, &api, "edge", "0.7.0", build);
     let id = deploy(
         &api,
         json!({"releaseId": release["id"], "deviceIds": ["fw-rb"], "soakSecs": 1,
@@ -379,29 +398,37 @@ fn a_build_that_never_reaches_the_server_is_rolled_back(backend: Backend) {
     let staging = agent.data_dir.path().join("staging");
     assert!(staging.join("current").exists());
 
-    // The new build starts three times and never gets through to the server (here: pointed at
-    // a closed port, and killed), as a build that crashes early would.
+    // The new build starts three times from the staged file and never gets through to the
+    // server (here: pointed at a closed port, and killed), as a build that crashes early would.
     let mut dir = std::mem::replace(&mut agent.data_dir, TempDir::new("unused"));
     for _ in 0..3 {
-        let mut dead =
-            AgentProcess::start_in("http://127.0.0.1:9", "fw-rb", AgentOptions::default(), dir);
+        let mut dead = AgentProcess::start_in("http://127.0.0.1:9", "fw-rb", options.clone(), dir);
         std::thread::sleep(Duration::from_millis(1500));
         dead.kill();
         dir = std::mem::replace(&mut dead.data_dir, TempDir::new("unused"));
     }
-    // The fourth start rolls back to the build it came from, connects and says so.
-    let agent = AgentProcess::start_in(&server.base_url, "fw-rb", AgentOptions::default(), dir);
-    let done = settle(&api, &id, "COMPLETED", &mut []);
+    // The fourth start is the staged build again: it rolls itself back and exits 75 at once,
+    // so the supervisor starts the previous build, which connects and reports the rollback.
+    let mut fourth = AgentProcess::start_in(&server.base_url, "fw-rb", options.clone(), dir);
+    assert_eq!(
+        fourth.wait_exit(WAIT),
+        Some(75),
+        "the rolled-back build hands over: {}",
+        fourth.log()
+    );
+    assert!(
+        !fourth.data_dir.path().join("staging/current").exists(),
+        "the install link is gone: the original build runs next"
+    );
+    let mut agent = fourth.restart();
+    let done = settle(&api, &id, "COMPLETED", &mut [&mut agent]);
     let rb = row(&done, "fw-rb");
     assert_eq!(rb["status"], "FAILED", "{done}\n{}", agent.log());
     assert!(
         rb["reason"].as_str().unwrap().contains("rolled back"),
         "{done}"
     );
-    let device = api.get("/api/v1/devices/fw-rb");
-    assert_ne!(device.data()["version"], "0.7.0", "{}", device.body);
-    assert!(
-        !agent.data_dir.path().join("staging/current").exists(),
-        "the install link is gone: the original build runs"
-    );
+    wait_until(WAIT, "the original version reported", || {
+        api.get("/api/v1/devices/fw-rb").data()["version"] == env!("CARGO_PKG_VERSION")
+    });
 }
