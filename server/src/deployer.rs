@@ -7,7 +7,7 @@
 //! `TICK_INTERVAL`, and at once when something happened: a deployment was created or
 //! controlled, a download ended, or a watched device sent a status frame.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -34,8 +34,8 @@ pub struct FirmwareDeployer {
     stage_timeout: Duration,
     /// The `update_firmware` commands under way.
     carried: Carried,
-    /// Device → deployments it takes an unsettled part in, as of the last pass.
-    watched: HashMap<String, Vec<String>>,
+    /// Devices with an unsettled part in a deployment, as of the last pass.
+    watched: HashSet<String>,
     running: bool,
     again: bool,
 }
@@ -58,7 +58,7 @@ impl FirmwareDeployer {
             },
             stage_timeout,
             carried: Carried::default(),
-            watched: HashMap::new(),
+            watched: HashSet::new(),
             running: false,
             again: false,
         }
@@ -96,8 +96,8 @@ impl FirmwareDeployer {
                 Ok((effects, watched)) => {
                     act.watched.clear();
                     let mut under_way = HashSet::new();
-                    for (device, deployment, command) in watched {
-                        act.watched.entry(device).or_default().push(deployment);
+                    for (device, command) in watched {
+                        act.watched.insert(device);
                         under_way.extend(command);
                     }
                     // A queued command whose row moved on needs no more remembering.
@@ -218,10 +218,10 @@ impl Actor for FirmwareDeployer {
     }
 }
 
-/// Something changed in this deployment: look at it now.
+/// Something changed in a deployment: look at the unfinished ones now.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Poke(pub String);
+pub struct Poke;
 
 impl Handler<Poke> for FirmwareDeployer {
     type Result = ();
@@ -256,7 +256,7 @@ pub struct DeviceReported {
 impl Handler<DeviceReported> for FirmwareDeployer {
     type Result = ();
     fn handle(&mut self, msg: DeviceReported, ctx: &mut Context<Self>) {
-        if self.watched.contains_key(&msg.device_id) {
+        if self.watched.contains(&msg.device_id) {
             self.pass(ctx);
         }
     }
@@ -282,7 +282,7 @@ fn is_error_severity(severity: &str) -> bool {
 impl Handler<DeviceAlert> for FirmwareDeployer {
     type Result = ();
     fn handle(&mut self, msg: DeviceAlert, ctx: &mut Context<Self>) {
-        if !is_error_severity(&msg.severity) || !self.watched.contains_key(&msg.device_id) {
+        if !is_error_severity(&msg.severity) || !self.watched.contains(&msg.device_id) {
             return;
         }
         let db = self.db.clone();

@@ -239,11 +239,9 @@ pub fn unfinished(conn: &mut DbConnection) -> ApiResult<Vec<String>> {
         .load(conn)?)
 }
 
-/// Devices that take part in an unfinished deployment and are not settled yet; a status frame
-/// or an alert from one of them is worth a look.
-pub fn watched_devices(
-    conn: &mut DbConnection,
-) -> ApiResult<Vec<(String, String, Option<String>)>> {
+/// Devices that take part in an unfinished deployment and are not settled yet, with their
+/// update commands: a status frame or an alert from one of them is worth a look.
+pub fn watched_devices(conn: &mut DbConnection) -> ApiResult<Vec<(String, Option<String>)>> {
     Ok(targets::table
         .inner_join(deployments::table)
         .filter(deployments::status.eq_any([
@@ -256,11 +254,7 @@ pub fn watched_devices(
             DeviceDeploymentStatus::Active.as_str(),
         ]))
         .filter(targets::verified_at.is_null())
-        .select((
-            targets::device_id,
-            targets::deployment_id,
-            targets::command_id,
-        ))
+        .select((targets::device_id, targets::command_id))
         .load(conn)?)
 }
 
@@ -990,7 +984,7 @@ pub async fn create(
         Ok((row, rows))
     })
     .await?;
-    state.deployer.do_send(Poke(row.id.clone()));
+    state.deployer.do_send(Poke);
     Ok(HttpResponse::Created().json(Envelope::ok(row.to_api(&rows, true))))
 }
 
@@ -1130,7 +1124,6 @@ async fn control(
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(id.clone()))
         .source(audit::source_of(&req));
-    let poke = id.clone();
     let by = user.username.clone();
     let deployment = audited(&state.db, entry, move |conn| {
         let row = find(conn, &id)?.ok_or_else(not_found)?;
@@ -1214,7 +1207,7 @@ async fn control(
         status: deployment.status,
         detail: json!({ "pausedReason": deployment.paused_reason, "currentWave": deployment.current_wave }),
     });
-    state.deployer.do_send(Poke(poke));
+    state.deployer.do_send(Poke);
     Ok(HttpResponse::Ok().json(Envelope::ok(deployment)))
 }
 
