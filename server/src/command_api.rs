@@ -4,13 +4,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use diesel::prelude::*;
 use futures_util::future::join_all;
 use protocol::commands::{Command, CommandResult, CommandType};
 use protocol::rest::{
     BulkDispatchRequest, CommandStatus, DispatchRequest, DispatchResponse, Envelope,
 };
-use schema::schema::devices as devices_table;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -246,17 +244,7 @@ pub async fn fan_out(
     let wanted = targets.clone();
     let known: HashSet<String> = state
         .db
-        .run(move |conn| {
-            let mut found = HashSet::new();
-            for chunk in wanted.chunks(500) {
-                let ids: Vec<String> = devices_table::table
-                    .filter(devices_table::id.eq_any(chunk))
-                    .select(devices_table::id)
-                    .load(conn)?;
-                found.extend(ids);
-            }
-            Ok(found)
-        })
+        .run(move |conn| crate::devices::known_ids(conn, &wanted))
         .await?;
     // A fresh id per target; every audit row and PENDING command stored in one transaction
     // before any is sent.

@@ -897,17 +897,12 @@ pub async fn create(
                 format!("at most {MAX_DEPLOYMENT_TARGETS} devices per deployment"),
             ));
         }
-        for chunk in wanted.chunks(500) {
-            let known: Vec<String> = devices::table
-                .filter(devices::id.eq_any(chunk))
-                .select(devices::id)
-                .load(conn)?;
-            if let Some(missing) = chunk.iter().find(|d| !known.contains(d)) {
-                return Err(ApiError::not_found(
-                    ErrorCode::DeviceNotFound,
-                    format!("no such device: {missing}"),
-                ));
-            }
+        let known = crate::devices::known_ids(conn, &wanted)?;
+        if let Some(missing) = wanted.iter().find(|d| !known.contains(*d)) {
+            return Err(ApiError::not_found(
+                ErrorCode::DeviceNotFound,
+                format!("no such device: {missing}"),
+            ));
         }
         // One rollout per device at a time: two would race to install different builds.
         for chunk in wanted.chunks(500) {

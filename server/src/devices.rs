@@ -84,6 +84,23 @@ pub fn require(conn: &mut DbConnection, id: &str) -> ApiResult<DeviceRow> {
     find(conn, id)?.ok_or_else(not_found)
 }
 
+/// Which of `ids` name an enrolled device, asked in chunks so a long list stays within the
+/// backends' bound-parameter limits.
+pub fn known_ids(
+    conn: &mut DbConnection,
+    ids: &[String],
+) -> ApiResult<std::collections::HashSet<String>> {
+    let mut found = std::collections::HashSet::new();
+    for chunk in ids.chunks(500) {
+        let known: Vec<String> = devices::table
+            .filter(devices::id.eq_any(chunk))
+            .select(devices::id)
+            .load(conn)?;
+        found.extend(known);
+    }
+    Ok(found)
+}
+
 /// Filters of the device list; every one given must hold.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -4,7 +4,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{NaiveDateTime, Utc};
 use diesel::prelude::*;
 use protocol::rest::{DeviceGroup, Envelope, GroupRequest, MembersRequest, Page};
-use schema::schema::{device_group_members as members, device_groups as groups, devices};
+use schema::schema::{device_group_members as members, device_groups as groups};
 use serde::Deserialize;
 
 use crate::audit::{self, audited, AuditEntry};
@@ -266,18 +266,10 @@ pub async fn add_members(
         let mut wanted = request.device_ids.clone();
         wanted.sort();
         wanted.dedup();
-        let mut existing: Vec<String> = Vec::new();
-        for chunk in wanted.chunks(500) {
-            existing.extend(
-                devices::table
-                    .filter(devices::id.eq_any(chunk))
-                    .select(devices::id)
-                    .load::<String>(conn)?,
-            );
-        }
+        let existing = crate::devices::known_ids(conn, &wanted)?;
         let missing: Vec<&String> = wanted
             .iter()
-            .filter(|d| !existing.contains(d))
+            .filter(|d| !existing.contains(*d))
             .take(10)
             .collect();
         if !missing.is_empty() {
