@@ -731,7 +731,7 @@ mod tests {
         CommandKind::UpdateFirmware {
             version: version.into(),
             url: url.into(),
-            sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            sha256: crate::updater::hex(digest.as_ref()),
             size: body.len() as u64,
             signature_base64: None,
             signature_expires_at: None,

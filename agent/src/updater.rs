@@ -244,7 +244,8 @@ pub fn staged_path(staging_dir: &Path, version: &str) -> PathBuf {
     staging_dir.join(staged_name(version))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, as SHA-256 digests are written on the wire.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -182,7 +182,8 @@ pub fn safe_version(version: &str) -> String {
     version.replace('+', "_")
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, as SHA-256 digests are written everywhere here.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -45,10 +45,7 @@ fn assets() -> &'static HashMap<&'static str, Asset> {
                     continue;
                 };
                 let digest = ring::digest::digest(&ring::digest::SHA256, file.contents());
-                let hex: String = digest.as_ref()[..16]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let hex = crate::firmware::hex(&digest.as_ref()[..16]);
                 map.insert(
                     path,
                     Asset {
