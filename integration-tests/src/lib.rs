@@ -872,18 +872,43 @@ pub fn upload_release(
     version: &str,
     bytes: Vec<u8>,
 ) -> Value {
+    upload_release_with(
+        server,
+        api.token().expect("a logged-in api"),
+        &format!("version={version}&filename=edge-service.bin&project={project}"),
+        &bytes,
+    )
+}
+
+/// A query-string value with the characters of base64 and RFC 3339 escaped.
+pub fn query_escape(value: &str) -> String {
+    value
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+        .replace(':', "%3A")
+}
+
+/// Uploads `bytes` with the upload route's whole query string (signature parameters and all);
+/// answers the release's `data`.
+pub fn upload_release_with(
+    server: &ServerProcess,
+    token: &str,
+    query: &str,
+    bytes: &[u8],
+) -> Value {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(300))
         .build()
         .expect("http client");
     let resp = client
         .post(format!(
-            "{}/api/v1/firmware/releases?version={version}&filename=edge-service.bin&project={project}",
+            "{}/api/v1/firmware/releases?{query}",
             server.base_url
         ))
-        .bearer_auth(api.token().expect("a logged-in api"))
+        .bearer_auth(token)
         .header("Content-Type", "application/octet-stream")
-        .body(bytes)
+        .body(bytes.to_vec())
         .send()
         .expect("upload request");
     let status = resp.status().as_u16();

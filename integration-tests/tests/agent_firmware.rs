@@ -226,25 +226,16 @@ fn broken_releases_fail_on_the_device_and_stage_nothing(backend: Backend) {
         expires.timestamp()
     );
     let signature = b64(signer.sign(manifest.as_bytes()).as_ref());
-    let enc = |v: &str| {
-        v.replace('+', "%2B")
-            .replace('/', "%2F")
-            .replace('=', "%3D")
-            .replace(':', "%3A")
-    };
-    let signed = reqwest::blocking::Client::new()
-        .post(format!(
-            "{}/api/v1/firmware/releases?version=0.4.0&project=edge&filename=edge-service.bin&signatureBase64={}&signatureExpiresAt={}",
-            server.base_url,
-            enc(&signature),
-            enc(&expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
-        ))
-        .bearer_auth(api.token().unwrap())
-        .body(bytes)
-        .send()
-        .unwrap();
-    assert_eq!(signed.status().as_u16(), 201);
-    let release: Value = signed.json::<Value>().unwrap()["data"].clone();
+    let release = upload_release_with(
+        &server,
+        api.token().unwrap(),
+        &format!(
+            "version=0.4.0&project=edge&filename=edge-service.bin&signatureBase64={}&signatureExpiresAt={}",
+            query_escape(&signature),
+            query_escape(&expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        ),
+        &bytes,
+    );
     let id = deploy(
         &api,
         json!({"releaseId": release["id"], "deviceIds": ["fw-x"], "failureThresholdPercent": 100}),

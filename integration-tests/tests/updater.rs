@@ -21,33 +21,6 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Query-string form of a base64 or RFC 3339 value.
-fn q(value: &str) -> String {
-    value
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D")
-        .replace(':', "%3A")
-}
-
-/// Uploads a release as admin; answers its `data` (`id`, `sha256`, ...).
-fn upload(server: &ServerProcess, token: &str, query: &str, body: &[u8]) -> Value {
-    let response = reqwest::blocking::Client::new()
-        .post(format!(
-            "{}/api/v1/firmware/releases?{query}",
-            server.base_url
-        ))
-        .bearer_auth(token)
-        .header("Content-Type", "application/octet-stream")
-        .body(body.to_vec())
-        .send()
-        .expect("upload");
-    let status = response.status().as_u16();
-    let body: Value = response.json().expect("upload answer");
-    assert!((200..300).contains(&status), "upload {status}: {body}");
-    body["data"].clone()
-}
-
 /// Names in the staging directory, temporary ones included.
 fn staged_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -103,7 +76,7 @@ fn update_firmware_stages_good_releases_and_refuses_bad_ones() {
 
     // A good release, large enough to take several writes and progress steps.
     let body = artifact(3 * 1024 * 1024 + 17, 1);
-    let release = upload(
+    let release = upload_release_with(
         &server,
         &token,
         "version=0.2.0&project=edge&filename=edge-service",
@@ -128,7 +101,7 @@ fn update_firmware_stages_good_releases_and_refuses_bad_ones() {
 
     // A wrong hash: refused, nothing new staged, no partial file left.
     let other = artifact(4096, 2);
-    let release = upload(
+    let release = upload_release_with(
         &server,
         &token,
         "version=0.3.0&project=edge&filename=edge-service",
@@ -147,7 +120,7 @@ fn update_firmware_stages_good_releases_and_refuses_bad_ones() {
 
     // A version below the agent's (0.1.0): refused before any download.
     let old = artifact(1000, 3);
-    let release = upload(
+    let release = upload_release_with(
         &server,
         &token,
         "version=0.0.9&project=edge&filename=edge-service",
@@ -180,13 +153,13 @@ fn update_firmware_stages_good_releases_and_refuses_bad_ones() {
     );
     let signature = b64(signer.sign(manifest.as_bytes()).as_ref());
     let expires_text = expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let release = upload(
+    let release = upload_release_with(
         &server,
         &token,
         &format!(
             "version=0.4.0&project=edge&filename=edge-service&signatureBase64={}&signatureExpiresAt={}",
-            q(&signature),
-            q(&expires_text)
+            query_escape(&signature),
+            query_escape(&expires_text)
         ),
         &signed,
     );
