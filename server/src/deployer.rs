@@ -5,7 +5,12 @@
 //! `update_firmware` commands through the `CommandDispatcher`, and `deployment` events to the
 //! dashboards. Passes never overlap (so the download cap holds); a pass runs every
 //! `TICK_INTERVAL`, and at once when something happened: a deployment was created or
-//! controlled, a download ended, or a watched device sent a status frame.
+//! controlled, a download ended, or a watched device sent a status frame or an alert.
+//!
+//! Every write the actor makes happens inside a pass: an ended download or an alert is kept
+//! until the next pass stores it, before that pass advances the deployments. Two writes on
+//! the blocking pool at once could finish in either order, and the dashboards would then
+//! hear a device go ACTIVE before it went STAGED.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -36,6 +41,8 @@ pub struct FirmwareDeployer {
     carried: Carried,
     /// Devices with an unsettled part in a deployment, as of the last pass.
     watched: HashSet<String>,
+    /// Ended downloads and error alerts the next pass stores first.
+    inbox: Inbox,
     running: bool,
     again: bool,
 }
@@ -59,6 +66,7 @@ impl FirmwareDeployer {
             stage_timeout,
             carried: Carried::default(),
             watched: HashSet::new(),
+            inbox: Inbox::default(),
             running: false,
             again: false,
         }
@@ -74,9 +82,11 @@ impl FirmwareDeployer {
         let db = self.db.clone();
         let carried = self.carried.clone();
         let timeouts = self.timeouts;
+        let inbox = std::mem::take(&mut self.inbox);
+        let taken = inbox.clone();
         async move {
             db.run(move |conn| {
-                let mut effects = Vec::new();
+                let mut effects = inbox.store(conn);
                 for id in deployments::unfinished(conn)? {
                     match deployments::advance(conn, &id, &carried, timeouts) {
                         Ok(more) => effects.extend(more),
@@ -90,10 +100,15 @@ impl FirmwareDeployer {
             .await
         }
         .into_actor(self)
-        .map(|outcome, act, ctx| {
+        .map(move |outcome, act, ctx| {
             act.running = false;
             match outcome {
                 Ok((effects, watched)) => {
+                    // Forgotten only once the row left IN_PROGRESS, so no pass in between
+                    // takes the download for one a restart lost.
+                    for done in &taken.downloads {
+                        act.carried.awaited.remove(&done.command_id);
+                    }
                     act.watched.clear();
                     let mut under_way = HashSet::new();
                     for (device, command) in watched {
@@ -106,7 +121,12 @@ impl FirmwareDeployer {
                         act.apply(effect, ctx);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e.message, "deployment pass failed"),
+                Err(e) => {
+                    // The database was out of reach: what the inbox held is tried again.
+                    tracing::warn!(error = %e.message, "deployment pass failed");
+                    act.inbox.put_back(taken);
+                    act.again = true;
+                }
             }
             if act.again {
                 act.pass(ctx);
@@ -162,12 +182,13 @@ impl FirmwareDeployer {
                         Outcome::Staged(output) => Ok(output),
                         Outcome::Failed(reason) => Err(reason),
                     };
-                    ctx.notify(DownloadFinished {
+                    act.inbox.downloads.push(DownloadFinished {
                         deployment_id,
                         device_id,
                         command_id,
                         outcome,
                     });
+                    act.pass(ctx);
                 })
                 .spawn(ctx);
             }
@@ -263,7 +284,7 @@ impl Handler<DeviceReported> for FirmwareDeployer {
 }
 
 /// A device raised an alert.
-#[derive(Message)]
+#[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct DeviceAlert {
     pub device_id: String,
@@ -285,25 +306,8 @@ impl Handler<DeviceAlert> for FirmwareDeployer {
         if !is_error_severity(&msg.severity) || !self.watched.contains(&msg.device_id) {
             return;
         }
-        let db = self.db.clone();
-        async move {
-            db.run(move |conn| deployments::alert_received(conn, &msg.device_id, &msg.message))
-                .await
-        }
-        .into_actor(self)
-        .map(|outcome, act, ctx| match outcome {
-            Ok(effects) => {
-                let any = !effects.is_empty();
-                for effect in effects {
-                    act.apply(effect, ctx);
-                }
-                if any {
-                    act.pass(ctx);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e.message, "alert not applied to a deployment"),
-        })
-        .spawn(ctx);
+        self.inbox.alerts.push(msg);
+        self.pass(ctx);
     }
 }
 
@@ -315,8 +319,7 @@ enum Outcome {
 }
 
 /// The `update_firmware` command of one device ended.
-#[derive(Message)]
-#[rtype(result = "()")]
+#[derive(Debug, Clone)]
 struct DownloadFinished {
     deployment_id: String,
     device_id: String,
@@ -324,36 +327,43 @@ struct DownloadFinished {
     outcome: Result<String, String>,
 }
 
-impl Handler<DownloadFinished> for FirmwareDeployer {
-    type Result = ();
-    fn handle(&mut self, msg: DownloadFinished, ctx: &mut Context<Self>) {
-        let db = self.db.clone();
-        let command_id = msg.command_id.clone();
-        async move {
-            db.run(move |conn| {
-                deployments::download_finished(
-                    conn,
-                    &msg.deployment_id,
-                    &msg.device_id,
-                    &msg.command_id,
-                    msg.outcome,
-                )
-            })
-            .await
-        }
-        .into_actor(self)
-        .map(move |outcome, act, ctx| {
-            // Forgotten only once the row left IN_PROGRESS, so no pass in between takes the
-            // download for one a restart lost.
-            act.carried.awaited.remove(&command_id);
-            match outcome {
-                Ok(Some(effect)) => act.apply(effect, ctx),
-                Ok(None) => {}
+/// What happened since the last pass, for the next one to store.
+#[derive(Debug, Clone, Default)]
+struct Inbox {
+    downloads: Vec<DownloadFinished>,
+    alerts: Vec<DeviceAlert>,
+}
+
+impl Inbox {
+    /// Stores each item on its own, so one that fails does not hold up the rest.
+    fn store(self, conn: &mut crate::db::DbConnection) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for d in self.downloads {
+            match deployments::download_finished(
+                conn,
+                &d.deployment_id,
+                &d.device_id,
+                &d.command_id,
+                d.outcome,
+            ) {
+                Ok(effect) => effects.extend(effect),
                 Err(e) => tracing::warn!(error = %e.message, "download outcome not stored"),
             }
-            act.pass(ctx);
-        })
-        .spawn(ctx);
+        }
+        for a in self.alerts {
+            match deployments::alert_received(conn, &a.device_id, &a.message) {
+                Ok(more) => effects.extend(more),
+                Err(e) => tracing::warn!(error = %e.message, "alert not applied to a deployment"),
+            }
+        }
+        effects
+    }
+
+    /// Puts back what a failed pass took, ahead of anything that came in meanwhile.
+    fn put_back(&mut self, mut taken: Inbox) {
+        taken.downloads.append(&mut self.downloads);
+        taken.alerts.append(&mut self.alerts);
+        *self = taken;
     }
 }
 
