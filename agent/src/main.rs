@@ -38,19 +38,37 @@ use crate::store::Store;
 const EXIT_BAD_SETTING: u8 = 2;
 
 fn main() -> ExitCode {
-    let source = match ConfigSource::from_cli(Cli::parse()) {
+    // A staged build on trial counts its start before it reads a setting: a build that
+    // refuses the settings its predecessor ran on must be rolled back like one that crashes.
+    let early = own_trial_dir().map(|dir| install::begin_run(&dir));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` print and exit 0; a flag error exits 2 with clap's text.
+        Err(e) if early.is_none() || !e.use_stderr() => e.exit(),
+        Err(e) => return bad_setting(&e.to_string(), true),
+    };
+    let source = match ConfigSource::from_cli(cli) {
         Ok(source) => source,
-        Err(e) => return bad_setting(&e.to_string()),
+        Err(e) => return bad_setting(&e.to_string(), early.is_some()),
     };
     let base = match source.resolve::<()>(None) {
         Ok(config) => config,
-        Err(e) => return bad_setting(&e.to_string()),
+        Err(e) => return bad_setting(&e.to_string(), early.is_some()),
     };
     // Counted before anything else can fail, so that a build that crash-loops is rolled back.
-    let firmware = install::begin_run(&base.firmware_staging_dir);
+    let firmware = match early {
+        Some(startup) => startup,
+        None => install::begin_run(&base.firmware_staging_dir),
+    };
+    // From here on a bad setting of a build on trial (or one just rolled back) asks for a
+    // restart: the supervisor then counts it again, or starts the previous build.
+    let on_trial = matches!(
+        &firmware,
+        Ok(s) if s.trial.is_some() || s.rolled_back.is_some()
+    );
     let store = match Store::open(&base.data_dir) {
         Ok(store) => store,
-        Err(e) => return bad_setting(&e.to_string()),
+        Err(e) => return bad_setting(&e.to_string(), on_trial),
     };
     // Settings pushed by the server lie over the others. If they no longer fit (a flag
     // changed under them), the agent runs on the rest rather than not at all.
@@ -89,14 +107,16 @@ fn main() -> ExitCode {
             return bad_setting(
                 "no device token is stored and no enrollment key is set \
                  (flag --enrollment-key or env EDGE_ENROLLMENT_KEY)",
+                on_trial,
             )
         }
         Ok(_) => {}
-        Err(e) => return bad_setting(&e.to_string()),
+        Err(e) => return bad_setting(&e.to_string(), on_trial),
     }
 
     match run(config, source, store, logs, version) {
         Ok(0) => ExitCode::SUCCESS,
+        Ok(EXIT_BAD_SETTING) if on_trial => ExitCode::from(EXIT_RESTART),
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             tracing::error!("{e:#}");
@@ -115,11 +135,35 @@ fn exe_is_staged(version: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Prints a one-line reason and gives the exit code of a bad setting.
-fn bad_setting(reason: &str) -> ExitCode {
-    let line: String = reason.lines().collect::<Vec<_>>().join("; ");
+/// Prints a one-line reason and gives the exit code of a bad setting: 2, which the systemd
+/// unit does not restart, except for a build on trial. That one exits 75 so it is started
+/// again and counted, and after `MAX_TRIAL_STARTS` rolled back to the build that ran.
+fn bad_setting(reason: &str, on_trial: bool) -> ExitCode {
+    let line: String = reason
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     eprintln!("edge-agent: {line}");
+    if on_trial {
+        eprintln!(
+            "edge-agent: this build is on trial; exiting {EXIT_RESTART} so it is counted, and rolled back after {} starts",
+            install::MAX_TRIAL_STARTS
+        );
+        return ExitCode::from(EXIT_RESTART);
+    }
     ExitCode::from(EXIT_BAD_SETTING)
+}
+
+/// The staging dir this process runs from, when it is the staged build a trial names: found
+/// from the executable alone (`current` resolves to `<staging dir>/edge-service-<version>`),
+/// so that it is known before any setting is read.
+fn own_trial_dir() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let trial = install::load(dir).ok()?.trial?;
+    let staged = updater::staged_name(&trial.version);
+    (exe.file_name()? == std::ffi::OsStr::new(&staged)).then(|| dir.to_owned())
 }
 
 /// Logs what the start-up check of the installed firmware found; answers the firmware version

@@ -390,12 +390,29 @@ fn a_build_that_never_reaches_the_server_is_rolled_back(backend: Backend) {
     assert!(staging.join("current").exists());
 
     // The new build starts three times from the staged file and never gets through to the
-    // server (here: pointed at a closed port, and killed), as a build that crashes early would.
+    // server. First it hangs (pointed at a closed port, and killed), as a build that crashes
+    // early would. Then it refuses its settings, as a build would that no longer accepts
+    // what its predecessor ran on: an unknown flag, then a setting it finds invalid. Those
+    // two must not exit 2, which systemd does not restart; they exit 75 to be counted.
     let mut dir = std::mem::replace(&mut agent.data_dir, TempDir::new("unused"));
-    for _ in 0..3 {
-        let mut dead = AgentProcess::start_in("http://127.0.0.1:9", "fw-rb", options.clone(), dir);
-        std::thread::sleep(Duration::from_millis(1500));
-        dead.kill();
+    let mut dead = AgentProcess::start_in("http://127.0.0.1:9", "fw-rb", options.clone(), dir);
+    std::thread::sleep(Duration::from_millis(1500));
+    dead.kill();
+    dir = std::mem::replace(&mut dead.data_dir, TempDir::new("unused"));
+    for refused in [
+        vec!["--a-setting-from-a-later-release", "1"],
+        vec!["--connection-mode", "DIRECT_CLOUD"],
+    ] {
+        let mut refusing = options.clone();
+        refusing.args = refused.iter().map(|a| a.to_string()).collect();
+        let mut dead = AgentProcess::start_in(&server.base_url, "fw-rb", refusing, dir);
+        assert_eq!(
+            dead.wait_exit(WAIT),
+            Some(75),
+            "a build on trial that refuses {refused:?} asks to be started again: {}",
+            dead.log()
+        );
+        assert!(dead.log().contains("on trial"), "{}", dead.log());
         dir = std::mem::replace(&mut dead.data_dir, TempDir::new("unused"));
     }
     // The fourth start is the staged build again: it rolls itself back and exits 75 at once,
