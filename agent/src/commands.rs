@@ -68,6 +68,46 @@ pub struct Deps {
     pub updater: Addr<Updater>,
     /// The firmware version this process runs.
     pub running: String,
+    /// The releases `update_firmware` is downloading.
+    pub downloads: Downloads,
+}
+
+/// The versions being downloaded, so that `restart_service` does not cut a download off (it
+/// would be lost with the process, and its deployment would wait out the stage timeout).
+#[derive(Clone, Default)]
+pub struct Downloads(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Downloads {
+    /// Counts `version` as downloading until the guard is dropped.
+    fn begin(&self, version: &str) -> DownloadGuard {
+        self.lock().push(version.to_owned());
+        DownloadGuard {
+            downloads: self.clone(),
+            version: version.to_owned(),
+        }
+    }
+
+    fn under_way(&self) -> Vec<String> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct DownloadGuard {
+    downloads: Downloads,
+    version: String,
+}
+
+impl Drop for DownloadGuard {
+    fn drop(&mut self) {
+        let mut list = self.downloads.lock();
+        if let Some(i) = list.iter().position(|v| *v == self.version) {
+            list.remove(i);
+        }
+    }
 }
 
 /// The turn of commands that run one at a time.
@@ -162,68 +202,79 @@ fn run(deps: Deps, runs: &AtomicU64, turn: Turn, command: Command) -> BoxFuture<
         ));
     }
     match command.kind {
-            CommandKind::ForceSync => force_sync(deps, id).boxed(),
-            CommandKind::ClearQueue { include_completed } => {
-                clear_queue(deps, id, include_completed).boxed()
-            }
-            CommandKind::PullLogs { lines } => pull_logs(deps, id, lines).boxed(),
-            CommandKind::RestartService => ready(Answered {
-                result: CommandResult::ok(
+        CommandKind::ForceSync => force_sync(deps, id).boxed(),
+        CommandKind::ClearQueue { include_completed } => {
+            clear_queue(deps, id, include_completed).boxed()
+        }
+        CommandKind::PullLogs { lines } => pull_logs(deps, id, lines).boxed(),
+        CommandKind::RestartService => {
+            let downloading = deps.downloads.under_way();
+            if !downloading.is_empty() {
+                return done(CommandResult::failed(
                     id,
                     format!(
-                        "restarting: the agent exits with code {EXIT_RESTART} and its supervisor starts it again"
+                        "refused: firmware {} is downloading, and a restart now would cut it off; \
+                             send restart_service once the update ends, or cancel its deployment",
+                        downloading.join(", ")
                     ),
-                ),
-                exit: Some(EXIT_RESTART),
-            }),
-            CommandKind::RebootOs => {
-                let argv = deps.config.borrow().reboot_command.clone();
-                os_command(id, "reboot", argv).boxed()
+                ));
             }
-            CommandKind::ShutdownOs => {
-                let argv = deps.config.borrow().shutdown_command.clone();
-                os_command(id, "shutdown", argv).boxed()
-            }
-            CommandKind::PushConfig { patch } => push_config(deps, id, patch).boxed(),
-            CommandKind::UpdateFirmware {
+            ready(Answered {
+                    result: CommandResult::ok(
+                        id,
+                        format!(
+                            "restarting: the agent exits with code {EXIT_RESTART} and its supervisor starts it again"
+                        ),
+                    ),
+                    exit: Some(EXIT_RESTART),
+                })
+        }
+        CommandKind::RebootOs => {
+            let argv = deps.config.borrow().reboot_command.clone();
+            os_command(id, "reboot", argv).boxed()
+        }
+        CommandKind::ShutdownOs => {
+            let argv = deps.config.borrow().shutdown_command.clone();
+            os_command(id, "shutdown", argv).boxed()
+        }
+        CommandKind::PushConfig { patch } => push_config(deps, id, patch).boxed(),
+        CommandKind::UpdateFirmware {
+            version,
+            url,
+            sha256,
+            size,
+            signature_base64,
+            signature_expires_at,
+            deployment_id: _,
+            allow_downgrade,
+        } => update_firmware(
+            deps,
+            turn,
+            UpdateRequest {
+                command_id: id,
                 version,
                 url,
                 sha256,
                 size,
                 signature_base64,
                 signature_expires_at,
-                deployment_id: _,
                 allow_downgrade,
-            } => update_firmware(
-                deps,
-                turn,
-                UpdateRequest {
-                    command_id: id,
-                    version,
-                    url,
-                    sha256,
-                    size,
-                    signature_base64,
-                    signature_expires_at,
-                    allow_downgrade,
-                },
-            )
-            .boxed(),
-            CommandKind::ExecShell { template, args } => async move {
-                let (t, argv) = match shell::build(&template, &args) {
-                    Ok(built) => built,
-                    Err(e) => return answer(CommandResult::failed(id, format!("refused: {e}"))),
-                };
-                let mut full = vec![t.program.to_owned()];
-                full.extend(argv);
-                answer(finished_result(id, shell::run(&full, t.timeout).await))
-            }
-            .boxed(),
-            CommandKind::EnableDevice => production(deps, id, true, None).boxed(),
-            CommandKind::DisableDevice { reason } => {
-                production(deps, id, false, Some(reason)).boxed()
-            }
+            },
+        )
+        .boxed(),
+        CommandKind::ExecShell { template, args } => async move {
+            let (t, argv) = match shell::build(&template, &args) {
+                Ok(built) => built,
+                Err(e) => return answer(CommandResult::failed(id, format!("refused: {e}"))),
+            };
+            let mut full = vec![t.program.to_owned()];
+            full.extend(argv);
+            answer(finished_result(id, shell::run(&full, t.timeout).await))
         }
+        .boxed(),
+        CommandKind::EnableDevice => production(deps, id, true, None).boxed(),
+        CommandKind::DisableDevice { reason } => production(deps, id, false, Some(reason)).boxed(),
+    }
 }
 
 fn answer(result: CommandResult) -> Answered {
@@ -380,7 +431,10 @@ async fn push_config(deps: Deps, id: String, patch: Value) -> Answered {
 async fn update_firmware(deps: Deps, turn: Turn, request: UpdateRequest) -> Answered {
     let id = request.command_id.clone();
     let version = request.version.clone();
-    let staged = match deps.updater.send(StageRelease(request)).await {
+    let downloading = deps.downloads.begin(&version);
+    let staged = deps.updater.send(StageRelease(request)).await;
+    drop(downloading);
+    let staged = match staged {
         Ok(Ok(staged)) => staged,
         Ok(Err(e)) => {
             tracing::warn!(%version, "firmware not staged: {e}");
@@ -761,6 +815,27 @@ mod tests {
         .await
         .expect("force_sync waited for the download");
         assert_eq!(sync.result.command_id, "fs-1");
+        // A restart would cut the download off: refused with the reason, and no exit. (The
+        // first half is on disk by then, so the download has surely begun.)
+        let part = crate::updater::part_path(&dir.join("staging"), "99.0.0");
+        for _ in 0..200 {
+            if part.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(part.exists(), "the download never began");
+        let restart = exec(&agent, "rs-during", CommandKind::RestartService).await;
+        assert!(!restart.result.success);
+        assert!(
+            restart
+                .result
+                .output
+                .contains("firmware 99.0.0 is downloading"),
+            "{}",
+            restart.result.output
+        );
+        assert_eq!(restart.exit, None);
         let staging = dir.join("staging");
         assert!(!staging.join(install::CURRENT_LINK).exists());
 
@@ -776,7 +851,8 @@ mod tests {
         let repeat = repeat.await.unwrap();
         assert_eq!(repeat.result, first.result);
         assert_eq!(repeat.exit, None);
-        assert_eq!(agent.runs.load(Ordering::Relaxed), 2);
+        // up-1 (once, for both deliveries), fs-1 and rs-during.
+        assert_eq!(agent.runs.load(Ordering::Relaxed), 3);
 
         assert_eq!(
             std::fs::read_link(staging.join(install::CURRENT_LINK)).unwrap(),
@@ -806,6 +882,10 @@ mod tests {
         assert!(staging.join("edge-service-99.0.0").is_file());
         assert!(!staging.join(install::CURRENT_LINK).exists());
         assert!(!staging.join(install::STATE_FILE).exists());
+        // The download ended, so a restart is no longer refused.
+        let restart = exec(&agent, "rs-after", CommandKind::RestartService).await;
+        assert!(restart.result.success, "{}", restart.result.output);
+        assert_eq!(restart.exit, Some(EXIT_RESTART));
 
         let dir = temp_dir();
         let agent = agent_in(&dir, &[]);

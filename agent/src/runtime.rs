@@ -87,6 +87,7 @@ pub fn start(
         running: identity.version.clone(),
         source,
         logs,
+        downloads: Default::default(),
     });
     #[cfg(test)]
     let runs = handler.runs();

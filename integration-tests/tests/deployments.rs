@@ -1,5 +1,6 @@
 //! Firmware deployments against the real server with simulated devices, on SQLite and
-//! PostgreSQL: waves promoted only after a healthy soak, the download cap, auto-pause past the
+//! PostgreSQL: waves promoted only after a healthy soak, the download cap (online devices
+//! first), auto-pause past the
 //! failure threshold and resume, health failures during the soak, cancel, the refused delete of
 //! a release in use, and bad requests. Real agents are in `agent_firmware.rs`.
 
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 on_both_backends!(
     waves_are_promoted_only_after_a_healthy_soak,
     downloads_stay_within_the_cap,
+    offline_devices_do_not_keep_online_ones_from_a_download_slot,
     failures_past_the_threshold_pause_and_resume_retries_them,
     unhealthy_devices_fail_during_the_soak,
     cancel_settles_the_rest_and_frees_the_release,
@@ -255,6 +257,48 @@ fn downloads_stay_within_the_cap(backend: Backend) {
     for t in threads {
         assert_eq!(t.join().unwrap().len(), 1);
     }
+}
+
+fn offline_devices_do_not_keep_online_ones_from_a_download_slot(backend: Backend) {
+    let server = ServerProcess::start(backend);
+    let api = Api::admin(&server);
+    // `a-asleep` comes first in the wave's order and is offline: had it taken the only slot,
+    // its queued update would hold it until it connects or the stage timeout (minutes).
+    api.enroll("a-asleep");
+    let awake = updating_device(&server, &api, "b-awake");
+    let release = upload_release(&server, &api, "edge", "2.0.0", vec![3u8; 512]);
+    let created = deploy(
+        &api,
+        json!({"releaseId": release["id"], "deviceIds": ["a-asleep", "b-awake"],
+               "maxConcurrentDownloads": 1, "soakSecs": 0}),
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+    wait_until(WAIT, "the online device ACTIVE first", || {
+        let s = deployment_statuses(&deployment(&api, &id));
+        s["b-awake"] == "ACTIVE"
+    });
+    // Then the offline device gets the slot: its update waits queued for it.
+    wait_until(WAIT, "the offline device's update queued", || {
+        let d = deployment(&api, &id);
+        let Some(command) = d["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["deviceId"] == "a-asleep")
+            .and_then(|x| x["commandId"].as_str())
+        else {
+            return false;
+        };
+        api.get(&format!("/api/v1/devices/a-asleep/commands/{command}"))
+            .body["data"]["status"]
+            == "QUEUED"
+    });
+    let asleep = updating_device(&server, &api, "a-asleep");
+    let done = wait_for_status(&api, &id, "COMPLETED");
+    assert_eq!(done["counts"]["ACTIVE"], 2, "{done}");
+    drop(server);
+    assert_eq!(awake.join().unwrap().len(), 1);
+    assert_eq!(asleep.join().unwrap().len(), 1);
 }
 
 fn failures_past_the_threshold_pause_and_resume_retries_them(backend: Backend) {

@@ -15,7 +15,7 @@ use protocol::commands::{Command, CommandKind};
 use protocol::firmware::{
     Deployment, DeploymentRequest, DeploymentStatus, DeviceDeployment, DeviceDeploymentStatus,
 };
-use protocol::rest::{CommandStatus, Envelope, Page};
+use protocol::rest::{CommandStatus, DeviceStatus, Envelope, Page};
 use schema::schema::{
     commands, devices, firmware_deployment_devices as targets, firmware_deployments as deployments,
 };
@@ -217,7 +217,24 @@ fn unsettled_of(conn: &mut DbConnection, id: &str) -> ApiResult<Vec<TargetRow>> 
         .load(conn)?)
 }
 
-/// One wave's devices, in the order they are started.
+/// Which of these devices are ONLINE.
+fn online_among(
+    conn: &mut DbConnection,
+    ids: &[&str],
+) -> ApiResult<std::collections::HashSet<String>> {
+    let mut online = std::collections::HashSet::new();
+    for chunk in ids.chunks(500) {
+        let found: Vec<String> = devices::table
+            .filter(devices::id.eq_any(chunk))
+            .filter(devices::status.eq(DeviceStatus::Online.as_str()))
+            .select(devices::id)
+            .load(conn)?;
+        online.extend(found);
+    }
+    Ok(online)
+}
+
+/// One wave's devices, in the order they are started (online ones first, see `advance`).
 fn wave_of(conn: &mut DbConnection, id: &str, wave: i32) -> ApiResult<Vec<TargetRow>> {
     Ok(targets::table
         .filter(targets::deployment_id.eq(id))
@@ -446,7 +463,7 @@ pub fn advance(
 
         for row in &rows {
             let view = views.get(&row.device_id);
-            let online = view.is_some_and(|v| v.status == "ONLINE");
+            let online = view.is_some_and(|v| v.status == DeviceStatus::Online.as_str());
             let reported = view.and_then(|v| v.version.as_deref());
             match row.status() {
                 DeviceDeploymentStatus::InProgress => {
@@ -643,11 +660,18 @@ pub fn advance(
             None => usize::MAX,
         };
         let wave = deployment.current_wave;
-        for row in rows
+        let mut pending: Vec<&mut TargetRow> = rows
             .iter_mut()
             .filter(|r| r.wave == wave && r.status() == DeviceDeploymentStatus::Pending)
-            .take(slots)
-        {
+            .collect();
+        if slots < pending.len() {
+            // Online devices first: an offline one gets its update queued and holds a slot
+            // until it connects, which should not keep a device that could download waiting.
+            let ids: Vec<&str> = pending.iter().map(|r| r.device_id.as_str()).collect();
+            let online = online_among(conn, &ids)?;
+            pending.sort_by_key(|r| !online.contains(&r.device_id));
+        }
+        for row in pending.into_iter().take(slots) {
             let command_id = uuid::Uuid::new_v4().to_string();
             let Some(command) = update_command(conn, &deployment, command_id.clone())? else {
                 fail(
