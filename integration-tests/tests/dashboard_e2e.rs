@@ -2,7 +2,8 @@
 //! logging in, live device status, dispatching commands and reading their results, live logs, the
 //! confirmation dialog of a dangerous command (cancelled, so nothing is sent), a firmware
 //! upload and its deployment followed to ACTIVE, pause/resume/abort, a VIEWER who finds no
-//! button to press, and the first page of 10,000 devices.
+//! button to press, an OPERATOR and a MANAGER who find only their roles' buttons, and the first
+//! page of 10,000 devices.
 //! Screenshots of the main pages land in `target/screenshots/`.
 //!
 //! SQLite only: the browser sees the same API on both backends, and the API's behaviour on
@@ -25,6 +26,7 @@ fn take_turn() -> std::sync::MutexGuard<'static, ()> {
 
 const DEVICE: &str = "edge-dash-1";
 const VIEWER_PASSWORD: &str = "viewer-password-1";
+const OTHER_PASSWORD: &str = "line-password-1";
 
 fn log_in(browser: &Browser, server: &ServerProcess, username: &str, password: &str) {
     browser.goto(&format!("{}/#/devices", server.base_url));
@@ -286,6 +288,43 @@ fn operator_runs_a_device_from_the_browser() {
     browser.wait_for("#sync-status .counts");
     assert_eq!(browser.count("#dead-letters"), 0);
     assert_eq!(browser.count("main button"), 0);
+
+    // An OPERATOR and a MANAGER get the buttons of the commands the seed's RBAC gives their
+    // role, and no others (written out here, not read from the server that draws the page).
+    let roles = [
+        (
+            "OPERATOR",
+            json!(["enable_device", "exec_shell", "force_sync", "pull_logs"]),
+        ),
+        (
+            "MANAGER",
+            json!([
+                "clear_queue",
+                "enable_device",
+                "exec_shell",
+                "force_sync",
+                "pull_logs",
+                "push_config"
+            ]),
+        ),
+    ];
+    for (role, expected) in roles {
+        let username = format!("line-{}", role.to_lowercase());
+        api.create_user(&username, OTHER_PASSWORD, role);
+        browser.click("#logout");
+        browser.wait_for("#login-form");
+        log_in(&browser, &server, &username, OTHER_PASSWORD);
+        browser.goto(&format!("{}/#/devices/{DEVICE}", server.base_url));
+        browser.wait_for("#device-status [data-status=ONLINE]");
+        browser.wait_for("button[data-command]");
+        let shown = browser.execute(
+            "return [...document.querySelectorAll('button[data-command]')].map(b => b.dataset.command).sort();",
+            vec![],
+        );
+        assert_eq!(shown, expected, "{role}'s command buttons");
+        assert_eq!(browser.count("#nav a[data-nav=users]"), 0, "{role}");
+        browser.screenshot(&format!("device-{}", role.to_lowercase()));
+    }
     drop(agent);
 }
 
