@@ -240,6 +240,27 @@ fn operator_runs_a_device_from_the_browser() {
     browser.wait_for("#audit-list table");
     assert!(browser.text("#audit-list").contains("command.dispatch"));
 
+    // A session saved by an older dashboard has no `rights`: a reload asks the server again,
+    // so the buttons come back without a new login.
+    browser.execute(
+        "const s = JSON.parse(sessionStorage.getItem('factory.session')); delete s.rights; \
+         sessionStorage.setItem('factory.session', JSON.stringify(s));",
+        vec![],
+    );
+    // A new address (the query), so the page really loads again.
+    browser.goto(&format!("{}/?again#/devices/{DEVICE}", server.base_url));
+    browser.wait_for("button[data-command=force_sync]");
+    assert!(
+        browser
+            .execute(
+                "return JSON.parse(sessionStorage.getItem('factory.session')).rights.commands.length;",
+                vec![]
+            )
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
+
     // Log out: the logout route revokes the token, which the server then refuses.
     let token = browser.execute(
         "return JSON.parse(sessionStorage.getItem('factory.session')).token;",

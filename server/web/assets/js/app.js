@@ -178,5 +178,22 @@ document.getElementById('logout').addEventListener('click', async () => {
   endSession();
 });
 
+// A session kept from an earlier page load may lack `rights` (saved by an older dashboard) or
+// carry stale ones: the server's answer replaces them before the first page is drawn.
+async function boot() {
+  const saved = api.session();
+  if (saved) {
+    try {
+      const me = await api.get('/api/v1/auth/me');
+      api.saveSession({ ...saved, role: me.role, rights: me.rights });
+    } catch {
+      // A 401 already ended the session and drew the login; on other errors the saved
+      // session stays and the pages report what fails.
+      if (!api.session()) return;
+    }
+  }
+  route();
+}
+
 window.addEventListener('hashchange', route);
-route();
+boot();
