@@ -340,6 +340,16 @@ struct DeviceView {
     run_id: Option<String>,
 }
 
+/// One target while it is still in `status`: every transition is conditional on the state it
+/// leaves, so that two writers (a pass and a cancel) never both move the same row.
+#[diesel::dsl::auto_type(no_type_alias)]
+fn target_in<'a>(deployment_id: &'a str, device_id: &'a str, status: &'a str) -> _ {
+    targets::table
+        .filter(targets::deployment_id.eq(deployment_id))
+        .filter(targets::device_id.eq(device_id))
+        .filter(targets::status.eq(status))
+}
+
 fn set_target(
     conn: &mut DbConnection,
     row: &TargetRow,
@@ -347,18 +357,13 @@ fn set_target(
     reason: Option<String>,
     now: NaiveDateTime,
 ) -> ApiResult<bool> {
-    let n = diesel::update(
-        targets::table
-            .filter(targets::deployment_id.eq(&row.deployment_id))
-            .filter(targets::device_id.eq(&row.device_id))
-            .filter(targets::status.eq(&row.status)),
-    )
-    .set((
-        targets::status.eq(status.as_str()),
-        targets::reason.eq(reason),
-        targets::updated_at.eq(now),
-    ))
-    .execute(conn)?;
+    let n = diesel::update(target_in(&row.deployment_id, &row.device_id, &row.status))
+        .set((
+            targets::status.eq(status.as_str()),
+            targets::reason.eq(reason),
+            targets::updated_at.eq(now),
+        ))
+        .execute(conn)?;
     Ok(n == 1)
 }
 
@@ -486,12 +491,11 @@ pub fn advance(
                         )?;
                     } else if online && reported == Some(deployment.version.as_str()) {
                         let soak_until = now + ChronoDuration::seconds(deployment.soak_secs.into());
-                        let n = diesel::update(
-                            targets::table
-                                .filter(targets::deployment_id.eq(&row.deployment_id))
-                                .filter(targets::device_id.eq(&row.device_id))
-                                .filter(targets::status.eq(&row.status)),
-                        )
+                        let n = diesel::update(target_in(
+                            &row.deployment_id,
+                            &row.device_id,
+                            &row.status,
+                        ))
                         .set((
                             targets::status.eq(DeviceDeploymentStatus::Active.as_str()),
                             targets::run_id.eq(view.and_then(|v| v.run_id.clone())),
@@ -547,10 +551,7 @@ pub fn advance(
                     } else if row.soak_until.is_some_and(|t| t <= now) {
                         if online {
                             let n = diesel::update(
-                                targets::table
-                                    .filter(targets::deployment_id.eq(&row.deployment_id))
-                                    .filter(targets::device_id.eq(&row.device_id))
-                                    .filter(targets::status.eq(&row.status))
+                                target_in(&row.deployment_id, &row.device_id, &row.status)
                                     .filter(targets::verified_at.is_null()),
                             )
                             .set((
@@ -683,12 +684,11 @@ pub fn advance(
                 )?;
                 continue;
             };
-            let n = diesel::update(
-                targets::table
-                    .filter(targets::deployment_id.eq(&row.deployment_id))
-                    .filter(targets::device_id.eq(&row.device_id))
-                    .filter(targets::status.eq(DeviceDeploymentStatus::Pending.as_str())),
-            )
+            let n = diesel::update(target_in(
+                &row.deployment_id,
+                &row.device_id,
+                DeviceDeploymentStatus::Pending.as_str(),
+            ))
             .set((
                 targets::status.eq(DeviceDeploymentStatus::InProgress.as_str()),
                 targets::command_id.eq(Some(&command_id)),
@@ -809,11 +809,12 @@ pub fn download_finished(
         Err(reason) => (DeviceDeploymentStatus::Failed, Some(reason.clone())),
     };
     let n = diesel::update(
-        targets::table
-            .filter(targets::deployment_id.eq(deployment_id))
-            .filter(targets::device_id.eq(device_id))
-            .filter(targets::command_id.eq(command_id))
-            .filter(targets::status.eq(DeviceDeploymentStatus::InProgress.as_str())),
+        target_in(
+            deployment_id,
+            device_id,
+            DeviceDeploymentStatus::InProgress.as_str(),
+        )
+        .filter(targets::command_id.eq(command_id)),
     )
     .set((
         targets::status.eq(status.as_str()),
