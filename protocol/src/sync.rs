@@ -14,6 +14,15 @@ pub enum RecordKind {
     BatchFixate,
 }
 
+impl RecordKind {
+    pub const ALL: [RecordKind; 4] = [
+        RecordKind::Bottle,
+        RecordKind::Batch,
+        RecordKind::Pallet,
+        RecordKind::BatchFixate,
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncRecord {

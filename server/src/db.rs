@@ -16,6 +16,18 @@ use diesel_migrations::MigrationHarness;
 use crate::config::{redact_url, DatabaseTarget};
 use crate::error::{ApiError, ApiResult};
 
+/// Runs `$body` with `$c` bound to the backend's own connection, for the few statements diesel
+/// builds only for a concrete backend (multi-row inserts): one piece of code, compiled for both.
+#[macro_export]
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::DbConnection::Postgresql($c) => $body,
+            $crate::db::DbConnection::Sqlite($c) => $body,
+        }
+    };
+}
+
 #[derive(diesel::MultiConnection)]
 pub enum DbConnection {
     Postgresql(diesel::PgConnection),
@@ -55,9 +67,20 @@ impl r2d2::ManageConnection for DbManager {
 
     fn connect(&self) -> Result<DbConnection, Self::Error> {
         match &self.target {
-            DatabaseTarget::Postgres(url) => diesel::PgConnection::establish(url)
-                .map(DbConnection::Postgresql)
-                .map_err(diesel::r2d2::Error::ConnectionError),
+            DatabaseTarget::Postgres(url) => {
+                let mut conn = diesel::PgConnection::establish(url)
+                    .map_err(diesel::r2d2::Error::ConnectionError)?;
+                // diesel keeps its statements prepared, and after five runs PostgreSQL plans a
+                // prepared statement once for any parameters. For `id = ANY($1)` with hundreds
+                // of ids (the sync batch lookup, `eq_any` in general) that generic plan scans
+                // the whole table while the planner still thinks it small: 1,000-record sync
+                // batches ran 5x slower. Every query here is short to plan, so each is planned
+                // with its parameters. (PostgreSQL 12+; older servers keep their default.)
+                if let Err(e) = conn.batch_execute("SET plan_cache_mode = force_custom_plan") {
+                    tracing::warn!("plan_cache_mode not set (PostgreSQL older than 12?): {e}");
+                }
+                Ok(DbConnection::Postgresql(conn))
+            }
             DatabaseTarget::Sqlite(path) => {
                 let url = path.to_string_lossy();
                 let mut conn = diesel::SqliteConnection::establish(&url)

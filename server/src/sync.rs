@@ -178,7 +178,20 @@ pub async fn ingest(
     Ok(HttpResponse::Ok().json(Envelope::ok(stored)))
 }
 
+/// Rows written by one multi-row statement: 500 rows of the queue's 9 columns stay far below
+/// the bind-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
+const INSERT_CHUNK: usize = 500;
+
+/// Ids looked up by one `IN (…)` query.
+const LOOKUP_CHUNK: usize = 500;
+
 /// Stores a checked batch in one transaction and counts what was new.
+///
+/// A batch costs a few statements, not a few per record: the ids already stored are looked up
+/// together, and the new records are written by multi-row inserts, one savepoint per chunk.
+/// A concurrent request may store one of the ids between the lookup and the insert; that
+/// chunk's savepoint then rolls back, and its records are written one at a time, so the late
+/// ones count as duplicates and the rest are kept.
 pub fn store(
     conn: &mut DbConnection,
     device_id: &str,
@@ -186,46 +199,43 @@ pub fn store(
 ) -> ApiResult<SyncResponse> {
     let now = Utc::now().naive_utc();
     crate::db::write_transaction(conn, |conn| {
-        let mut accepted = 0u64;
         let mut duplicates = 0u64;
+        // The same id twice in one body: the second is a duplicate of the first.
         let mut seen = std::collections::HashSet::new();
+        let mut fresh: Vec<SyncRecord> = Vec::with_capacity(records.len());
         for record in records {
-            // The same id twice in one body: the second is a duplicate of the first.
-            if !seen.insert(record.id.clone()) || exists(conn, record.kind, &record.id)? {
+            if seen.insert(record.id.clone()) {
+                fresh.push(record);
+            } else {
                 duplicates += 1;
-                continue;
             }
-            let row = AggregatedRow {
-                id: record.id.clone(),
-                device_id: device_id.to_owned(),
-                company_id: record.company_id.clone(),
-                payload: record.payload.to_string(),
-                created_at: record.created_at.naive_utc(),
-                received_at: now,
-            };
-            let queued = QueueRow {
-                id: record.id,
-                kind: kind_name(record.kind).to_owned(),
-                company_id: record.company_id,
-                payload: row.payload.clone(),
-                state: QUEUE_PENDING.to_owned(),
-                attempts: 0,
-                next_attempt_at: now,
-                last_error: None,
-                created_at: row.created_at,
-            };
-            // A savepoint per record: a concurrent request that inserted the same id first
-            // makes this one a duplicate without aborting the rest of the batch.
-            let inserted = conn.transaction(|conn| {
-                insert_aggregated(conn, record.kind, &row)?;
-                diesel::insert_into(cloud_sync_queue::table)
-                    .values(&queued)
-                    .execute(conn)
-            });
-            match inserted {
-                Ok(_) => accepted += 1,
+        }
+        let taken = stored_ids(conn, &fresh)?;
+        fresh.retain(|r| {
+            let known = taken.contains(&r.id);
+            duplicates += u64::from(known);
+            !known
+        });
+        let rows: Vec<(RecordKind, AggregatedRow, QueueRow)> = fresh
+            .into_iter()
+            .map(|r| rows_of(r, device_id, now))
+            .collect();
+        let mut accepted = 0u64;
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            match conn.transaction(|conn| insert_all(conn, chunk)) {
+                Ok(()) => accepted += chunk.len() as u64,
                 Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
-                    duplicates += 1
+                    tracing::debug!(
+                        records = chunk.len(),
+                        "a concurrent request stored some of these ids first; storing them one by one"
+                    );
+                    for row in chunk {
+                        if insert_one(conn, row)? {
+                            accepted += 1;
+                        } else {
+                            duplicates += 1;
+                        }
+                    }
                 }
                 Err(e) => return Err(ApiError::from(e)),
             }
@@ -237,54 +247,139 @@ pub fn store(
     })
 }
 
-/// Whether a record id is already stored in the table of its kind.
-fn exists(conn: &mut DbConnection, kind: RecordKind, id: &str) -> ApiResult<bool> {
-    use diesel::dsl::{exists, select};
-    let found = match kind {
-        RecordKind::Bottle => select(exists(
-            aggregated_bottles::table.filter(aggregated_bottles::id.eq(id)),
-        ))
-        .get_result(conn)?,
-        RecordKind::Batch => select(exists(
-            aggregated_batches::table.filter(aggregated_batches::id.eq(id)),
-        ))
-        .get_result(conn)?,
-        RecordKind::Pallet => select(exists(
-            aggregated_pallets::table.filter(aggregated_pallets::id.eq(id)),
-        ))
-        .get_result(conn)?,
-        RecordKind::BatchFixate => select(exists(
-            aggregated_batch_fixations::table.filter(aggregated_batch_fixations::id.eq(id)),
-        ))
-        .get_result(conn)?,
+/// The two rows a new record becomes: its `aggregated_*` row and its queue row.
+fn rows_of(
+    record: SyncRecord,
+    device_id: &str,
+    now: NaiveDateTime,
+) -> (RecordKind, AggregatedRow, QueueRow) {
+    let payload = record.payload.to_string();
+    let queued = QueueRow {
+        id: record.id.clone(),
+        kind: kind_name(record.kind).to_owned(),
+        company_id: record.company_id.clone(),
+        payload: payload.clone(),
+        state: QUEUE_PENDING.to_owned(),
+        attempts: 0,
+        next_attempt_at: now,
+        last_error: None,
+        created_at: record.created_at.naive_utc(),
     };
-    // An id already queued for the cloud under another kind is taken too.
-    Ok(found
-        || select(exists(
-            cloud_sync_queue::table.filter(cloud_sync_queue::id.eq(id)),
-        ))
-        .get_result(conn)?)
+    let row = AggregatedRow {
+        id: record.id,
+        device_id: device_id.to_owned(),
+        company_id: record.company_id,
+        payload,
+        created_at: record.created_at.naive_utc(),
+        received_at: now,
+    };
+    (record.kind, row, queued)
 }
 
-/// Inserts into the `aggregated_*` table of the record's kind.
+/// Writes a chunk of new records with one insert per table.
+fn insert_all(
+    conn: &mut DbConnection,
+    chunk: &[(RecordKind, AggregatedRow, QueueRow)],
+) -> QueryResult<()> {
+    for kind in RecordKind::ALL {
+        let rows: Vec<&AggregatedRow> = chunk
+            .iter()
+            .filter(|(k, _, _)| *k == kind)
+            .map(|(_, row, _)| row)
+            .collect();
+        if !rows.is_empty() {
+            insert_aggregated(conn, kind, &rows)?;
+        }
+    }
+    let queued: Vec<&QueueRow> = chunk.iter().map(|(_, _, q)| q).collect();
+    crate::on_backend!(conn, |c| diesel::insert_into(cloud_sync_queue::table)
+        .values(queued)
+        .execute(c))?;
+    Ok(())
+}
+
+/// Writes one record in its own savepoint; answers false when its id was stored meanwhile.
+fn insert_one(
+    conn: &mut DbConnection,
+    (kind, row, queued): &(RecordKind, AggregatedRow, QueueRow),
+) -> ApiResult<bool> {
+    let inserted = conn.transaction(|conn| {
+        insert_aggregated(conn, *kind, &[row])?;
+        diesel::insert_into(cloud_sync_queue::table)
+            .values(queued)
+            .execute(conn)
+    });
+    match inserted {
+        Ok(_) => Ok(true),
+        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
+        Err(e) => Err(ApiError::from(e)),
+    }
+}
+
+/// The ids among `records` that are already stored: in the `aggregated_*` table of their
+/// kind, or queued for the cloud under any kind.
+fn stored_ids(
+    conn: &mut DbConnection,
+    records: &[SyncRecord],
+) -> ApiResult<std::collections::HashSet<String>> {
+    let mut taken = std::collections::HashSet::new();
+    macro_rules! lookup {
+        ($table:ident, $ids:expr) => {
+            for chunk in $ids.chunks(LOOKUP_CHUNK) {
+                let found: Vec<String> = $table::table
+                    .filter($table::id.eq_any(chunk))
+                    .select($table::id)
+                    .load(conn)?;
+                taken.extend(found);
+            }
+        };
+    }
+    for kind in RecordKind::ALL {
+        let ids: Vec<&str> = records
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.id.as_str())
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        match kind {
+            RecordKind::Bottle => lookup!(aggregated_bottles, ids),
+            RecordKind::Batch => lookup!(aggregated_batches, ids),
+            RecordKind::Pallet => lookup!(aggregated_pallets, ids),
+            RecordKind::BatchFixate => lookup!(aggregated_batch_fixations, ids),
+        }
+    }
+    let all: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    lookup!(cloud_sync_queue, all);
+    Ok(taken)
+}
+
+/// Inserts rows into the `aggregated_*` table of their kind, in one statement.
 fn insert_aggregated(
     conn: &mut DbConnection,
     kind: RecordKind,
-    row: &AggregatedRow,
+    rows: &[&AggregatedRow],
 ) -> QueryResult<usize> {
     macro_rules! insert_into {
-        ($table:ident) => {
-            diesel::insert_into($table::table)
-                .values((
-                    $table::id.eq(&row.id),
-                    $table::device_id.eq(&row.device_id),
-                    $table::company_id.eq(&row.company_id),
-                    $table::payload.eq(&row.payload),
-                    $table::created_at.eq(row.created_at),
-                    $table::received_at.eq(row.received_at),
-                ))
-                .execute(conn)
-        };
+        ($table:ident) => {{
+            let values: Vec<_> = rows
+                .iter()
+                .map(|row| {
+                    (
+                        $table::id.eq(&row.id),
+                        $table::device_id.eq(&row.device_id),
+                        $table::company_id.eq(&row.company_id),
+                        $table::payload.eq(&row.payload),
+                        $table::created_at.eq(row.created_at),
+                        $table::received_at.eq(row.received_at),
+                    )
+                })
+                .collect();
+            crate::on_backend!(conn, |c| diesel::insert_into($table::table)
+                .values(&values)
+                .execute(c))
+        }};
     }
     match kind {
         RecordKind::Bottle => insert_into!(aggregated_bottles),

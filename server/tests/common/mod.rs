@@ -1,5 +1,8 @@
 //! A fresh database of each backend for tests that call the server's queries directly.
 
+// Each test crate that includes this module uses a part of it.
+#![allow(dead_code)]
+
 use diesel::prelude::*;
 use server::config::DatabaseTarget;
 use server::db::Db;
