@@ -103,8 +103,10 @@ async fn run(n: usize, backend: Backend, server: &ServerProcess) {
     let created: Value = client
         .post(format!("{base}/api/v1/firmware/deployments"))
         .bearer_auth(&admin)
-        .json(&json!({"releaseId": release, "deviceIds": ids, "wavePercent": wave_percent,
-                      "maxConcurrentDownloads": cap, "soakSecs": 0}))
+        .json(
+            &json!({"releaseId": release, "deviceIds": ids, "wavePercent": wave_percent,
+                      "maxConcurrentDownloads": cap, "soakSecs": 0}),
+        )
         .send()
         .await
         .expect("deploy")
