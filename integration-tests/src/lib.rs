@@ -23,6 +23,7 @@ macro_rules! on_both_backends {
 pub mod browser;
 pub mod cloud_sim;
 pub mod cut_proxy;
+pub mod fleet;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

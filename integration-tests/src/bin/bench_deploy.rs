@@ -11,12 +11,10 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use integration_tests::{Backend, ServerProcess, ENROLLMENT_KEY};
+use integration_tests::{fleet, Backend, ServerProcess};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-const CONNECT_CONCURRENCY: usize = 200;
 /// Writes probed on the idle server, and at most while the rollout runs.
 const PROBES: usize = 40;
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -54,46 +52,10 @@ async fn run(n: usize, backend: Backend, server: &ServerProcess) {
     let base = server.base_url.clone();
     let ws_url = server.ws_url("/ws/device");
     let client = reqwest::Client::new();
-
     let ids: Vec<String> = (0..n).map(|i| format!("fw-{i:05}")).collect();
-    let mut tasks = Vec::with_capacity(n);
-    for chunk in ids.chunks(CONNECT_CONCURRENCY) {
-        let mut connecting = Vec::new();
-        for id in chunk {
-            let (client, base, ws_url, id) =
-                (client.clone(), base.clone(), ws_url.clone(), id.clone());
-            connecting.push(tokio::spawn(async move {
-                let reply: Value = client
-                    .post(format!("{base}/api/v1/devices/{id}/token"))
-                    .header("X-Enrollment-Key", ENROLLMENT_KEY)
-                    .send()
-                    .await
-                    .expect("enroll")
-                    .json()
-                    .await
-                    .expect("enroll body");
-                let token = reply["data"]["token"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("enrollment of {id} failed: {reply}"))
-                    .to_owned();
-                let mut request = ws_url.into_client_request().expect("url");
-                request.headers_mut().insert(
-                    "Authorization",
-                    format!("Bearer {token}").parse().expect("header"),
-                );
-                let (socket, _) = tokio_tungstenite::connect_async(request)
-                    .await
-                    .expect("connect");
-                (id, socket)
-            }));
-        }
-        for c in connecting {
-            let (id, socket) = c.await.expect("device connects");
-            tasks.push(tokio::spawn(device(id, socket)));
-        }
-    }
-    let admin = login(&client, &base).await;
-    wait_for(&client, &base, &admin, n).await;
+    let tasks = fleet::connect(&base, &ws_url, &ids, device).await;
+    let admin = fleet::admin_token(&client, &base).await;
+    fleet::wait_connected(&client, &base, &admin, n).await;
 
     let release = upload(&client, &base, &admin).await;
     let idle = probe_writes(&client, &base, &admin, "idle", PROBES, None).await;
@@ -195,44 +157,6 @@ async fn deployment(client: &reqwest::Client, base: &str, token: &str, id: &str)
     reply["data"].clone()
 }
 
-async fn login(client: &reqwest::Client, base: &str) -> String {
-    let login: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": integration_tests::ADMIN_PASSWORD}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("login body");
-    login["data"]["token"]
-        .as_str()
-        .expect("admin token")
-        .to_owned()
-}
-
-/// Waits until the registry knows every session.
-async fn wait_for(client: &reqwest::Client, base: &str, token: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let connected: Value = client
-            .get(format!("{base}/api/v1/devices/connected"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("connected")
-            .json()
-            .await
-            .expect("connected body");
-        let total = connected["data"]["total"].as_u64().unwrap_or(0);
-        if total as usize == n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not every device registered");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Uploads a small release 2.0.0; answers its id.
 async fn upload(client: &reqwest::Client, base: &str, token: &str) -> String {
     let reply: Value = client
@@ -254,12 +178,7 @@ async fn upload(client: &reqwest::Client, base: &str, token: &str) -> String {
 }
 
 /// One simulated device on version 1.0.0 that installs whatever `update_firmware` sends.
-async fn device(
-    id: String,
-    socket: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) {
+async fn device(id: String, socket: fleet::Socket) {
     let (mut tx, mut rx) = socket.split();
     let status = |version: &str, run: u32| {
         json!({"type": "status", "status": "ONLINE", "version": version, "bootId": "boot-1",

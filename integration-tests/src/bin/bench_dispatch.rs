@@ -10,13 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use integration_tests::{Backend, ServerProcess, ENROLLMENT_KEY};
+use integration_tests::{fleet, Backend, ServerProcess};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Devices connecting at once; more overflows the listen backlog for no gain.
-const CONNECT_CONCURRENCY: usize = 200;
 const SINGLE_RATE_PER_SEC: u64 = 50;
 const SINGLE_DURATION: Duration = Duration::from_secs(10);
 
@@ -57,79 +54,17 @@ async fn run(n: usize, backend: Backend) {
     let ws_url = server.ws_url("/ws/device");
     let answered = Arc::new(AtomicU64::new(0));
 
-    // Enroll and connect n devices, CONNECT_CONCURRENCY at a time.
+    // Enroll and connect n devices.
     let start = Instant::now();
     let ids: Vec<String> = (0..n).map(|i| format!("sim-{i:05}")).collect();
     let client = reqwest::Client::new();
-    let mut tasks = Vec::with_capacity(n);
-    for chunk in ids.chunks(CONNECT_CONCURRENCY) {
-        let mut connecting = Vec::new();
-        for id in chunk {
-            let (client, base, ws_url, id) =
-                (client.clone(), base.clone(), ws_url.clone(), id.clone());
-            connecting.push(tokio::spawn(async move {
-                let reply: Value = client
-                    .post(format!("{base}/api/v1/devices/{id}/token"))
-                    .header("X-Enrollment-Key", ENROLLMENT_KEY)
-                    .send()
-                    .await
-                    .expect("enroll")
-                    .json()
-                    .await
-                    .expect("enroll body");
-                let token = reply["data"]["token"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("enrollment of {id} failed: {reply}"))
-                    .to_owned();
-                let mut request = ws_url.into_client_request().expect("url");
-                request.headers_mut().insert(
-                    "Authorization",
-                    format!("Bearer {token}").parse().expect("header"),
-                );
-                let (socket, _) = tokio_tungstenite::connect_async(request)
-                    .await
-                    .expect("connect");
-                socket
-            }));
-        }
-        for c in connecting {
-            let socket = c.await.expect("device connects");
-            tasks.push(tokio::spawn(device(socket, answered.clone())));
-        }
-    }
+    let tasks = fleet::connect(&base, &ws_url, &ids, |_, socket| {
+        device(socket, answered.clone())
+    })
+    .await;
     let connect_time = start.elapsed();
-    let login: Value = client
-        .post(format!("{base}/api/v1/auth/login"))
-        .json(&json!({"username": "admin", "password": integration_tests::ADMIN_PASSWORD}))
-        .send()
-        .await
-        .expect("login")
-        .json()
-        .await
-        .expect("login body");
-    let admin_token = login["data"]["token"]
-        .as_str()
-        .expect("admin token")
-        .to_owned();
-    // Wait until the registry knows every session.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let connected: Value = client
-            .get(format!("{base}/api/v1/devices/connected"))
-            .bearer_auth(&admin_token)
-            .send()
-            .await
-            .expect("connected")
-            .json()
-            .await
-            .expect("connected body");
-        let total = connected["data"]["total"].as_u64().unwrap_or(0);
-        if total as usize == n || Instant::now() > deadline {
-            assert_eq!(total as usize, n, "not every device registered");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let admin_token = fleet::admin_token(&client, &base).await;
+    fleet::wait_connected(&client, &base, &admin_token, n).await;
     println!("[{backend:?}] {n} devices enrolled and connected in {connect_time:?}");
 
     // Bulk dispatch to all of them.
@@ -204,12 +139,7 @@ async fn run(n: usize, backend: Backend) {
 }
 
 /// One simulated device: answers every command with success.
-async fn device(
-    socket: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    answered: Arc<AtomicU64>,
-) {
+async fn device(socket: fleet::Socket, answered: Arc<AtomicU64>) {
     let (mut tx, mut rx) = socket.split();
     while let Some(Ok(msg)) = rx.next().await {
         let Message::Text(text) = msg else { continue };
