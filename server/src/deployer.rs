@@ -122,10 +122,11 @@ impl FirmwareDeployer {
                     }
                 }
                 Err(e) => {
-                    // The database was out of reach: what the inbox held is tried again.
+                    // The database was out of reach: what the inbox held is tried again by
+                    // the next pass, at the latest on the next tick (not at once, which would
+                    // spin while the database is down).
                     tracing::warn!(error = %e.message, "deployment pass failed");
                     act.inbox.put_back(taken);
-                    act.again = true;
                 }
             }
             if act.again {
