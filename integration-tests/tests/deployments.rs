@@ -68,21 +68,27 @@ fn wait_for_status(api: &Api, id: &str, status: &str) -> Value {
     last
 }
 
-/// Waits until the first device of a deployment has its update (the command is SENT); answers
-/// the command id.
-fn wait_sent(api: &Api, id: &str, device: &str) -> String {
-    let mut sent = String::new();
-    wait_until(WAIT, "the update sent", || {
+/// Waits until `device`'s update in the deployment has the command status `status` (SENT to a
+/// connected device, QUEUED for an offline one); answers the command id.
+fn wait_command(api: &Api, id: &str, device: &str, status: &str) -> String {
+    let mut found = String::new();
+    wait_until(WAIT, &format!("{device}'s update {status}"), || {
         let d = deployment(api, id);
-        let Some(command) = d["devices"][0]["commandId"].as_str() else {
+        let Some(command) = d["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["deviceId"] == device)
+            .and_then(|x| x["commandId"].as_str())
+        else {
             return false;
         };
-        sent = command.to_owned();
+        found = command.to_owned();
         api.get(&format!("/api/v1/devices/{device}/commands/{command}"))
             .body["data"]["status"]
-            == "SENT"
+            == status
     });
-    sent
+    found
 }
 
 fn group_of(api: &Api, name: &str, devices: &[&str]) -> String {
@@ -278,21 +284,7 @@ fn offline_devices_do_not_keep_online_ones_from_a_download_slot(backend: Backend
         s["b-awake"] == "ACTIVE"
     });
     // Then the offline device gets the slot: its update waits queued for it.
-    wait_until(WAIT, "the offline device's update queued", || {
-        let d = deployment(&api, &id);
-        let Some(command) = d["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["deviceId"] == "a-asleep")
-            .and_then(|x| x["commandId"].as_str())
-        else {
-            return false;
-        };
-        api.get(&format!("/api/v1/devices/a-asleep/commands/{command}"))
-            .body["data"]["status"]
-            == "QUEUED"
-    });
+    wait_command(&api, &id, "a-asleep", "QUEUED");
     let asleep = updating_device(&server, &api, "a-asleep");
     let done = wait_for_status(&api, &id, "COMPLETED");
     assert_eq!(done["counts"]["ACTIVE"], 2, "{done}");
@@ -459,7 +451,7 @@ fn cancel_settles_the_rest_and_frees_the_release(backend: Backend) {
     );
     let id = created["id"].as_str().unwrap();
     // SENT: the device has it, so a cancel cannot call it back.
-    wait_sent(&api, id, "silent");
+    wait_command(&api, id, "silent", "SENT");
     wait_until(WAIT, "the download's progress in the deployment", || {
         let d = deployment(&api, id);
         d["devices"][0]["progress"] == 42
@@ -516,7 +508,7 @@ fn a_download_orphaned_by_a_restart_is_sent_again_and_an_offline_device_gets_it_
         json!({"releaseId": release["id"], "deviceIds": ["phoenix"], "soakSecs": 0}),
     );
     let id = created["id"].as_str().unwrap().to_owned();
-    let first_command = wait_sent(&api, &id, "phoenix");
+    let first_command = wait_command(&api, &id, "phoenix", "SENT");
 
     let (db, dir) = server.stop();
     assert!(silent.join().unwrap().len() == 1);
@@ -619,15 +611,17 @@ fn bad_deployment_requests_are_refused(backend: Backend) {
     assert_eq!(second.status, 409, "{}", second.body);
     assert_eq!(second.error_code(), "device_in_deployment");
     let id = first.data()["id"].as_str().unwrap();
+    let command = wait_command(&api, id, "edge-1", "QUEUED");
     let cancelled = api.post(
         &format!("/api/v1/firmware/deployments/{id}/cancel"),
         &json!({}),
     );
     // The update that waited queued for the offline device is withdrawn with it.
     assert_eq!(deployment_statuses(cancelled.data())["edge-1"], "CANCELLED");
-    let command = cancelled.data()["devices"][0]["commandId"]
-        .as_str()
-        .unwrap();
+    assert_eq!(
+        cancelled.data()["devices"][0]["commandId"],
+        command.as_str()
+    );
     let record = api.get(&format!("/api/v1/devices/edge-1/commands/{command}"));
     assert_eq!(record.data()["status"], "CANCELLED", "{}", record.body);
     let after_cancel = api.post(
