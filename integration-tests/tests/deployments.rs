@@ -433,7 +433,6 @@ fn unhealthy_devices_fail_during_the_soak(backend: Backend) {
 fn cancel_settles_the_rest_and_frees_the_release(backend: Backend) {
     let server = ServerProcess::start(backend);
     let api = Api::admin(&server);
-    // Never answers: its download stays IN_PROGRESS.
     // Reports progress and never answers: its download stays IN_PROGRESS at 42 %.
     let silent = FakeDevice::connect(&server, &api, "silent");
     let silent = silent.respond_with(|command| {
