@@ -66,6 +66,12 @@ pub struct Config {
     pub ota_jwt_expiry_minutes: u64,
     /// Serve `/firmware/…` without OTA tokens.
     pub ota_no_jwt: bool,
+    /// Seconds a dashboard socket has to take a frame before it is closed as stalled.
+    pub dashboard_send_timeout_secs: u64,
+    /// Dashboard sockets one user may hold at once.
+    pub dashboard_max_per_user: usize,
+    /// Dashboard sockets the server holds at once, authenticated or not.
+    pub dashboard_max_total: usize,
     pub log_level: String,
 }
 
@@ -103,6 +109,9 @@ impl Default for Config {
             ota_admin_secret: None,
             ota_jwt_expiry_minutes: 30,
             ota_no_jwt: false,
+            dashboard_send_timeout_secs: crate::dashboard::SEND_TIMEOUT.as_secs(),
+            dashboard_max_per_user: crate::dashboard::MAX_DASHBOARDS_PER_USER,
+            dashboard_max_total: crate::dashboard::MAX_DASHBOARDS,
             log_level: "info".into(),
         }
     }
@@ -277,6 +286,21 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ota_no_jwt: Option<bool>,
 
+    /// Seconds a dashboard socket has to take a frame before it is closed as stalled [default: 10].
+    #[arg(long, env = "FACTORY_DASHBOARD_SEND_TIMEOUT_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dashboard_send_timeout_secs: Option<u64>,
+
+    /// Dashboard sockets one user may hold at once; more are refused with 429 [default: 16].
+    #[arg(long, env = "FACTORY_DASHBOARD_MAX_PER_USER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dashboard_max_per_user: Option<usize>,
+
+    /// Dashboard sockets the server holds at once; more are refused with 429 [default: 256].
+    #[arg(long, env = "FACTORY_DASHBOARD_MAX_TOTAL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dashboard_max_total: Option<usize>,
+
     /// Log filter, e.g. `info` or `server=debug,actix_web=info` [default: info].
     #[arg(long, env = "FACTORY_LOG_LEVEL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -415,6 +439,16 @@ impl Config {
         }
         if !(1..=7 * 24 * 60).contains(&self.ota_jwt_expiry_minutes) {
             return Err(ConfigError("ota_jwt_expiry_minutes must be 1-10080".into()));
+        }
+        if !(1..=3600).contains(&self.dashboard_send_timeout_secs) {
+            return Err(ConfigError(
+                "dashboard_send_timeout_secs must be 1-3600".into(),
+            ));
+        }
+        if self.dashboard_max_per_user == 0 || self.dashboard_max_total == 0 {
+            return Err(ConfigError(
+                "dashboard_max_per_user and dashboard_max_total must be at least 1".into(),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level: {e}")))?;

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     InvalidEnrollmentKey,
     EnrollmentDisabled,
     RateLimited,
+    /// Too many sockets of one kind open at once (per user or for the whole server).
+    TooManyConnections,
     Forbidden,
     UsernameTaken,
     LastAdmin,

@@ -10,7 +10,9 @@ pub mod cloud_sync;
 pub mod command_api;
 pub mod commands;
 pub mod config;
+pub mod connection;
 pub mod dashboard;
+pub mod dashboard_registry;
 pub mod db;
 pub mod deployer;
 pub mod deployments;
@@ -43,6 +45,7 @@ use protocol::rest::Envelope;
 
 use crate::cloud_sync::{CloudSettings, CloudSync, CloudTarget, SharedStats, UpdateTarget};
 use crate::config::Config;
+use crate::dashboard_registry::DashboardRegistry;
 use crate::db::Db;
 use crate::deployer::FirmwareDeployer;
 use crate::dispatcher::{CommandDispatcher, ConfirmWindows};
@@ -314,6 +317,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         bus,
         telemetry,
         limits,
+        dashboards: DashboardRegistry::new(
+            config.dashboard_max_total,
+            config.dashboard_max_per_user,
+        ),
         db,
         jwt: auth::JwtKeys::new(&secret),
         config: Arc::new(config.clone()),
@@ -342,6 +349,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             .configure(routes)
             .default_service(web::to(not_found))
     })
+    .on_connect(connection::remember)
     .bind(config.bind_addr())
     .with_context(|| format!("cannot listen on {}", config.bind))?;
     let addrs = server.addrs();

@@ -8,6 +8,7 @@ use actix::Addr;
 use crate::auth::JwtKeys;
 use crate::cloud_sync::{CloudSync, CloudTarget, SharedStats};
 use crate::config::Config;
+use crate::dashboard_registry::DashboardRegistry;
 use crate::db::Db;
 use crate::deployer::FirmwareDeployer;
 use crate::dispatcher::CommandDispatcher;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub cloud_target: Arc<std::sync::Mutex<Option<CloudTarget>>>,
     pub telemetry: Addr<TelemetrySink>,
     pub limits: Arc<Limits>,
+    /// Open dashboard sockets: their caps, and how revocations reach them.
+    pub dashboards: Arc<DashboardRegistry>,
 }
 
 /// The failure counters of login and enrollment.

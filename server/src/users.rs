@@ -305,6 +305,8 @@ pub async fn logout(
         tokens::revoke(conn, &jti, &id, exp)
     })
     .await?;
+    // Committed: a dashboard opened with this token closes now, not at its next check.
+    state.dashboards.revoke_token(&user.jti, "logged out");
     Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"loggedOut": true}))))
 }
 
@@ -379,6 +381,8 @@ pub async fn change_password(
         require(conn, &id)
     })
     .await?;
+    // Every token issued before is revoked, so every dashboard open with one closes.
+    state.dashboards.revoke_user(&user.id, "password changed");
     Ok(HttpResponse::Ok().json(Envelope::ok(login_response(&state, &updated)?)))
 }
 
@@ -466,6 +470,16 @@ pub async fn update_user(
     if let Some(p) = &change.password {
         validate_password(p)?;
     }
+    let reason = if change.disabled == Some(true) {
+        "user disabled"
+    } else if change.role.is_some() {
+        "role changed"
+    } else if change.password.is_some() {
+        "password changed"
+    } else {
+        "user changed"
+    };
+    let target = id.clone();
     let entry = AuditEntry::new("user.update", "success")
         .actor(Some(admin.username.clone()), Some(admin.role))
         .target(Some(id.clone()))
@@ -510,6 +524,9 @@ pub async fn update_user(
         require(conn, &id)
     })
     .await?;
+    // The change revoked every earlier token of the user (`token_version`), so their open
+    // dashboards close now.
+    state.dashboards.revoke_user(&target, reason);
     Ok(HttpResponse::Ok().json(Envelope::ok(user.to_api()?)))
 }
 
@@ -542,5 +559,6 @@ pub async fn delete_user(
         Ok(())
     })
     .await?;
+    state.dashboards.revoke_user(&deleted, "user deleted");
     Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"deleted": deleted}))))
 }

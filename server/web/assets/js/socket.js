@@ -78,7 +78,9 @@ export class DashboardSocket {
       if (this.ws !== ws) return;
       this.ws = null;
       if (this.stopped) return;
-      if (e.code === 4401) {
+      // 4401: the token was refused; 4001: it was revoked (logout elsewhere, the account
+      // disabled, deleted or changed). Reconnecting with it would only be refused again.
+      if (e.code === 4401 || e.code === 4001) {
         this.setState('closed');
         this.onAuthFailed();
         return;
