@@ -18,8 +18,9 @@ use crate::queue::{GetQueueCounts, MarkFailed, MarkSent, Pending, PruneSent};
 use crate::store::{ClearToken, GetToken, StoreActor};
 use crate::upstream::{self, UpstreamError};
 
-/// Records per upstream call; the server accepts up to 1000.
+/// Records per upstream call; the server accepts up to `MAX_SYNC_BATCH_RECORDS`.
 pub const SYNC_BATCH: usize = 500;
+const _: () = assert!(SYNC_BATCH <= protocol::sync::MAX_SYNC_BATCH_RECORDS);
 /// How often an idle drain looks for records it was not told about.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 /// Sent rows are kept this long for `clear_queue includeCompleted` and diagnosis.

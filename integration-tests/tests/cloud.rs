@@ -182,7 +182,7 @@ fn dead_letters_and_token_changes_without_a_restart(backend: Backend) {
     let api = Api::admin(&server);
     let device = Api::new(&server).with_token(&api.enroll("edge-sync"));
     let record = |i: u32| {
-        json!({"id": format!("00000000-0000-4000-8000-{i:012}"), "kind": "bottle", "companyId": "acme",
+        json!({"id": format!("00000000-0000-4000-8000-{i:012}"), "kind": "bottle", "companyId": "company-1",
                "payload": {"code": format!("code-{i}")}, "createdAt": "2026-11-25T10:00:00Z"})
     };
     let r = device.post(
@@ -207,7 +207,7 @@ fn dead_letters_and_token_changes_without_a_restart(backend: Backend) {
     );
     let status = api.get("/api/v1/sync/status");
     assert_eq!(status.data()["dead"], 3);
-    assert_eq!(status.data()["companies"]["acme"]["dead"], 3);
+    assert_eq!(status.data()["companies"]["company-1"]["dead"], 3);
 
     // A new token in the file, SIGHUP, requeue: delivered, once each.
     std::fs::write(&token_file, "new-token\n").unwrap();
@@ -224,7 +224,7 @@ fn dead_letters_and_token_changes_without_a_restart(backend: Backend) {
     assert!(sim
         .accepted()
         .iter()
-        .all(|x| x.company == "acme" && x.route == "bottles"));
+        .all(|x| x.company == "company-1" && x.route == "bottles"));
     wait_until(Duration::from_secs(10), "nothing dead or pending", || {
         let s = api.get("/api/v1/sync/status");
         s.data()["dead"] == 0 && s.data()["pending"] == 0 && s.data()["sent"] == 3

@@ -5,6 +5,15 @@ use serde_json::Value;
 
 use crate::Timestamp;
 
+/// Most records one `POST /api/v1/sync` may carry; a larger batch is refused whole (413).
+pub const MAX_SYNC_BATCH_RECORDS: usize = 1000;
+
+/// Largest record one sync may carry, measured as its JSON (`id`, `kind`, `companyId`,
+/// `payload`, `createdAt`); a larger one refuses its batch (413). Production records are a
+/// few hundred bytes: this bounds what one device can make the server store and queue for
+/// the cloud.
+pub const MAX_SYNC_RECORD_BYTES: usize = 64 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {

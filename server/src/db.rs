@@ -86,9 +86,12 @@ impl r2d2::ManageConnection for DbManager {
                 let mut conn = diesel::SqliteConnection::establish(&url)
                     .map_err(diesel::r2d2::Error::ConnectionError)?;
                 // WAL lets readers proceed during a write; foreign keys are off by default in
-                // SQLite and the schema relies on ON DELETE CASCADE.
+                // SQLite and the schema relies on ON DELETE CASCADE. `synchronous = FULL`
+                // syncs the WAL at every commit: with NORMAL, a power loss could take away
+                // records the server had already acknowledged (agents delete what they were
+                // told is stored).
                 conn.batch_execute(&format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                      PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
                 ))
                 .map_err(diesel::r2d2::Error::QueryError)?;
@@ -139,11 +142,19 @@ impl Db {
             }
             DatabaseTarget::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|source| DbInitError::CreateDir {
-                        path: parent.display().to_string(),
-                        source,
+                    crate::private_files::create_private_dir(parent).map_err(|source| {
+                        DbInitError::CreateDir {
+                            path: parent.display().to_string(),
+                            source,
+                        }
                     })?;
                 }
+                crate::private_files::prepare_sqlite_file(path).map_err(|source| {
+                    DbInitError::CreateDir {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
                 (
                     Backend::Sqlite,
                     POOL_MAX_SIZE_SQLITE,

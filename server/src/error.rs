@@ -49,6 +49,11 @@ pub enum ErrorCode {
     SignatureExpired,
     InvalidAdminSecret,
     DatabaseUnavailable,
+    /// A device sent a sync record for a company that is not its own.
+    CompanyMismatch,
+    /// A request the HTTP layer refused for a reason no other code names (a WebSocket route
+    /// called without the upgrade headers, say).
+    BadRequest,
     Internal,
 }
 
@@ -68,11 +73,15 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
-    /// Seconds for a `Retry-After` header (429 answers).
+    /// Seconds for a `Retry-After` header (429 and 503 answers).
     pub retry_after: Option<u64>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The `Retry-After` of a `database_unavailable` answer: a restarting database is usually back
+/// within seconds, and the pool waits up to 10 s for a connection on the next try anyway.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
@@ -107,6 +116,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 
+    /// 403 with a code more precise than `forbidden`.
+    pub fn forbidden_with(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
     pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
@@ -127,12 +141,17 @@ impl ApiError {
         )
     }
 
+    /// The database cannot be reached (pool timeout, refused or lost connection): 503 with
+    /// `Retry-After`, so a client retries the same request later instead of giving it up.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::DatabaseUnavailable,
-            message,
-        )
+        ApiError {
+            retry_after: Some(DATABASE_RETRY_AFTER_SECS),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::DatabaseUnavailable,
+                message,
+            )
+        }
     }
 
     /// For faults of the server itself. The detail goes to the log, not to the client.
@@ -169,21 +188,125 @@ impl ResponseError for ApiError {
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind, Error};
+        if lost_database(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            return ApiError::unavailable("database unavailable; retry later");
+        }
         match e {
             Error::NotFound => ApiError::not_found(ErrorCode::NotFound, "not found"),
             Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
                 ApiError::conflict(ErrorCode::InvalidParameter, info.message().to_owned())
+            }
+            // A backstop: text with NUL is refused where it enters (`input`), but should some
+            // reach PostgreSQL, which cannot store it ("invalid byte sequence for encoding
+            // "UTF8": 0x00"), it is the client's bad input, not the server's fault.
+            Error::DatabaseError(_, info) if info.message().contains("invalid byte sequence") => {
+                ApiError::bad_request(
+                    ErrorCode::InvalidBody,
+                    format!("text that cannot be stored: {}", crate::input::NUL_REFUSED),
+                )
             }
             other => ApiError::internal(other),
         }
     }
 }
 
+/// Whether a database error means the database is out of reach for now rather than that the
+/// statement is wrong: a connection closed or lost mid-query (a PostgreSQL restart), a
+/// transaction that could not end for that reason, or SQLite still locked after its busy
+/// timeout.
+fn lost_database(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        )
+        | Error::BrokenTransactionManager => true,
+        Error::DatabaseError(_, info) => info.message().contains("database is locked"),
+        Error::RollbackErrorOnCommit {
+            rollback_error,
+            commit_error,
+        } => lost_database(commit_error) || lost_database(rollback_error),
+        _ => false,
+    }
+}
+
 impl From<r2d2::Error> for ApiError {
     fn from(e: r2d2::Error) -> Self {
         tracing::warn!(error = %e, "database pool");
-        ApiError::unavailable("database unavailable")
+        ApiError::unavailable("database unavailable; retry later")
     }
+}
+
+/// A request body that could not be read: NUL in it (`input`), too large, or cut short.
+pub fn payload_error(err: &actix_web::error::PayloadError) -> ApiError {
+    use actix_web::error::PayloadError;
+    if crate::input::is_nul_in_body(err) {
+        return ApiError::bad_request(ErrorCode::InvalidBody, err.to_string());
+    }
+    match err {
+        PayloadError::Overflow => ApiError::payload_too_large(format!(
+            "the body is larger than the {} bytes this route accepts",
+            crate::MAX_JSON_BODY
+        )),
+        other => ApiError::bad_request(
+            ErrorCode::InvalidBody,
+            format!("cannot read the body: {other}"),
+        ),
+    }
+}
+
+/// The `ApiError` for an error actix produced itself (an extractor without an error handler
+/// of ours, a WebSocket handshake, …), keeping its status.
+pub fn from_actix(err: &actix_web::Error) -> ApiError {
+    if let Some(api) = err.as_error::<ApiError>() {
+        return api.clone();
+    }
+    if let Some(payload) = err.as_error::<actix_web::error::PayloadError>() {
+        return payload_error(payload);
+    }
+    // The status of the answer actix would give: some errors (the WebSocket handshake's)
+    // choose it in `error_response` and leave `status_code` at 500.
+    let status = err.as_response_error().error_response().status();
+    let code = match status {
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        s if s.is_client_error() => ErrorCode::BadRequest,
+        _ => return ApiError::internal(err),
+    };
+    ApiError::new(status, code, err.to_string())
+}
+
+/// The middleware that gives every error answer the contract's JSON body: an error actix
+/// produced itself (plain text) is replaced by its `ApiError`. Answers that carry no error,
+/// such as the plain refusals boards get on `/firmware/…`, are left alone.
+pub async fn json_errors(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse, actix_web::Error> {
+    // An error returned rather than answered is rendered by actix from the error itself, so
+    // handing it back as an `ApiError` is enough. (The request cannot be cloned here to build
+    // an answer: routing needs it unshared.)
+    let res = next
+        .call(req)
+        .await
+        .map_err(|err| actix_web::Error::from(from_actix(&err)))?;
+    let replacement = res
+        .response()
+        .error()
+        .filter(|e| e.as_error::<ApiError>().is_none())
+        .map(from_actix);
+    Ok(match replacement {
+        Some(api) => {
+            let (request, _) = res.into_parts();
+            actix_web::dev::ServiceResponse::new(request, HttpResponse::from_error(api))
+        }
+        None => res.map_into_boxed_body(),
+    })
 }
 
 /// Extractor failures (bad JSON, bad query, bad path) become `400 invalid_body` or
@@ -202,6 +325,7 @@ pub fn json_error_handler(
             )
             .into()
         }
+        JsonPayloadError::Payload(payload) => payload_error(&payload).into(),
         other => ApiError::bad_request(ErrorCode::InvalidBody, other.to_string()).into(),
     }
 }
@@ -242,6 +366,58 @@ mod tests {
                 "error": {"code": "confirmation_required", "message": "reboot_os needs confirm: true"}
             })
         );
+    }
+
+    fn db_error(kind: diesel::result::DatabaseErrorKind, message: &str) -> diesel::result::Error {
+        diesel::result::Error::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn a_lost_database_is_503_with_retry_after() {
+        use diesel::result::{DatabaseErrorKind, Error};
+        let lost = [
+            db_error(
+                DatabaseErrorKind::ClosedConnection,
+                "server closed the connection unexpectedly",
+            ),
+            db_error(DatabaseErrorKind::UnableToSendCommand, "no connection"),
+            Error::BrokenTransactionManager,
+            Error::RollbackErrorOnCommit {
+                rollback_error: Box::new(Error::BrokenTransactionManager),
+                commit_error: Box::new(db_error(DatabaseErrorKind::ClosedConnection, "gone")),
+            },
+            db_error(DatabaseErrorKind::Unknown, "database is locked"),
+        ];
+        for e in lost {
+            let api = ApiError::from(e);
+            assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE, "{api:?}");
+            assert_eq!(api.code, ErrorCode::DatabaseUnavailable);
+            let resp = api.error_response();
+            assert_eq!(
+                resp.headers()
+                    .get(actix_web::http::header::RETRY_AFTER)
+                    .unwrap(),
+                &DATABASE_RETRY_AFTER_SECS.to_string()
+            );
+        }
+        let bug = ApiError::from(db_error(DatabaseErrorKind::Unknown, "syntax error"));
+        assert_eq!(bug.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn actix_payload_errors_become_the_envelope() {
+        use actix_web::error::PayloadError;
+        let too_large = from_actix(&PayloadError::Overflow.into());
+        assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(too_large.code, ErrorCode::PayloadTooLarge);
+        let nul = PayloadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            crate::input::NulInBody,
+        ));
+        let refused = from_actix(&nul.into());
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert_eq!(refused.code, ErrorCode::InvalidBody);
+        assert!(refused.message.contains("U+0000"), "{}", refused.message);
     }
 
     #[test]

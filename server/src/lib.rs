@@ -22,9 +22,11 @@ pub mod error;
 pub mod events;
 pub mod firmware;
 pub mod groups;
+pub mod input;
 pub mod janitor;
 pub mod ota;
 pub mod presence;
+pub mod private_files;
 pub mod ratelimit;
 pub mod registry;
 pub mod session;
@@ -240,7 +242,7 @@ pub struct Running {
 /// Opens the database, starts the actors and binds the HTTP server. Must be called inside an
 /// actix system; the returned server runs until it is awaited to completion or stopped.
 pub fn start(config: Config) -> anyhow::Result<Running> {
-    std::fs::create_dir_all(&config.data_dir)
+    private_files::create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let db = Db::open(config.database())?;
     users::bootstrap_admin(&db, config.admin_password.as_deref(), &config.data_dir)?;
@@ -341,6 +343,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             .app_data(web::PayloadConfig::new(MAX_JSON_BODY))
             .app_data(web::QueryConfig::default().error_handler(error::query_error_handler))
             .app_data(web::PathConfig::default().error_handler(error::path_error_handler))
+            // Innermost first: the NUL check answers with `ApiError`s, and `json_errors`
+            // turns whatever actix answers on its own into the JSON error body.
+            .wrap(middleware::from_fn(input::reject_nul))
+            .wrap(middleware::from_fn(error::json_errors))
             .wrap(
                 middleware::Logger::new("%a \"%{line}xi\" %s %b %Dms")
                     .custom_request_replace("line", redacted_request_line)

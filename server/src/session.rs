@@ -277,6 +277,16 @@ impl DeviceSession {
     }
 
     fn handle_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
+        // A NUL would reach the database through the telemetry, presence or command writers,
+        // which PostgreSQL refuses (failing the whole batch of other devices' lines with it).
+        if crate::input::has_nul(text.as_bytes()) {
+            Self::send_error(
+                ctx,
+                "invalid_frame",
+                format!("cannot read frame: {}", crate::input::NUL_REFUSED),
+            );
+            return;
+        }
         let frame: DeviceFrame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {

@@ -12,7 +12,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use futures_util::StreamExt;
 use protocol::rest::Envelope;
-use protocol::sync::{RecordKind, SyncRecord, SyncResponse};
+use protocol::sync::{RecordKind, SyncRecord, SyncResponse, MAX_SYNC_RECORD_BYTES};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -21,12 +21,13 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
 use schema::schema::{
     aggregated_batch_fixations, aggregated_batches, aggregated_bottles, aggregated_pallets,
-    cloud_sync_queue,
+    cloud_sync_queue, devices,
 };
 
 /// Most records one request may carry; agents send at most this many per call.
-pub const MAX_SYNC_RECORDS: usize = 1000;
-/// Largest body accepted: room for `MAX_SYNC_RECORDS` records of up to 16 KiB each.
+pub const MAX_SYNC_RECORDS: usize = protocol::sync::MAX_SYNC_BATCH_RECORDS;
+/// Largest body accepted: room for `MAX_SYNC_RECORDS` records of up to 16 KiB each. One
+/// record is limited further, to `MAX_SYNC_RECORD_BYTES`.
 pub const MAX_SYNC_BODY: usize = 16 * 1024 * 1024;
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 128;
@@ -114,6 +115,13 @@ fn parse_body(body: &[u8]) -> ApiResult<Vec<SyncRecord>> {
         .into_iter()
         .enumerate()
         .map(|(index, value)| {
+            let size = json_len(&value);
+            if size > MAX_SYNC_RECORD_BYTES {
+                return Err(too_large(format!(
+                    "records[{index}]: {size} bytes as JSON; a record may be at most \
+                     {MAX_SYNC_RECORD_BYTES} bytes (nothing was stored)"
+                )));
+            }
             check_record(value).map_err(|reason| {
                 ApiError::bad_request(
                     ErrorCode::InvalidBody,
@@ -122,6 +130,58 @@ fn parse_body(body: &[u8]) -> ApiResult<Vec<SyncRecord>> {
             })
         })
         .collect()
+}
+
+/// The length of a value written as compact JSON, counted without building the text.
+fn json_len(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing a `Value` into a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+/// A device writes records for its own company only, the `company_id` of its device row (set
+/// at enrollment, changed by an admin): one record for another company refuses the whole
+/// batch, so a device cannot fill another company's tables and cloud queue, and nothing of a
+/// refused batch is stored.
+fn check_company(
+    conn: &mut DbConnection,
+    device_id: &str,
+    records: &[SyncRecord],
+) -> ApiResult<()> {
+    let own: Option<String> = devices::table
+        .find(device_id)
+        .select(devices::company_id)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten();
+    let Some(own) = own else {
+        return Err(ApiError::forbidden_with(
+            ErrorCode::CompanyMismatch,
+            "this device has no company; an admin sets its companyId before it can sync",
+        ));
+    };
+    match records.iter().position(|r| r.company_id != own) {
+        None => Ok(()),
+        Some(index) => Err(ApiError::forbidden_with(
+            ErrorCode::CompanyMismatch,
+            format!(
+                "records[{index}]: companyId `{}` is not this device's company `{own}` \
+                 (nothing was stored)",
+                records[index].company_id
+            ),
+        )),
+    }
 }
 
 fn too_large(message: impl Into<String>) -> ApiError {
@@ -136,8 +196,7 @@ fn too_large(message: impl Into<String>) -> ApiError {
 async fn read_body(mut payload: web::Payload) -> ApiResult<web::BytesMut> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(ErrorCode::InvalidBody, e.to_string()))?;
+        let chunk = chunk.map_err(|e| crate::error::payload_error(&e))?;
         if body.len() + chunk.len() > MAX_SYNC_BODY {
             return Err(too_large(format!(
                 "body is larger than {MAX_SYNC_BODY} bytes"
@@ -166,7 +225,10 @@ pub async fn ingest(
     let device_id = device.device_id.clone();
     let stored = state
         .db
-        .run(move |conn| store(conn, &device_id, records))
+        .run(move |conn| {
+            check_company(conn, &device_id, &records)?;
+            store(conn, &device_id, records)
+        })
         .await?;
     tracing::debug!(
         device_id = %device.device_id,
@@ -436,6 +498,33 @@ mod tests {
         }
         let err = parse_body(b"{\"records\": 3}").unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidBody);
+    }
+
+    #[test]
+    fn a_record_over_the_size_limit_refuses_the_batch_by_its_index() {
+        let mut big = record("big");
+        big["payload"]["code"] = json!("x".repeat(MAX_SYNC_RECORD_BYTES));
+        let err = parse_body(&body(vec![record("ok"), big])).unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(err.code, ErrorCode::PayloadTooLarge);
+        assert!(err.message.starts_with("records[1]: "), "{}", err.message);
+        assert!(
+            err.message.contains(&MAX_SYNC_RECORD_BYTES.to_string()),
+            "{}",
+            err.message
+        );
+        // Just under the limit is accepted.
+        let mut fits = record("fits");
+        let room = MAX_SYNC_RECORD_BYTES - json_len(&fits) - 20;
+        fits["payload"]["pad"] = json!("y".repeat(room));
+        assert!(json_len(&fits) <= MAX_SYNC_RECORD_BYTES);
+        assert_eq!(parse_body(&body(vec![fits])).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn json_len_is_the_compact_text_length() {
+        let value = record("a\"b");
+        assert_eq!(json_len(&value), value.to_string().len());
     }
 
     #[test]

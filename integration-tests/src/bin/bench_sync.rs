@@ -45,7 +45,7 @@ fn run(backend: Backend) {
                         let n = batch.min(per_client - sent);
                         let body: Vec<_> = (0..n)
                             .map(|i| {
-                                json!({"id": format!("{batch:04}-{c}-{:09}", sent + i), "kind": "bottle", "companyId": "acme",
+                                json!({"id": format!("{batch:04}-{c}-{:09}", sent + i), "kind": "bottle", "companyId": "company-1",
                                        "payload": {"code": format!("0104006381333931{:08}", sent + i)}, "createdAt": "2026-11-25T10:00:00Z"})
                             })
                             .collect();
