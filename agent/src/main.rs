@@ -6,6 +6,8 @@ mod config;
 mod connection;
 mod drain;
 mod enroll;
+#[cfg(test)]
+mod fuzz;
 mod gs1;
 mod install;
 mod logs;

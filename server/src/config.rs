@@ -307,6 +307,12 @@ pub struct Cli {
     pub log_level: Option<String>,
 }
 
+/// The longest lifetime or wait, in seconds, any setting may name: far past any sensible
+/// value, far inside what chrono and the monotonic clock can add to now.
+pub const MAX_PERIOD_SECS: u64 = 100 * 365 * 24 * 3600;
+/// The longest log retention, in days, for the same reason.
+pub const MAX_RETENTION_DAYS: u32 = 100 * 365;
+
 /// A setting that cannot be used; the message is one line, fit for stderr.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -409,6 +415,7 @@ impl Config {
         if self.user_token_ttl_secs == 0 || self.device_token_ttl_secs == 0 {
             return Err(ConfigError("token lifetimes must be positive".into()));
         }
+        self.check_periods()?;
         if let Some(url) = &self.database_url {
             if url.contains("://")
                 && !(url.starts_with("postgres://")
@@ -452,6 +459,42 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level: {e}")))?;
+        Ok(())
+    }
+
+    /// Token lifetimes, waits and the log retention must stay within what a clock can add to
+    /// now: a lifetime of 2^63 seconds passed every other check, and then every login
+    /// panicked adding it to the time of day.
+    fn check_periods(&self) -> Result<(), ConfigError> {
+        let periods = [
+            ("user_token_ttl_secs", self.user_token_ttl_secs),
+            ("device_token_ttl_secs", self.device_token_ttl_secs),
+            ("lockout_secs", self.lockout_secs),
+            ("restart_confirm_secs", self.restart_confirm_secs),
+            ("reboot_confirm_secs", self.reboot_confirm_secs),
+            (
+                "deployment_stage_timeout_secs",
+                self.deployment_stage_timeout_secs,
+            ),
+            (
+                "deployment_activate_timeout_secs",
+                self.deployment_activate_timeout_secs,
+            ),
+            ("cloud_retry_max_secs", self.cloud_retry_max_secs),
+        ];
+        for (name, secs) in periods {
+            if secs > MAX_PERIOD_SECS {
+                return Err(ConfigError(format!(
+                    "{name}: {secs} is more than {MAX_PERIOD_SECS} seconds (100 years)"
+                )));
+            }
+        }
+        if self.log_retention_days > MAX_RETENTION_DAYS {
+            return Err(ConfigError(format!(
+                "log_retention_days: {} is more than {MAX_RETENTION_DAYS} days (100 years)",
+                self.log_retention_days
+            )));
+        }
         Ok(())
     }
 
@@ -609,6 +652,29 @@ mod tests {
         assert!(err.to_string().contains("unsupported scheme"));
         let err = Config::load(cli(&["--config", "/nonexistent/factory.toml"])).unwrap_err();
         assert!(err.to_string().contains("does not exist"));
+    }
+
+    #[test]
+    fn periods_past_any_clock_are_refused() {
+        for (flag, value) in [
+            ("--user-token-ttl-secs", "9223372036854775807"),
+            ("--device-token-ttl-secs", "18446744073709551615"),
+            ("--lockout-secs", "18446744073709551615"),
+            ("--reboot-confirm-secs", "18446744073709551615"),
+            ("--log-retention-days", "4294967295"),
+        ] {
+            let err = Config::load(cli(&[flag, value])).unwrap_err().to_string();
+            let name = flag.trim_start_matches("--").replace('-', "_");
+            assert!(err.starts_with(&name), "{flag} {value}: {err}");
+        }
+        let longest = MAX_PERIOD_SECS.to_string();
+        let config = Config::load(cli(&["--user-token-ttl-secs", &longest])).unwrap();
+        let now = chrono::Utc::now();
+        assert!(now
+            .checked_add_signed(chrono::TimeDelta::seconds(
+                config.user_token_ttl_secs as i64
+            ))
+            .is_some());
     }
 
     #[test]

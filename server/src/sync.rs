@@ -101,8 +101,9 @@ fn check_record(value: Value) -> Result<SyncRecord, String> {
     Ok(record)
 }
 
-/// Parses and checks the whole body; the first bad record refuses the batch.
-fn parse_body(body: &[u8]) -> ApiResult<Vec<SyncRecord>> {
+/// Parses and checks the whole body; the first bad record refuses the batch. Public for the
+/// fuzz suite.
+pub fn parse_body(body: &[u8]) -> ApiResult<Vec<SyncRecord>> {
     let raw: RawRequest = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidBody, e.to_string()))?;
     if raw.records.len() > MAX_SYNC_RECORDS {
