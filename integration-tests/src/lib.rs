@@ -939,3 +939,4 @@ pub fn deployment_statuses(deployment: &Value) -> std::collections::BTreeMap<Str
         })
         .collect()
 }
+pub mod private_pg;

@@ -206,8 +206,15 @@ pub async fn dispatch(
         accepted: Some(accepted_tx),
     });
     if !request.wait {
-        // The dispatch goes on without this request; answer once the command is stored.
-        actix_web::rt::spawn(outcome);
+        // The dispatch goes on without this request; answer once the command is stored. Its
+        // error has no caller left to hear it, so it is logged (the dispatcher's sweep ends a
+        // command whose outcome could not be stored).
+        let command_id = request.command.id.clone();
+        actix_web::rt::spawn(async move {
+            if let Ok(Err(e)) = outcome.await {
+                tracing::warn!(%command_id, error = %e, "dispatch ended without storing an outcome");
+            }
+        });
         accepted_rx.await.map_err(ApiError::internal)??;
         return Ok(
             HttpResponse::Accepted().json(Envelope::ok(serde_json::json!({

@@ -350,6 +350,60 @@ pub fn expire_queued(
     Ok(expired)
 }
 
+/// How long past its timeout a PENDING or SENT command no dispatch awaits is left alone: a
+/// bulk or deployment row is stored before its dispatch starts, and that start may queue.
+pub const ABANDON_GRACE: chrono::Duration = chrono::Duration::seconds(10);
+
+/// PENDING and SENT commands past their timeout (counted from when they were sent, or
+/// stored if never sent) plus `ABANDON_GRACE`, as (id, device id). A live dispatch ends its
+/// command at the timeout, so these are the ones a dispatch stopped awaiting without
+/// storing an outcome: the server was killed, or the database failed the final write.
+pub fn overdue_in_flight(
+    conn: &mut DbConnection,
+    now: DateTime<Utc>,
+) -> ApiResult<Vec<(String, String)>> {
+    let rows: Vec<(String, String, i64, NaiveDateTime, Option<NaiveDateTime>)> = commands::table
+        .filter(commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Sent])))
+        .select((
+            commands::id,
+            commands::device_id,
+            commands::timeout_ms,
+            commands::created_at,
+            commands::sent_at,
+        ))
+        .load(conn)?;
+    let now = now.naive_utc();
+    Ok(rows
+        .into_iter()
+        .filter(|(_, _, timeout_ms, created, sent)| {
+            let since = sent.unwrap_or(*created);
+            since + chrono::Duration::milliseconds(*timeout_ms) + ABANDON_GRACE < now
+        })
+        .map(|(id, device_id, ..)| (id, device_id))
+        .collect())
+}
+
+/// PENDING or SENT → TIMEOUT for a command whose dispatch is gone; `false` when it ended
+/// meanwhile.
+pub fn abandon(conn: &mut DbConnection, id: &str, now: DateTime<Utc>) -> ApiResult<bool> {
+    let changed =
+        diesel::update(commands::table.find(id).filter(
+            commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Sent])),
+        ))
+        .set((
+            commands::status.eq(CommandStatus::Timeout.as_str()),
+            commands::success.eq(Some(false)),
+            commands::output.eq(Some(ABANDONED_OUTPUT)),
+            commands::completed_at.eq(Some(now.naive_utc())),
+        ))
+        .execute(conn)?;
+    Ok(changed == 1)
+}
+
+/// The output of a command `abandon` ended.
+pub const ABANDONED_OUTPUT: &str =
+    "no outcome was stored within the timeout: the server restarted or lost its database while the command was in flight";
+
 /// Commands waiting for a device to come back (after a server restart, from the database).
 pub fn confirming(conn: &mut DbConnection) -> ApiResult<Vec<CommandRow>> {
     Ok(commands::table

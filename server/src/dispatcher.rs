@@ -7,7 +7,10 @@
 //! `queueIfOffline`, keeps it QUEUED until the device connects or the queue time runs out
 //! (EXPIRED). `restart_service` and `reboot_os` are not taken on the device's word: after its
 //! answer they are CONFIRMING until the device reports a new run id (restart) or boot id
-//! (reboot), then CONFIRMED, or FAILED when the window passes.
+//! (reboot), then CONFIRMED, or FAILED when the window passes. A dispatch that ended without
+//! storing an outcome (the server was killed, or the database refused the final write) would
+//! leave its command PENDING or SENT forever; the sweep ends such a command TIMEOUT once its
+//! timeout has passed and no dispatch of this process awaits it.
 //!
 //! Each dispatch runs in its own future, so one slow device never holds up another.
 
@@ -152,18 +155,70 @@ impl CommandDispatcher {
         }
         self.sweeping = true;
         let db = self.db.clone();
-        async move { db.run(move |conn| commands::expire_queued(conn, now)).await }
-            .into_actor(self)
-            .map(|expired, act, _| {
-                act.sweeping = false;
-                for (id, device_id) in expired.unwrap_or_default() {
-                    act.publish(
-                        &device_id,
-                        CommandResult::failed(id, "expired in the queue"),
-                    );
+        async move {
+            let expired = db.run(move |conn| commands::expire_queued(conn, now)).await;
+            let overdue = db
+                .run(move |conn| commands::overdue_in_flight(conn, now))
+                .await;
+            (expired, overdue)
+        }
+        .into_actor(self)
+        .map(move |(expired, overdue), act, ctx| {
+            for (id, device_id) in expired.unwrap_or_default() {
+                act.publish(
+                    &device_id,
+                    CommandResult::failed(id, "expired in the queue"),
+                );
+            }
+            // Only commands no dispatch of this process awaits: a live one ends its own.
+            let abandoned: Vec<(String, String)> = overdue
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(id, _)| !act.waiting.contains_key(id))
+                .collect();
+            act.abandon(abandoned, now, ctx);
+        })
+        .spawn(ctx);
+    }
+
+    /// Ends commands left PENDING or SENT by a dispatch that is gone (a killed server, a
+    /// final write the database refused), so none stays in flight forever; then the next
+    /// sweep may run.
+    fn abandon(
+        &mut self,
+        rows: Vec<(String, String)>,
+        now: chrono::DateTime<Utc>,
+        ctx: &mut Context<Self>,
+    ) {
+        if rows.is_empty() {
+            self.sweeping = false;
+            return;
+        }
+        let db = self.db.clone();
+        async move {
+            db.run(move |conn| {
+                let mut ended = Vec::new();
+                for (id, device_id) in rows {
+                    if commands::abandon(conn, &id, now)? {
+                        ended.push((id, device_id));
+                    }
                 }
+                Ok(ended)
             })
-            .spawn(ctx);
+            .await
+        }
+        .into_actor(self)
+        .map(|ended, act, _| {
+            act.sweeping = false;
+            for (id, device_id) in ended.unwrap_or_default() {
+                tracing::warn!(command_id = %id, device_id = %device_id, "command abandoned in flight ended as TIMEOUT");
+                act.publish(
+                    &device_id,
+                    CommandResult::failed(id, commands::ABANDONED_OUTPUT),
+                );
+            }
+        })
+        .spawn(ctx);
     }
 }
 
