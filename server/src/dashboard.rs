@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::auth::{authenticate_user, AuthUser};
 use crate::events::{Filter, SetFilter, Subscribe, Unsubscribe};
+use crate::refusals::count_token;
 use crate::session::{upgrade_token, AUTH_TIMEOUT, CLIENT_TIMEOUT, HEARTBEAT_INTERVAL};
 use crate::state::AppState;
 
@@ -53,15 +54,19 @@ pub async fn dashboard_socket(
     body: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
     let token = upgrade_token(&req, state.config.allow_query_token)?;
+    let source = crate::audit::source_of(&req);
     let user = match token {
-        Some(token) => Some(authenticate_user(&state, &token).await?),
+        Some(token) => {
+            let checked = authenticate_user(&state, &token).await;
+            Some(count_token(&state, source.as_deref(), checked).await?)
+        }
         None => None,
     };
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream
         .max_frame_size(MAX_DASHBOARD_FRAME)
         .aggregate_continuations();
-    actix_web::rt::spawn(run(state, user, session, stream));
+    actix_web::rt::spawn(run(state, source, user, session, stream));
     Ok(response)
 }
 
@@ -70,6 +75,7 @@ type Stream = actix_ws::AggregatedMessageStream;
 /// Waits for the `auth` frame of a socket opened without a token.
 async fn first_frame_auth(
     state: &AppState,
+    source: Option<&str>,
     session: &mut Session,
     stream: &mut Stream,
 ) -> Option<AuthUser> {
@@ -101,13 +107,15 @@ async fn first_frame_auth(
         }
     };
     match serde_json::from_str::<DashboardClientFrame>(&text) {
-        Ok(DashboardClientFrame::Auth { token }) => match authenticate_user(state, &token).await {
-            Ok(user) => Some(user),
-            Err(e) => {
-                let _ = session.text(error_frame(&e.code.name(), e.message)).await;
-                None
+        Ok(DashboardClientFrame::Auth { token }) => {
+            match count_token(state, source, authenticate_user(state, &token).await).await {
+                Ok(user) => Some(user),
+                Err(e) => {
+                    let _ = session.text(error_frame(&e.code.name(), e.message)).await;
+                    None
+                }
             }
-        },
+        }
         _ => {
             let _ = session
                 .text(error_frame("unauthenticated", "send an auth frame first"))
@@ -135,24 +143,27 @@ fn filter_from(
 
 async fn run(
     state: web::Data<AppState>,
+    source: Option<String>,
     user: Option<AuthUser>,
     mut session: Session,
     mut stream: Stream,
 ) {
     let user = match user {
         Some(user) => user,
-        None => match first_frame_auth(&state, &mut session, &mut stream).await {
-            Some(user) => user,
-            None => {
-                let _ = session
-                    .close(Some(actix_ws::CloseReason {
-                        code: actix_ws::CloseCode::Other(crate::session::CLOSE_AUTH_FAILED),
-                        description: Some("authentication failed".into()),
-                    }))
-                    .await;
-                return;
+        None => {
+            match first_frame_auth(&state, source.as_deref(), &mut session, &mut stream).await {
+                Some(user) => user,
+                None => {
+                    let _ = session
+                        .close(Some(actix_ws::CloseReason {
+                            code: actix_ws::CloseCode::Other(crate::session::CLOSE_AUTH_FAILED),
+                            description: Some("authentication failed".into()),
+                        }))
+                        .await;
+                    return;
+                }
             }
-        },
+        }
     };
     let id = NEXT_DASHBOARD_ID.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel(DASHBOARD_BUFFER);

@@ -47,6 +47,8 @@ pub enum ErrorCode {
     SignatureExpired,
     InvalidAdminSecret,
     DatabaseUnavailable,
+    /// 503: too many requests need a scarce resource (password checks) at once.
+    ServerBusy,
     Internal,
 }
 
@@ -66,7 +68,7 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
-    /// Seconds for a `Retry-After` header (429 answers).
+    /// Seconds for a `Retry-After` header (429 and 503 answers).
     pub retry_after: Option<u64>,
 }
 
@@ -131,6 +133,19 @@ impl ApiError {
             ErrorCode::DatabaseUnavailable,
             message,
         )
+    }
+
+    /// 503 `server_busy` with `Retry-After`: the request was fine, the server has no room for
+    /// it right now.
+    pub fn busy(retry_after_secs: u64, message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServerBusy,
+                message,
+            )
+        }
     }
 
     /// For faults of the server itself. The detail goes to the log, not to the client.
