@@ -33,7 +33,13 @@ pub struct Config {
     pub login_max_failures: u32,
     /// Failed logins, or failed enrollments, from one address before it is locked.
     pub source_max_failures: u32,
+    /// Refused tokens from one address before its refused tokens are answered 429 (valid
+    /// tokens from it keep working: a token cannot be guessed, so locking it protects nothing).
+    pub token_max_failures: u32,
     pub lockout_secs: u64,
+    /// Attempts refused while locked are written to the audit log as one summary row per key
+    /// at most this often, instead of a row each.
+    pub audit_summary_secs: u64,
     /// Device logs and events older than this many days are deleted.
     pub log_retention_days: u32,
     /// Seconds a device has to come back with a new run id after `restart_service`.
@@ -90,7 +96,9 @@ impl Default for Config {
             device_token_ttl_secs: 365 * 24 * 3600,
             login_max_failures: 5,
             source_max_failures: 20,
+            token_max_failures: 1000,
             lockout_secs: 900,
+            audit_summary_secs: 60,
             log_retention_days: 30,
             restart_confirm_secs: 120,
             reboot_confirm_secs: 600,
@@ -191,10 +199,20 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source_max_failures: Option<u32>,
 
+    /// Refused tokens from one address before further refused ones are answered 429 [default: 1000].
+    #[arg(long, env = "FACTORY_TOKEN_MAX_FAILURES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_max_failures: Option<u32>,
+
     /// How long a lock lasts, counted from the first failure, in seconds [default: 900].
     #[arg(long, env = "FACTORY_LOCKOUT_SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lockout_secs: Option<u64>,
+
+    /// Seconds between the audit rows that sum up attempts refused while locked [default: 60].
+    #[arg(long, env = "FACTORY_AUDIT_SUMMARY_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_summary_secs: Option<u64>,
 
     /// Days device logs and events are kept [default: 30].
     #[arg(long, env = "FACTORY_LOG_RETENTION_DAYS")]
@@ -375,9 +393,14 @@ impl Config {
                 ));
             }
         }
-        if self.login_max_failures == 0 || self.source_max_failures == 0 || self.lockout_secs == 0 {
+        if self.login_max_failures == 0
+            || self.source_max_failures == 0
+            || self.token_max_failures == 0
+            || self.lockout_secs == 0
+            || self.audit_summary_secs == 0
+        {
             return Err(ConfigError(
-                "login_max_failures, source_max_failures and lockout_secs must be positive".into(),
+                "login_max_failures, source_max_failures, token_max_failures, lockout_secs and audit_summary_secs must be positive".into(),
             ));
         }
         if self.cloud_batch_size == 0 || self.cloud_batch_size > 10_000 {

@@ -37,6 +37,7 @@ use crate::connection::{Connection, ConnectionSocket};
 use crate::dashboard_registry::{Refusal, Revocations, Slot};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::events::{Filter, SetFilter, Subscribe, Unsubscribe};
+use crate::refusals::count_token;
 use crate::session::{
     upgrade_token, AUTH_TIMEOUT, CLIENT_TIMEOUT, CLOSE_AUTH_FAILED, CLOSE_TOKEN_REVOKED,
     HEARTBEAT_INTERVAL,
@@ -111,12 +112,20 @@ struct Opened {
 /// Checks a token and binds the socket's place to its user. The place is bound from the
 /// token's claims before the database check, so a revocation committed after that check
 /// reaches the socket, and one committed before fails the check.
-async fn authenticate(state: &AppState, slot: &Slot, token: String) -> ApiResult<Opened> {
-    let claims = state.jwt.verify(&token, Scope::User)?;
+async fn authenticate(
+    state: &AppState,
+    slot: &Slot,
+    source: Option<&str>,
+    token: String,
+) -> ApiResult<Opened> {
+    // A refused token counts against its source address like a failed login, so guessing
+    // through the dashboard socket meets the same limit as guessing through REST.
+    let verified = state.jwt.verify(&token, Scope::User).map_err(ApiError::from);
+    let claims = count_token(state, source, verified).await?;
     let revocations = slot
         .bind(&claims.sub, &claims.jti)
         .map_err(|r| refused(state, r))?;
-    let user = authenticate_user(state, &token).await?;
+    let user = count_token(state, source, authenticate_user(state, &token).await).await?;
     Ok(Opened {
         user,
         token,
@@ -132,8 +141,9 @@ pub async fn dashboard_socket(
 ) -> Result<HttpResponse, actix_web::Error> {
     let slot = Arc::new(state.dashboards.open().map_err(|r| refused(&state, r))?);
     let token = upgrade_token(&req, state.config.allow_query_token)?;
+    let source = crate::audit::source_of(&req);
     let opened = match token {
-        Some(token) => Some(authenticate(&state, &slot, token).await?),
+        Some(token) => Some(authenticate(&state, &slot, source.as_deref(), token).await?),
         None => None,
     };
     let (response, session, stream) = actix_ws::handle(&req, body)?;
@@ -152,7 +162,7 @@ pub async fn dashboard_socket(
         send_timeout: Duration::from_secs(state.config.dashboard_send_timeout_secs),
         last_heard: Instant::now(),
     };
-    actix_web::rt::spawn(run(state, slot, opened, link, stream));
+    actix_web::rt::spawn(run(state, slot, source, opened, link, stream));
     Ok(response)
 }
 
@@ -315,6 +325,7 @@ async fn revoked(revocations: &mut Revocations) -> &'static str {
 async fn run(
     state: web::Data<AppState>,
     slot: Arc<Slot>,
+    source: Option<String>,
     opened: Option<Opened>,
     mut link: Link,
     mut stream: Stream,
@@ -322,7 +333,7 @@ async fn run(
     let id = NEXT_DASHBOARD_ID.fetch_add(1, Ordering::Relaxed);
     let opened = match opened {
         Some(opened) => Ok(opened),
-        None => first_frame_auth(&state, &slot, &mut link, &mut stream).await,
+        None => first_frame_auth(&state, &slot, source.as_deref(), &mut link, &mut stream).await,
     };
     let end = match opened {
         Ok(opened) => serve(&state, id, opened, &mut link, &mut stream).await,
@@ -339,6 +350,7 @@ async fn run(
 async fn first_frame_auth(
     state: &AppState,
     slot: &Slot,
+    source: Option<&str>,
     link: &mut Link,
     stream: &mut Stream,
 ) -> Result<Opened, End> {
@@ -375,7 +387,7 @@ async fn first_frame_auth(
             return Err(End::AuthFailed);
         }
     };
-    match authenticate(state, slot, token).await {
+    match authenticate(state, slot, source, token).await {
         Ok(opened) => Ok(opened),
         Err(e) => {
             link.send(error_frame(&e.code.name(), e.message)).await?;

@@ -13,7 +13,7 @@ use crate::audit::{self, audited, AuditEntry};
 use crate::auth::{self, Authorized, ManageDevices, ViewDevices};
 use crate::db::DbConnection;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::ratelimit::retry_after_secs;
+use crate::refusals;
 use crate::registry::ListConnected;
 use crate::state::AppState;
 
@@ -313,38 +313,40 @@ pub async fn issue_token(
         ));
     };
     let source_key = source.clone().unwrap_or_default();
-    let locked = state
-        .limits
-        .enroll_by_source
-        .check(&source_key)
-        .and(state.limits.enroll_by_device.check(&device_id));
-    if let Err(wait) = locked {
-        return Err(ApiError::too_many_requests(
-            retry_after_secs(wait),
-            "too many failed enrollments from this address or for this device; try again later",
-        ));
-    }
+    let limits = &state.limits;
+    let mut slots = refusals::admit(
+        &[
+            (&limits.enroll_by_source, source_key.as_str()),
+            (&limits.enroll_by_device, device_id.as_str()),
+        ],
+        "too many failed enrollments from this address or for this device; try again later",
+    )
+    .await?;
+    let (Some(by_device), Some(by_source)) = (slots.pop(), slots.pop()) else {
+        return Err(ApiError::internal("enrollment admission lost a slot"));
+    };
     let presented = req
         .headers()
         .get(ENROLLMENT_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !auth::secrets_equal(presented, expected) {
-        state.limits.enroll_by_source.record_failure(&source_key);
-        state.limits.enroll_by_device.record_failure(&device_id);
-        let entry = AuditEntry::new("device.token", "failure: invalid enrollment key")
-            .actor(Some(format!("device:{device_id}")), None)
-            .target(Some(device_id.clone()))
-            .source(source);
-        state
-            .db
-            .run(move |conn| audit::record(conn, &entry))
-            .await?;
+        let mut entries = vec![
+            AuditEntry::new("device.token", "failure: invalid enrollment key")
+                .actor(Some(format!("device:{device_id}")), None)
+                .target(Some(device_id.clone()))
+                .source(source),
+        ];
+        entries.extend(by_source.fail().as_ref().map(refusals::lockout_entry));
+        entries.extend(by_device.fail().as_ref().map(refusals::lockout_entry));
+        refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
             ErrorCode::InvalidEnrollmentKey,
             "missing or wrong X-Enrollment-Key",
         ));
     }
+    by_device.succeed(false);
+    by_source.succeed(false);
     let query = query.into_inner();
     for (field, value) in [
         ("name", &query.name),

@@ -54,6 +54,8 @@ pub enum ErrorCode {
     /// A request the HTTP layer refused for a reason no other code names (a WebSocket route
     /// called without the upgrade headers, say).
     BadRequest,
+    /// 503: too many requests need a scarce resource (password checks) at once.
+    ServerBusy,
     Internal,
 }
 
@@ -149,6 +151,19 @@ impl ApiError {
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::DatabaseUnavailable,
+                message,
+            )
+        }
+    }
+
+    /// 503 `server_busy` with `Retry-After`: the request was fine, the server has no room for
+    /// it right now.
+    pub fn busy(retry_after_secs: u64, message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServerBusy,
                 message,
             )
         }

@@ -658,7 +658,9 @@ pub async fn artifact(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
-    authorize_reader(&req, &state).await?;
+    let checked = authorize_reader(&req, &state).await;
+    let source = crate::audit::source_of(&req);
+    crate::refusals::count_token(&state, source.as_deref(), checked).await?;
     let id = path.into_inner();
     let row = state
         .db

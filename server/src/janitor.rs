@@ -1,6 +1,6 @@
 //! The `Janitor` actor: periodic housekeeping that must not wait for a request to happen.
 //! It prunes expired token revocations, stale rate-limit counters, and device logs and events
-//! past their retention.
+//! past their retention, and writes the audit summaries of refused attempts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use chrono::Utc;
 
 use crate::db::Db;
 use crate::state::Limits;
-use crate::{telemetry, tokens};
+use crate::{refusals, telemetry, tokens};
 
 /// How often housekeeping runs.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(600);
@@ -22,17 +22,24 @@ pub struct Janitor {
     db: Db,
     limits: Arc<Limits>,
     retention: chrono::Duration,
+    summary_every: Duration,
 }
 
 impl Janitor {
-    pub fn new(db: Db, limits: Arc<Limits>, retention_days: u32) -> Self {
+    pub fn new(db: Db, limits: Arc<Limits>, retention_days: u32, summary_every: Duration) -> Self {
         Janitor {
             db,
             limits,
             retention: chrono::Duration::days(i64::from(retention_days)),
+            summary_every,
         }
     }
 }
+
+/// Writes the audit summaries of the attempts refused since the last time.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushRefusals;
 
 /// Runs one round now; the interval sends it too.
 #[derive(Message)]
@@ -45,6 +52,23 @@ impl Actor for Janitor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.notify(Sweep);
         ctx.run_interval(JANITOR_INTERVAL, |_, ctx| ctx.notify(Sweep));
+        ctx.run_interval(self.summary_every, |_, ctx| ctx.notify(FlushRefusals));
+    }
+}
+
+impl Handler<FlushRefusals> for Janitor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: FlushRefusals, _: &mut Context<Self>) -> Self::Result {
+        let (db, limits) = (self.db.clone(), self.limits.clone());
+        Box::pin(async move {
+            match refusals::flush_summaries(&db, &limits).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "refused attempts summed up in the audit log"),
+                // flush_summaries has logged it.
+                Err(_) => {}
+            }
+        })
     }
 }
 

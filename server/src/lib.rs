@@ -22,12 +22,14 @@ pub mod error;
 pub mod events;
 pub mod firmware;
 pub mod groups;
+pub mod hashing;
 pub mod input;
 pub mod janitor;
 pub mod ota;
 pub mod presence;
 pub mod private_files;
 pub mod ratelimit;
+pub mod refusals;
 pub mod registry;
 pub mod session;
 pub mod state;
@@ -291,7 +293,9 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         std::time::Duration::from_secs(config.deployment_activate_timeout_secs),
     )
     .start();
-    let limits = Arc::new(Limits::from_config(&config));
+    let limits = Arc::new(
+        Limits::from_config(&config).context("cannot start the password-hashing threads")?,
+    );
     let cloud_target = config
         .cloud_target()
         .map_err(|e| anyhow::anyhow!(e))?
@@ -311,7 +315,13 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     .start();
     let cloud_target = Arc::new(std::sync::Mutex::new(cloud_target));
     reload_cloud_on_sighup(cloud.clone(), cloud_target.clone());
-    Janitor::new(db.clone(), limits.clone(), config.log_retention_days).start();
+    Janitor::new(
+        db.clone(),
+        limits.clone(),
+        config.log_retention_days,
+        std::time::Duration::from_secs(config.audit_summary_secs),
+    )
+    .start();
     let state = web::Data::new(AppState {
         cloud,
         cloud_stats,

@@ -16,6 +16,7 @@ use crate::audit::{self, audited, AuditEntry};
 use crate::auth::{self, OtaClaims, Scope, TokenError};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::firmware::{self, is_safe_name, ReleaseRow};
+use crate::refusals;
 use crate::state::AppState;
 
 /// The roles the seed puts in every OTA token.
@@ -46,8 +47,8 @@ fn board_token(req: &HttpRequest) -> Option<String> {
 
 /// The plain refusal of a board request for `project`, or `None` to let it through: 401
 /// without a valid OTA token, 403 when the token is for another project, 404 for a project
-/// name that cannot exist.
-fn refusal(req: &HttpRequest, state: &AppState, project: &str) -> Option<HttpResponse> {
+/// name that cannot exist, 429 once the address has had too many tokens refused.
+async fn refusal(req: &HttpRequest, state: &AppState, project: &str) -> Option<HttpResponse> {
     if !is_safe_name(project, 64) {
         return Some(plain(StatusCode::NOT_FOUND, "Not Found"));
     }
@@ -57,14 +58,35 @@ fn refusal(req: &HttpRequest, state: &AppState, project: &str) -> Option<HttpRes
     let Some(token) = board_token(req) else {
         return Some(plain(StatusCode::UNAUTHORIZED, "Missing token"));
     };
-    match state.jwt.verify_ota(&token) {
-        Ok(claims) if claims.project == project => None,
-        Ok(_) => Some(plain(
-            StatusCode::FORBIDDEN,
-            "Token not valid for this project",
-        )),
-        Err(TokenError::Expired) => Some(plain(StatusCode::UNAUTHORIZED, "Token expired")),
-        Err(_) => Some(plain(StatusCode::UNAUTHORIZED, "Invalid token")),
+    let text = match state.jwt.verify_ota(&token) {
+        Ok(claims) if claims.project == project => return None,
+        Ok(_) => {
+            return Some(plain(
+                StatusCode::FORBIDDEN,
+                "Token not valid for this project",
+            ))
+        }
+        Err(TokenError::Expired) => "Token expired",
+        Err(_) => "Invalid token",
+    };
+    let refused = ApiError::unauthorized(ErrorCode::InvalidToken, text);
+    let source = audit::source_of(req);
+    match refusals::count_token::<()>(state, source.as_deref(), Err(refused)).await {
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+            let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "Too many refused tokens");
+            if let Some(secs) = e.retry_after {
+                response.headers_mut().insert(
+                    actix_web::http::header::RETRY_AFTER,
+                    actix_web::http::header::HeaderValue::from(secs),
+                );
+            }
+            Some(response)
+        }
+        // The audit row of a lock could not be written: the board gets the plain 503.
+        Err(e) if e.status != StatusCode::UNAUTHORIZED => {
+            Some(plain(e.status, "Service unavailable"))
+        }
+        _ => Some(plain(StatusCode::UNAUTHORIZED, text)),
     }
 }
 
@@ -83,7 +105,7 @@ pub async fn file(
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (project, file) = path.into_inner();
-    if let Some(refused) = refusal(&req, &state, &project) {
+    if let Some(refused) = refusal(&req, &state, &project).await {
         return Ok(refused);
     }
     if !is_safe_name(&file, 200) {
@@ -123,7 +145,7 @@ pub async fn latest(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let project = path.into_inner();
-    if let Some(refused) = refusal(&req, &state, &project) {
+    if let Some(refused) = refusal(&req, &state, &project).await {
         return Ok(refused);
     }
     let rows = releases_of(&state, &project).await?;
@@ -155,7 +177,7 @@ pub async fn versions(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let project = path.into_inner();
-    if let Some(refused) = refusal(&req, &state, &project) {
+    if let Some(refused) = refusal(&req, &state, &project).await {
         return Ok(refused);
     }
     let mut versions: Vec<(semver::Version, String)> = releases_of(&state, &project)
@@ -180,8 +202,10 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `POST /admin/generate_token` with `X-Admin-Secret`: an OTA token for one board and project.
-/// 403 while no secret is configured, 401 for a missing or wrong one; both are audited, as is
-/// every token issued.
+/// 403 while no secret is configured, 401 for a missing or wrong one, 429 with `Retry-After`
+/// once an address has had `source_max_failures` wrong ones (even the right secret, until the
+/// lock ends). Wrong secrets are audited up to the lock, the lock once, later refusals as
+/// summaries (`refusals.rs`); every token issued is audited.
 pub async fn generate_token(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -193,24 +217,30 @@ pub async fn generate_token(
             "OTA token generation is disabled: no OTA admin secret is configured",
         ));
     };
+    let source_key = source.clone().unwrap_or_default();
+    let slot = state
+        .limits
+        .ota_by_source
+        .reserve(&source_key, refusals::ADMISSION_WAIT)
+        .await
+        .map_err(|r| refusals::refusal_error(r, "too many wrong admin secrets; try again later"))?;
     let given = req
         .headers()
         .get("X-Admin-Secret")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !auth::secrets_equal(given, secret) {
-        let entry = AuditEntry::new("ota.token.generate", "denied")
+        let mut entries = vec![AuditEntry::new("ota.token.generate", "denied")
             .params(serde_json::json!({"reason": "wrong admin secret"}))
-            .source(source);
-        state
-            .db
-            .run(move |conn| audit::record(conn, &entry))
-            .await?;
+            .source(source)];
+        entries.extend(slot.fail().as_ref().map(refusals::lockout_entry));
+        refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
             ErrorCode::InvalidAdminSecret,
             "missing or wrong X-Admin-Secret",
         ));
     }
+    slot.succeed(false);
     let request: OtaTokenRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidBody, e.to_string()))?;
     if request.device_id.is_empty()

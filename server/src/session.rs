@@ -23,6 +23,7 @@ use crate::dispatcher::{DeviceConnected, ProgressReceived, ResultReceived, Statu
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::events::Publish;
 use crate::presence::RecordStatus;
+use crate::refusals::count_token;
 use crate::registry::{Connect, Disconnect, FrameRefused};
 use crate::state::AppState;
 use crate::telemetry::Telemetry;
@@ -313,7 +314,11 @@ impl DeviceSession {
                 }
                 self.authenticating = true;
                 let state = self.state.clone();
-                let fut = async move { verify_device_token(&state, &token).await };
+                let source = self.remote_addr.clone();
+                let fut = async move {
+                    let checked = verify_device_token(&state, &token).await;
+                    count_token(&state, source.as_deref(), checked).await
+                };
                 ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
                     act.authenticating = false;
                     match result {
@@ -595,11 +600,14 @@ pub async fn device_socket(
     let token = upgrade_token(&req, state.config.allow_query_token)?;
     // A token given on the upgrade is checked before the socket opens, so a refused device
     // gets a plain 401 it can act on (re-enroll) instead of an opened-then-closed socket.
+    let remote_addr = req.peer_addr().map(|a| a.ip().to_string());
     let identity = match token {
-        Some(token) => Some(verify_device_token(&state, &token).await?),
+        Some(token) => {
+            let checked = verify_device_token(&state, &token).await;
+            Some(count_token(&state, remote_addr.as_deref(), checked).await?)
+        }
         None => None,
     };
-    let remote_addr = req.peer_addr().map(|a| a.ip().to_string());
     ws::WsResponseBuilder::new(
         DeviceSession::new(state, identity, remote_addr),
         &req,

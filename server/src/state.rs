@@ -13,8 +13,9 @@ use crate::db::Db;
 use crate::deployer::FirmwareDeployer;
 use crate::dispatcher::CommandDispatcher;
 use crate::events::EventBus;
+use crate::hashing::HashGate;
 use crate::presence::PresenceWriter;
-use crate::ratelimit::FailureLimiter;
+use crate::ratelimit::{FailureLimiter, Label, Summary};
 use crate::registry::DeviceRegistry;
 use crate::telemetry::TelemetrySink;
 
@@ -38,30 +39,57 @@ pub struct AppState {
     pub dashboards: Arc<DashboardRegistry>,
 }
 
-/// The failure counters of login and enrollment.
+/// The failure counters of every unauthenticated attempt, and the gate password checks pass.
 #[derive(Debug)]
 pub struct Limits {
     pub login_by_account: FailureLimiter,
     pub login_by_source: FailureLimiter,
     pub enroll_by_source: FailureLimiter,
     pub enroll_by_device: FailureLimiter,
+    /// Wrong `X-Admin-Secret`s on `POST /admin/generate_token`.
+    pub ota_by_source: FailureLimiter,
+    /// Refused user, device and OTA tokens, on every route that takes one.
+    pub token_by_source: FailureLimiter,
+    pub hashing: HashGate,
 }
 
 impl Limits {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config) -> std::io::Result<Self> {
         let window = Duration::from_secs(config.lockout_secs);
-        Limits {
-            login_by_account: FailureLimiter::new(config.login_max_failures, window),
-            login_by_source: FailureLimiter::new(config.source_max_failures, window),
-            enroll_by_source: FailureLimiter::new(config.source_max_failures, window),
-            enroll_by_device: FailureLimiter::new(config.login_max_failures, window),
-        }
+        let limiter = |action, key, max| FailureLimiter::new(Label { action, key }, max, window);
+        Ok(Limits {
+            login_by_account: limiter("auth.login", "account", config.login_max_failures),
+            login_by_source: limiter("auth.login", "source", config.source_max_failures),
+            enroll_by_source: limiter("device.token", "source", config.source_max_failures),
+            enroll_by_device: limiter("device.token", "device", config.login_max_failures),
+            ota_by_source: limiter("ota.token.generate", "source", config.source_max_failures),
+            token_by_source: limiter("auth.token", "source", config.token_max_failures),
+            hashing: HashGate::per_core()?,
+        })
+    }
+
+    fn all(&self) -> [&FailureLimiter; 6] {
+        [
+            &self.login_by_account,
+            &self.login_by_source,
+            &self.enroll_by_source,
+            &self.enroll_by_device,
+            &self.ota_by_source,
+            &self.token_by_source,
+        ]
     }
 
     pub fn prune(&self) {
-        self.login_by_account.prune();
-        self.login_by_source.prune();
-        self.enroll_by_source.prune();
-        self.enroll_by_device.prune();
+        for limiter in self.all() {
+            limiter.prune();
+        }
+    }
+
+    /// Every limiter's refusals since the last call, one summary per key.
+    pub fn take_summaries(&self) -> Vec<Summary> {
+        self.all()
+            .into_iter()
+            .flat_map(FailureLimiter::take_summaries)
+            .collect()
     }
 }

@@ -14,7 +14,7 @@ use crate::auth::{self, Authenticated, Authorized, ListUsers, ManageUsers};
 use crate::db::{Db, DbConnection};
 use crate::devices::paging;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::ratelimit::retry_after_secs;
+use crate::refusals;
 use crate::state::AppState;
 use crate::tokens;
 
@@ -102,17 +102,19 @@ pub fn validate_password(password: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// Inserts a user with a password hash computed beforehand (on the hashing threads, outside
+/// the transaction).
 pub fn insert(
     conn: &mut DbConnection,
     username: &str,
-    password: &str,
+    password_hash: String,
     role: Role,
 ) -> ApiResult<User> {
     let now = Utc::now().naive_utc();
     let user = User {
         id: uuid::Uuid::new_v4().to_string(),
         username: username.to_owned(),
-        password_hash: auth::hash_password(password)?,
+        password_hash,
         role: role.as_str().to_owned(),
         disabled: false,
         created_at: now,
@@ -162,11 +164,12 @@ pub fn bootstrap_admin(
         Some(p) => (p.to_owned(), false),
         None => (auth::random_password(), true),
     };
+    let hash = auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e.message))?;
     db.run_blocking(|conn| {
         crate::db::write_transaction(conn, |conn| {
             // Another server process may have bootstrapped between the count and now.
             if count(conn)? == 0 {
-                insert(conn, FIRST_ADMIN, &password, Role::Admin)?;
+                insert(conn, FIRST_ADMIN, hash.clone(), Role::Admin)?;
                 audit::record(
                     conn,
                     &AuditEntry::new("user.bootstrap", "success")
@@ -213,6 +216,9 @@ fn login_response(state: &AppState, user: &User) -> ApiResult<LoginResponse> {
 
 /// `POST /api/v1/auth/login`. Failed attempts are counted per account and per source address;
 /// past the limit both are refused with 429 until the lock ends, correct password or not.
+/// Each attempt takes its slot in both counts before its password is checked, so a burst of
+/// concurrent guesses gets no more checks than the limit; the check itself waits its turn on
+/// the hashing threads (`hashing.rs`).
 pub async fn login(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -229,55 +235,40 @@ pub async fn login(
     let source_key = source.clone().unwrap_or_default();
     let account_key = username.to_lowercase();
     let limits = &state.limits;
-    let locked = limits
-        .login_by_source
-        .check(&source_key)
-        .and(limits.login_by_account.check(&account_key));
-    if let Err(wait) = locked {
-        let entry = AuditEntry::new("auth.login", "rate_limited")
-            .actor(Some(username.clone()), None)
-            .target(Some(username))
-            .source(source);
-        state
-            .db
-            .run(move |conn| audit::record(conn, &entry))
-            .await?;
-        return Err(ApiError::too_many_requests(
-            retry_after_secs(wait),
-            "too many failed logins; try again later",
-        ));
-    }
+    let mut slots = refusals::admit(
+        &[
+            (&limits.login_by_source, source_key.as_str()),
+            (&limits.login_by_account, account_key.as_str()),
+        ],
+        "too many failed logins; try again later",
+    )
+    .await?;
+    let (Some(by_account), Some(by_source)) = (slots.pop(), slots.pop()) else {
+        return Err(ApiError::internal("login admission lost a slot"));
+    };
     let name = username.clone();
     let user = state
         .db
-        .run(move |conn| {
-            let user = find_by_username(conn, &name)?;
-            // Verify against a dummy hash for unknown names so both failures take as long.
-            let hash = user
-                .as_ref()
-                .map(|u| u.password_hash.as_str())
-                .unwrap_or(auth::dummy_hash());
-            let ok = auth::verify_password(&password, hash);
-            Ok(user.filter(|u| ok && !u.disabled))
-        })
+        .run(move |conn| find_by_username(conn, &name))
         .await?;
-    let Some(user) = user else {
-        limits.login_by_source.record_failure(&source_key);
-        limits.login_by_account.record_failure(&account_key);
-        let entry = AuditEntry::new("auth.login", "failure")
+    // An unknown name is checked against a dummy hash, so both failures take as long.
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let ok = limits.hashing.verify(password, hash).await?;
+    let Some(user) = user.filter(|u| ok && !u.disabled) else {
+        let mut entries = vec![AuditEntry::new("auth.login", "failure")
             .actor(Some(username.clone()), None)
             .target(Some(username))
-            .source(source);
-        state
-            .db
-            .run(move |conn| audit::record(conn, &entry))
-            .await?;
+            .source(source)];
+        entries.extend(by_source.fail().as_ref().map(refusals::lockout_entry));
+        entries.extend(by_account.fail().as_ref().map(refusals::lockout_entry));
+        refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
             ErrorCode::InvalidCredentials,
             "wrong username or password",
         ));
     };
-    limits.login_by_account.reset(&account_key);
+    by_account.succeed(true);
+    by_source.succeed(false);
     let response = login_response(&state, &user)?;
     let entry = AuditEntry::new("auth.login", "success")
         .actor(Some(user.username.clone()), Some(response.role))
@@ -336,41 +327,39 @@ pub async fn change_password(
     } = body.into_inner();
     validate_password(&new_password)?;
     let account_key = user.username.to_lowercase();
-    if let Err(wait) = state.limits.login_by_account.check(&account_key) {
-        return Err(ApiError::too_many_requests(
-            retry_after_secs(wait),
-            "too many failed attempts",
-        ));
-    }
+    let slot = state
+        .limits
+        .login_by_account
+        .reserve(&account_key, refusals::ADMISSION_WAIT)
+        .await
+        .map_err(|r| refusals::refusal_error(r, "too many failed attempts"))?;
     let id = user.id.clone();
-    let current_ok = state
+    let hash = state
         .db
-        .run(move |conn| {
-            Ok(auth::verify_password(
-                &current_password,
-                &require(conn, &id)?.password_hash,
-            ))
-        })
+        .run(move |conn| Ok(require(conn, &id)?.password_hash))
+        .await?;
+    let current_ok = state
+        .limits
+        .hashing
+        .verify(current_password, Some(hash))
         .await?;
     let entry = AuditEntry::new("user.password", "success")
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(user.username.clone()))
         .source(audit::source_of(&req));
     if !current_ok {
-        state.limits.login_by_account.record_failure(&account_key);
-        let entry = entry.outcome("failure: wrong current password");
-        state
-            .db
-            .run(move |conn| audit::record(conn, &entry))
-            .await?;
+        let mut entries = vec![entry.outcome("failure: wrong current password")];
+        entries.extend(slot.fail().as_ref().map(refusals::lockout_entry));
+        refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
             ErrorCode::InvalidCredentials,
             "current password is wrong",
         ));
     }
+    slot.succeed(false);
+    let hash = state.limits.hashing.hash(new_password).await?;
     let id = user.id.clone();
     let updated = audited(&state.db, entry, move |conn| {
-        let hash = auth::hash_password(&new_password)?;
         diesel::update(users::table.find(&id))
             .set((
                 users::password_hash.eq(hash),
@@ -438,8 +427,9 @@ pub async fn create_user(
         .target(Some(username.clone()))
         .params(serde_json::json!({"role": role.as_str()}))
         .source(audit::source_of(&req));
+    let hash = state.limits.hashing.hash(password).await?;
     let user = audited(&state.db, entry, move |conn| {
-        insert(conn, &username, &password, role)
+        insert(conn, &username, hash, role)
     })
     .await?;
     Ok(HttpResponse::Created().json(Envelope::ok(user.to_api()?)))
@@ -489,6 +479,10 @@ pub async fn update_user(
             "passwordChanged": change.password.is_some(),
         }))
         .source(audit::source_of(&req));
+    let hash = match change.password.clone() {
+        Some(password) => Some(state.limits.hashing.hash(password).await?),
+        None => None,
+    };
     let user = audited(&state.db, entry, move |conn| {
         let user = require(conn, &id)?;
         let stays_admin = change
@@ -505,11 +499,6 @@ pub async fn update_user(
                 "the last enabled admin must stay an enabled admin",
             ));
         }
-        let hash = change
-            .password
-            .as_deref()
-            .map(auth::hash_password)
-            .transpose()?;
         diesel::update(users::table.find(&id))
             .set((
                 users::role.eq(change

@@ -1,0 +1,138 @@
+//! What a refused unauthenticated attempt costs the server: little, and a bounded number of
+//! audit rows.
+//!
+//! Failures that count towards a lock keep their row each (the limits bound them), a key that
+//! locks gets one row (`locked`), and the attempts refused while it is locked are only counted
+//! in memory, then written as one `refused` row per key every `audit_summary_secs` with the
+//! count and the time span. However many requests an attacker sends, the audit table grows by
+//! O(keys × periods), and the keys are capped by the limiters.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+
+use crate::audit::{self, AuditEntry};
+use crate::db::Db;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::ratelimit::{retry_after_secs, FailureLimiter, Label, Lockout, Refusal, Reservation};
+use crate::state::{AppState, Limits};
+
+/// How long an attempt waits while its key's remaining attempts are all being checked.
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(5);
+
+/// Puts a key into the row: an address as its source, anything else as its target.
+fn keyed(entry: AuditEntry, label: Label, key: &str) -> AuditEntry {
+    if label.key == "source" {
+        entry.source(Some(key.to_owned()))
+    } else {
+        entry.target(Some(key.to_owned()))
+    }
+}
+
+/// The row of a key that has just locked.
+pub fn lockout_entry(lock: &Lockout) -> AuditEntry {
+    let entry = AuditEntry::new(lock.label.action, "locked").params(serde_json::json!({
+        "key": lock.label.key,
+        "failures": lock.failures,
+        "lockedForSecs": retry_after_secs(lock.locked_for),
+    }));
+    keyed(entry, lock.label, &lock.key)
+}
+
+/// Writes rows in one transaction; nothing when there are none.
+pub async fn record_all(db: &Db, entries: Vec<AuditEntry>) -> ApiResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    db.run(move |conn| {
+        crate::db::write_transaction(conn, |conn| {
+            entries.iter().try_for_each(|e| audit::record(conn, e))
+        })
+    })
+    .await
+}
+
+/// Writes the summaries of the attempts refused since the last call; the janitor calls it
+/// every `audit_summary_secs`. Returns how many rows were written.
+pub async fn flush_summaries(db: &Db, limits: &Limits) -> ApiResult<usize> {
+    let entries: Vec<AuditEntry> = limits
+        .take_summaries()
+        .into_iter()
+        .map(|s| {
+            let entry = AuditEntry::new(s.label.action, "refused").params(serde_json::json!({
+                "key": s.label.key,
+                "count": s.count,
+                "since": s.since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "until": s.until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            }));
+            keyed(entry, s.label, &s.key)
+        })
+        .collect();
+    let n = entries.len();
+    if let Err(e) = record_all(db, entries).await {
+        // The counts are gone from memory; the log keeps them.
+        tracing::warn!(error = %e, rows = n, "refused-attempt summaries not written");
+        return Err(e);
+    }
+    Ok(n)
+}
+
+/// The answer to an attempt that was not admitted.
+pub fn refusal_error(refusal: Refusal, locked: &str) -> ApiError {
+    match refusal {
+        Refusal::Locked(wait) => ApiError::too_many_requests(retry_after_secs(wait), locked),
+        Refusal::Busy => {
+            ApiError::too_many_requests(1, "too many attempts at once for this key; try again")
+        }
+    }
+}
+
+/// Admits one attempt for each `(limiter, key)` in order, or answers why not. Slots already
+/// taken are given back when a later key refuses.
+pub async fn admit<'a>(
+    keys: &[(&'a FailureLimiter, &str)],
+    locked: &str,
+) -> ApiResult<Vec<Reservation<'a>>> {
+    let mut taken = Vec::with_capacity(keys.len());
+    for &(limiter, key) in keys {
+        let slot = limiter
+            .reserve(key, ADMISSION_WAIT)
+            .await
+            .map_err(|r| refusal_error(r, locked))?;
+        taken.push(slot);
+    }
+    Ok(taken)
+}
+
+/// Counts a refused token (401) against its source address. Past the limit the refusal is
+/// answered 429 with `Retry-After` instead, and is only counted for the summary; the failure
+/// that locks the address writes the one `auth.token` `locked` row. A valid token is never
+/// refused here, whatever its address did: tokens cannot be guessed, so a lock would protect
+/// nothing and would let one broken client lock out its neighbours behind the same NAT.
+pub async fn count_token<T>(
+    state: &AppState,
+    source: Option<&str>,
+    result: ApiResult<T>,
+) -> ApiResult<T> {
+    let err = match result {
+        Ok(value) => return Ok(value),
+        // A missing token is no attempt at anything; only a token that was refused counts.
+        Err(e) if e.status == StatusCode::UNAUTHORIZED && e.code != ErrorCode::Unauthorized => e,
+        Err(e) => return Err(e),
+    };
+    match state
+        .limits
+        .token_by_source
+        .note_failure(source.unwrap_or_default())
+    {
+        Ok(None) => Err(err),
+        Ok(Some(lock)) => {
+            record_all(&state.db, vec![lockout_entry(&lock)]).await?;
+            Err(err)
+        }
+        Err(wait) => Err(ApiError::too_many_requests(
+            retry_after_secs(wait),
+            "too many refused tokens from this address; try again later",
+        )),
+    }
+}
