@@ -28,6 +28,24 @@ struct AuditRow {
     outcome: String,
 }
 
+/// Longest `actor` and `target` stored, in bytes. Both columns are indexed, and PostgreSQL
+/// refuses an index entry past about 2.7 KB: a release id of 512 KiB in a deployment request
+/// failed the audit write, and with it the request, with a 500. The full value, where it
+/// matters, is in `params`.
+pub const MAX_INDEXED_LEN: usize = 256;
+
+/// `text` cut to `MAX_INDEXED_LEN` bytes at a character boundary, marked with `…` if cut.
+fn indexable(text: String) -> String {
+    if text.len() <= MAX_INDEXED_LEN {
+        return text;
+    }
+    let mut end = MAX_INDEXED_LEN - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 /// What to record. Parameters are a summary chosen by the caller; never put a secret in them.
 #[derive(Debug, Clone)]
 pub struct AuditEntry {
@@ -54,13 +72,14 @@ impl AuditEntry {
     }
 
     pub fn actor(mut self, actor: Option<String>, role: Option<Role>) -> Self {
-        self.actor = actor;
+        self.actor = actor.map(indexable);
         self.role = role;
         self
     }
 
+    /// The thing acted on, often an id straight from the request: cut to `MAX_INDEXED_LEN`.
     pub fn target(mut self, target: Option<String>) -> Self {
-        self.target = target;
+        self.target = target.map(indexable);
         self
     }
 
@@ -217,4 +236,24 @@ pub async fn list_audit(
         .run(move |conn| list(conn, &query, limit, offset))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_actors_and_targets_are_cut_at_a_character_boundary() {
+        assert_eq!(indexable("edge-1".into()), "edge-1");
+        let exact = "a".repeat(MAX_INDEXED_LEN);
+        assert_eq!(indexable(exact.clone()), exact);
+        let cut = indexable("é".repeat(1000));
+        assert!(cut.len() <= MAX_INDEXED_LEN, "{} bytes", cut.len());
+        assert!(cut.ends_with('…') && cut.starts_with("éé"));
+        let entry = AuditEntry::new("firmware.deploy", "success")
+            .actor(Some("u".repeat(5000)), None)
+            .target(Some("r".repeat(1 << 19)));
+        assert!(entry.actor.unwrap().len() <= MAX_INDEXED_LEN);
+        assert!(entry.target.unwrap().len() <= MAX_INDEXED_LEN);
+    }
 }
