@@ -120,7 +120,10 @@ async fn authenticate(
 ) -> ApiResult<Opened> {
     // A refused token counts against its source address like a failed login, so guessing
     // through the dashboard socket meets the same limit as guessing through REST.
-    let verified = state.jwt.verify(&token, Scope::User).map_err(ApiError::from);
+    let verified = state
+        .jwt
+        .verify(&token, Scope::User)
+        .map_err(ApiError::from);
     let claims = count_token(state, source, verified).await?;
     let revocations = slot
         .bind(&claims.sub, &claims.jti)
