@@ -907,10 +907,8 @@ fn build(
             }
         }
     };
-    if !body.is_empty() || kind == Kind::EmptyBody {
-        if !content_type.is_empty() {
-            headers.push(("Content-Type".into(), content_type));
-        }
+    if (!body.is_empty() || kind == Kind::EmptyBody) && !content_type.is_empty() {
+        headers.push(("Content-Type".into(), content_type));
     }
     Request {
         method,
