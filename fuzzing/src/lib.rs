@@ -265,7 +265,7 @@ mod tests {
                 |_, bytes| {
                     let v: serde_json::Value =
                         serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-                    assert!(v.get("n").map_or(true, |n| n.is_u64()), "not a number");
+                    assert!(v.get("n").is_none_or(|n| n.is_u64()), "not a number");
                     Ok(Verdict::Accepted)
                 },
             )
