@@ -419,7 +419,7 @@ async fn push_config(deps: Deps, id: String, patch: Value) -> Answered {
     }
     tracing::info!(applied = ?live, restart_needed = ?restart, "configuration pushed");
     answer(CommandResult::ok(id, output).with_data(json!({
-        "config": remote_config::redacted(&document),
+        "config": document,
         "applied": live,
         "restartRequired": restart,
     })))

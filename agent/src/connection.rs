@@ -20,7 +20,7 @@ use awc::ws::{CloseCode, CloseReason, Codec, Frame, Message as WsMessage};
 use awc::BoxedSocket;
 use futures_util::stream::{SplitSink, StreamExt};
 use protocol::commands::{Command, CommandResult};
-use protocol::device::{AlertEvent, DeviceEvent, DeviceFrame, ServerFrame};
+use protocol::device::{AlertEvent, DeviceEvent, DeviceFrame, ServerFrame, TelemetryEvent};
 use serde::Deserialize;
 
 use crate::backoff::Backoff;
@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::drain::Reenroll;
 use crate::enroll::{self, EnrollError, Enrollment};
 use crate::install;
+use crate::outbox::{self, Next, Outbox};
 use crate::status::{ReportNow, StatusReporter};
 use crate::store::{ClearToken, GetToken, SetToken, StoreActor, StoreError};
 
@@ -91,12 +92,14 @@ fn read_boot_id() -> Option<String> {
 pub struct Shutdown;
 
 /// An event for the server: sent when a session is open, dropped otherwise (records never
-/// travel as events, so nothing that must survive is lost).
+/// travel as events, so nothing that must survive is lost). Telemetry is coalesced and
+/// paced (`outbox`); command results and progress go out at once.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SendEvent(pub DeviceEvent);
 
-/// New settings after a `push_config`; a changed server URL reconnects at once.
+/// New settings after a `push_config`. The server URL is not among the settings a push may
+/// change (`remote_config::REMOTE_SETTINGS`), so the session stays where it is.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConfigChanged(pub Config);
@@ -144,6 +147,10 @@ pub struct Connection {
     /// Whether a `hello` was seen since the process started; the first one commits a
     /// firmware trial.
     greeted: bool,
+    /// Telemetry waiting to be sent, coalesced and paced under the server's limits.
+    outbox: Outbox,
+    /// The timer of the next outbox flush, while one is set.
+    flush_timer: Option<SpawnHandle>,
 }
 
 impl Connection {
@@ -167,6 +174,8 @@ impl Connection {
             shutting_down: false,
             version,
             greeted: false,
+            outbox: Outbox::new(Instant::now()),
+            flush_timer: None,
         }
     }
 
@@ -178,16 +187,19 @@ impl Connection {
         ctx.spawn(
             commit
                 .into_actor(self)
-                .map(|outcome, act, _ctx| match outcome {
+                .map(|outcome, act, ctx| match outcome {
                     Ok(Ok(None)) => {}
                     Ok(Ok(Some(rolled_back))) => {
                         let message = rolled_back.message();
                         tracing::warn!("{message}");
-                        act.send(&DeviceFrame::Event(DeviceEvent::Alert(AlertEvent {
-                            severity: "error".into(),
-                            message,
-                            ts: chrono::Utc::now(),
-                        })));
+                        act.send_event(
+                            DeviceEvent::Alert(AlertEvent {
+                                severity: "error".into(),
+                                message,
+                                ts: chrono::Utc::now(),
+                            }),
+                            ctx,
+                        );
                     }
                     Ok(Err(e)) => tracing::error!("cannot commit the firmware trial: {e}"),
                     Err(e) => tracing::error!("cannot commit the firmware trial: {e}"),
@@ -275,6 +287,8 @@ impl Connection {
         let stream = ctx.add_stream(stream);
         let heartbeat = ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| act.heartbeat(ctx));
         let now = Instant::now();
+        // The server's limits start afresh with each session.
+        self.outbox.reset(now);
         self.session = Some(Session {
             sink,
             stream,
@@ -293,6 +307,13 @@ impl Connection {
         self.epoch += 1;
         ctx.cancel_future(session.stream);
         ctx.cancel_future(session.heartbeat);
+        if let Some(timer) = self.flush_timer.take() {
+            ctx.cancel_future(timer);
+        }
+        let unsent = self.outbox.reset(Instant::now());
+        if unsent > 0 {
+            tracing::debug!(unsent, "session ended; dropping telemetry not yet sent");
+        }
         let writer = session.sink.handle();
         match close {
             // `SinkWrite::close` is not used: actix-codec's `Framed` shuts the socket down
@@ -329,6 +350,59 @@ impl Connection {
         let _ = session.sink.write(WsMessage::Ping(Default::default()));
     }
 
+    /// Sends an event: command results and progress at once, telemetry through the outbox.
+    fn send_event(&mut self, event: DeviceEvent, ctx: &mut Context<Self>) {
+        match TelemetryEvent::try_from(event) {
+            Ok(telemetry) => self.queue_telemetry(telemetry, ctx),
+            Err(event) => self.send(&DeviceFrame::Event(event)),
+        }
+    }
+
+    /// Queues telemetry for the next flush, which waits `COALESCE_DELAY` for more to share
+    /// the frame. Without a session it is dropped, as records never travel as events.
+    fn queue_telemetry(&mut self, event: TelemetryEvent, ctx: &mut Context<Self>) {
+        if self.shutting_down || self.session.is_none() {
+            tracing::debug!("not connected; dropping a telemetry event");
+            return;
+        }
+        self.outbox.push(&event);
+        if self.flush_timer.is_none() {
+            self.flush_timer =
+                Some(ctx.run_later(outbox::COALESCE_DELAY, |act, ctx| act.flush(ctx)));
+        }
+    }
+
+    /// Writes every frame pacing allows now, and sets the timer for the rest.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.flush_timer = None;
+        let Some(session) = &mut self.session else {
+            return;
+        };
+        loop {
+            match self.outbox.next(Instant::now()) {
+                Next::Empty => break,
+                Next::Frame(text) => {
+                    if session.sink.write(WsMessage::Text(text.into())).is_err() {
+                        tracing::warn!("socket is closing; dropping telemetry");
+                    }
+                }
+                Next::Wait(delay) => {
+                    self.flush_timer = Some(ctx.run_later(delay, |act, ctx| act.flush(ctx)));
+                    break;
+                }
+            }
+        }
+        let dropped = self.outbox.take_dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                waiting = self.outbox.waiting(),
+                "telemetry dropped: more than the server may take was waiting"
+            );
+        }
+    }
+
+    /// Sends a frame at once (an answer, never telemetry), spending from the frame budget.
     fn send(&mut self, frame: &DeviceFrame) {
         if self.shutting_down {
             tracing::debug!("shutting down; dropping a {} frame", frame_type(frame));
@@ -345,6 +419,7 @@ impl Connection {
         };
         match serde_json::to_string(frame) {
             Ok(text) => {
+                self.outbox.spend_frame(Instant::now());
                 if session.sink.write(WsMessage::Text(text.into())).is_err() {
                     tracing::warn!("socket is closing; dropping a {} frame", frame_type(frame));
                 }
@@ -459,6 +534,7 @@ struct CommandId {
 fn frame_type(frame: &DeviceFrame) -> &'static str {
     match frame {
         DeviceFrame::Auth { .. } => "auth",
+        DeviceFrame::Batch { .. } => "batch",
         DeviceFrame::Event(event) => event.event_type(),
     }
 }
@@ -542,8 +618,8 @@ impl Handler<Shutdown> for Connection {
 impl Handler<SendEvent> for Connection {
     type Result = ();
 
-    fn handle(&mut self, SendEvent(event): SendEvent, _ctx: &mut Self::Context) {
-        self.send(&DeviceFrame::Event(event));
+    fn handle(&mut self, SendEvent(event): SendEvent, ctx: &mut Self::Context) {
+        self.send_event(event, ctx);
     }
 }
 
@@ -562,13 +638,8 @@ impl Handler<Reenroll> for Connection {
 impl Handler<ConfigChanged> for Connection {
     type Result = ();
 
-    fn handle(&mut self, ConfigChanged(config): ConfigChanged, ctx: &mut Self::Context) {
-        let moved = config.server_url != self.config.server_url;
+    fn handle(&mut self, ConfigChanged(config): ConfigChanged, _ctx: &mut Self::Context) {
         self.config = config;
-        if moved && self.session.is_some() {
-            tracing::info!(server_url = %self.config.server_url, "server URL changed; reconnecting");
-            self.end_session(Some(CloseCode::Normal.into()), ctx);
-        }
     }
 }
 
@@ -711,12 +782,26 @@ mod tests {
                 .unwrap()
         }
 
-        /// The next event the agent sends, skipping pings and pongs.
+        thread_local! {
+            /// Events of a `batch` frame not handed out yet (each test runs on its own thread
+            /// with one socket at a time).
+            static PENDING: std::cell::RefCell<std::collections::VecDeque<DeviceEvent>> =
+                Default::default();
+        }
+
+        /// The next event the agent sends, alone or in a batch, skipping pings and pongs.
         pub async fn next_event(socket: &mut Socket) -> DeviceEvent {
             loop {
+                if let Some(event) = PENDING.with(|p| p.borrow_mut().pop_front()) {
+                    return event;
+                }
                 match next_frame(socket).await {
                     Frame::Text(bytes) => match serde_json::from_slice(&bytes).unwrap() {
                         DeviceFrame::Event(event) => return event,
+                        DeviceFrame::Batch { events } => PENDING.with(|p| {
+                            p.borrow_mut()
+                                .extend(events.into_iter().map(DeviceEvent::from))
+                        }),
                         DeviceFrame::Auth { .. } => panic!("unexpected auth frame"),
                     },
                     Frame::Ping(_) | Frame::Pong(_) => {}

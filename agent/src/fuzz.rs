@@ -189,12 +189,23 @@ fn fuzz_push_config_patches() {
             let Ok(patch) = serde_json::from_slice::<Value>(bytes) else {
                 return Ok(Verdict::Refused);
             };
-            let before = remote_config::load(&store).map_err(|e| e.to_string())?;
+            let before = remote_config::load(&store)
+                .map_err(|e| e.to_string())?
+                .document;
             match remote_config::apply(&store, &source, &patch) {
                 Ok((document, config)) => {
-                    let stored = remote_config::load(&store).map_err(|e| e.to_string())?;
+                    let stored = remote_config::load(&store)
+                        .map_err(|e| e.to_string())?
+                        .document;
                     if stored != document || !document.is_object() {
                         return Err(format!("answered {document}, stored {stored}"));
+                    }
+                    // Nothing outside the allow-list is ever stored, whatever the patch held.
+                    if let Some(key) = stored
+                        .as_object()
+                        .and_then(|o| o.keys().find(|k| !remote_config::is_allowed(k)))
+                    {
+                        return Err(format!("a forbidden key `{key}` was stored: {stored}"));
                     }
                     // What is stored must resolve again, as it will at the next start.
                     let again = remote_config::resolve(&source, &stored).map_err(|e| {
@@ -205,7 +216,9 @@ fn fuzz_push_config_patches() {
                     Ok(Verdict::Accepted)
                 }
                 Err(_) => {
-                    let after = remote_config::load(&store).map_err(|e| e.to_string())?;
+                    let after = remote_config::load(&store)
+                        .map_err(|e| e.to_string())?
+                        .document;
                     if after != before {
                         return Err(format!("a refused patch changed {before} into {after}"));
                     }

@@ -11,6 +11,7 @@ mod fuzz;
 mod gs1;
 mod install;
 mod logs;
+mod outbox;
 mod production;
 mod queue;
 mod remote_config;
@@ -74,10 +75,14 @@ fn main() -> ExitCode {
     };
     // Settings pushed by the server lie over the others. If they no longer fit (a flag
     // changed under them), the agent runs on the rest rather than not at all.
+    // Keys an older agent stored that may no longer be pushed are dropped, never applied.
+    let mut dropped = Vec::new();
     let (config, pushed_error) = match remote_config::load(&store)
         .map_err(|e| e.to_string())
-        .and_then(|doc| remote_config::resolve(&source, &doc).map_err(|e| e.to_string()))
-    {
+        .and_then(|loaded| {
+            dropped = loaded.dropped;
+            remote_config::resolve(&source, &loaded.document).map_err(|e| e.to_string())
+        }) {
         Ok(config) => (config, None),
         Err(e) => (base, Some(e)),
     };
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         &config.log_file,
         std::io::stderr().is_terminal(),
     );
+    remote_config::warn_dropped(&dropped);
     if let Some(e) = pushed_error {
         tracing::error!("pushed configuration ignored: {e}");
     }

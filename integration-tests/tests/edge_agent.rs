@@ -192,7 +192,7 @@ fn pushed_config_survives_restart_service() {
     assert!(unknown["output"]
         .as_str()
         .unwrap()
-        .contains("unknown field `deviceId`"));
+        .contains("`deviceId` can only be set in the local configuration"));
 
     let restart = command(
         &api,

@@ -21,15 +21,62 @@ pub enum ServerFrame {
     Error { code: String, message: String },
 }
 
-/// Device → server: the optional first-frame authentication, then events.
+/// Device → server: the optional first-frame authentication, then events, one per frame or
+/// several telemetry events in a `batch` frame (an addition to the contract: a device with
+/// a backlog sends one frame per `MAX_BATCH_EVENTS` events instead of one per event).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DeviceFrame {
     Auth {
         token: String,
     },
+    /// `{"type": "batch", "events": [...]}`: at most `limits::MAX_BATCH_EVENTS` events,
+    /// handled as if each had come in its own frame, in order.
+    Batch {
+        events: Vec<TelemetryEvent>,
+    },
     #[serde(untagged)]
     Event(DeviceEvent),
+}
+
+/// The events a `batch` frame may carry: telemetry. Command results and progress are not
+/// among them; they always travel alone so that nothing waits behind a backlog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TelemetryEvent {
+    Status(StatusEvent),
+    LogLine(LogLineEvent),
+    Scan(ScanEvent),
+    Print(PrintEvent),
+    Alert(AlertEvent),
+}
+
+impl From<TelemetryEvent> for DeviceEvent {
+    fn from(event: TelemetryEvent) -> Self {
+        match event {
+            TelemetryEvent::Status(e) => DeviceEvent::Status(e),
+            TelemetryEvent::LogLine(e) => DeviceEvent::LogLine(e),
+            TelemetryEvent::Scan(e) => DeviceEvent::Scan(e),
+            TelemetryEvent::Print(e) => DeviceEvent::Print(e),
+            TelemetryEvent::Alert(e) => DeviceEvent::Alert(e),
+        }
+    }
+}
+
+impl TryFrom<DeviceEvent> for TelemetryEvent {
+    /// Command results and progress, which are not telemetry.
+    type Error = DeviceEvent;
+
+    fn try_from(event: DeviceEvent) -> Result<Self, DeviceEvent> {
+        match event {
+            DeviceEvent::Status(e) => Ok(TelemetryEvent::Status(e)),
+            DeviceEvent::LogLine(e) => Ok(TelemetryEvent::LogLine(e)),
+            DeviceEvent::Scan(e) => Ok(TelemetryEvent::Scan(e)),
+            DeviceEvent::Print(e) => Ok(TelemetryEvent::Print(e)),
+            DeviceEvent::Alert(e) => Ok(TelemetryEvent::Alert(e)),
+            other => Err(other),
+        }
+    }
 }
 
 /// Everything a device reports once it is authenticated. The same events, with `deviceId`

@@ -9,6 +9,7 @@ pub mod commands;
 pub mod dashboard;
 pub mod device;
 pub mod firmware;
+pub mod limits;
 pub mod ota;
 pub mod rest;
 pub mod sync;

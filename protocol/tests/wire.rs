@@ -395,3 +395,37 @@ fn allow_downgrade_is_sent_only_when_true() {
     let text = serde_json::to_string(&fw).unwrap();
     assert!(text.contains(r#""allowDowngrade":true"#), "{text}");
 }
+
+#[test]
+fn batch_frames_carry_telemetry_only() {
+    use protocol::device::TelemetryEvent;
+    let text = r#"{"type": "batch", "events": [
+        {"type": "scan", "code": "0104601234567893", "valid": true, "ts": "2026-11-25T10:00:00Z"},
+        {"type": "log_line", "line": "hello", "level": "ERROR", "ts": "2026-11-25T10:00:00Z"},
+        {"type": "status", "status": "ONLINE", "ts": "2026-11-25T10:00:00Z"},
+        {"type": "print", "code": "0104601234567893", "ts": "2026-11-25T10:00:00Z"},
+        {"type": "alert", "severity": "warning", "message": "printer low", "ts": "2026-11-25T10:00:00Z"}
+    ]}"#;
+    let frame: DeviceFrame = serde_json::from_str(text).unwrap();
+    let DeviceFrame::Batch { events } = &frame else {
+        panic!("not a batch: {frame:?}");
+    };
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| DeviceEvent::from(e.clone()).event_type())
+        .collect();
+    assert_eq!(types, ["scan", "log_line", "status", "print", "alert"]);
+    assert_eq!(round_trip(&frame)["type"], "batch");
+
+    // Command results never ride in a batch, and a bad event spoils the whole frame.
+    for bad in [
+        r#"{"type": "batch", "events": [{"type": "command_result", "commandId": "c1", "success": true, "output": ""}]}"#,
+        r#"{"type": "batch", "events": [{"type": "scan", "code": "1", "valid": true, "ts": "2026-11-25T10:00:00Z"}, {"type": "scan"}]}"#,
+        r#"{"type": "batch", "events": {}}"#,
+        r#"{"type": "batch"}"#,
+    ] {
+        assert!(serde_json::from_str::<DeviceFrame>(bad).is_err(), "{bad}");
+    }
+    let result = DeviceEvent::CommandResult(CommandResult::ok("c1", "done"));
+    assert!(TelemetryEvent::try_from(result).is_err());
+}

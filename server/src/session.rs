@@ -12,7 +12,7 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use chrono::Utc;
-use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame};
+use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame, TelemetryEvent};
 use protocol::rest::DeviceStatus;
 
 use crate::auth::{bearer_token, Scope};
@@ -34,16 +34,22 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an unauthenticated socket may wait before sending its `auth` frame.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest text frame a device may send; a larger one is refused with an `error` frame and
-/// counted, and the session stays.
-pub const MAX_TEXT_FRAME: usize = 64 * 1024;
+/// Largest text frame, frame rate and event budget of a device: shared with the agent, which
+/// paces itself below them (`protocol::limits`). A frame past them is refused with an
+/// `error` frame and counted, and the session stays.
+pub use protocol::limits::{
+    EVENT_BURST, EVENT_RATE_PER_SEC, FRAME_BURST, FRAME_RATE_PER_SEC, MAX_BATCH_EVENTS,
+    MAX_TEXT_FRAME,
+};
 /// Largest frame the WebSocket codec reads at all; past it the stream is unusable and closed.
 pub const MAX_FRAME_SIZE: usize = 1024 * 1024;
-/// Frames per second a device may send on average, and the burst it may save up.
-pub const FRAME_RATE_PER_SEC: f64 = 200.0;
-pub const FRAME_BURST: f64 = 400.0;
-/// Refused frames (too large or too fast) tolerated per `REFUSAL_WINDOW`; past it the device
-/// is disconnected with `CLOSE_FLOOD`.
+/// A batch refused for the event budget counts one refusal per this many of its events (the
+/// share of the event budget one frame of the frame rate carries), so a device flooding
+/// with full batches is cut off as soon as one flooding with single frames would be, and
+/// is not tolerated 200 times longer for packing 200 events into each frame.
+pub const EVENTS_PER_REFUSAL: f64 = EVENT_RATE_PER_SEC / FRAME_RATE_PER_SEC;
+/// Refused frames (too large, too fast, a batch too large or over the event budget)
+/// tolerated per `REFUSAL_WINDOW`; past it the device is disconnected with `CLOSE_FLOOD`.
 pub const MAX_REFUSALS_PER_WINDOW: u32 = 1000;
 pub const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 /// The device is told about refused frames at most this often, so refusals cannot be used to
@@ -58,7 +64,7 @@ pub const CLOSE_TOKEN_REVOKED: u16 = 4001;
 pub const CLOSE_AUTH_FAILED: u16 = 4401;
 /// Close code: no `auth` frame within `AUTH_TIMEOUT`.
 pub const CLOSE_AUTH_TIMEOUT: u16 = 4408;
-/// Close code: too many refused frames (oversized or over the rate).
+/// Close code: too many refused frames (oversized or over a rate).
 pub const CLOSE_FLOOD: u16 = 4429;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
@@ -120,15 +126,54 @@ pub struct DeviceSession {
 /// Why a frame was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// Over `MAX_TEXT_FRAME` bytes.
     TooLarge,
+    /// Over the frame rate.
     TooFast,
+    /// A `batch` of more than `MAX_BATCH_EVENTS` events.
+    BatchTooLarge,
+    /// Over the event budget.
+    TooManyEvents,
 }
 
-/// A token bucket for frame rate, and the count of refusals in the current window.
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug)]
-pub struct FrameLimiter {
+struct TokenBucket {
     tokens: f64,
     refilled: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl TokenBucket {
+    fn full(rate: f64, burst: f64, now: Instant) -> Self {
+        TokenBucket {
+            tokens: burst,
+            refilled: now,
+            rate,
+            burst,
+        }
+    }
+
+    /// Takes `n` tokens if there are that many; otherwise takes none.
+    fn take(&mut self, n: f64, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refilled = now;
+        if self.tokens < n {
+            return false;
+        }
+        self.tokens -= n;
+        true
+    }
+}
+
+/// Token buckets for the frame rate and the event budget, and the count of refusals in the
+/// current window.
+#[derive(Debug)]
+pub struct FrameLimiter {
+    frames: TokenBucket,
+    events: TokenBucket,
     window_start: Instant,
     refusals_in_window: u32,
     last_notice: Option<Instant>,
@@ -138,8 +183,8 @@ pub struct FrameLimiter {
 impl FrameLimiter {
     pub fn new(now: Instant) -> Self {
         FrameLimiter {
-            tokens: FRAME_BURST,
-            refilled: now,
+            frames: TokenBucket::full(FRAME_RATE_PER_SEC, FRAME_BURST, now),
+            events: TokenBucket::full(EVENT_RATE_PER_SEC, EVENT_BURST, now),
             window_start: now,
             refusals_in_window: 0,
             last_notice: None,
@@ -147,31 +192,39 @@ impl FrameLimiter {
         }
     }
 
-    /// Takes a frame of `len` bytes: `Ok` to handle it, `Err` to refuse it.
+    /// Takes a frame of `len` bytes: `Ok` to read it, `Err` to refuse it.
     pub fn admit(&mut self, len: usize, now: Instant) -> Result<(), Refusal> {
-        let elapsed = now.duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * FRAME_RATE_PER_SEC).min(FRAME_BURST);
-        self.refilled = now;
-        let refusal = if len > MAX_TEXT_FRAME {
-            Some(Refusal::TooLarge)
-        } else if self.tokens < 1.0 {
-            Some(Refusal::TooFast)
-        } else {
-            self.tokens -= 1.0;
-            None
-        };
-        match refusal {
-            None => Ok(()),
-            Some(r) => {
-                if now.duration_since(self.window_start) > REFUSAL_WINDOW {
-                    self.window_start = now;
-                    self.refusals_in_window = 0;
-                }
-                self.refusals_in_window += 1;
-                self.refused_total += 1;
-                Err(r)
-            }
+        if len > MAX_TEXT_FRAME {
+            return Err(self.refuse(Refusal::TooLarge, 1, now));
         }
+        if !self.frames.take(1.0, now) {
+            return Err(self.refuse(Refusal::TooFast, 1, now));
+        }
+        Ok(())
+    }
+
+    /// Takes `count` telemetry events of one frame from the event budget, all or none: a
+    /// refused batch is refused whole, and weighs `EVENTS_PER_REFUSAL` events a refusal.
+    pub fn admit_events(&mut self, count: usize, now: Instant) -> Result<(), Refusal> {
+        if count > MAX_BATCH_EVENTS {
+            return Err(self.refuse(Refusal::BatchTooLarge, 1, now));
+        }
+        if !self.events.take(count as f64, now) {
+            let weight = (count as f64 / EVENTS_PER_REFUSAL).ceil().max(1.0) as u32;
+            return Err(self.refuse(Refusal::TooManyEvents, weight, now));
+        }
+        Ok(())
+    }
+
+    /// Counts one refused frame, weighing `weight` refusals in the window.
+    fn refuse(&mut self, refusal: Refusal, weight: u32, now: Instant) -> Refusal {
+        if now.saturating_duration_since(self.window_start) > REFUSAL_WINDOW {
+            self.window_start = now;
+            self.refusals_in_window = 0;
+        }
+        self.refusals_in_window = self.refusals_in_window.saturating_add(weight);
+        self.refused_total += 1;
+        refusal
     }
 
     /// Past the tolerated number of refusals in the window.
@@ -189,6 +242,26 @@ impl FrameLimiter {
             }
         }
     }
+}
+
+/// Just enough of a frame to count a batch's events without parsing them (about a sixth
+/// of the cost), so that a batch over the budget is refused cheaply.
+#[derive(serde::Deserialize)]
+struct BatchPeek {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    events: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// The number of events of a `batch` frame; `None` for any other frame, or one this cheap
+/// reading cannot make sense of (the full parse then says why).
+fn batch_len(text: &str) -> Option<usize> {
+    let peek: BatchPeek = serde_json::from_str(text).ok()?;
+    if peek.kind != "batch" {
+        return None;
+    }
+    peek.events.map(|events| events.len())
 }
 
 impl DeviceSession {
@@ -288,6 +361,17 @@ impl DeviceSession {
             );
             return;
         }
+        // A batch is counted against the event budget before its events are parsed: a
+        // refused batch must cost little to refuse, or refusing would be the flood.
+        let mut admitted = None;
+        if self.identity.is_some() {
+            if let Some(count) = batch_len(text) {
+                if !self.admit_batch(ctx, count) {
+                    return;
+                }
+                admitted = Some(count);
+            }
+        }
         let frame: DeviceFrame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
@@ -330,11 +414,53 @@ impl DeviceSession {
                     }
                 }));
             }
-            (DeviceFrame::Event(_), None) => {
+            (DeviceFrame::Event(_) | DeviceFrame::Batch { .. }, None) => {
                 Self::send_error(ctx, "unauthenticated", "send an auth frame first");
                 Self::close(ctx, CLOSE_AUTH_FAILED, "not authenticated");
             }
-            (DeviceFrame::Event(event), Some(identity)) => self.handle_event(ctx, identity, event),
+            (DeviceFrame::Event(event), Some(identity)) => {
+                // Command results and progress are not telemetry and never wait for the
+                // event budget; the frame rate bounds them.
+                let telemetry = !matches!(
+                    event,
+                    DeviceEvent::CommandResult(_) | DeviceEvent::CommandProgress(_)
+                );
+                if telemetry && !self.admit_events(ctx, 1) {
+                    return;
+                }
+                self.handle_event(ctx, identity, event);
+            }
+            (DeviceFrame::Batch { events }, Some(identity)) => {
+                // Counted already, unless the cheap count could not read the frame.
+                if admitted != Some(events.len()) && !self.admit_batch(ctx, events.len()) {
+                    return;
+                }
+                self.handle_batch(ctx, identity, events)
+            }
+        }
+    }
+
+    /// Admits a batch of `count` events: one frame against the frame rate (already taken),
+    /// each of its events against the event budget. A batch that is empty, too large or
+    /// over the budget is refused whole.
+    fn admit_batch(&mut self, ctx: &mut ws::WebsocketContext<Self>, count: usize) -> bool {
+        if count == 0 {
+            Self::send_error(ctx, "invalid_frame", "a batch needs at least one event");
+            return false;
+        }
+        self.admit_events(ctx, count)
+    }
+
+    /// An admitted `batch`: each event handled exactly as a frame of its own, in order. A
+    /// batch that does not parse never gets here (an `error` frame, nothing of it stored).
+    fn handle_batch(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        identity: DeviceIdentity,
+        events: Vec<TelemetryEvent>,
+    ) {
+        for event in events {
+            self.handle_event(ctx, identity.clone(), event.into());
         }
     }
 
@@ -435,10 +561,31 @@ impl DeviceSession {
     /// Applies the frame limits; `false` when the frame must not be handled.
     fn admit(&mut self, ctx: &mut ws::WebsocketContext<Self>, len: usize) -> bool {
         let now = Instant::now();
-        let refusal = match self.limiter.admit(len, now) {
-            Ok(()) => return true,
-            Err(r) => r,
-        };
+        match self.limiter.admit(len, now) {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.refused(ctx, refusal, now);
+                false
+            }
+        }
+    }
+
+    /// Applies the event budget to a frame's `count` telemetry events; `false` when none of
+    /// them must be handled.
+    fn admit_events(&mut self, ctx: &mut ws::WebsocketContext<Self>, count: usize) -> bool {
+        let now = Instant::now();
+        match self.limiter.admit_events(count, now) {
+            Ok(()) => true,
+            Err(refusal) => {
+                self.refused(ctx, refusal, now);
+                false
+            }
+        }
+    }
+
+    /// Counts a refusal with the registry, cuts a flooding device off, and otherwise tells
+    /// the device why (at most once per `REFUSAL_NOTICE_INTERVAL`).
+    fn refused(&mut self, ctx: &mut ws::WebsocketContext<Self>, refusal: Refusal, now: Instant) {
         if let Some(identity) = &self.identity {
             self.state.registry.do_send(FrameRefused {
                 device_id: identity.device_id.clone(),
@@ -457,7 +604,7 @@ impl DeviceSession {
             );
             Self::send_error(ctx, "flood", "too many refused frames; disconnecting");
             Self::close(ctx, CLOSE_FLOOD, "too many refused frames");
-            return false;
+            return;
         }
         if self.limiter.should_notify(now) {
             let (code, message) = match refusal {
@@ -466,6 +613,14 @@ impl DeviceSession {
                     "rate_limited",
                     format!("more than {FRAME_RATE_PER_SEC} frames per second; frames are being dropped"),
                 ),
+                Refusal::BatchTooLarge => (
+                    "batch_too_large",
+                    format!("a batch may carry at most {MAX_BATCH_EVENTS} events; the batch was dropped"),
+                ),
+                Refusal::TooManyEvents => (
+                    "rate_limited",
+                    format!("more than {EVENT_RATE_PER_SEC} events per second; events are being dropped"),
+                ),
             };
             Self::send_error(
                 ctx,
@@ -473,7 +628,6 @@ impl DeviceSession {
                 format!("{message} ({} refused so far)", self.limiter.refused_total),
             );
         }
-        false
     }
 }
 
@@ -655,6 +809,97 @@ mod tests {
             let _ = limiter.admit(10, now);
         }
         assert!(limiter.flooding());
+    }
+
+    #[test]
+    fn batches_spend_the_event_budget_whole_or_not_at_all() {
+        let now = Instant::now();
+        let mut limiter = FrameLimiter::new(now);
+        let full = EVENT_BURST as usize / MAX_BATCH_EVENTS;
+        for _ in 0..full {
+            assert_eq!(limiter.admit_events(MAX_BATCH_EVENTS, now), Ok(()));
+        }
+        assert_eq!(
+            limiter.admit_events(MAX_BATCH_EVENTS, now),
+            Err(Refusal::TooManyEvents)
+        );
+        assert_eq!(
+            limiter.refused_total, 1,
+            "a refused batch is one refused frame"
+        );
+        // A second refills EVENT_RATE_PER_SEC events: that many batches, not one more.
+        let later = now + Duration::from_secs(1);
+        let refilled = (0..100)
+            .filter(|_| limiter.admit_events(MAX_BATCH_EVENTS, later).is_ok())
+            .count();
+        assert_eq!(refilled, EVENT_RATE_PER_SEC as usize / MAX_BATCH_EVENTS);
+        assert_eq!(
+            limiter.admit_events(MAX_BATCH_EVENTS + 1, later + Duration::from_secs(5)),
+            Err(Refusal::BatchTooLarge)
+        );
+    }
+
+    #[test]
+    fn full_batches_over_the_budget_are_cut_off_as_soon_as_single_frames() {
+        let now = Instant::now();
+        let mut singles = FrameLimiter::new(now);
+        let mut batches = FrameLimiter::new(now);
+        for _ in 0..EVENT_BURST as usize / MAX_BATCH_EVENTS {
+            batches.admit_events(MAX_BATCH_EVENTS, now).unwrap();
+        }
+        for _ in 0..FRAME_BURST as usize {
+            singles.admit(10, now).unwrap();
+        }
+        let frames_to_cut = |limiter: &mut FrameLimiter, batch: bool| {
+            (1..=MAX_REFUSALS_PER_WINDOW + 1)
+                .find(|_| {
+                    let _ = if batch {
+                        limiter.admit_events(MAX_BATCH_EVENTS, now)
+                    } else {
+                        limiter.admit(10, now)
+                    };
+                    limiter.flooding()
+                })
+                .expect("cut off")
+        };
+        let single_frames = frames_to_cut(&mut singles, false);
+        let batch_frames = frames_to_cut(&mut batches, true);
+        // Each refused batch carries eight frames' worth of the event budget.
+        assert_eq!(single_frames, MAX_REFUSALS_PER_WINDOW + 1);
+        assert_eq!(
+            batch_frames,
+            single_frames.div_ceil((MAX_BATCH_EVENTS as f64 / EVENTS_PER_REFUSAL) as u32)
+        );
+    }
+
+    #[test]
+    fn a_paced_sender_at_the_limits_is_never_refused() {
+        // A device at exactly the frame rate, each frame a full batch at the event rate.
+        let start = Instant::now();
+        let mut limiter = FrameLimiter::new(start);
+        let per_frame = (EVENT_RATE_PER_SEC / FRAME_RATE_PER_SEC) as usize;
+        for i in 0..(FRAME_RATE_PER_SEC as u64 * 10) {
+            let now = start + Duration::from_micros(i * 1_000_000 / FRAME_RATE_PER_SEC as u64);
+            assert_eq!(limiter.admit(1000, now), Ok(()));
+            assert_eq!(limiter.admit_events(per_frame, now), Ok(()));
+        }
+        assert_eq!(limiter.refused_total, 0);
+    }
+
+    #[test]
+    fn a_batch_is_counted_without_parsing_its_events() {
+        let batch = r#"{"type":"batch","events":[{"type":"scan"},{"anything":[1,2]},3]}"#;
+        assert_eq!(batch_len(batch), Some(3));
+        assert_eq!(batch_len(r#"{"events":[],"type":"batch"}"#), Some(0));
+        for other in [
+            r#"{"type":"scan","code":"1","valid":true,"ts":"2026-01-01T00:00:00Z"}"#,
+            r#"{"type":"batch","events":{}}"#,
+            r#"{"type":"batch"}"#,
+            r#"[1,2]"#,
+            "not json",
+        ] {
+            assert_eq!(batch_len(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -103,8 +103,14 @@ impl Actor for TelemetryWriter {
     type Context = SyncContext<Self>;
 }
 
-/// Writes a batch in one transaction. Rows of a device deleted meanwhile fail the foreign
-/// key; then the batch is retried row by row so one gone device costs only its own rows.
+/// Rows per multi-row insert: 5 columns each stays far below SQLite's and PostgreSQL's
+/// limits on bound parameters.
+const INSERT_CHUNK: usize = 500;
+
+/// Writes a batch in one transaction, with one multi-row insert per table and chunk (a
+/// statement per row made a device's backlog of thousands of scans outrun the writer on a
+/// busy PostgreSQL). Rows of a device deleted meanwhile fail the foreign key; then the batch
+/// is retried row by row so one gone device costs only its own rows.
 pub fn write_batch(conn: &mut DbConnection, batch: &[Telemetry]) -> ApiResult<usize> {
     fn insert_one(conn: &mut DbConnection, record: &Telemetry) -> QueryResult<usize> {
         match record {
@@ -116,9 +122,30 @@ pub fn write_batch(conn: &mut DbConnection, batch: &[Telemetry]) -> ApiResult<us
                 .execute(conn),
         }
     }
+    let logs: Vec<&LogRow> = batch
+        .iter()
+        .filter_map(|r| match r {
+            Telemetry::Log(row) => Some(row),
+            Telemetry::Event(_) => None,
+        })
+        .collect();
+    let events: Vec<&EventRow> = batch
+        .iter()
+        .filter_map(|r| match r {
+            Telemetry::Event(row) => Some(row),
+            Telemetry::Log(_) => None,
+        })
+        .collect();
     let all = conn.transaction(|conn| {
-        for record in batch {
-            insert_one(conn, record)?;
+        for chunk in logs.chunks(INSERT_CHUNK) {
+            crate::on_backend!(conn, |c| diesel::insert_into(device_logs::table)
+                .values(chunk.to_vec())
+                .execute(c))?;
+        }
+        for chunk in events.chunks(INSERT_CHUNK) {
+            crate::on_backend!(conn, |c| diesel::insert_into(device_events::table)
+                .values(chunk.to_vec())
+                .execute(c))?;
         }
         QueryResult::Ok(batch.len())
     });
