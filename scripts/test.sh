@@ -8,8 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-postgres.sh
 bash scripts/ensure-chromium.sh
+bash scripts/ensure-deploy-tools.sh
 export TEST_POSTGRES_URL="${TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 cargo build --workspace --bins
+# deploy/ is read by systemd, sudo, nginx and the binaries themselves: check it with them.
+bash scripts/check-deploy.sh
 if [ "$#" -gt 0 ]; then
     cargo test --workspace "$@"
     exit
