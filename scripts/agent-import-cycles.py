@@ -126,6 +126,11 @@ def main():
         # Comments and strings name paths that are not imports.
         text = re.sub(r"//[^\n]*", "", text)
         blocks = inline_modules(text)
+        # A child module declared here (`mod foo;`) is also reachable as plain `foo::…`.
+        for child in re.findall(r"^\s*(?:pub(?:\([\w:]+\))?\s+)?mod\s+(\w+)\s*;", text, re.M):
+            target = mod + (child,)
+            if target in modules and re.search(r"(?<![\w:])" + child + r"::", text):
+                edges[mod].add(target)
         for pos, ref in references(text):
             # `super` inside an inline `mod tests { … }` is the file's own module.
             here = mod + tuple(name for (a, b, name) in blocks if a < pos < b)

@@ -45,13 +45,13 @@ impl StatusReporter {
                 let counts = queue.send(GetQueueCounts).await.ok().and_then(Result::ok);
                 let production = queue.send(GetProduction).await.ok().and_then(Result::ok);
                 let enabled = production.as_ref().map(|p| p.enabled).unwrap_or(true);
-                let metrics = metrics(
-                    &identity,
-                    &config,
-                    counts.map(|c| c.pending),
-                    enabled,
-                    disk_free(&config.data_dir),
-                );
+                // statvfs is a file-system call, so it runs off the event loop.
+                let dir = config.data_dir.clone();
+                let free = tokio::task::spawn_blocking(move || disk_free(&dir))
+                    .await
+                    .ok()
+                    .flatten();
+                let metrics = metrics(&identity, &config, counts.map(|c| c.pending), enabled, free);
                 events.do_send(SendEvent(DeviceEvent::Status(StatusEvent {
                     status: if enabled { "ONLINE" } else { "DISABLED" }.into(),
                     version: Some(identity.version.clone()),

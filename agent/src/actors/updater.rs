@@ -302,7 +302,12 @@ async fn fetch_and_stage(
     match outcome {
         Ok(got) => Ok((staged, got)),
         Err(e) => {
-            if let Err(rm) = std::fs::remove_file(&part) {
+            // A file-system call, so it runs off the event loop like every other one here.
+            let path = part.clone();
+            let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path))
+                .await
+                .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+            if let Err(rm) = removed {
                 if rm.kind() != std::io::ErrorKind::NotFound {
                     tracing::warn!(path = %part.display(), error = %rm, "partial firmware file not removed");
                 }
