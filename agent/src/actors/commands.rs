@@ -1,9 +1,11 @@
 //! The command handler actor: runs server commands once each and remembers their results.
 //!
 //! Dispatch is by command type; each type's work lives with the actor or module that owns
-//! it (the drain for `force_sync`, the store for the queue, production and configuration,
-//! `shell` for templates and the OS commands, `logs` for `pull_logs`, the updater and
-//! `install` for `update_firmware`).
+//! it (the drain for `force_sync`, the offline queue for the queue and production, the store
+//! for pushed configuration, the shell-template actor for templates and the OS commands,
+//! `logs` for `pull_logs`, the updater and `install` for `update_firmware`). The handler
+//! answers each `Execute` with its result; the connection that asked sends it, so the
+//! handler never needs the connection, only recipients for the events it sends on its own.
 //!
 //! Commands run one at a time in arrival order, except `update_firmware`: its download may
 //! take minutes, so it runs beside the others (the updater still takes one update at a time)
