@@ -2,6 +2,8 @@
 
 use std::sync::Mutex;
 
+use clap::Parser;
+
 use super::*;
 use crate::contract_copies::MAX_DEVICE_ID_LEN;
 
