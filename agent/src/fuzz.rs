@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use fuzzing::{corpus, run, Seed, Verdict};
 use serde_json::Value;
 
+use crate::actors::production::LineSplitter;
 use crate::config::{Cli, Config, ConfigSource, ConnectionMode, MIN_STATUS_INTERVAL_MS};
 use crate::gs1;
-use crate::production::LineSplitter;
 use crate::remote_config;
 use crate::store::Store;
 
@@ -89,7 +89,7 @@ fn fuzz_gs1_lines() {
             for line in &lines {
                 // A line is at most MAX_LINE bytes as read; each byte that is not UTF-8
                 // becomes a 3-byte replacement character.
-                if line.len() > 3 * crate::production::MAX_LINE {
+                if line.len() > 3 * crate::actors::production::MAX_LINE {
                     return Err(format!("a line of {} bytes", line.len()));
                 }
                 if let Ok(code) = gs1::parse(line) {
@@ -112,7 +112,7 @@ fn check_config(config: &Config) -> Result<(), String> {
         return Err(format!("status interval {:?}", config.status_interval));
     }
     if config.device_id.is_empty()
-        || config.device_id.len() > crate::config::MAX_DEVICE_ID_LEN
+        || config.device_id.len() > crate::contract_copies::MAX_DEVICE_ID_LEN
         || !config
             .device_id
             .chars()

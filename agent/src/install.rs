@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::updater::staged_path;
+use crate::firmware::staged_path;
 
 /// File name of the state, inside the staging directory.
 pub const STATE_FILE: &str = "installed.json";

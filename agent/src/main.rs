@@ -1,25 +1,23 @@
 //! `edge-agent`: reads its settings, opens its database and runs the agent's actors.
 
+mod actors;
 mod backoff;
-mod commands;
 mod config;
-mod connection;
-mod drain;
+mod contract_copies;
 mod enroll;
+mod firmware;
 #[cfg(test)]
 mod fuzz;
 mod gs1;
+mod identity;
 mod install;
 mod logs;
+mod messages;
 mod outbox;
-mod production;
-mod queue;
 mod remote_config;
 mod runtime;
 mod shell;
-mod status;
 mod store;
-mod updater;
 mod upstream;
 
 use std::io::{IsTerminal, Write};
@@ -31,10 +29,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::commands::EXIT_RESTART;
+use crate::actors::commands::EXIT_RESTART;
+use crate::actors::production;
 use crate::config::{Cli, Config, ConfigSource};
-use crate::connection::{Identity, Shutdown};
+use crate::identity::Identity;
 use crate::logs::LogControl;
+use crate::messages::Shutdown;
 use crate::store::Store;
 
 /// Exit code of a bad or missing setting, the same clap uses for a bad flag.
@@ -136,7 +136,7 @@ fn main() -> ExitCode {
 
 /// Whether this process runs the staged build of `version` (started through `current`).
 fn exe_is_staged(version: &str) -> bool {
-    let expected = updater::staged_name(version);
+    let expected = firmware::staged_name(version);
     std::env::current_exe()
         .ok()
         .and_then(|p| p.file_name().map(|n| n == std::ffi::OsStr::new(&expected)))
@@ -170,7 +170,7 @@ fn own_trial_dir() -> Option<std::path::PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
     let trial = install::load(dir).ok()?.trial?;
-    let staged = updater::staged_name(&trial.version);
+    let staged = firmware::staged_name(&trial.version);
     (exe.file_name()? == std::ffi::OsStr::new(&staged)).then(|| dir.to_owned())
 }
 
@@ -200,7 +200,7 @@ fn firmware_version(startup: Result<install::Startup, install::InstallError>) ->
     // The version reported is the installed one; a supervisor that does not start
     // `<staging dir>/current` would make that report wrong, which is worth a loud line.
     if startup.running != own {
-        let expected = updater::staged_name(&startup.running);
+        let expected = firmware::staged_name(&startup.running);
         let exe = std::env::current_exe().ok();
         if exe.as_ref().and_then(|p| p.file_name()) != Some(std::ffi::OsStr::new(&expected)) {
             tracing::warn!(

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::{Cli, Config, ConfigSource, ConnectionMode};
-use crate::store::{Store, StoreActor, StoreError};
+use crate::store::{Store, StoreError};
 
 /// The `kv` key of the stored document.
 const REMOTE_CONFIG_KEY: &str = "remote_config";
@@ -280,22 +280,6 @@ pub fn restart_needed(patch: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Applies a patch on the store's thread (see `apply`).
-#[derive(actix::Message)]
-#[rtype(result = "Result<(Value, Config), RemoteConfigError>")]
-pub struct ApplyConfig {
-    pub source: ConfigSource,
-    pub patch: Value,
-}
-
-impl actix::Handler<ApplyConfig> for StoreActor {
-    type Result = Result<(Value, Config), RemoteConfigError>;
-
-    fn handle(&mut self, msg: ApplyConfig, _: &mut Self::Context) -> Self::Result {
-        apply(self.store()?, &msg.source, &msg.patch)
-    }
 }
 
 #[cfg(test)]

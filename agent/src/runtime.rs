@@ -1,7 +1,11 @@
 //! Starts the agent's actors and wires them to each other.
 //!
-//! The connection and the actors that send events through it need each other's addresses,
-//! so the connection's context is made first and its actor runs last.
+//! This is the one file that knows every actor. Each actor gets the addresses of the actors it
+//! sends to, and a `Recipient` where the receiver would otherwise have to be imported by its
+//! sender: everything that reaches the server goes through the connection as a
+//! `Recipient<SendEvent>`, and the connection hands commands to the command handler as a
+//! `Recipient<Execute>`. The connection and the actors that send events through it need
+//! each other's addresses, so the connection's context is made first and its actor runs last.
 
 use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
@@ -9,15 +13,19 @@ use std::sync::Arc;
 use actix::prelude::*;
 use tokio::sync::watch;
 
-use crate::commands::{CommandHandler, Deps};
+use crate::actors::commands::{CommandHandler, Deps};
+use crate::actors::connection::Connection;
+use crate::actors::drain::Drain;
+use crate::actors::production::Production;
+use crate::actors::queue::QueueActor;
+use crate::actors::shell::ShellActor;
+use crate::actors::status::StatusReporter;
+use crate::actors::store::StoreActor;
+use crate::actors::updater::Updater;
 use crate::config::{Config, ConfigSource};
-use crate::connection::{Connection, Identity};
-use crate::drain::Drain;
+use crate::identity::Identity;
 use crate::logs::LogControl;
-use crate::production::Production;
-use crate::status::StatusReporter;
-use crate::store::{Store, StoreActor};
-use crate::updater::Updater;
+use crate::store::{Shared, Store};
 
 /// Addresses of the running actors.
 pub struct Agent {
@@ -44,26 +52,32 @@ pub fn start(
     logs: LogControl,
 ) -> Agent {
     let (config_tx, config_rx) = watch::channel(config.clone());
-    let store = SyncArbiter::start(1, StoreActor::factory(store));
+    // One thread each: the store and the queue share one connection, whose lock keeps their
+    // calls apart, and a single thread per actor keeps each actor's messages in order.
+    let shared = Shared::new(store);
+    let store = SyncArbiter::start(1, StoreActor::factory(shared.clone()));
+    let queue = SyncArbiter::start(1, QueueActor::factory(shared));
+    let shell = ShellActor.start();
     let exit_code = Arc::new(AtomicU8::new(0));
 
     let connection_ctx = Context::<Connection>::new();
     let connection = connection_ctx.address();
     let drain = Drain::new(
         store.clone(),
+        queue.clone(),
         config_rx.clone(),
         connection.clone().recipient(),
     )
     .start();
     let status = StatusReporter::new(
-        store.clone(),
+        queue.clone(),
         connection.clone().recipient(),
         identity.clone(),
         config_rx.clone(),
     )
     .start();
     let production = Production::new(
-        store.clone(),
+        queue.clone(),
         connection.clone().recipient(),
         drain.clone(),
         config_rx.clone(),
@@ -79,10 +93,12 @@ pub fn start(
     let handler = CommandHandler::new(Deps {
         updater,
         store: store.clone(),
+        queue,
         drain,
+        shell,
         events: connection.clone().recipient(),
         config_changed: connection.clone().recipient(),
-        status: status.clone(),
+        status: status.clone().recipient(),
         config: Arc::new(config_tx),
         running: identity.version.clone(),
         source,
@@ -95,8 +111,8 @@ pub fn start(
     connection_ctx.run(Connection::new(
         config,
         store.clone(),
-        commands.clone(),
-        status,
+        commands.clone().recipient(),
+        status.recipient(),
         exit_code.clone(),
         identity.version.clone(),
     ));

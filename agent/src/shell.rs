@@ -1,5 +1,6 @@
 //! Shell templates for `exec_shell`: a compiled-in allow-list of named programs with typed
-//! parameters, and the runner shared with `reboot_os` / `shutdown_os`.
+//! parameters, and the runner shared with `reboot_os` / `shutdown_os`. Plain code: the
+//! shell-template actor (`actors/shell.rs`) is what runs it.
 //!
 //! A template is a program path and an argument list; each argument is either fixed text or
 //! exactly one parameter value. Programs are started directly (execve-style, never through a

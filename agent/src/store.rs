@@ -1,14 +1,17 @@
 //! The agent's SQLite file: the device token, the results of answered commands, and (through
-//! `queue.rs` and `remote_config.rs`) the offline queue, production state and pushed config.
+//! `store/queue.rs` and `remote_config.rs`) the offline queue, production state and pushed
+//! config.
 //!
-//! rusqlite blocks, so the store lives in its own `SyncArbiter` thread and every other actor
-//! talks to it with messages.
+//! rusqlite blocks, so this is plain code that only ever runs on a `SyncArbiter` thread (the
+//! store actor's and the offline queue's, `actors/store.rs` and `actors/queue.rs`), which
+//! share the one connection (`Shared`), or before the actors start.
+
+pub mod queue;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use actix::{Actor, Handler, Message, SyncContext};
 use protocol::commands::CommandResult;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -65,8 +68,6 @@ pub enum StoreError {
     },
     #[error("cannot encode command result: {0}")]
     Encode(serde_json::Error),
-    #[error("database is not open")]
-    Unavailable,
     #[error("stored {what} is unreadable: {reason}")]
     BadState { what: &'static str, reason: String },
 }
@@ -180,6 +181,24 @@ impl Store {
     }
 }
 
+/// The one open store, shared by the actors whose `SyncArbiter` threads use it. A lock
+/// around the connection keeps its use one statement or transaction at a time, as a single
+/// thread did before the queue got its own actor.
+#[derive(Clone)]
+pub struct Shared(Arc<Mutex<Store>>);
+
+impl Shared {
+    pub fn new(store: Store) -> Shared {
+        Shared(Arc::new(Mutex::new(store)))
+    }
+
+    /// The store, for one blocking call; a thread that panicked while holding it left no open
+    /// transaction behind (rusqlite rolls back on drop), so the connection stays usable.
+    pub fn lock(&self) -> MutexGuard<'_, Store> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// Creates the directory readable by its owner only when it is new, because the database
 /// holds the device token; an existing directory keeps the permissions its owner chose.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -196,124 +215,8 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-/// The store as an actor on its own thread.
-pub struct StoreActor {
-    store: Option<Store>,
-    data_dir: PathBuf,
-}
-
-impl StoreActor {
-    /// Hands an already opened store to a `SyncArbiter` factory. The factory runs once per
-    /// thread; should it run again (it does not with one thread), it reopens the file.
-    pub fn factory(store: Store) -> impl Fn() -> StoreActor + Send + Sync + 'static {
-        let data_dir = store
-            .path()
-            .parent()
-            .map(Path::to_owned)
-            .unwrap_or_default();
-        let slot = Mutex::new(Some(store));
-        move || {
-            let handed = slot.lock().ok().and_then(|mut s| s.take());
-            let store = handed.or_else(|| match Store::open(&data_dir) {
-                Ok(store) => Some(store),
-                Err(e) => {
-                    tracing::error!("cannot reopen the agent database: {e}");
-                    None
-                }
-            });
-            StoreActor {
-                store,
-                data_dir: data_dir.clone(),
-            }
-        }
-    }
-
-    pub(crate) fn store(&self) -> Result<&Store, StoreError> {
-        self.store.as_ref().ok_or(StoreError::Unavailable)
-    }
-
-    pub(crate) fn store_mut(&mut self) -> Result<&mut Store, StoreError> {
-        self.store.as_mut().ok_or(StoreError::Unavailable)
-    }
-}
-
-impl Actor for StoreActor {
-    type Context = SyncContext<Self>;
-
-    fn started(&mut self, _ctx: &mut Self::Context) {
-        tracing::debug!("store open in {}", self.data_dir.display());
-    }
-}
-
-/// The stored device JWT, if any.
-#[derive(Message)]
-#[rtype(result = "Result<Option<String>, StoreError>")]
-pub struct GetToken;
-
-#[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct SetToken(pub String);
-
-#[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct ClearToken;
-
-/// The stored result of an answered command.
-#[derive(Message)]
-#[rtype(result = "Result<Option<CommandResult>, StoreError>")]
-pub struct GetResult {
-    pub id: String,
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct PutResult {
-    pub result: CommandResult,
-}
-
-impl Handler<GetToken> for StoreActor {
-    type Result = Result<Option<String>, StoreError>;
-
-    fn handle(&mut self, _msg: GetToken, _ctx: &mut Self::Context) -> Self::Result {
-        self.store()?.token()
-    }
-}
-
-impl Handler<SetToken> for StoreActor {
-    type Result = Result<(), StoreError>;
-
-    fn handle(&mut self, msg: SetToken, _ctx: &mut Self::Context) -> Self::Result {
-        self.store()?.set_token(&msg.0)
-    }
-}
-
-impl Handler<ClearToken> for StoreActor {
-    type Result = Result<(), StoreError>;
-
-    fn handle(&mut self, _msg: ClearToken, _ctx: &mut Self::Context) -> Self::Result {
-        self.store()?.clear_token()
-    }
-}
-
-impl Handler<GetResult> for StoreActor {
-    type Result = Result<Option<CommandResult>, StoreError>;
-
-    fn handle(&mut self, msg: GetResult, _ctx: &mut Self::Context) -> Self::Result {
-        self.store()?.result(&msg.id)
-    }
-}
-
-impl Handler<PutResult> for StoreActor {
-    type Result = Result<(), StoreError>;
-
-    fn handle(&mut self, msg: PutResult, _ctx: &mut Self::Context) -> Self::Result {
-        self.store()?.put_result(&msg.result)
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
-    use actix::SyncArbiter;
     use serde_json::json;
 
     use super::*;
@@ -388,33 +291,5 @@ pub(crate) mod tests {
         std::fs::create_dir_all(file.parent().unwrap()).unwrap();
         std::fs::write(&file, b"a file, not a directory").unwrap();
         assert!(Store::open(&file.join("sub")).is_err());
-    }
-
-    #[actix::test]
-    async fn the_actor_answers_messages() {
-        let store = Store::open(&temp_dir()).unwrap();
-        let addr = SyncArbiter::start(1, StoreActor::factory(store));
-        assert_eq!(addr.send(GetToken).await.unwrap().unwrap(), None);
-        addr.send(SetToken("jwt".into())).await.unwrap().unwrap();
-        assert_eq!(
-            addr.send(GetToken).await.unwrap().unwrap().as_deref(),
-            Some("jwt")
-        );
-        addr.send(ClearToken).await.unwrap().unwrap();
-        assert_eq!(addr.send(GetToken).await.unwrap().unwrap(), None);
-
-        let result = CommandResult::ok("c9", "fine");
-        addr.send(PutResult {
-            result: result.clone(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        let got = addr
-            .send(GetResult { id: "c9".into() })
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, Some(result));
     }
 }

@@ -17,12 +17,12 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::actors::drain::{Drain, Kick};
+use crate::actors::queue::{Enqueue, QueueActor};
 use crate::config::Config;
-use crate::connection::SendEvent;
-use crate::drain::{Drain, Kick};
 use crate::gs1;
-use crate::queue::{Enqueue, Rules, ScanItem, ScanOutcome};
-use crate::store::StoreActor;
+use crate::messages::SendEvent;
+use crate::store::queue::{Rules, ScanItem, ScanOutcome};
 
 /// Longest line kept; the rest of a longer line is dropped and the line counts as invalid.
 pub const MAX_LINE: usize = 4096;
@@ -35,7 +35,7 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct ScanLines(pub Vec<String>);
 
 pub struct Production {
-    store: Addr<StoreActor>,
+    queue: Addr<QueueActor>,
     events: Recipient<SendEvent>,
     drain: Addr<Drain>,
     config: watch::Receiver<Config>,
@@ -43,13 +43,13 @@ pub struct Production {
 
 impl Production {
     pub fn new(
-        store: Addr<StoreActor>,
+        queue: Addr<QueueActor>,
         events: Recipient<SendEvent>,
         drain: Addr<Drain>,
         config: watch::Receiver<Config>,
     ) -> Self {
         Production {
-            store,
+            queue,
             events,
             drain,
             config,
@@ -85,7 +85,7 @@ impl Handler<ScanLines> for Production {
 
     fn handle(&mut self, ScanLines(lines): ScanLines, _: &mut Self::Context) -> Self::Result {
         let config = self.config.borrow().clone();
-        let store = self.store.clone();
+        let queue = self.queue.clone();
         let events = self.events.clone();
         let drain = self.drain.clone();
         Box::pin(async move {
@@ -108,7 +108,7 @@ impl Handler<ScanLines> for Production {
             let outcome = if items.is_empty() {
                 ScanOutcome::default()
             } else {
-                let answer = store.send(Enqueue { items, rules }).await;
+                let answer = queue.send(Enqueue { items, rules }).await;
                 match answer {
                     Ok(Ok(outcome)) => outcome,
                     Ok(Err(e)) => {

@@ -1,4 +1,4 @@
-//! The offline queue (table `queue`) and the production state (open batch and pallet, enabled
+//! The offline queue's tables: the records (table `queue`) and the production state (open batch and pallet, enabled
 //! flag) that is written in the same transaction as the records it produces.
 //!
 //! A record is committed here (WAL, `synchronous=FULL`) before anything acknowledges its scan,
@@ -6,7 +6,6 @@
 //! `seq` order. The record id is chosen once, at insert, so every resend carries the same id
 //! and the server's duplicate check makes delivery exactly-once.
 
-use actix::{Handler, Message};
 use chrono::{DateTime, Utc};
 use protocol::sync::{RecordKind, SyncRecord};
 use rusqlite::params;
@@ -14,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::gs1::Gs1Code;
-use crate::store::{Store, StoreActor, StoreError};
+use crate::store::{Store, StoreError};
 
 pub const PENDING: &str = "PENDING";
 pub const SENT: &str = "SENT";
@@ -413,122 +412,6 @@ impl Store {
             "DELETE FROM queue WHERE state = 'SENT' AND sent_at < ?1",
             params![before.to_rfc3339()],
         )? as u64)
-    }
-}
-
-/// Queues scanner lines (see `Store::enqueue`).
-#[derive(Message)]
-#[rtype(result = "Result<ScanOutcome, StoreError>")]
-pub struct Enqueue {
-    pub items: Vec<ScanItem>,
-    pub rules: Rules,
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<Vec<SyncRecord>, StoreError>")]
-pub struct Pending {
-    pub limit: usize,
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<u64, StoreError>")]
-pub struct MarkSent(pub Vec<String>);
-
-#[derive(Message)]
-#[rtype(result = "Result<(), StoreError>")]
-pub struct MarkFailed {
-    pub ids: Vec<String>,
-    pub error: String,
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<QueueCounts, StoreError>")]
-pub struct GetQueueCounts;
-
-#[derive(Message)]
-#[rtype(result = "Result<QueueCounts, StoreError>")]
-pub struct ClearQueue {
-    pub include_completed: bool,
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<u64, StoreError>")]
-pub struct PruneSent {
-    pub before: DateTime<Utc>,
-}
-
-#[derive(Message)]
-#[rtype(result = "Result<ProductionState, StoreError>")]
-pub struct GetProduction;
-
-/// Answers the state before the change.
-#[derive(Message)]
-#[rtype(result = "Result<ProductionState, StoreError>")]
-pub struct SetProduction {
-    pub enabled: bool,
-    pub reason: Option<String>,
-}
-
-impl Handler<Enqueue> for StoreActor {
-    type Result = Result<ScanOutcome, StoreError>;
-    fn handle(&mut self, msg: Enqueue, _: &mut Self::Context) -> Self::Result {
-        self.store_mut()?.enqueue(&msg.items, &msg.rules)
-    }
-}
-
-impl Handler<Pending> for StoreActor {
-    type Result = Result<Vec<SyncRecord>, StoreError>;
-    fn handle(&mut self, msg: Pending, _: &mut Self::Context) -> Self::Result {
-        self.store()?.pending(msg.limit)
-    }
-}
-
-impl Handler<MarkSent> for StoreActor {
-    type Result = Result<u64, StoreError>;
-    fn handle(&mut self, msg: MarkSent, _: &mut Self::Context) -> Self::Result {
-        self.store_mut()?.mark_sent(&msg.0)
-    }
-}
-
-impl Handler<MarkFailed> for StoreActor {
-    type Result = Result<(), StoreError>;
-    fn handle(&mut self, msg: MarkFailed, _: &mut Self::Context) -> Self::Result {
-        self.store_mut()?.mark_failed(&msg.ids, &msg.error)
-    }
-}
-
-impl Handler<GetQueueCounts> for StoreActor {
-    type Result = Result<QueueCounts, StoreError>;
-    fn handle(&mut self, _: GetQueueCounts, _: &mut Self::Context) -> Self::Result {
-        self.store()?.queue_counts()
-    }
-}
-
-impl Handler<ClearQueue> for StoreActor {
-    type Result = Result<QueueCounts, StoreError>;
-    fn handle(&mut self, msg: ClearQueue, _: &mut Self::Context) -> Self::Result {
-        self.store_mut()?.clear_queue(msg.include_completed)
-    }
-}
-
-impl Handler<PruneSent> for StoreActor {
-    type Result = Result<u64, StoreError>;
-    fn handle(&mut self, msg: PruneSent, _: &mut Self::Context) -> Self::Result {
-        self.store()?.prune_sent(msg.before)
-    }
-}
-
-impl Handler<GetProduction> for StoreActor {
-    type Result = Result<ProductionState, StoreError>;
-    fn handle(&mut self, _: GetProduction, _: &mut Self::Context) -> Self::Result {
-        self.store()?.production()
-    }
-}
-
-impl Handler<SetProduction> for StoreActor {
-    type Result = Result<ProductionState, StoreError>;
-    fn handle(&mut self, msg: SetProduction, _: &mut Self::Context) -> Self::Result {
-        self.store_mut()?.set_production(msg.enabled, msg.reason)
     }
 }
 

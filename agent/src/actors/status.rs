@@ -8,18 +8,13 @@ use protocol::device::{DeviceEvent, StatusEvent};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::actors::queue::{GetProduction, GetQueueCounts, QueueActor};
 use crate::config::Config;
-use crate::connection::{Identity, SendEvent};
-use crate::queue::{GetProduction, GetQueueCounts};
-use crate::store::StoreActor;
-
-/// Send a status now (after `hello`, or after production was switched).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ReportNow;
+use crate::identity::Identity;
+use crate::messages::{ReportNow, SendEvent};
 
 pub struct StatusReporter {
-    store: Addr<StoreActor>,
+    queue: Addr<QueueActor>,
     events: Recipient<SendEvent>,
     identity: Identity,
     config: watch::Receiver<Config>,
@@ -27,13 +22,13 @@ pub struct StatusReporter {
 
 impl StatusReporter {
     pub fn new(
-        store: Addr<StoreActor>,
+        queue: Addr<QueueActor>,
         events: Recipient<SendEvent>,
         identity: Identity,
         config: watch::Receiver<Config>,
     ) -> Self {
         StatusReporter {
-            store,
+            queue,
             events,
             identity,
             config,
@@ -41,22 +36,22 @@ impl StatusReporter {
     }
 
     fn report(&self, ctx: &mut Context<Self>) {
-        let store = self.store.clone();
+        let queue = self.queue.clone();
         let events = self.events.clone();
         let identity = self.identity.clone();
         let config = self.config.borrow().clone();
         ctx.spawn(
             async move {
-                let counts = store.send(GetQueueCounts).await.ok().and_then(Result::ok);
-                let production = store.send(GetProduction).await.ok().and_then(Result::ok);
+                let counts = queue.send(GetQueueCounts).await.ok().and_then(Result::ok);
+                let production = queue.send(GetProduction).await.ok().and_then(Result::ok);
                 let enabled = production.as_ref().map(|p| p.enabled).unwrap_or(true);
-                let metrics = metrics(
-                    &identity,
-                    &config,
-                    counts.map(|c| c.pending),
-                    enabled,
-                    disk_free(&config.data_dir),
-                );
+                // statvfs is a file-system call, so it runs off the event loop.
+                let dir = config.data_dir.clone();
+                let free = tokio::task::spawn_blocking(move || disk_free(&dir))
+                    .await
+                    .ok()
+                    .flatten();
+                let metrics = metrics(&identity, &config, counts.map(|c| c.pending), enabled, free);
                 events.do_send(SendEvent(DeviceEvent::Status(StatusEvent {
                     status: if enabled { "ONLINE" } else { "DISABLED" }.into(),
                     version: Some(identity.version.clone()),

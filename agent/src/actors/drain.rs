@@ -12,10 +12,11 @@ use actix::prelude::*;
 use protocol::sync::SyncRecord;
 use tokio::sync::{oneshot, watch};
 
+use crate::actors::queue::{GetQueueCounts, MarkFailed, MarkSent, Pending, PruneSent, QueueActor};
+use crate::actors::store::{ClearToken, GetToken, StoreActor};
 use crate::backoff::Backoff;
 use crate::config::{Config, ConnectionMode};
-use crate::queue::{GetQueueCounts, MarkFailed, MarkSent, Pending, PruneSent};
-use crate::store::{ClearToken, GetToken, StoreActor};
+use crate::messages::Reenroll;
 use crate::upstream::{self, UpstreamError};
 
 /// Records per upstream call; the server accepts up to `MAX_SYNC_BATCH_RECORDS`.
@@ -46,13 +47,9 @@ pub struct Kick;
 #[rtype(result = "DrainReport")]
 pub struct DrainNow;
 
-/// The upstream refused the device token; the connection enrolls again.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Reenroll;
-
 pub struct Drain {
     store: Addr<StoreActor>,
+    queue: Addr<QueueActor>,
     config: watch::Receiver<Config>,
     reenroll: Recipient<Reenroll>,
     backoff: Backoff,
@@ -64,11 +61,13 @@ pub struct Drain {
 impl Drain {
     pub fn new(
         store: Addr<StoreActor>,
+        queue: Addr<QueueActor>,
         config: watch::Receiver<Config>,
         reenroll: Recipient<Reenroll>,
     ) -> Self {
         Drain {
             store,
+            queue,
             config,
             reenroll,
             backoff: Backoff::default(),
@@ -88,7 +87,7 @@ impl Drain {
         self.running = true;
         let waiters = std::mem::take(&mut self.waiters);
         let config = self.config.borrow().clone();
-        let pass = drain_all(self.store.clone(), config);
+        let pass = drain_all(self.store.clone(), self.queue.clone(), config);
         ctx.spawn(
             pass.into_actor(self)
                 .map(move |(report, refused), act, ctx| {
@@ -135,14 +134,18 @@ impl Drain {
 
 /// Sends batches until the queue is empty or a call fails. The bool says the token was
 /// refused.
-async fn drain_all(store: Addr<StoreActor>, config: Config) -> (DrainReport, bool) {
+async fn drain_all(
+    store: Addr<StoreActor>,
+    queue: Addr<QueueActor>,
+    config: Config,
+) -> (DrainReport, bool) {
     let mut report = DrainReport::default();
     let mut refused = false;
     let client = awc::Client::builder()
         .timeout(upstream::REQUEST_TIMEOUT)
         .finish();
     loop {
-        let batch = match store.send(Pending { limit: SYNC_BATCH }).await {
+        let batch = match queue.send(Pending { limit: SYNC_BATCH }).await {
             Ok(Ok(batch)) => batch,
             Ok(Err(e)) => {
                 report.error = Some(format!("queue: {e}"));
@@ -162,7 +165,7 @@ async fn drain_all(store: Addr<StoreActor>, config: Config) -> (DrainReport, boo
             Err((done, e)) => (done, Some(e)),
         };
         if !done.is_empty() {
-            match store.send(MarkSent(done.clone())).await {
+            match queue.send(MarkSent(done.clone())).await {
                 Ok(Ok(n)) => report.sent += n,
                 Ok(Err(e)) => report.error = Some(format!("queue: {e}")),
                 Err(e) => report.error = Some(format!("queue: {e}")),
@@ -174,7 +177,7 @@ async fn drain_all(store: Addr<StoreActor>, config: Config) -> (DrainReport, boo
                 .map(|r| r.id.clone())
                 .filter(|id| !done.contains(id))
                 .collect();
-            let _ = store
+            let _ = queue
                 .send(MarkFailed {
                     ids: failed,
                     error: e.to_string(),
@@ -193,7 +196,7 @@ async fn drain_all(store: Addr<StoreActor>, config: Config) -> (DrainReport, boo
             break;
         }
     }
-    if let Ok(Ok(counts)) = store.send(GetQueueCounts).await {
+    if let Ok(Ok(counts)) = queue.send(GetQueueCounts).await {
         report.pending = counts.pending;
     }
     (report, refused)
@@ -272,7 +275,7 @@ impl Actor for Drain {
             }
         });
         ctx.run_interval(PRUNE_EVERY, |act, _| {
-            act.store.do_send(PruneSent {
+            act.queue.do_send(PruneSent {
                 before: chrono::Utc::now() - SENT_RETENTION,
             });
         });
