@@ -108,9 +108,11 @@ fn mask(text: &str, keep_strings: bool) -> Vec<char> {
             i = j;
         } else if c == 'r'
             && matches!(next, Some('"') | Some('#'))
-            && (i == 0 || !is_ident(src[i - 1]))
+            && (i == 0
+                || !is_ident(src[i - 1])
+                || (src[i - 1] == 'b' && (i == 1 || !is_ident(src[i - 2]))))
         {
-            // A raw string r"…" or r#"…"#.
+            // A raw string r"…" or r#"…"# (or a raw byte string, br"…").
             let hashes = src[i + 1..].iter().take_while(|&&c| c == '#').count();
             let open = i + 1 + hashes;
             if src.get(open) != Some(&'"') {
@@ -789,7 +791,7 @@ mod checkers {
     #[test]
     fn masking_keeps_positions_and_drops_comments_strings_and_tests() {
         let code = Code::of(
-            "let a = \"crate::api\"; // crate::api\n/* crate::api */ let c = '\"';\nlet d = crate::store::x;\n#[cfg(test)]\nmod tests { use crate::api; }\n",
+            "let a = \"crate::api\"; // crate::api\n/* crate::api */ let c = '\"'; let e = br#\"crate::api\"#;\nlet d = crate::store::x;\n#[cfg(test)]\nmod tests { use crate::api; }\n",
         );
         let refs = crate_refs(&code);
         assert_eq!(refs, vec![("store".to_owned(), 3)]);
