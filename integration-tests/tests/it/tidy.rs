@@ -685,8 +685,20 @@ pub fn cycle_offenders(sources: &[Source]) -> Vec<String> {
                 .windows(2)
                 .map(|pair| format!("{} -> {} ({})", pair[0], pair[1], graph[&pair[0]][&pair[1]]))
                 .collect();
+            // Pairs that import each other directly: the first places to cut.
+            let two_way: Vec<String> = component
+                .iter()
+                .flat_map(|a| component.iter().map(move |b| (a, b)))
+                .filter(|(a, b)| a < b && graph[*a].contains_key(*b) && graph[*b].contains_key(*a))
+                .map(|(a, b)| format!("{a} <-> {b}"))
+                .collect();
+            let two_way = if two_way.is_empty() {
+                String::new()
+            } else {
+                format!("\n      two-way: {}", two_way.join(", "))
+            };
             out.push(format!(
-                "{src_dir}: {} modules import each other in a circle: {}\n      e.g. {}",
+                "{src_dir}: {} modules import each other in a circle: {}{two_way}\n      e.g. {}",
                 component.len(),
                 component.join(", "),
                 steps.join(", ")
@@ -997,6 +1009,11 @@ mod checkers {
         let offenders = cycle_offenders(&sources);
         assert_eq!(offenders.len(), 1);
         assert!(offenders[0].contains("4 modules"), "{}", offenders[0]);
+        assert!(
+            offenders[0].contains("\n      two-way: a <-> b\n"),
+            "{}",
+            offenders[0]
+        );
         assert!(
             offenders[0].ends_with("e.g. a -> b (agent/src/a.rs:1), b -> a (agent/src/b.rs:1)"),
             "{}",
