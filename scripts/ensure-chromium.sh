@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure Debian's Chromium and its WebDriver are installed for the dashboard's browser
-# tests (integration-tests/tests/dashboard_e2e.rs), installing them from Debian's packages when
+# tests (integration-tests/tests/it/dashboard_e2e.rs), installing them from Debian's packages when
 # missing. Nothing downloads a browser build of its own. Exits non-zero when it cannot install
 # them: the tests then fail, they are never skipped.
 set -euo pipefail

@@ -36,11 +36,10 @@ use serde_json::Value;
 pub const ADMIN_PASSWORD: &str = "integration-admin-pw";
 pub const ENROLLMENT_KEY: &str = "integration-enrollment-key";
 
-/// The PostgreSQL server tests create their databases on. CI starts one at this address.
-pub fn postgres_admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
+/// The per-test database, shared with the server's own tests (crate `testdb`). For a server
+/// process SQLite means the server's default file in its data dir, so only a PostgreSQL
+/// database is handed over (`--database-url`).
+pub use testdb::{postgres_admin_url, Backend, TestDb};
 
 /// Path of a workspace binary: beside the running executable (a benchmark binary in
 /// `target/<profile>/`) or one directory up (a test in `target/<profile>/deps/`).
@@ -78,70 +77,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Which backend a test runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A database for one test: nothing for SQLite (the server's default file in its data dir),
-/// a new PostgreSQL database otherwise, dropped at the end.
-pub struct TestDb {
-    pub backend: Backend,
-    pg_name: Option<String>,
-}
-
-impl TestDb {
-    pub fn new(backend: Backend) -> Self {
-        match backend {
-            Backend::Sqlite => TestDb {
-                backend,
-                pg_name: None,
-            },
-            Backend::Postgres => {
-                let name = format!("factory_test_{}", uuid::Uuid::new_v4().simple());
-                let mut client = postgres::Client::connect(&postgres_admin_url(), postgres::NoTls)
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "PostgreSQL is required for this test and is not reachable at {}: {e}",
-                            postgres_admin_url()
-                        )
-                    });
-                client
-                    .batch_execute(&format!("CREATE DATABASE {name}"))
-                    .expect("create test database");
-                TestDb {
-                    backend,
-                    pg_name: Some(name),
-                }
-            }
-        }
-    }
-
-    /// The `--database-url` to give the server, if any.
-    pub fn url(&self) -> Option<String> {
-        self.pg_name.as_ref().map(|name| {
-            let admin = postgres_admin_url();
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-            format!("{base}/{name}")
-        })
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Some(name) = &self.pg_name {
-            if let Ok(mut client) =
-                postgres::Client::connect(&postgres_admin_url(), postgres::NoTls)
-            {
-                let _ =
-                    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
-        }
     }
 }
 
@@ -279,13 +214,7 @@ impl ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Moving fields out of a type with Drop needs a swap.
-        let db = std::mem::replace(
-            &mut self.db,
-            TestDb {
-                backend: Backend::Sqlite,
-                pg_name: None,
-            },
-        );
+        let db = std::mem::replace(&mut self.db, TestDb::sqlite());
         let dir = std::mem::replace(&mut self.data_dir, TempDir(PathBuf::new()));
         (db, dir)
     }

@@ -1,7 +1,7 @@
 //! The factory server's database: the diesel schema and the migrations of both backends.
 //!
 //! The two migration trees hold the same tables in each dialect; a change to one without the
-//! other is a bug, which `server/tests/schema_parity.rs` catches by comparing the columns both
+//! other is a bug, which `server/tests/it/schema_parity.rs` catches by comparing the columns both
 //! produce.
 
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};

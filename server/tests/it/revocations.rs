@@ -4,8 +4,6 @@ use chrono::{Duration, Utc};
 use server::db::Db;
 use server::tokens;
 
-mod common;
-
 fn check(db: &Db) {
     let now = Utc::now();
     db.run_blocking(|conn| {
@@ -29,10 +27,10 @@ fn check(db: &Db) {
 
 #[test]
 fn revocations_on_sqlite() {
-    check(&common::TestDb::sqlite().db);
+    check(&crate::common::ServerDb::sqlite().db);
 }
 
 #[test]
 fn revocations_on_postgres() {
-    check(&common::TestDb::postgres().db);
+    check(&crate::common::ServerDb::postgres().db);
 }

@@ -178,7 +178,7 @@ fn every_command_type_through_a_real_agent(backend: Backend) {
     seen.insert("reboot_os");
 
     // update_firmware: the URL serves nothing, so the agent's updater answers with the download
-    // error (tests/updater.rs stages real releases).
+    // error (the `updater` module stages real releases).
     let r = send(
         &api,
         device,

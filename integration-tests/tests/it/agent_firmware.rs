@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::artifact;
 use base64::Engine;
 use integration_tests::cut_proxy::CutProxy;
 use integration_tests::*;
@@ -22,13 +23,6 @@ on_both_backends!(
 );
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// A recognisable artifact of `n` bytes.
-fn artifact(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed as u32) as u8)
-        .collect()
-}
 
 fn online(api: &Api, agents: &[&AgentProcess]) {
     for agent in agents {

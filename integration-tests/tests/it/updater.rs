@@ -5,21 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine;
+use crate::common::{artifact, b64};
 use integration_tests::*;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
-
-/// A recognisable artifact of `n` bytes.
-fn artifact(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed as u32) as u8)
-        .collect()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 /// Names in the staging directory, temporary ones included.
 fn staged_files(dir: &Path) -> Vec<String> {

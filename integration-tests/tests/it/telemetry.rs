@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::common::scan;
 use integration_tests::*;
 use serde_json::{json, Value};
 
@@ -43,10 +44,6 @@ fn collect(socket: &mut WsClient, window: Duration) -> Vec<Value> {
         }
     }
     frames
-}
-
-fn scan(code: &str) -> Value {
-    json!({"type": "scan", "code": code, "valid": true, "ts": now_rfc3339()})
 }
 
 fn dashboard_gets_only_the_devices_it_subscribed_to(backend: Backend) {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use base64::Engine;
+use crate::common::{artifact, b64};
 use integration_tests::*;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
@@ -107,13 +107,6 @@ impl Http {
                 .body(body),
         )
     }
-}
-
-/// A recognisable artifact of `n` bytes.
-fn artifact(n: usize, seed: u8) -> Vec<u8> {
-    (0..n)
-        .map(|i| (i as u32).wrapping_mul(31).wrapping_add(seed as u32) as u8)
-        .collect()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -376,10 +369,6 @@ fn manifest(project: &str, version: &str, body: &[u8], expires: i64) -> Vec<u8> 
 fn key_pair() -> Ed25519KeyPair {
     let rng = ring::rand::SystemRandom::new();
     Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Query-string form of a base64 value.

@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
+use crate::common::b64url;
 use integration_tests::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -83,7 +83,7 @@ fn a_long_id_in_an_audited_request_is_no_server_error(backend: Backend) {
     assert_eq!(admin.get("/healthz").status, 200);
 }
 
-/// Found by the configuration fuzz target (`server/tests/fuzz.rs`): a token lifetime of 2^63
+/// Found by the configuration fuzz target (`server/tests/it/fuzz.rs`): a token lifetime of 2^63
 /// seconds passed the settings check, and then every login panicked the worker serving it,
 /// which dropped the connection unanswered. Now it is a bad setting like any other: the server
 /// stops at start with a one-line reason and exit code 2 (`contract.md`).
@@ -334,10 +334,6 @@ struct World {
     ota_token: String,
 }
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 fn sign(claims: &Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -381,7 +377,7 @@ fn setup(server: &ServerProcess) -> World {
         format!(
             "{}.{}.{}",
             parts[0],
-            b64(claims(now + 3600).to_string().as_bytes()),
+            b64url(claims(now + 3600).to_string().as_bytes()),
             parts[2]
         ),
     );

@@ -11,8 +11,6 @@ use diesel::sql_types::BigInt;
 use protocol::sync::{RecordKind, SyncRecord};
 use server::error::ApiError;
 
-mod common;
-
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -41,7 +39,7 @@ fn bottle(id: &str) -> SyncRecord {
 
 #[test]
 fn an_id_stored_meanwhile_by_another_transaction_is_a_duplicate_and_the_rest_is_kept() {
-    let test = common::TestDb::postgres();
+    let test = crate::common::ServerDb::postgres();
     let (held, is_held) = mpsc::channel();
     let (commit, may_commit) = mpsc::channel::<()>();
 
@@ -121,7 +119,7 @@ struct Setting {
 /// PostgreSQL connections plan every statement with its parameters.
 #[test]
 fn pooled_postgres_connections_plan_each_statement_with_its_parameters() {
-    let test = common::TestDb::postgres();
+    let test = crate::common::ServerDb::postgres();
     let mode = test
         .db
         .run_blocking(|conn| {

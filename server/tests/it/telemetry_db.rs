@@ -1,16 +1,14 @@
 //! Telemetry storage, the retention job and the device-list filters, against both databases.
 
-mod common;
-
+use crate::common::ServerDb;
 use chrono::{Duration, NaiveDateTime, SubsecRound, Utc};
-use common::TestDb;
 use diesel::prelude::*;
 use schema::schema::{device_events, device_group_members, device_groups, device_logs, devices};
 use server::devices::{list as list_devices, DeviceFilter};
 use server::telemetry::{self, Telemetry};
 
 fn add_device(
-    db: &TestDb,
+    db: &ServerDb,
     id: &str,
     name: &str,
     company: Option<&str>,
@@ -43,7 +41,7 @@ fn add_device(
         .unwrap();
 }
 
-fn count_rows(db: &TestDb) -> (i64, i64) {
+fn count_rows(db: &ServerDb) -> (i64, i64) {
     db.db
         .run_blocking(|conn| {
             let logs = device_logs::table.count().get_result(conn)?;
@@ -53,7 +51,7 @@ fn count_rows(db: &TestDb) -> (i64, i64) {
         .unwrap()
 }
 
-fn retention_deletes_exactly_what_is_older(db: TestDb) {
+fn retention_deletes_exactly_what_is_older(db: ServerDb) {
     add_device(&db, "edge-1", "Line 1", None, None, "OFFLINE");
     // PostgreSQL keeps microseconds; a cut-off finer than that could not be compared exactly.
     let now = Utc::now().trunc_subsecs(6);
@@ -118,7 +116,7 @@ fn retention_deletes_exactly_what_is_older(db: TestDb) {
     );
 }
 
-fn a_batch_survives_a_deleted_device(db: TestDb) {
+fn a_batch_survives_a_deleted_device(db: ServerDb) {
     add_device(&db, "edge-1", "Line 1", None, None, "OFFLINE");
     let now = Utc::now();
     let batch = vec![
@@ -139,7 +137,7 @@ fn a_batch_survives_a_deleted_device(db: TestDb) {
     assert_eq!(count_rows(&db), (1, 1));
 }
 
-fn device_filters(db: TestDb) {
+fn device_filters(db: ServerDb) {
     add_device(
         &db,
         "edge-a1",
@@ -275,10 +273,10 @@ fn device_filters(db: TestDb) {
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
-            $(#[test] fn $name() { super::$name(super::TestDb::sqlite()) })*
+            $(#[test] fn $name() { super::$name(super::ServerDb::sqlite()) })*
         }
         mod postgres {
-            $(#[test] fn $name() { super::$name(super::TestDb::postgres()) })*
+            $(#[test] fn $name() { super::$name(super::ServerDb::postgres()) })*
         }
     };
 }

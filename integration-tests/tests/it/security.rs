@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
+use crate::common::b64url;
 use integration_tests::*;
 use serde_json::{json, Value};
 
@@ -269,10 +269,6 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
         case(Access::OtaBoard, 200),
     );
     cases
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 fn sign(claims: &Value) -> String {
@@ -635,7 +631,7 @@ fn every_route_as_every_caller(backend: Backend) {
         format!(
             "{}.{}.{}",
             parts[0],
-            b64(claims.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes()),
             parts[2]
         ),
     );
@@ -643,8 +639,8 @@ fn every_route_as_every_caller(backend: Backend) {
         "none",
         format!(
             "{}.{}.",
-            b64(br#"{"alg":"none","typ":"JWT"}"#),
-            b64(admin_claims(&admin_id, 3600).to_string().as_bytes())
+            b64url(br#"{"alg":"none","typ":"JWT"}"#),
+            b64url(admin_claims(&admin_id, 3600).to_string().as_bytes())
         ),
     );
 

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::common::scan;
 use integration_tests::*;
 use protocol::limits::{EVENT_BURST, EVENT_RATE_PER_SEC, MAX_BATCH_EVENTS};
 use serde_json::{json, Value};
@@ -52,10 +53,6 @@ fn session(api: &Api, device: &str) -> Option<(i64, i64)> {
                 d["refusedFrames"].as_i64().expect("refusedFrames"),
             )
         })
-}
-
-fn scan(code: &str) -> Value {
-    json!({"type": "scan", "code": code, "valid": true, "ts": now_rfc3339()})
 }
 
 fn batch(prefix: &str, n: usize) -> Value {

@@ -4,7 +4,7 @@
 //!
 //! `BENCH_CODES` sets the number of codes (default 20000). For release figures:
 //! `cargo build --release --workspace --bins && cargo test --release -p integration-tests
-//! --test benchmark -- --nocapture`.
+//! --test it -- benchmark:: --nocapture`.
 
 use std::time::{Duration, Instant};
 

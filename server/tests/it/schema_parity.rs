@@ -5,8 +5,6 @@ use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
 use server::db::{Db, DbConnection};
 
-mod common;
-
 #[derive(Debug, QueryableByName, PartialEq, Eq, PartialOrd, Ord, Clone)]
 struct Column {
     #[diesel(sql_type = Text)]
@@ -44,8 +42,8 @@ fn columns(db: &Db) -> Vec<Column> {
 
 #[test]
 fn sqlite_and_postgres_migrations_define_the_same_columns() {
-    let lite_cols = columns(&common::TestDb::sqlite().db);
-    let pg_cols = columns(&common::TestDb::postgres().db);
+    let lite_cols = columns(&crate::common::ServerDb::sqlite().db);
+    let pg_cols = columns(&crate::common::ServerDb::postgres().db);
 
     assert!(!lite_cols.is_empty());
     assert_eq!(

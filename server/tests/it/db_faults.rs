@@ -9,8 +9,6 @@ use protocol::sync::{RecordKind, SyncRecord};
 use server::db::DbConnection;
 use server::error::{ApiError, ErrorCode};
 
-mod common;
-
 #[derive(QueryableByName)]
 struct Synchronous {
     #[diesel(sql_type = Integer)]
@@ -22,7 +20,7 @@ const SYNCHRONOUS_FULL: i32 = 2;
 
 #[test]
 fn pooled_sqlite_connections_sync_every_commit() {
-    let test = common::TestDb::sqlite();
+    let test = crate::common::ServerDb::sqlite();
     let mode = test
         .db
         .run_blocking(|conn| match conn {
@@ -38,7 +36,7 @@ fn pooled_sqlite_connections_sync_every_commit() {
 
 #[test]
 fn nul_text_refused_by_postgres_is_a_bad_request() {
-    let test = common::TestDb::postgres();
+    let test = crate::common::ServerDb::postgres();
     let record = SyncRecord {
         id: "nul-\u{0}-id".into(),
         kind: RecordKind::Bottle,

@@ -1,0 +1,33 @@
+//! A fresh database of each backend for tests that call the server's queries directly: the
+//! workspace's shared `testdb::TestDb`, opened with the server's `Db`.
+
+use server::config::DatabaseTarget;
+use server::db::Db;
+use testdb::{Target, TestDb};
+
+/// A test database and the server's pool on it; the pool closes before the database goes.
+pub struct ServerDb {
+    pub db: Db,
+    _test: TestDb,
+}
+
+impl ServerDb {
+    pub fn sqlite() -> ServerDb {
+        Self::open(TestDb::sqlite())
+    }
+
+    pub fn postgres() -> ServerDb {
+        Self::open(TestDb::postgres())
+    }
+
+    fn open(test: TestDb) -> ServerDb {
+        let target = match test.target() {
+            Target::Sqlite(path) => DatabaseTarget::Sqlite(path),
+            Target::Postgres(url) => DatabaseTarget::Postgres(url),
+        };
+        ServerDb {
+            db: Db::open(target).unwrap(),
+            _test: test,
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The server's tests against its library, one binary (CI links it once), a module per area:
+//! queries on real databases of both backends (`common::ServerDb`, on the workspace's shared
+//! `testdb`), schema parity, and the fuzz targets (`fuzz::fuzz_*`, which `scripts/test.sh` runs
+//! in a pass of its own, with their seeds in `tests/corpus/`).
+
+mod common;
+
+mod db_faults;
+mod fuzz;
+mod revocations;
+mod schema_parity;
+mod sync_store;
+mod telemetry_db;
