@@ -117,9 +117,9 @@ impl Default for Config {
             ota_admin_secret: None,
             ota_jwt_expiry_minutes: 30,
             ota_no_jwt: false,
-            dashboard_send_timeout_secs: crate::dashboard::SEND_TIMEOUT.as_secs(),
-            dashboard_max_per_user: crate::dashboard::MAX_DASHBOARDS_PER_USER,
-            dashboard_max_total: crate::dashboard::MAX_DASHBOARDS,
+            dashboard_send_timeout_secs: crate::actors::dashboard::SEND_TIMEOUT.as_secs(),
+            dashboard_max_per_user: crate::actors::dashboard::MAX_DASHBOARDS_PER_USER,
+            dashboard_max_total: crate::actors::dashboard::MAX_DASHBOARDS,
             log_level: "info".into(),
         }
     }

@@ -1,50 +1,21 @@
 //! Device groups: the model, its queries and routes, and dispatch to every member.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{NaiveDateTime, Utc};
+use chrono::Utc;
 use diesel::prelude::*;
 use protocol::rest::{DeviceGroup, Envelope, GroupRequest, MembersRequest, Page};
 use schema::schema::{device_group_members as members, device_groups as groups};
 use serde::Deserialize;
 
-use crate::audit::{self, audited, AuditEntry};
+use crate::api::audit::audited;
+use crate::api::commands::{fan_out, parse_dispatch, MAX_BULK_TARGETS};
+use crate::api::devices::paging;
 use crate::auth::{Authorized, DispatchCommands, ManageDevices, ViewDevices};
-use crate::command_api::{fan_out, parse_dispatch, MAX_BULK_TARGETS};
-use crate::db::DbConnection;
-use crate::devices::paging;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = groups)]
-pub struct GroupRow {
-    pub id: String,
-    pub name: String,
-    pub description: Option<String>,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-}
-
-fn not_found() -> ApiError {
-    ApiError::not_found(ErrorCode::GroupNotFound, "no such device group")
-}
-
-pub fn require(conn: &mut DbConnection, id: &str) -> ApiResult<GroupRow> {
-    groups::table
-        .find(id)
-        .select(GroupRow::as_select())
-        .first(conn)
-        .optional()?
-        .ok_or_else(not_found)
-}
-
-pub fn member_ids(conn: &mut DbConnection, id: &str) -> ApiResult<Vec<String>> {
-    Ok(members::table
-        .filter(members::group_id.eq(id))
-        .select(members::device_id)
-        .order(members::device_id.asc())
-        .load(conn)?)
-}
+use crate::store::audit::AuditEntry;
+use crate::store::db::DbConnection;
+use crate::store::groups::*;
 
 fn to_api(conn: &mut DbConnection, row: GroupRow, with_members: bool) -> ApiResult<DeviceGroup> {
     let member_count = members::table
@@ -77,21 +48,6 @@ fn validate_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn name_taken(conn: &mut DbConnection, name: &str, except: Option<&str>) -> ApiResult<()> {
-    let mut query = groups::table.filter(groups::name.eq(name)).into_boxed();
-    if let Some(id) = except {
-        query = query.filter(groups::id.ne(id.to_owned()));
-    }
-    let n: i64 = query.count().get_result(conn)?;
-    if n > 0 {
-        return Err(ApiError::conflict(
-            ErrorCode::GroupNameTaken,
-            format!("a group named {name} exists"),
-        ));
-    }
-    Ok(())
-}
-
 fn entry(
     user: &crate::auth::AuthUser,
     req: &HttpRequest,
@@ -101,7 +57,7 @@ fn entry(
     AuditEntry::new(action, "success")
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(target.to_owned()))
-        .source(audit::source_of(req))
+        .source(crate::auth::source_of(req))
 }
 
 /// `POST /api/v1/device-groups`.
@@ -178,7 +134,10 @@ pub async fn get_group(
     let id = path.into_inner();
     let group = state
         .db
-        .run(move |conn| require(conn, &id).and_then(|r| to_api(conn, r, true)))
+        .run(move |conn| {
+            let row = require(conn, &id)?;
+            to_api(conn, row, true)
+        })
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(group)))
 }
@@ -266,7 +225,7 @@ pub async fn add_members(
         let mut wanted = request.device_ids.clone();
         wanted.sort();
         wanted.dedup();
-        let existing = crate::devices::known_ids(conn, &wanted)?;
+        let existing = crate::store::devices::known_ids(conn, &wanted)?;
         let missing: Vec<&String> = wanted
             .iter()
             .filter(|d| !existing.contains(*d))
@@ -341,7 +300,7 @@ pub async fn dispatch_to_group(
         .db
         .run(move |conn| {
             require(conn, &id)?;
-            member_ids(conn, &id)
+            Ok(member_ids(conn, &id)?)
         })
         .await?;
     if targets.is_empty() {

@@ -24,13 +24,13 @@ use protocol::device::{DeviceEvent, ServerFrame};
 use protocol::rest::{CommandStatus, DispatchResponse};
 use tokio::sync::oneshot;
 
-use crate::commands;
-use crate::db::Db;
-use crate::devices;
+use crate::actors::events::{EventBus, Publish};
+use crate::actors::registry::{DeviceRegistry, Lookup};
+use crate::actors::session::DeliverCommand;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::events::{EventBus, Publish};
-use crate::registry::{DeviceRegistry, Lookup};
-use crate::session::DeliverCommand;
+use crate::store::commands;
+use crate::store::db::Db;
+use crate::store::devices;
 
 pub const DEVICE_OFFLINE: &str = "Device offline";
 /// How often queue expiry and confirmation deadlines are checked.
@@ -98,7 +98,7 @@ impl Actor for CommandDispatcher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Confirmations outlive a server restart: they are in the database.
         let db = self.db.clone();
-        async move { db.run(commands::confirming).await }
+        async move { db.run(|conn| Ok(commands::confirming(conn)?)).await }
             .into_actor(self)
             .map(|rows, act, _| {
                 for row in rows.unwrap_or_default() {
@@ -145,7 +145,9 @@ impl CommandDispatcher {
                 let db = self.db.clone();
                 actix::spawn(async move {
                     let _ = db
-                        .run(move |conn| commands::complete(conn, &result, CommandStatus::Failed))
+                        .run(move |conn| {
+                            Ok(commands::complete(conn, &result, CommandStatus::Failed)?)
+                        })
                         .await;
                 });
             }
@@ -156,9 +158,11 @@ impl CommandDispatcher {
         self.sweeping = true;
         let db = self.db.clone();
         async move {
-            let expired = db.run(move |conn| commands::expire_queued(conn, now)).await;
+            let expired = db
+                .run(move |conn| Ok(commands::expire_queued(conn, now)?))
+                .await;
             let overdue = db
-                .run(move |conn| commands::overdue_in_flight(conn, now))
+                .run(move |conn| Ok(commands::overdue_in_flight(conn, now)?))
                 .await;
             (expired, overdue)
         }
@@ -347,7 +351,7 @@ async fn finish(
     let stored = result.clone();
     let changed = ctx
         .db
-        .run(move |conn| commands::complete(conn, &stored, status))
+        .run(move |conn| Ok(commands::complete(conn, &stored, status)?))
         .await?;
     if !changed {
         // Someone else ended it first (a cancel); answer with what is stored.
@@ -366,7 +370,7 @@ async fn stored_outcome(ctx: &Ctx, id: &str) -> ApiResult<DispatchResponse> {
     let id = id.to_owned();
     let row = ctx
         .db
-        .run(move |conn| commands::find_by_id(conn, &id))
+        .run(move |conn| Ok(commands::find_by_id(conn, &id)?))
         .await?
         .ok_or_else(|| ApiError::not_found(ErrorCode::CommandNotFound, "command vanished"))?;
     Ok(response(row.result(), row.status()?))
@@ -402,7 +406,15 @@ async fn run_dispatch(
         let timeout_ms = msg.timeout.as_millis() as i64;
         let stored = ctx
             .db
-            .run(move |conn| commands::insert_pending(conn, &d, &c, timeout_ms, by.as_deref()))
+            .run(move |conn| {
+                Ok(commands::insert_pending(
+                    conn,
+                    &d,
+                    &c,
+                    timeout_ms,
+                    by.as_deref(),
+                )?)
+            })
             .await;
         if let Err(e) = stored {
             if let Some(tx) = msg.accepted.take() {
@@ -429,7 +441,7 @@ async fn run_dispatch(
     let kind = msg.command.command_type();
     let previous = if matches!(kind, CommandType::RestartService | CommandType::RebootOs) {
         let d = device_id.clone();
-        let row = ctx.db.run(move |conn| devices::find(conn, &d)).await?;
+        let row = ctx.db.run(move |conn| Ok(devices::find(conn, &d)?)).await?;
         row.and_then(|r| {
             if kind == CommandType::RebootOs {
                 r.boot_id
@@ -443,7 +455,7 @@ async fn run_dispatch(
     let id = command_id.clone();
     if !ctx
         .db
-        .run(move |conn| commands::mark_sent(conn, &id))
+        .run(move |conn| Ok(commands::mark_sent(conn, &id)?))
         .await?
     {
         return stored_outcome(ctx, &command_id).await;
@@ -472,7 +484,12 @@ async fn run_dispatch(
             let (stored, prev) = (result.clone(), previous.clone());
             ctx.db
                 .run(move |conn| {
-                    commands::start_confirming(conn, &stored, prev.as_deref(), deadline)
+                    Ok(commands::start_confirming(
+                        conn,
+                        &stored,
+                        prev.as_deref(),
+                        deadline,
+                    )?)
                 })
                 .await?;
             ctx.me.do_send(StartConfirming {
@@ -514,7 +531,7 @@ async fn offline(ctx: &Ctx, msg: &Dispatch) -> ApiResult<DispatchResponse> {
         let id = command_id.clone();
         if ctx
             .db
-            .run(move |conn| commands::mark_queued(conn, &id, expires_at))
+            .run(move |conn| Ok(commands::mark_queued(conn, &id, expires_at)?))
             .await?
         {
             let result = CommandResult::failed(
@@ -566,7 +583,14 @@ impl Handler<ProgressReceived> for CommandDispatcher {
         let p = msg.progress;
         actix::spawn(async move {
             let _ = db
-                .run(move |conn| commands::set_progress(conn, &p.command_id, p.percent, &p.message))
+                .run(move |conn| {
+                    Ok(commands::set_progress(
+                        conn,
+                        &p.command_id,
+                        p.percent,
+                        &p.message,
+                    )?)
+                })
                 .await;
         });
     }
@@ -607,7 +631,9 @@ impl Handler<StatusSeen> for CommandDispatcher {
             let db = self.db.clone();
             actix::spawn(async move {
                 let _ = db
-                    .run(move |conn| commands::complete(conn, &result, CommandStatus::Confirmed))
+                    .run(move |conn| {
+                        Ok(commands::complete(conn, &result, CommandStatus::Confirmed)?)
+                    })
                     .await;
             });
         }
@@ -624,7 +650,7 @@ impl Handler<DeviceConnected> for CommandDispatcher {
             let device_id = msg.device_id;
             let d = device_id.clone();
             let Ok(queued) = db
-                .run(move |conn| commands::queued_for_device(conn, &d))
+                .run(move |conn| Ok(commands::queued_for_device(conn, &d)?))
                 .await
             else {
                 return;
