@@ -540,6 +540,34 @@ pub async fn authenticate_user(state: &AppState, token: &str) -> ApiResult<AuthU
     })
 }
 
+/// The `token` query parameter of a WebSocket upgrade.
+pub fn query_token(req: &HttpRequest) -> Option<String> {
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("token").cloned())
+        .filter(|t| !t.is_empty())
+}
+
+/// The token a WebSocket upgrade carries: the `Authorization` header, else `?token=` while
+/// the compatibility setting allows it. `None`: the client will send an `auth` frame.
+pub fn upgrade_token(req: &HttpRequest, allow_query: bool) -> ApiResult<Option<String>> {
+    match (bearer_token(req), query_token(req)) {
+        (Some(header), _) => Ok(Some(header.to_owned())),
+        (None, Some(query)) if allow_query => Ok(Some(query)),
+        (None, Some(_)) => Err(ApiError::unauthorized(
+            ErrorCode::Unauthorized,
+            "?token= is turned off on this server; send the token in the Authorization header or an auth frame",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The peer address of a request. The proxy's forwarded header is not trusted here: a client
+/// could forge it, and the audit log must name where a call really came from.
+pub fn source_of(req: &HttpRequest) -> Option<String> {
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,32 +711,4 @@ mod tests {
         assert!(!secrets_equal("abc", "abd"));
         assert!(!secrets_equal("abc", "abcd"));
     }
-}
-
-/// The `token` query parameter of a WebSocket upgrade.
-pub fn query_token(req: &HttpRequest) -> Option<String> {
-    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.get("token").cloned())
-        .filter(|t| !t.is_empty())
-}
-
-/// The token a WebSocket upgrade carries: the `Authorization` header, else `?token=` while
-/// the compatibility setting allows it. `None`: the client will send an `auth` frame.
-pub fn upgrade_token(req: &HttpRequest, allow_query: bool) -> ApiResult<Option<String>> {
-    match (bearer_token(req), query_token(req)) {
-        (Some(header), _) => Ok(Some(header.to_owned())),
-        (None, Some(query)) if allow_query => Ok(Some(query)),
-        (None, Some(_)) => Err(ApiError::unauthorized(
-            ErrorCode::Unauthorized,
-            "?token= is turned off on this server; send the token in the Authorization header or an auth frame",
-        )),
-        (None, None) => Ok(None),
-    }
-}
-
-/// The peer address of a request. The proxy's forwarded header is not trusted here: a client
-/// could forge it, and the audit log must name where a call really came from.
-pub fn source_of(req: &HttpRequest) -> Option<String> {
-    req.peer_addr().map(|a| a.ip().to_string())
 }

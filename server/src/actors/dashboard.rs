@@ -47,20 +47,13 @@ use crate::state::AppState;
 /// Events buffered per dashboard before the bus starts dropping for it (and at most
 /// `events::MAX_QUEUED_BYTES` of them).
 pub const DASHBOARD_BUFFER: usize = 256;
-/// A frame the socket does not take within this long closes it: the browser stopped reading.
-/// The default of the `dashboard_send_timeout_secs` setting.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::config::{MAX_DASHBOARDS, MAX_DASHBOARDS_PER_USER, SEND_TIMEOUT};
 /// How long a closing socket has to take its close frame and end before it is cut.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How often an open socket's token is checked against the database again. Revocations made
 /// by this server reach their sockets at once; this catches expiry, and revocations written by
 /// another server process on the same database.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
-/// Default of `dashboard_max_per_user`: sockets one user may hold (tabs, wall screens).
-pub const MAX_DASHBOARDS_PER_USER: usize = 16;
-/// Default of `dashboard_max_total`: sockets the server holds, authenticated or not. A stalled
-/// one holds up to its channel's 1 MiB of events until its deadline, so this bounds memory.
-pub const MAX_DASHBOARDS: usize = 256;
 /// Largest frame a dashboard may send.
 pub const MAX_DASHBOARD_FRAME: usize = 64 * 1024;
 /// Most device ids or event types in one subscribe.

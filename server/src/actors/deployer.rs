@@ -155,8 +155,6 @@ impl FirmwareDeployer {
                     timeout: self.stage_timeout,
                     issued_by,
                     queue_ttl: Some(self.stage_timeout),
-                    stored: true,
-                    accepted: None,
                 });
                 async move {
                     match request.await {

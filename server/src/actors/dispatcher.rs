@@ -226,7 +226,8 @@ impl CommandDispatcher {
     }
 }
 
-/// Send `command` to `device_id` and answer with its outcome.
+/// Send `command`, whose PENDING row exists already (bulk dispatch, a deployment, queued
+/// delivery), to `device_id` and answer with its outcome.
 #[derive(Message)]
 #[rtype(result = "ApiResult<DispatchResponse>")]
 pub struct Dispatch {
@@ -236,10 +237,15 @@ pub struct Dispatch {
     pub issued_by: Option<String>,
     /// Keep the command this long for a device that is offline.
     pub queue_ttl: Option<Duration>,
-    /// The PENDING row exists already (bulk dispatch, queued delivery).
-    pub stored: bool,
-    /// Told once the command is stored (or refused), for callers that do not wait.
-    pub accepted: Option<oneshot::Sender<ApiResult<()>>>,
+}
+
+/// Store `dispatch.command` PENDING, tell `accepted` once it is stored (or refused), then
+/// send it like `Dispatch` and answer with its outcome.
+#[derive(Message)]
+#[rtype(result = "ApiResult<DispatchResponse>")]
+pub struct StoreAndDispatch {
+    pub dispatch: Dispatch,
+    pub accepted: oneshot::Sender<ApiResult<()>>,
 }
 
 /// A device answered a command.
@@ -276,12 +282,6 @@ pub struct DeviceConnected {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct StopWaiting {
-    command_id: String,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
 struct StartConfirming {
     command_id: String,
     device_id: String,
@@ -291,19 +291,41 @@ struct StartConfirming {
 }
 
 impl Handler<Dispatch> for CommandDispatcher {
-    type Result = ResponseFuture<ApiResult<DispatchResponse>>;
+    type Result = ResponseActFuture<Self, ApiResult<DispatchResponse>>;
 
-    fn handle(&mut self, mut msg: Dispatch, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> Self::Result {
+        self.start(msg, None, ctx)
+    }
+}
+
+impl Handler<StoreAndDispatch> for CommandDispatcher {
+    type Result = ResponseActFuture<Self, ApiResult<DispatchResponse>>;
+
+    fn handle(&mut self, msg: StoreAndDispatch, ctx: &mut Context<Self>) -> Self::Result {
+        self.start(msg.dispatch, Some(msg.accepted), ctx)
+    }
+}
+
+impl CommandDispatcher {
+    /// Registers the command's reply slot and runs its dispatch; `accepted` is set when the
+    /// PENDING row is still to be written. The slot is freed when the dispatch ends, back on
+    /// the actor.
+    fn start(
+        &mut self,
+        msg: Dispatch,
+        mut accepted: Option<oneshot::Sender<ApiResult<()>>>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ApiResult<DispatchResponse>> {
         let command_id = msg.command.id.clone();
         if self.waiting.contains_key(&command_id) {
             let err = ApiError::conflict(
                 ErrorCode::CommandInFlight,
                 format!("command {command_id} is already in flight"),
             );
-            if let Some(tx) = msg.accepted.take() {
+            if let Some(tx) = accepted.take() {
                 let _ = tx.send(Err(err.clone()));
             }
-            return Box::pin(async move { Err(err) });
+            return Box::pin(actix::fut::ready(Err(err)));
         }
         // Registered before anything is sent, so an answer can never arrive unclaimed.
         let (tx, rx) = oneshot::channel();
@@ -320,11 +342,14 @@ impl Handler<Dispatch> for CommandDispatcher {
             me: ctx.address(),
             windows: self.windows,
         };
-        Box::pin(async move {
-            let outcome = run_dispatch(&ctx_, msg, rx).await;
-            ctx_.me.do_send(StopWaiting { command_id });
-            outcome
-        })
+        Box::pin(
+            async move { run_dispatch(&ctx_, msg, accepted, rx).await }
+                .into_actor(self)
+                .map(move |outcome, act, _| {
+                    act.waiting.remove(&command_id);
+                    outcome
+                }),
+        )
     }
 }
 
@@ -392,12 +417,13 @@ impl Handler<PublishOutcome> for CommandDispatcher {
 
 async fn run_dispatch(
     ctx: &Ctx,
-    mut msg: Dispatch,
+    msg: Dispatch,
+    mut accepted: Option<oneshot::Sender<ApiResult<()>>>,
     rx: oneshot::Receiver<CommandResult>,
 ) -> ApiResult<DispatchResponse> {
     let command_id = msg.command.id.clone();
     let device_id = msg.device_id.clone();
-    if !msg.stored {
+    if accepted.is_some() {
         let (d, c, by) = (
             device_id.clone(),
             msg.command.clone(),
@@ -417,13 +443,13 @@ async fn run_dispatch(
             })
             .await;
         if let Err(e) = stored {
-            if let Some(tx) = msg.accepted.take() {
+            if let Some(tx) = accepted.take() {
                 let _ = tx.send(Err(e.clone()));
             }
             return Err(e);
         }
     }
-    if let Some(tx) = msg.accepted.take() {
+    if let Some(tx) = accepted.take() {
         let _ = tx.send(Ok(()));
     }
 
@@ -672,8 +698,6 @@ impl Handler<DeviceConnected> for CommandDispatcher {
                         timeout: Duration::from_millis(row.timeout_ms.max(1) as u64),
                         issued_by: row.issued_by.clone(),
                         queue_ttl: Some(remaining),
-                        stored: true,
-                        accepted: None,
                     })
                     .await;
                 if let Ok(Ok(r)) = outcome {
@@ -699,13 +723,5 @@ impl Handler<StartConfirming> for CommandDispatcher {
                 deadline: msg.deadline,
             },
         );
-    }
-}
-
-impl Handler<StopWaiting> for CommandDispatcher {
-    type Result = ();
-
-    fn handle(&mut self, msg: StopWaiting, _: &mut Context<Self>) {
-        self.waiting.remove(&msg.command_id);
     }
 }

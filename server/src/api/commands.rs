@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::actors::dispatcher::Dispatch;
+use crate::actors::dispatcher::{Dispatch, StoreAndDispatch};
 use crate::api::devices;
 use crate::auth::{AuthUser, Authorized, DispatchCommands, ViewCommands};
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -196,14 +196,15 @@ pub async fn dispatch(
         })));
     }
     let (accepted_tx, accepted_rx) = oneshot::channel();
-    let outcome = state.dispatcher.send(Dispatch {
-        device_id,
-        command: request.command.clone(),
-        timeout: checked.timeout,
-        issued_by: Some(user.username.clone()),
-        queue_ttl: checked.queue_ttl,
-        stored: false,
-        accepted: Some(accepted_tx),
+    let outcome = state.dispatcher.send(StoreAndDispatch {
+        dispatch: Dispatch {
+            device_id,
+            command: request.command.clone(),
+            timeout: checked.timeout,
+            issued_by: Some(user.username.clone()),
+            queue_ttl: checked.queue_ttl,
+        },
+        accepted: accepted_tx,
     });
     if !request.wait {
         // The dispatch goes on without this request; answer once the command is stored. Its
@@ -299,8 +300,6 @@ pub async fn fan_out(
                 timeout: checked.timeout,
                 issued_by: Some(user.username.clone()),
                 queue_ttl: checked.queue_ttl,
-                stored: true,
-                accepted: None,
             });
             (device_id, command.id, send)
         })

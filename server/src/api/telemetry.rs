@@ -7,9 +7,7 @@ use crate::state::AppState;
 use crate::store::telemetry::*;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use protocol::rest::{DeviceEventRecord, DeviceLogLine, Envelope, Page};
-use schema::schema::{device_events, device_logs};
+use protocol::rest::Envelope;
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -31,45 +29,14 @@ pub async fn device_logs(
     let device_id = path.into_inner();
     let q = query.into_inner();
     let (limit, offset) = devices::paging(q.limit, q.offset)?;
-    let level = q.level.map(|l| l.to_uppercase());
+    let window = Window {
+        kind: q.level.map(|l| l.to_uppercase()),
+        since: q.since,
+        until: q.until,
+    };
     let page = state
         .db
-        .run(move |conn| {
-            crate::store::devices::require(conn, &device_id)?;
-            let filtered = || {
-                let mut query = device_logs::table
-                    .filter(device_logs::device_id.eq(device_id.clone()))
-                    .into_boxed();
-                if let Some(level) = &level {
-                    query = query.filter(device_logs::level.eq(level.clone()));
-                }
-                if let Some(since) = q.since {
-                    query = query.filter(device_logs::ts.ge(since.naive_utc()));
-                }
-                if let Some(until) = q.until {
-                    query = query.filter(device_logs::ts.lt(until.naive_utc()));
-                }
-                query
-            };
-            let total = filtered().count().get_result(conn)?;
-            let rows: Vec<LogRow> = filtered()
-                .order((device_logs::ts.desc(), device_logs::id.desc()))
-                .limit(limit)
-                .offset(offset)
-                .select(LogRow::as_select())
-                .load(conn)?;
-            let items = rows
-                .into_iter()
-                .map(|r| DeviceLogLine {
-                    id: r.id,
-                    device_id: r.device_id,
-                    ts: r.ts.and_utc(),
-                    level: r.level,
-                    line: r.line,
-                })
-                .collect();
-            Ok(Page { items, total })
-        })
+        .run(move |conn| Ok(logs_page(conn, &device_id, &window, limit, offset)?))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
@@ -94,44 +61,14 @@ pub async fn device_events(
     let device_id = path.into_inner();
     let q = query.into_inner();
     let (limit, offset) = devices::paging(q.limit, q.offset)?;
+    let window = Window {
+        kind: q.event_type,
+        since: q.since,
+        until: q.until,
+    };
     let page = state
         .db
-        .run(move |conn| {
-            crate::store::devices::require(conn, &device_id)?;
-            let filtered = || {
-                let mut query = device_events::table
-                    .filter(device_events::device_id.eq(device_id.clone()))
-                    .into_boxed();
-                if let Some(t) = &q.event_type {
-                    query = query.filter(device_events::event_type.eq(t.clone()));
-                }
-                if let Some(since) = q.since {
-                    query = query.filter(device_events::ts.ge(since.naive_utc()));
-                }
-                if let Some(until) = q.until {
-                    query = query.filter(device_events::ts.lt(until.naive_utc()));
-                }
-                query
-            };
-            let total = filtered().count().get_result(conn)?;
-            let rows: Vec<EventRow> = filtered()
-                .order((device_events::ts.desc(), device_events::id.desc()))
-                .limit(limit)
-                .offset(offset)
-                .select(EventRow::as_select())
-                .load(conn)?;
-            let items = rows
-                .into_iter()
-                .map(|r| DeviceEventRecord {
-                    id: r.id,
-                    device_id: r.device_id,
-                    ts: r.ts.and_utc(),
-                    event_type: r.event_type,
-                    payload: serde_json::from_str(&r.payload).unwrap_or(serde_json::Value::Null),
-                })
-                .collect();
-            Ok(Page { items, total })
-        })
+        .run(move |conn| Ok(events_page(conn, &device_id, &window, limit, offset)?))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }

@@ -4,6 +4,7 @@ use crate::store::db::DbConnection;
 use crate::store::error::StoreResult;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use protocol::rest::{DeviceEventRecord, DeviceLogLine, Page};
 use schema::schema::{device_events, device_logs};
 
 /// Longest log line or event payload stored; longer ones are cut.
@@ -157,4 +158,101 @@ pub fn prune_older_than(
             .execute(conn)?;
     }
     Ok(total)
+}
+
+/// Which of a device's records a page holds: a level or event type, and a time window.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    /// The log level (upper case) or the event type; `None` for all.
+    pub kind: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One page of a device's log lines, newest first.
+pub fn logs_page(
+    conn: &mut DbConnection,
+    device_id: &str,
+    window: &Window,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<DeviceLogLine>> {
+    crate::store::devices::require(conn, device_id)?;
+    let filtered = || {
+        let mut query = device_logs::table
+            .filter(device_logs::device_id.eq(device_id.to_owned()))
+            .into_boxed();
+        if let Some(level) = &window.kind {
+            query = query.filter(device_logs::level.eq(level.clone()));
+        }
+        if let Some(since) = window.since {
+            query = query.filter(device_logs::ts.ge(since.naive_utc()));
+        }
+        if let Some(until) = window.until {
+            query = query.filter(device_logs::ts.lt(until.naive_utc()));
+        }
+        query
+    };
+    let total = filtered().count().get_result(conn)?;
+    let rows: Vec<LogRow> = filtered()
+        .order((device_logs::ts.desc(), device_logs::id.desc()))
+        .limit(limit)
+        .offset(offset)
+        .select(LogRow::as_select())
+        .load(conn)?;
+    let items = rows
+        .into_iter()
+        .map(|r| DeviceLogLine {
+            id: r.id,
+            device_id: r.device_id,
+            ts: r.ts.and_utc(),
+            level: r.level,
+            line: r.line,
+        })
+        .collect();
+    Ok(Page { items, total })
+}
+
+/// One page of a device's events, newest first.
+pub fn events_page(
+    conn: &mut DbConnection,
+    device_id: &str,
+    window: &Window,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<DeviceEventRecord>> {
+    crate::store::devices::require(conn, device_id)?;
+    let filtered = || {
+        let mut query = device_events::table
+            .filter(device_events::device_id.eq(device_id.to_owned()))
+            .into_boxed();
+        if let Some(t) = &window.kind {
+            query = query.filter(device_events::event_type.eq(t.clone()));
+        }
+        if let Some(since) = window.since {
+            query = query.filter(device_events::ts.ge(since.naive_utc()));
+        }
+        if let Some(until) = window.until {
+            query = query.filter(device_events::ts.lt(until.naive_utc()));
+        }
+        query
+    };
+    let total = filtered().count().get_result(conn)?;
+    let rows: Vec<EventRow> = filtered()
+        .order((device_events::ts.desc(), device_events::id.desc()))
+        .limit(limit)
+        .offset(offset)
+        .select(EventRow::as_select())
+        .load(conn)?;
+    let items = rows
+        .into_iter()
+        .map(|r| DeviceEventRecord {
+            id: r.id,
+            device_id: r.device_id,
+            ts: r.ts.and_utc(),
+            event_type: r.event_type,
+            payload: serde_json::from_str(&r.payload).unwrap_or(serde_json::Value::Null),
+        })
+        .collect();
+    Ok(Page { items, total })
 }
