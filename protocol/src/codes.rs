@@ -26,4 +26,5 @@ pub mod ws_error {
     pub const RATE_LIMITED: &str = "rate_limited";
     pub const AUTH_TIMEOUT: &str = "auth_timeout";
     pub const SESSION_CLOSED: &str = "session_closed";
+    pub const AUTH_IN_PROGRESS: &str = "auth_in_progress";
 }

@@ -568,6 +568,31 @@ pub fn source_of(req: &HttpRequest) -> Option<String> {
     req.peer_addr().map(|a| a.ip().to_string())
 }
 
+/// Verifies a device token: signature, scope, expiry, and that it is the device's current
+/// token (an older one was revoked by rotation).
+pub async fn verify_device_token(
+    state: &AppState,
+    token: &str,
+) -> ApiResult<crate::actors::session::DeviceIdentity> {
+    let claims = state.jwt.verify(token, Scope::Device)?;
+    let device_id = claims.sub.clone();
+    let row = state
+        .db
+        .run(move |conn| Ok(crate::store::devices::find(conn, &device_id)?))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized(ErrorCode::InvalidToken, "unknown device"))?;
+    if row.token_id.as_deref() != Some(claims.jti.as_str()) {
+        return Err(ApiError::unauthorized(
+            ErrorCode::InvalidToken,
+            "device token was revoked",
+        ));
+    }
+    Ok(crate::actors::session::DeviceIdentity {
+        device_id: claims.sub,
+        token_id: claims.jti,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

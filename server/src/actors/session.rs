@@ -9,23 +9,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::web;
 use actix_web_actors::ws;
 use chrono::Utc;
 use protocol::codes::ws_error;
 use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame, TelemetryEvent};
 use protocol::rest::DeviceStatus;
 
-use crate::actors::deployer::{DeviceAlert, DeviceReported};
-use crate::actors::dispatcher::{DeviceConnected, ProgressReceived, ResultReceived, StatusSeen};
-use crate::actors::events::Publish;
-use crate::actors::presence::RecordStatus;
-use crate::actors::registry::{Connect, Disconnect, FrameRefused};
-use crate::auth::Scope;
-use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::refusals::count_token;
-use crate::state::AppState;
-use crate::store::devices;
+use std::rc::Rc;
+
+use futures_util::future::LocalBoxFuture;
+
+use crate::actors::deployer::{DeviceAlert, DeviceReported, FirmwareDeployer};
+use crate::actors::dispatcher::{
+    CommandDispatcher, DeviceConnected, ProgressReceived, ResultReceived, StatusSeen,
+};
+use crate::actors::events::{EventBus, Publish};
+use crate::actors::presence::{PresenceWriter, RecordStatus};
+use crate::actors::registry::{Connect, DeviceRegistry, Disconnect, FrameRefused};
+use crate::actors::telemetry::TelemetrySink;
+use crate::error::ApiResult;
 use crate::store::devices::StatusUpdate;
 use crate::store::telemetry::Telemetry;
 
@@ -77,26 +79,21 @@ pub struct DeviceIdentity {
     pub token_id: String,
 }
 
-/// Verifies a device token: signature, scope, expiry, and that it is the device's current
-/// token (an older one was revoked by rotation).
-pub async fn verify_device_token(state: &AppState, token: &str) -> ApiResult<DeviceIdentity> {
-    let claims = state.jwt.verify(token, Scope::Device)?;
-    let device_id = claims.sub.clone();
-    let row = state
-        .db
-        .run(move |conn| Ok(devices::find(conn, &device_id)?))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized(ErrorCode::InvalidToken, "unknown device"))?;
-    if row.token_id.as_deref() != Some(claims.jti.as_str()) {
-        return Err(ApiError::unauthorized(
-            ErrorCode::InvalidToken,
-            "device token was revoked",
-        ));
-    }
-    Ok(DeviceIdentity {
-        device_id: claims.sub,
-        token_id: claims.jti,
-    })
+/// Checks the token of an `auth` frame, given the token and the peer's address; a refusal
+/// counts against that address. The REST side supplies it, so a session needs no keys.
+pub type TokenCheck =
+    Rc<dyn Fn(String, Option<String>) -> LocalBoxFuture<'static, ApiResult<DeviceIdentity>>>;
+
+/// The actors a device session sends to, and its token check: all it knows of the server.
+#[derive(Clone)]
+pub struct Peers {
+    pub registry: Addr<DeviceRegistry>,
+    pub dispatcher: Addr<CommandDispatcher>,
+    pub presence: Addr<PresenceWriter>,
+    pub deployer: Addr<FirmwareDeployer>,
+    pub bus: Addr<EventBus>,
+    pub telemetry: Addr<TelemetrySink>,
+    pub verify: TokenCheck,
 }
 
 /// A frame for the device.
@@ -118,7 +115,7 @@ pub struct DeviceSession {
     remote_addr: Option<String>,
     last_heard: Instant,
     opened: Instant,
-    state: web::Data<AppState>,
+    peers: Peers,
     /// An `auth` frame is being verified; further frames wait for the answer.
     authenticating: bool,
     limiter: FrameLimiter,
@@ -267,7 +264,7 @@ fn batch_len(text: &str) -> Option<usize> {
 
 impl DeviceSession {
     pub fn new(
-        state: web::Data<AppState>,
+        peers: Peers,
         identity: Option<DeviceIdentity>,
         remote_addr: Option<String>,
     ) -> Self {
@@ -277,7 +274,7 @@ impl DeviceSession {
             remote_addr,
             last_heard: Instant::now(),
             opened: Instant::now(),
-            state,
+            peers,
             authenticating: false,
             limiter: FrameLimiter::new(Instant::now()),
         }
@@ -311,7 +308,7 @@ impl DeviceSession {
     /// Registers with the registry and greets the device.
     fn on_authenticated(&mut self, ctx: &mut ws::WebsocketContext<Self>, identity: DeviceIdentity) {
         let addr = ctx.address();
-        self.state.registry.do_send(Connect {
+        self.peers.registry.do_send(Connect {
             device_id: identity.device_id.clone(),
             session_id: self.session_id,
             token_id: identity.token_id.clone(),
@@ -320,7 +317,7 @@ impl DeviceSession {
             close: addr.recipient(),
         });
         // Sent after Connect, so the dispatcher's lookup finds this session registered.
-        self.state.dispatcher.do_send(DeviceConnected {
+        self.peers.dispatcher.do_send(DeviceConnected {
             device_id: identity.device_id.clone(),
         });
         Self::send_frame(
@@ -396,18 +393,13 @@ impl DeviceSession {
                 if self.authenticating {
                     Self::send_error(
                         ctx,
-                        "auth_in_progress",
+                        ws_error::AUTH_IN_PROGRESS,
                         "an auth frame is already being checked",
                     );
                     return;
                 }
                 self.authenticating = true;
-                let state = self.state.clone();
-                let source = self.remote_addr.clone();
-                let fut = async move {
-                    let checked = verify_device_token(&state, &token).await;
-                    count_token(&state, source.as_deref(), checked).await
-                };
+                let fut = (self.peers.verify)(token, self.remote_addr.clone());
                 ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
                     act.authenticating = false;
                     match result {
@@ -480,10 +472,10 @@ impl DeviceSession {
         event: DeviceEvent,
     ) {
         let device_id = identity.device_id;
-        let telemetry = &self.state.telemetry;
+        let telemetry = &self.peers.telemetry;
         match &event {
             DeviceEvent::CommandResult(result) => {
-                self.state.dispatcher.do_send(ResultReceived {
+                self.peers.dispatcher.do_send(ResultReceived {
                     device_id: device_id.clone(),
                     result: result.clone(),
                 });
@@ -497,7 +489,7 @@ impl DeviceSession {
                     );
                     return;
                 }
-                self.state.dispatcher.do_send(ProgressReceived {
+                self.peers.dispatcher.do_send(ProgressReceived {
                     device_id: device_id.clone(),
                     progress: progress.clone(),
                 });
@@ -522,12 +514,12 @@ impl DeviceSession {
                     .and_then(|m| m.get("connectionMode"))
                     .and_then(|v| v.as_str())
                     .map(str::to_owned);
-                self.state.dispatcher.do_send(StatusSeen {
+                self.peers.dispatcher.do_send(StatusSeen {
                     device_id: device_id.clone(),
                     boot_id: status.boot_id.clone(),
                     run_id: status.run_id.clone(),
                 });
-                self.state.presence.do_send(RecordStatus {
+                self.peers.presence.do_send(RecordStatus {
                     device_id: device_id.clone(),
                     update: StatusUpdate {
                         status: word,
@@ -540,7 +532,7 @@ impl DeviceSession {
                 });
                 // After the presence writer was asked to store it; the deployer's pass reads
                 // the stored version, and a pass a moment early is repeated on the next tick.
-                self.state.deployer.do_send(DeviceReported {
+                self.peers.deployer.do_send(DeviceReported {
                     device_id: device_id.clone(),
                 });
             }
@@ -559,7 +551,7 @@ impl DeviceSession {
                 let payload =
                     serde_json::json!({"severity": alert.severity, "message": alert.message});
                 telemetry.do_send(Telemetry::event(&device_id, alert.ts, "alert", &payload));
-                self.state.deployer.do_send(DeviceAlert {
+                self.peers.deployer.do_send(DeviceAlert {
                     device_id: device_id.clone(),
                     severity: alert.severity.clone(),
                     message: alert.message.clone(),
@@ -567,7 +559,7 @@ impl DeviceSession {
             }
         }
         if let Some(publish) = Publish::device_event(&device_id, event) {
-            self.state.bus.do_send(publish);
+            self.peers.bus.do_send(publish);
         }
     }
 
@@ -600,7 +592,7 @@ impl DeviceSession {
     /// the device why (at most once per `REFUSAL_NOTICE_INTERVAL`).
     fn refused(&mut self, ctx: &mut ws::WebsocketContext<Self>, refusal: Refusal, now: Instant) {
         if let Some(identity) = &self.identity {
-            self.state.registry.do_send(FrameRefused {
+            self.peers.registry.do_send(FrameRefused {
                 device_id: identity.device_id.clone(),
                 session_id: self.session_id,
             });
@@ -678,7 +670,7 @@ impl Actor for DeviceSession {
                 open_for = ?self.opened.elapsed(),
                 "session stopping"
             );
-            self.state.registry.do_send(Disconnect {
+            self.peers.registry.do_send(Disconnect {
                 device_id: identity.device_id.clone(),
                 session_id: self.session_id,
             });

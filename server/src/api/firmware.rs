@@ -507,7 +507,7 @@ async fn authorize_reader(req: &HttpRequest, state: &AppState) -> ApiResult<()> 
     let token = auth::bearer_token(req)
         .ok_or_else(|| ApiError::unauthorized(ErrorCode::Unauthorized, "missing bearer token"))?;
     match state.jwt.verify(token, Scope::Device) {
-        Ok(_) => crate::actors::session::verify_device_token(state, token)
+        Ok(_) => crate::auth::verify_device_token(state, token)
             .await
             .map(|_| ()),
         Err(auth::TokenError::WrongScope) => {

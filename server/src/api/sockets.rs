@@ -1,6 +1,9 @@
 //! `GET /ws/device`: the device socket's upgrade, and where its token may come from.
 
+use std::rc::Rc;
+
 use crate::actors::session::*;
+use crate::auth::verify_device_token;
 use crate::refusals::count_token;
 use crate::state::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -23,8 +26,24 @@ pub async fn device_socket(
         }
         None => None,
     };
+    let checker = state.clone();
+    let peers = Peers {
+        registry: state.registry.clone(),
+        dispatcher: state.dispatcher.clone(),
+        presence: state.presence.clone(),
+        deployer: state.deployer.clone(),
+        bus: state.bus.clone(),
+        telemetry: state.telemetry.clone(),
+        verify: Rc::new(move |token, source| {
+            let state = checker.clone();
+            Box::pin(async move {
+                let checked = verify_device_token(&state, &token).await;
+                count_token(&state, source.as_deref(), checked).await
+            })
+        }),
+    };
     ws::WsResponseBuilder::new(
-        DeviceSession::new(state, identity, remote_addr),
+        DeviceSession::new(peers, identity, remote_addr),
         &req,
         stream,
     )

@@ -178,7 +178,7 @@ pub async fn ingest(
     let token = crate::auth::bearer_token(&req)
         .ok_or_else(|| ApiError::unauthorized(ErrorCode::Unauthorized, "device token required"))?
         .to_owned();
-    let checked = crate::actors::session::verify_device_token(&state, &token).await;
+    let checked = crate::auth::verify_device_token(&state, &token).await;
     let source = crate::auth::source_of(&req);
     let device = crate::refusals::count_token(&state, source.as_deref(), checked).await?;
     let body = read_body(payload).await?;
