@@ -4,7 +4,6 @@ use actix_web::{web, HttpResponse};
 
 use protocol::rest::Envelope;
 
-use crate::api::devices;
 use crate::auth::{Authorized, ViewAudit};
 use crate::state::AppState;
 
@@ -44,7 +43,7 @@ pub async fn list_audit(
     query: web::Query<AuditQuery>,
 ) -> ApiResult<HttpResponse> {
     let query = query.into_inner();
-    let (limit, offset) = devices::paging(query.limit, query.offset)?;
+    let (limit, offset) = crate::api::paging::paging(query.limit, query.offset)?;
     let page = state
         .db
         .run(move |conn| Ok(list(conn, &query, limit, offset)?))

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::actors::cloud_sync::*;
 use crate::api::audit::audited;
-use crate::api::devices::paging;
+use crate::api::paging::Paging;
 use crate::auth::{Authorized, ManageDevices, ManageUsers, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
@@ -95,19 +95,13 @@ pub struct DeadLetter {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Deserialize)]
-pub struct DeadQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-}
-
 /// `GET /api/v1/sync/dead-letters`.
 pub async fn dead_letters(
     _user: Authorized<ManageDevices>,
     state: web::Data<AppState>,
-    query: web::Query<DeadQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
-    let (limit, offset) = paging(query.limit, query.offset)?;
+    let (limit, offset) = paging.checked()?;
     let page = state
         .db
         .run(move |conn| {

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::actors::dispatcher::{Dispatch, StoreAndDispatch};
-use crate::api::devices;
+use crate::api::paging::Paging;
 use crate::auth::{AuthUser, Authorized, DispatchCommands, ViewCommands};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
@@ -362,8 +362,6 @@ pub async fn bulk_dispatch(
 
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
     pub status: Option<String>,
     #[serde(rename = "type")]
     pub command_type: Option<String>,
@@ -375,10 +373,11 @@ pub async fn history(
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<HistoryQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
     let device_id = path.into_inner();
     let q = query.into_inner();
-    let (limit, offset) = devices::paging(q.limit, q.offset)?;
+    let (limit, offset) = paging.checked()?;
     let filter = HistoryFilter {
         status: q
             .status

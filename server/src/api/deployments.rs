@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::actors::deployer::Poke;
 use crate::api::audit::audited;
-use crate::api::devices::paging;
+use crate::api::paging::Paging;
 use crate::auth::{Authorized, ManageFirmware, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
@@ -191,8 +191,6 @@ pub async fn create(
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
     pub status: Option<String>,
     #[serde(rename = "releaseId")]
     pub release_id: Option<String>,
@@ -203,8 +201,9 @@ pub async fn list(
     _user: Authorized<ViewDevices>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
-    let (limit, offset) = paging(query.limit, query.offset)?;
+    let (limit, offset) = paging.checked()?;
     let ListQuery {
         status, release_id, ..
     } = query.into_inner();

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::actors::registry::ListConnected;
 use crate::api::audit::audited;
+use crate::api::paging::Paging;
 use crate::auth::{self, Authorized, ManageDevices, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::refusals;
@@ -197,32 +198,8 @@ pub async fn issue_token(
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
     #[serde(flatten)]
     pub filter: DeviceFilter,
-}
-
-pub const DEFAULT_PAGE_SIZE: i64 = 50;
-pub const MAX_PAGE_SIZE: i64 = 500;
-
-/// Checks paging parameters and applies the defaults.
-pub fn paging(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    let offset = offset.unwrap_or(0);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidParameter,
-            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
-    if offset < 0 {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidParameter,
-            "offset must not be negative",
-        ));
-    }
-    Ok((limit, offset))
 }
 
 /// `GET /api/v1/devices`.
@@ -230,13 +207,10 @@ pub async fn list_devices(
     _user: Authorized<ViewDevices>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
-    let ListQuery {
-        limit,
-        offset,
-        filter,
-    } = query.into_inner();
-    let (limit, offset) = paging(limit, offset)?;
+    let ListQuery { filter } = query.into_inner();
+    let (limit, offset) = paging.checked()?;
     if let Some(status) = &filter.status {
         if !matches!(status.as_str(), "ONLINE" | "OFFLINE" | "DISABLED") {
             return Err(ApiError::bad_request(

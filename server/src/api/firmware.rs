@@ -40,7 +40,7 @@ use schema::schema::firmware_releases as releases;
 use serde::Deserialize;
 
 use crate::api::audit::audited;
-use crate::api::devices::paging;
+use crate::api::paging::Paging;
 use crate::auth::{self, Authorized, ManageFirmware, Permission, Scope, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
@@ -406,8 +406,6 @@ pub async fn upload(
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
     pub project: Option<String>,
     pub channel: Option<String>,
 }
@@ -417,8 +415,9 @@ pub async fn list(
     _user: Authorized<ViewDevices>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
-    let (limit, offset) = paging(query.limit, query.offset)?;
+    let (limit, offset) = paging.checked()?;
     let ListQuery {
         project, channel, ..
     } = query.into_inner();

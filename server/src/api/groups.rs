@@ -5,11 +5,10 @@ use chrono::Utc;
 use diesel::prelude::*;
 use protocol::rest::{DeviceGroup, Envelope, GroupRequest, MembersRequest, Page};
 use schema::schema::{device_group_members as members, device_groups as groups};
-use serde::Deserialize;
 
 use crate::api::audit::audited;
 use crate::api::commands::{fan_out, parse_dispatch, MAX_BULK_TARGETS};
-use crate::api::devices::paging;
+use crate::api::paging::Paging;
 use crate::auth::{Authorized, DispatchCommands, ManageDevices, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
@@ -92,19 +91,13 @@ pub async fn create_group(
     Ok(HttpResponse::Created().json(Envelope::ok(group)))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-}
-
 /// `GET /api/v1/device-groups`.
 pub async fn list_groups(
     _user: Authorized<ViewDevices>,
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
-    let (limit, offset) = paging(query.limit, query.offset)?;
+    let (limit, offset) = paging.checked()?;
     let page = state
         .db
         .run(move |conn| {

@@ -9,6 +9,7 @@ pub mod devices;
 pub mod firmware;
 pub mod groups;
 pub mod ota;
+pub mod paging;
 pub mod sockets;
 pub mod sync;
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! `GET /api/v1/devices/{id}/logs` and `/events`: a device's telemetry, newest first.
 
-use crate::api::devices;
+use crate::api::paging::Paging;
 use crate::auth::{Authorized, ViewDevices};
 use crate::error::ApiResult;
 use crate::state::AppState;
@@ -12,8 +12,6 @@ use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 pub struct LogQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
     pub level: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
@@ -25,10 +23,11 @@ pub async fn device_logs(
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<LogQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
     let device_id = path.into_inner();
     let q = query.into_inner();
-    let (limit, offset) = devices::paging(q.limit, q.offset)?;
+    let (limit, offset) = paging.checked()?;
     let window = Window {
         kind: q.level.map(|l| l.to_uppercase()),
         since: q.since,
@@ -43,8 +42,6 @@ pub async fn device_logs(
 
 #[derive(Debug, Deserialize)]
 pub struct EventQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
     #[serde(rename = "type")]
     pub event_type: Option<String>,
     pub since: Option<DateTime<Utc>>,
@@ -57,10 +54,11 @@ pub async fn device_events(
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<EventQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
     let device_id = path.into_inner();
     let q = query.into_inner();
-    let (limit, offset) = devices::paging(q.limit, q.offset)?;
+    let (limit, offset) = paging.checked()?;
     let window = Window {
         kind: q.event_type,
         since: q.since,

@@ -10,7 +10,7 @@ use protocol::rest::{
 use schema::schema::users;
 
 use crate::api::audit::audited;
-use crate::api::devices::paging;
+use crate::api::paging::Paging;
 use crate::auth::{self, Authenticated, Authorized, ListUsers, ManageUsers};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::refusals;
@@ -281,19 +281,13 @@ pub async fn change_password(
     Ok(HttpResponse::Ok().json(Envelope::ok(login_response(&state, &updated)?)))
 }
 
-#[derive(Debug, serde::Deserialize)]
-pub struct ListQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-}
-
 /// `GET /api/v1/users`.
 pub async fn list_users(
     _user: Authorized<ListUsers>,
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
-    let (limit, offset) = paging(query.limit, query.offset)?;
+    let (limit, offset) = paging.checked()?;
     let page = state
         .db
         .run(move |conn| {
