@@ -11,10 +11,8 @@ use crate::state::AppState;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::outbox::*;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{DateTime, NaiveDateTime, Utc};
-use diesel::prelude::*;
-use protocol::rest::{Envelope, Page};
-use schema::schema::cloud_sync_queue as queue;
+use chrono::{NaiveDateTime, Utc};
+use protocol::rest::Envelope;
 use serde::{Deserialize, Serialize};
 
 /// `GET /api/v1/sync/status`.
@@ -22,24 +20,11 @@ pub async fn status(
     _user: Authorized<ViewDevices>,
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
-    let rows: Vec<(String, String, i64)> = state
-        .db
-        .run(|conn| {
-            Ok(queue::table
-                .group_by((queue::company_id, queue::state))
-                .select((queue::company_id, queue::state, diesel::dsl::count_star()))
-                .load(conn)?)
-        })
-        .await?;
+    let rows: Vec<(String, String, i64)> =
+        state.db.run(|conn| Ok(counts_by_company(conn)?)).await?;
     let oldest: Vec<(String, Option<NaiveDateTime>)> = state
         .db
-        .run(|conn| {
-            Ok(queue::table
-                .filter(queue::state.eq(STATE_PENDING))
-                .group_by(queue::company_id)
-                .select((queue::company_id, diesel::dsl::min(queue::created_at)))
-                .load(conn)?)
-        })
+        .run(|conn| Ok(oldest_pending_by_company(conn)?))
         .await?;
     let now = Utc::now();
     let (configured, per_company) = {
@@ -84,17 +69,6 @@ pub async fn status(
     Ok(HttpResponse::Ok().json(Envelope::ok(body)))
 }
 
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
-    pub id: String,
-    pub kind: String,
-    pub company_id: String,
-    pub attempts: i64,
-    pub last_error: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
 /// `GET /api/v1/sync/dead-letters`.
 pub async fn dead_letters(
     _user: Authorized<ManageDevices>,
@@ -104,31 +78,7 @@ pub async fn dead_letters(
     let (limit, offset) = paging.checked()?;
     let page = state
         .db
-        .run(move |conn| {
-            let total = queue::table
-                .filter(queue::state.eq(STATE_DEAD))
-                .count()
-                .get_result(conn)?;
-            let rows: Vec<QueueRow> = queue::table
-                .filter(queue::state.eq(STATE_DEAD))
-                .order((queue::created_at.asc(), queue::id.asc()))
-                .limit(limit)
-                .offset(offset)
-                .select(QueueRow::as_select())
-                .load(conn)?;
-            let items = rows
-                .into_iter()
-                .map(|r| DeadLetter {
-                    id: r.id,
-                    kind: r.kind,
-                    company_id: r.company_id,
-                    attempts: r.attempts,
-                    last_error: r.last_error,
-                    created_at: r.created_at.and_utc(),
-                })
-                .collect();
-            Ok(Page { items, total })
-        })
+        .run(move |conn| Ok(dead_letters_page(conn, limit, offset)?))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
@@ -162,31 +112,7 @@ pub async fn requeue(
         .params(serde_json::json!({"count": ids.as_ref().map(Vec::len)}))
         .source(crate::auth::source_of(&req));
     let n = audited(&state.db, entry, move |conn| {
-        let now = Utc::now().naive_utc();
-        let set = (
-            queue::state.eq(STATE_PENDING),
-            queue::attempts.eq(0i64),
-            queue::next_attempt_at.eq(now),
-        );
-        let n = match &ids {
-            None => diesel::update(queue::table.filter(queue::state.eq(STATE_DEAD)))
-                .set(set)
-                .execute(conn)?,
-            Some(ids) => {
-                let mut n = 0;
-                for chunk in ids.chunks(500) {
-                    n += diesel::update(
-                        queue::table
-                            .filter(queue::state.eq(STATE_DEAD))
-                            .filter(queue::id.eq_any(chunk)),
-                    )
-                    .set(set)
-                    .execute(conn)?;
-                }
-                n
-            }
-        };
-        Ok(n)
+        Ok(requeue_dead(conn, ids.as_deref())?)
     })
     .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"requeued": n}))))

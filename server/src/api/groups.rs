@@ -1,10 +1,7 @@
-//! Device groups: the model, its queries and routes, and dispatch to every member.
+//! Device groups: their routes, and dispatch to every member.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
-use diesel::prelude::*;
-use protocol::rest::{DeviceGroup, Envelope, GroupRequest, MembersRequest, Page};
-use schema::schema::{device_group_members as members, device_groups as groups};
+use protocol::rest::{Envelope, GroupRequest, MembersRequest};
 
 use crate::api::audit::audited;
 use crate::api::commands::{fan_out, parse_dispatch, MAX_BULK_TARGETS};
@@ -13,29 +10,7 @@ use crate::auth::{Authorized, DispatchCommands, ManageDevices, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
 use crate::store::audit::AuditEntry;
-use crate::store::db::DbConnection;
 use crate::store::groups::*;
-
-fn to_api(conn: &mut DbConnection, row: GroupRow, with_members: bool) -> ApiResult<DeviceGroup> {
-    let member_count = members::table
-        .filter(members::group_id.eq(&row.id))
-        .count()
-        .get_result(conn)?;
-    let device_ids = if with_members {
-        Some(member_ids(conn, &row.id)?)
-    } else {
-        None
-    };
-    Ok(DeviceGroup {
-        id: row.id,
-        name: row.name,
-        description: row.description,
-        member_count,
-        created_at: row.created_at.and_utc(),
-        updated_at: row.updated_at.and_utc(),
-        device_ids,
-    })
-}
 
 fn validate_name(name: &str) -> ApiResult<()> {
     if name.trim().is_empty() || name.len() > 128 {
@@ -73,19 +48,7 @@ pub async fn create_group(
     let id = uuid::Uuid::new_v4().to_string();
     let e = entry(&user, &req, "group.create", &id).params(serde_json::json!({"name": name}));
     let group = audited(&state.db, e, move |conn| {
-        name_taken(conn, &name, None)?;
-        let now = Utc::now().naive_utc();
-        let row = GroupRow {
-            id,
-            name,
-            description,
-            created_at: now,
-            updated_at: now,
-        };
-        diesel::insert_into(groups::table)
-            .values(&row)
-            .execute(conn)?;
-        to_api(conn, row, true)
+        Ok(insert(conn, id, name, description)?)
     })
     .await?;
     Ok(HttpResponse::Created().json(Envelope::ok(group)))
@@ -100,20 +63,7 @@ pub async fn list_groups(
     let (limit, offset) = paging.checked()?;
     let page = state
         .db
-        .run(move |conn| {
-            let total = groups::table.count().get_result(conn)?;
-            let rows: Vec<GroupRow> = groups::table
-                .order(groups::name.asc())
-                .limit(limit)
-                .offset(offset)
-                .select(GroupRow::as_select())
-                .load(conn)?;
-            let items = rows
-                .into_iter()
-                .map(|r| to_api(conn, r, false))
-                .collect::<ApiResult<Vec<_>>>()?;
-            Ok(Page { items, total })
-        })
+        .run(move |conn| Ok(list(conn, limit, offset)?))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
@@ -125,13 +75,7 @@ pub async fn get_group(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let group = state
-        .db
-        .run(move |conn| {
-            let row = require(conn, &id)?;
-            to_api(conn, row, true)
-        })
-        .await?;
+    let group = state.db.run(move |conn| Ok(view(conn, &id)?)).await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(group)))
 }
 
@@ -151,19 +95,7 @@ pub async fn update_group(
     let e =
         entry(&user, &req, "group.update", &id).params(serde_json::json!({"name": change.name}));
     let group = audited(&state.db, e, move |conn| {
-        let row = require(conn, &id)?;
-        if let Some(name) = &change.name {
-            name_taken(conn, name, Some(&id))?;
-        }
-        diesel::update(groups::table.find(&id))
-            .set((
-                groups::name.eq(change.name.unwrap_or(row.name)),
-                groups::description.eq(change.description.or(row.description)),
-                groups::updated_at.eq(Utc::now().naive_utc()),
-            ))
-            .execute(conn)?;
-        let row = require(conn, &id)?;
-        to_api(conn, row, true)
+        Ok(update(conn, &id, change.name, change.description)?)
     })
     .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(group)))
@@ -179,13 +111,7 @@ pub async fn delete_group(
     let id = path.into_inner();
     let e = entry(&user, &req, "group.delete", &id);
     let target = id.clone();
-    audited(&state.db, e, move |conn| {
-        require(conn, &target)?;
-        diesel::delete(members::table.filter(members::group_id.eq(&target))).execute(conn)?;
-        diesel::delete(groups::table.find(&target)).execute(conn)?;
-        Ok(())
-    })
-    .await?;
+    audited(&state.db, e, move |conn| Ok(delete(conn, &target)?)).await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"deleted": id}))))
 }
 
@@ -214,36 +140,11 @@ pub async fn add_members(
     let e = entry(&user, &req, "group.members.add", &id)
         .params(serde_json::json!({"count": request.device_ids.len()}));
     let group = audited(&state.db, e, move |conn| {
-        let row = require(conn, &id)?;
-        let mut wanted = request.device_ids.clone();
-        wanted.sort();
-        wanted.dedup();
-        let existing = crate::store::devices::known_ids(conn, &wanted)?;
-        let missing: Vec<&String> = wanted
-            .iter()
-            .filter(|d| !existing.contains(*d))
-            .take(10)
-            .collect();
-        if !missing.is_empty() {
-            return Err(ApiError::bad_request(
-                ErrorCode::DeviceNotFound,
-                format!(
-                    "unknown devices: {}",
-                    missing
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        let already: Vec<String> = member_ids(conn, &id)?;
-        for device_id in wanted.iter().filter(|d| !already.contains(d)) {
-            diesel::insert_into(members::table)
-                .values((members::group_id.eq(&id), members::device_id.eq(device_id)))
-                .execute(conn)?;
-        }
-        to_api(conn, row, true)
+        Ok(crate::store::groups::add_members(
+            conn,
+            &id,
+            &request.device_ids,
+        )?)
     })
     .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(group)))
@@ -263,16 +164,11 @@ pub async fn remove_members(
     let e = entry(&user, &req, "group.members.remove", &id)
         .params(serde_json::json!({"count": request.device_ids.len()}));
     let group = audited(&state.db, e, move |conn| {
-        let row = require(conn, &id)?;
-        for chunk in request.device_ids.chunks(500) {
-            diesel::delete(
-                members::table
-                    .filter(members::group_id.eq(&id))
-                    .filter(members::device_id.eq_any(chunk)),
-            )
-            .execute(conn)?;
-        }
-        to_api(conn, row, true)
+        Ok(crate::store::groups::remove_members(
+            conn,
+            &id,
+            &request.device_ids,
+        )?)
     })
     .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(group)))

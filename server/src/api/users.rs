@@ -1,13 +1,10 @@
 //! Users: the model, its queries, the first-admin bootstrap, login/logout, and user management.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
-use diesel::prelude::*;
 use protocol::rest::{
-    ChangePasswordRequest, CreateUserRequest, Envelope, LoginRequest, LoginResponse, Page, Role,
+    ChangePasswordRequest, CreateUserRequest, Envelope, LoginRequest, LoginResponse, Role,
     UpdateUserRequest,
 };
-use schema::schema::users;
 
 use crate::api::audit::audited;
 use crate::api::paging::Paging;
@@ -266,14 +263,7 @@ pub async fn change_password(
     let hash = state.limits.hashing.hash(new_password).await?;
     let id = user.id.clone();
     let updated = audited(&state.db, entry, move |conn| {
-        diesel::update(users::table.find(&id))
-            .set((
-                users::password_hash.eq(hash),
-                users::token_version.eq(users::token_version + 1),
-                users::updated_at.eq(Utc::now().naive_utc()),
-            ))
-            .execute(conn)?;
-        Ok(require(conn, &id)?)
+        Ok(set_password(conn, &id, hash)?)
     })
     .await?;
     // Every token issued before is revoked, so every dashboard open with one closes.
@@ -290,20 +280,7 @@ pub async fn list_users(
     let (limit, offset) = paging.checked()?;
     let page = state
         .db
-        .run(move |conn| {
-            let total = users::table.count().get_result(conn)?;
-            let rows: Vec<User> = users::table
-                .order(users::username.asc())
-                .limit(limit)
-                .offset(offset)
-                .select(User::as_select())
-                .load(conn)?;
-            let items = rows
-                .iter()
-                .map(User::to_api)
-                .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
-            Ok(Page { items, total })
-        })
+        .run(move |conn| Ok(list(conn, limit, offset)?))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
@@ -383,34 +360,9 @@ pub async fn update_user(
         Some(password) => Some(state.limits.hashing.hash(password).await?),
         None => None,
     };
+    let (role, disabled) = (change.role, change.disabled);
     let user = audited(&state.db, entry, move |conn| {
-        let user = require(conn, &id)?;
-        let stays_admin = change
-            .role
-            .map_or(user.role == Role::Admin.as_str(), |r| r == Role::Admin);
-        let stays_enabled = !change.disabled.unwrap_or(user.disabled);
-        let is_enabled_admin = user.role == Role::Admin.as_str() && !user.disabled;
-        if is_enabled_admin
-            && !(stays_admin && stays_enabled)
-            && other_enabled_admins(conn, &id)? == 0
-        {
-            return Err(ApiError::conflict(
-                ErrorCode::LastAdmin,
-                "the last enabled admin must stay an enabled admin",
-            ));
-        }
-        diesel::update(users::table.find(&id))
-            .set((
-                users::role.eq(change
-                    .role
-                    .map_or(user.role.clone(), |r| r.as_str().to_owned())),
-                users::disabled.eq(change.disabled.unwrap_or(user.disabled)),
-                users::password_hash.eq(hash.unwrap_or(user.password_hash.clone())),
-                users::token_version.eq(users::token_version + 1),
-                users::updated_at.eq(Utc::now().naive_utc()),
-            ))
-            .execute(conn)?;
-        Ok(require(conn, &id)?)
+        Ok(update(conn, &id, role, disabled, hash)?)
     })
     .await?;
     // The change revoked every earlier token of the user (`token_version`), so their open
@@ -433,21 +385,7 @@ pub async fn delete_user(
         .target(Some(id.clone()))
         .source(crate::auth::source_of(&req));
     let deleted = id.clone();
-    audited(&state.db, entry, move |conn| {
-        let user = require(conn, &id)?;
-        if user.role == Role::Admin.as_str()
-            && !user.disabled
-            && other_enabled_admins(conn, &id)? == 0
-        {
-            return Err(ApiError::conflict(
-                ErrorCode::LastAdmin,
-                "the last enabled admin cannot be deleted",
-            ));
-        }
-        diesel::delete(users::table.find(&id)).execute(conn)?;
-        Ok(())
-    })
-    .await?;
+    audited(&state.db, entry, move |conn| Ok(delete(conn, &id)?)).await?;
     state.dashboards.revoke_user(&deleted, "user deleted");
     Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"deleted": deleted}))))
 }

@@ -4,9 +4,11 @@ use crate::store::db::DbConnection;
 use crate::store::error::{StoreError, StoreResult};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
+use protocol::rest::Page;
 use protocol::sync::RecordKind;
 use rand::Rng;
 use schema::schema::cloud_sync_queue as queue;
+use serde::Serialize;
 use std::time::Duration;
 
 pub const STATE_PENDING: &str = "PENDING";
@@ -113,3 +115,95 @@ pub fn backoff(attempts: i64, max: Duration) -> Duration {
 }
 
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+
+/// A record the drain gave up on, as `GET /api/v1/sync/dead-letters` lists it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub id: String,
+    pub kind: String,
+    pub company_id: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Rows of the queue per company and state.
+pub fn counts_by_company(conn: &mut DbConnection) -> StoreResult<Vec<(String, String, i64)>> {
+    Ok(queue::table
+        .group_by((queue::company_id, queue::state))
+        .select((queue::company_id, queue::state, diesel::dsl::count_star()))
+        .load(conn)?)
+}
+
+/// The creation time of each company's oldest PENDING record.
+pub fn oldest_pending_by_company(
+    conn: &mut DbConnection,
+) -> StoreResult<Vec<(String, Option<NaiveDateTime>)>> {
+    Ok(queue::table
+        .filter(queue::state.eq(STATE_PENDING))
+        .group_by(queue::company_id)
+        .select((queue::company_id, diesel::dsl::min(queue::created_at)))
+        .load(conn)?)
+}
+
+/// One page of dead letters, oldest first.
+pub fn dead_letters_page(
+    conn: &mut DbConnection,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<DeadLetter>> {
+    let total = queue::table
+        .filter(queue::state.eq(STATE_DEAD))
+        .count()
+        .get_result(conn)?;
+    let rows: Vec<QueueRow> = queue::table
+        .filter(queue::state.eq(STATE_DEAD))
+        .order((queue::created_at.asc(), queue::id.asc()))
+        .limit(limit)
+        .offset(offset)
+        .select(QueueRow::as_select())
+        .load(conn)?;
+    let items = rows
+        .into_iter()
+        .map(|r| DeadLetter {
+            id: r.id,
+            kind: r.kind,
+            company_id: r.company_id,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            created_at: r.created_at.and_utc(),
+        })
+        .collect();
+    Ok(Page { items, total })
+}
+
+/// Puts dead letters (`None`: all of them) back to PENDING with a fresh attempt count;
+/// answers how many.
+pub fn requeue_dead(conn: &mut DbConnection, ids: Option<&[String]>) -> StoreResult<usize> {
+    let now = Utc::now().naive_utc();
+    let set = (
+        queue::state.eq(STATE_PENDING),
+        queue::attempts.eq(0i64),
+        queue::next_attempt_at.eq(now),
+    );
+    let n = match ids {
+        None => diesel::update(queue::table.filter(queue::state.eq(STATE_DEAD)))
+            .set(set)
+            .execute(conn)?,
+        Some(ids) => {
+            let mut n = 0;
+            for chunk in ids.chunks(500) {
+                n += diesel::update(
+                    queue::table
+                        .filter(queue::state.eq(STATE_DEAD))
+                        .filter(queue::id.eq_any(chunk)),
+                )
+                .set(set)
+                .execute(conn)?;
+            }
+            n
+        }
+    };
+    Ok(n)
+}

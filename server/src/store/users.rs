@@ -4,7 +4,7 @@ use crate::store::db::DbConnection;
 use crate::store::error::{ErrorCode, StoreError, StoreResult};
 use chrono::{NaiveDateTime, Utc};
 use diesel::prelude::*;
-use protocol::rest::{Role, UserInfo};
+use protocol::rest::{Page, Role, UserInfo};
 use schema::schema::users;
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -102,4 +102,76 @@ pub fn other_enabled_admins(conn: &mut DbConnection, except: &str) -> StoreResul
         .filter(users::id.ne(except))
         .count()
         .get_result(conn)?)
+}
+
+/// Sets a user's password hash, revoking every token issued before.
+pub fn set_password(conn: &mut DbConnection, id: &str, hash: String) -> StoreResult<User> {
+    diesel::update(users::table.find(id))
+        .set((
+            users::password_hash.eq(hash),
+            users::token_version.eq(users::token_version + 1),
+            users::updated_at.eq(Utc::now().naive_utc()),
+        ))
+        .execute(conn)?;
+    require(conn, id)
+}
+
+/// One page of users by name.
+pub fn list(conn: &mut DbConnection, limit: i64, offset: i64) -> StoreResult<Page<UserInfo>> {
+    let total = users::table.count().get_result(conn)?;
+    let rows: Vec<User> = users::table
+        .order(users::username.asc())
+        .limit(limit)
+        .offset(offset)
+        .select(User::as_select())
+        .load(conn)?;
+    let items = rows
+        .iter()
+        .map(User::to_api)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Page { items, total })
+}
+
+/// Changes a user's role, disabled flag or password hash (`None` keeps each), revoking every
+/// token issued before; the last enabled admin must stay an enabled admin.
+pub fn update(
+    conn: &mut DbConnection,
+    id: &str,
+    role: Option<Role>,
+    disabled: Option<bool>,
+    hash: Option<String>,
+) -> StoreResult<User> {
+    let user = require(conn, id)?;
+    let stays_admin = role.map_or(user.role == Role::Admin.as_str(), |r| r == Role::Admin);
+    let stays_enabled = !disabled.unwrap_or(user.disabled);
+    let is_enabled_admin = user.role == Role::Admin.as_str() && !user.disabled;
+    if is_enabled_admin && !(stays_admin && stays_enabled) && other_enabled_admins(conn, id)? == 0 {
+        return Err(StoreError::conflict(
+            ErrorCode::LastAdmin,
+            "the last enabled admin must stay an enabled admin",
+        ));
+    }
+    diesel::update(users::table.find(id))
+        .set((
+            users::role.eq(role.map_or(user.role.clone(), |r| r.as_str().to_owned())),
+            users::disabled.eq(disabled.unwrap_or(user.disabled)),
+            users::password_hash.eq(hash.unwrap_or(user.password_hash.clone())),
+            users::token_version.eq(users::token_version + 1),
+            users::updated_at.eq(Utc::now().naive_utc()),
+        ))
+        .execute(conn)?;
+    require(conn, id)
+}
+
+/// Deletes a user; the last enabled admin cannot be deleted.
+pub fn delete(conn: &mut DbConnection, id: &str) -> StoreResult<()> {
+    let user = require(conn, id)?;
+    if user.role == Role::Admin.as_str() && !user.disabled && other_enabled_admins(conn, id)? == 0 {
+        return Err(StoreError::conflict(
+            ErrorCode::LastAdmin,
+            "the last enabled admin cannot be deleted",
+        ));
+    }
+    diesel::delete(users::table.find(id)).execute(conn)?;
+    Ok(())
 }
