@@ -568,12 +568,16 @@ pub fn source_of(req: &HttpRequest) -> Option<String> {
     req.peer_addr().map(|a| a.ip().to_string())
 }
 
+/// Who a verified device token belongs to.
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    pub device_id: String,
+    pub token_id: String,
+}
+
 /// Verifies a device token: signature, scope, expiry, and that it is the device's current
 /// token (an older one was revoked by rotation).
-pub async fn verify_device_token(
-    state: &AppState,
-    token: &str,
-) -> ApiResult<crate::actors::session::DeviceIdentity> {
+pub async fn verify_device_token(state: &AppState, token: &str) -> ApiResult<DeviceIdentity> {
     let claims = state.jwt.verify(token, Scope::Device)?;
     let device_id = claims.sub.clone();
     let row = state
@@ -587,7 +591,7 @@ pub async fn verify_device_token(
             "device token was revoked",
         ));
     }
-    Ok(crate::actors::session::DeviceIdentity {
+    Ok(DeviceIdentity {
         device_id: claims.sub,
         token_id: claims.jti,
     })

@@ -1,6 +1,6 @@
 //! `FirmwareDeployer`: the actor that rolls firmware deployments out, wave by wave.
 //!
-//! It keeps no state the database does not have. A *pass* runs `deployments::advance` for
+//! It keeps no state the database does not have. A *pass* runs `rollout::advance` for
 //! every unfinished deployment on the blocking pool, then carries out what the pass decided:
 //! `update_firmware` commands through the `CommandDispatcher`, and `deployment` events to the
 //! dashboards. Passes never overlap (so the download cap holds); a pass runs every

@@ -72,12 +72,7 @@ pub const CLOSE_FLOOD: u16 = protocol::codes::close::FLOOD;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Who a verified device token belongs to.
-#[derive(Debug, Clone)]
-pub struct DeviceIdentity {
-    pub device_id: String,
-    pub token_id: String,
-}
+pub use crate::auth::DeviceIdentity;
 
 /// Checks the token of an `auth` frame, given the token and the peer's address; a refusal
 /// counts against that address. The REST side supplies it, so a session needs no keys.

@@ -1,5 +1,5 @@
-//! Device telemetry: log lines and scan/print/alert events, written in batches, listed by
-//! REST, and pruned by age.
+//! The telemetry actors: log lines and scan/print/alert events, buffered and written in
+//! batches (the rows and queries are `store::telemetry`).
 //!
 //! Sessions hand records to the `TelemetrySink` actor, which buffers them and flushes a batch
 //! every `FLUSH_INTERVAL` or at `FLUSH_AT` records to the `TelemetryWriter`, a one-thread

@@ -1,4 +1,5 @@
-//! The audit log: one row per privileged call, written before the action takes effect.
+//! The audit log's route, and `audited`, which runs a privileged change and its audit row
+//! (`store::audit::AuditEntry`) in one transaction.
 
 use actix_web::{web, HttpResponse};
 

@@ -1,10 +1,9 @@
-//! Firmware deployments: their rows, the queries that move them, and the REST routes
-//! (`/api/v1/firmware/deployments`). The `FirmwareDeployer` actor (`deployer.rs`) drives them.
+//! The firmware deployment routes (`/api/v1/firmware/deployments`): create, list, get, and
+//! pause, resume and cancel. Their rows live in `store::deployments`; the state machine that
+//! moves them is `store::rollout`, which the `FirmwareDeployer` actor drives.
 //!
 //! Every transition is one conditional UPDATE on the state it leaves, so the actor, a late
-//! command result and an operator's pause can never both win. `advance` reconciles one
-//! deployment with what the devices report (their stored status, version and run id), which is
-//! why a status frame that overtakes a command result, or a server restart, loses nothing.
+//! command result and an operator's pause can never both win.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;

@@ -1,4 +1,5 @@
-//! Devices: the model, its queries, enrollment and the device routes.
+//! The device routes: enrollment (`POST /api/v1/devices/{id}/token`), list, get, update and
+//! delete. The rows and their queries live in `store::devices`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;

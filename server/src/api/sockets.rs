@@ -1,4 +1,4 @@
-//! `GET /ws/device`: the device socket's upgrade, and where its token may come from.
+//! `GET /ws/device`: the device socket's upgrade, with the session's peers and token check.
 
 use std::rc::Rc;
 

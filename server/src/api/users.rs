@@ -1,4 +1,5 @@
-//! Users: the model, its queries, the first-admin bootstrap, login/logout, and user management.
+//! The user routes: login/logout, the caller's own account and password, and user management;
+//! and the first-admin bootstrap. The rows and their queries live in `store::users`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use protocol::rest::{
