@@ -151,3 +151,18 @@ pub struct AlertEvent {
     pub message: String,
     pub ts: Timestamp,
 }
+
+/// What a valid device id is, for messages that refuse one.
+pub const DEVICE_ID_RULE: &str =
+    "device id must be 1-128 characters of letters, digits, '-', '_' or '.', not starting with '.'";
+
+/// Whether `id` is a valid device id: 1-128 ASCII letters, digits, `-`, `_` or `.`, not
+/// starting with `.` (ids name files and appear in URLs).
+pub fn is_valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !id.starts_with('.')
+}

@@ -188,3 +188,21 @@ pub struct Deployment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<DeviceDeployment>>,
 }
+
+/// First line of the signed manifest, naming its format.
+pub const MANIFEST_HEADER: &str = "factory-firmware-manifest-v1";
+
+/// The canonical bytes a release signature covers: the header, then one `key=value` line each
+/// for the project, version, artifact digest (lowercase hex), size and expiry (Unix seconds).
+pub fn manifest_bytes(
+    project: &str,
+    version: &str,
+    sha256_hex: &str,
+    size: u64,
+    expires_unix: i64,
+) -> Vec<u8> {
+    format!(
+        "{MANIFEST_HEADER}\nproject={project}\nversion={version}\nsha256={sha256_hex}\nsize={size}\nexpires={expires_unix}\n"
+    )
+    .into_bytes()
+}

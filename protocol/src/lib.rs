@@ -5,10 +5,12 @@
 //! so a change to a field name is a protocol break, not a refactoring. This crate depends on
 //! neither actix nor diesel, so the agent, the server and test clients share it freely.
 
+pub mod codes;
 pub mod commands;
 pub mod dashboard;
 pub mod device;
 pub mod firmware;
+pub mod hex;
 pub mod limits;
 pub mod ota;
 pub mod rest;

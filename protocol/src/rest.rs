@@ -29,6 +29,117 @@ pub struct ErrorEnvelope {
     pub error: ErrorBody,
 }
 
+/// Codes scripts can match on; renaming one is an API break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidBody,
+    InvalidParameter,
+    UnknownCommandType,
+    InvalidCommand,
+    ConfirmationRequired,
+    Unauthorized,
+    InvalidToken,
+    TokenExpired,
+    InvalidCredentials,
+    InvalidEnrollmentKey,
+    EnrollmentDisabled,
+    RateLimited,
+    /// Too many sockets of one kind open at once (per user or for the whole server).
+    TooManyConnections,
+    Forbidden,
+    UsernameTaken,
+    LastAdmin,
+    UserNotFound,
+    NotFound,
+    DeviceNotFound,
+    CommandNotFound,
+    DuplicateCommandId,
+    CommandInFlight,
+    CommandNotCancellable,
+    GroupNotFound,
+    GroupNameTaken,
+    TooManyTargets,
+    PayloadTooLarge,
+    ReleaseNotFound,
+    ReleaseExists,
+    ReleaseDeployed,
+    DeploymentNotFound,
+    DeploymentState,
+    DeviceInDeployment,
+    InvalidSignature,
+    SignatureRequired,
+    SignatureExpired,
+    InvalidAdminSecret,
+    DatabaseUnavailable,
+    /// A device sent a sync record for a company that is not its own.
+    CompanyMismatch,
+    /// A request the HTTP layer refused for a reason no other code names (a WebSocket route
+    /// called without the upgrade headers, say).
+    BadRequest,
+    /// 503: too many requests need a scarce resource (password checks) at once.
+    ServerBusy,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire name, the same text serde writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::UnknownCommandType => "unknown_command_type",
+            ErrorCode::InvalidCommand => "invalid_command",
+            ErrorCode::ConfirmationRequired => "confirmation_required",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::InvalidEnrollmentKey => "invalid_enrollment_key",
+            ErrorCode::EnrollmentDisabled => "enrollment_disabled",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::UsernameTaken => "username_taken",
+            ErrorCode::LastAdmin => "last_admin",
+            ErrorCode::UserNotFound => "user_not_found",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::DeviceNotFound => "device_not_found",
+            ErrorCode::CommandNotFound => "command_not_found",
+            ErrorCode::DuplicateCommandId => "duplicate_command_id",
+            ErrorCode::CommandInFlight => "command_in_flight",
+            ErrorCode::CommandNotCancellable => "command_not_cancellable",
+            ErrorCode::GroupNotFound => "group_not_found",
+            ErrorCode::GroupNameTaken => "group_name_taken",
+            ErrorCode::TooManyTargets => "too_many_targets",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::ReleaseNotFound => "release_not_found",
+            ErrorCode::ReleaseExists => "release_exists",
+            ErrorCode::ReleaseDeployed => "release_deployed",
+            ErrorCode::DeploymentNotFound => "deployment_not_found",
+            ErrorCode::DeploymentState => "deployment_state",
+            ErrorCode::DeviceInDeployment => "device_in_deployment",
+            ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::SignatureRequired => "signature_required",
+            ErrorCode::SignatureExpired => "signature_expired",
+            ErrorCode::InvalidAdminSecret => "invalid_admin_secret",
+            ErrorCode::DatabaseUnavailable => "database_unavailable",
+            ErrorCode::CompanyMismatch => "company_mismatch",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::ServerBusy => "server_busy",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of a REST answer. `code` stays a string so that a client reads codes newer than
+/// itself; a server writes it from `ErrorCode::as_str`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub code: String,

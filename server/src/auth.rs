@@ -20,10 +20,10 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::audit::{self, AuditEntry};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
-use crate::{tokens, users};
+use crate::store::audit::{self, AuditEntry};
+use crate::store::{tokens, users};
 
 /// Clock skew tolerated on `exp`, in seconds.
 const JWT_LEEWAY_SECS: u64 = 5;
@@ -413,7 +413,7 @@ macro_rules! permission {
 }
 
 // The spec's table (`server-management.md` §7). Which command types a role may send is finer
-// than a route and lives in `commands::role_may_send`.
+// than a route and lives in `policy::role_may_send`.
 permission!(Authenticated, "self", Role::Viewer);
 permission!(ViewDevices, "devices.view", Role::Viewer);
 permission!(ViewCommands, "commands.view", Role::Viewer);
@@ -470,7 +470,7 @@ impl<P: Permission + 'static> FromRequest for Authorized<P> {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let token = bearer_token(req).map(str::to_owned);
         let (method, path) = (req.method().to_string(), req.path().to_owned());
-        let source = audit::source_of(req);
+        let source = crate::auth::source_of(req);
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::internal("application state missing"))?;
             let token = token.ok_or_else(|| {
@@ -487,7 +487,7 @@ impl<P: Permission + 'static> FromRequest for Authorized<P> {
                     .source(source);
                 state
                     .db
-                    .run(move |conn| audit::record(conn, &entry))
+                    .run(move |conn| Ok(audit::record(conn, &entry)?))
                     .await?;
                 return Err(ApiError::forbidden(format!(
                     "role {} lacks the permission {}",
@@ -537,6 +537,63 @@ pub async fn authenticate_user(state: &AppState, token: &str) -> ApiResult<AuthU
         role,
         jti: claims.jti,
         expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(Utc::now),
+    })
+}
+
+/// The `token` query parameter of a WebSocket upgrade.
+pub fn query_token(req: &HttpRequest) -> Option<String> {
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("token").cloned())
+        .filter(|t| !t.is_empty())
+}
+
+/// The token a WebSocket upgrade carries: the `Authorization` header, else `?token=` while
+/// the compatibility setting allows it. `None`: the client will send an `auth` frame.
+pub fn upgrade_token(req: &HttpRequest, allow_query: bool) -> ApiResult<Option<String>> {
+    match (bearer_token(req), query_token(req)) {
+        (Some(header), _) => Ok(Some(header.to_owned())),
+        (None, Some(query)) if allow_query => Ok(Some(query)),
+        (None, Some(_)) => Err(ApiError::unauthorized(
+            ErrorCode::Unauthorized,
+            "?token= is turned off on this server; send the token in the Authorization header or an auth frame",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The peer address of a request. The proxy's forwarded header is not trusted here: a client
+/// could forge it, and the audit log must name where a call really came from.
+pub fn source_of(req: &HttpRequest) -> Option<String> {
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+/// Who a verified device token belongs to.
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    pub device_id: String,
+    pub token_id: String,
+}
+
+/// Verifies a device token: signature, scope, expiry, and that it is the device's current
+/// token (an older one was revoked by rotation).
+pub async fn verify_device_token(state: &AppState, token: &str) -> ApiResult<DeviceIdentity> {
+    let claims = state.jwt.verify(token, Scope::Device)?;
+    let device_id = claims.sub.clone();
+    let row = state
+        .db
+        .run(move |conn| Ok(crate::store::devices::find(conn, &device_id)?))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized(ErrorCode::InvalidToken, "unknown device"))?;
+    if row.token_id.as_deref() != Some(claims.jti.as_str()) {
+        return Err(ApiError::unauthorized(
+            ErrorCode::InvalidToken,
+            "device token was revoked",
+        ));
+    }
+    Ok(DeviceIdentity {
+        device_id: claims.sub,
+        token_id: claims.jti,
     })
 }
 

@@ -12,6 +12,16 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+/// A frame the socket does not take within this long closes it: the browser stopped reading.
+/// The default of the `dashboard_send_timeout_secs` setting.
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Default of `dashboard_max_per_user`: sockets one user may hold (tabs, wall screens).
+pub const MAX_DASHBOARDS_PER_USER: usize = 16;
+/// Default of `dashboard_max_total`: sockets the server holds, authenticated or not. A stalled
+/// one holds up to its channel's 1 MiB of events until its deadline, so this bounds memory.
+pub const MAX_DASHBOARDS: usize = 256;
+
 /// Settings of a running server, after all four layers are merged and checked.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -117,9 +127,9 @@ impl Default for Config {
             ota_admin_secret: None,
             ota_jwt_expiry_minutes: 30,
             ota_no_jwt: false,
-            dashboard_send_timeout_secs: crate::dashboard::SEND_TIMEOUT.as_secs(),
-            dashboard_max_per_user: crate::dashboard::MAX_DASHBOARDS_PER_USER,
-            dashboard_max_total: crate::dashboard::MAX_DASHBOARDS,
+            dashboard_send_timeout_secs: SEND_TIMEOUT.as_secs(),
+            dashboard_max_per_user: MAX_DASHBOARDS_PER_USER,
+            dashboard_max_total: MAX_DASHBOARDS,
             log_level: "info".into(),
         }
     }

@@ -4,70 +4,10 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use protocol::rest::{ErrorBody, ErrorEnvelope};
-use serde::Serialize;
 
-/// Codes scripts can match on; renaming one is an API break.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    InvalidBody,
-    InvalidParameter,
-    UnknownCommandType,
-    InvalidCommand,
-    ConfirmationRequired,
-    Unauthorized,
-    InvalidToken,
-    TokenExpired,
-    InvalidCredentials,
-    InvalidEnrollmentKey,
-    EnrollmentDisabled,
-    RateLimited,
-    /// Too many sockets of one kind open at once (per user or for the whole server).
-    TooManyConnections,
-    Forbidden,
-    UsernameTaken,
-    LastAdmin,
-    UserNotFound,
-    NotFound,
-    DeviceNotFound,
-    CommandNotFound,
-    DuplicateCommandId,
-    CommandInFlight,
-    CommandNotCancellable,
-    GroupNotFound,
-    GroupNameTaken,
-    TooManyTargets,
-    PayloadTooLarge,
-    ReleaseNotFound,
-    ReleaseExists,
-    ReleaseDeployed,
-    DeploymentNotFound,
-    DeploymentState,
-    DeviceInDeployment,
-    InvalidSignature,
-    SignatureRequired,
-    SignatureExpired,
-    InvalidAdminSecret,
-    DatabaseUnavailable,
-    /// A device sent a sync record for a company that is not its own.
-    CompanyMismatch,
-    /// A request the HTTP layer refused for a reason no other code names (a WebSocket route
-    /// called without the upgrade headers, say).
-    BadRequest,
-    /// 503: too many requests need a scarce resource (password checks) at once.
-    ServerBusy,
-    Internal,
-}
+pub use protocol::rest::ErrorCode;
 
-impl ErrorCode {
-    /// The wire name, which is the serde name.
-    pub fn name(self) -> String {
-        match serde_json::to_value(self) {
-            Ok(serde_json::Value::String(s)) => s,
-            _ => "internal".to_owned(),
-        }
-    }
-}
+use crate::store::error::{Kind, StoreError};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code:?}: {message}")]
@@ -193,64 +133,45 @@ impl ResponseError for ApiError {
         response.json(ErrorEnvelope {
             success: false,
             error: ErrorBody {
-                code: self.code.name(),
+                code: self.code.as_str().to_owned(),
                 message: self.message.clone(),
             },
         })
     }
 }
 
-impl From<diesel::result::Error> for ApiError {
-    fn from(e: diesel::result::Error) -> Self {
-        use diesel::result::{DatabaseErrorKind, Error};
-        if lost_database(&e) {
-            tracing::warn!(error = %e, "database unavailable");
-            return ApiError::unavailable("database unavailable; retry later");
-        }
-        match e {
-            Error::NotFound => ApiError::not_found(ErrorCode::NotFound, "not found"),
-            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => {
-                ApiError::conflict(ErrorCode::InvalidParameter, info.message().to_owned())
-            }
-            // A backstop: text with NUL is refused where it enters (`input`), but should some
-            // reach PostgreSQL, which cannot store it ("invalid byte sequence for encoding
-            // "UTF8": 0x00"), it is the client's bad input, not the server's fault.
-            Error::DatabaseError(_, info) if info.message().contains("invalid byte sequence") => {
-                ApiError::bad_request(
-                    ErrorCode::InvalidBody,
-                    format!("text that cannot be stored: {}", crate::input::NUL_REFUSED),
-                )
-            }
-            other => ApiError::internal(other),
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e.kind {
+            Kind::Invalid => StatusCode::BAD_REQUEST,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        // A lost database is worth retrying soon; say when.
+        let retry_after = (e.kind == Kind::Unavailable).then_some(DATABASE_RETRY_AFTER_SECS);
+        ApiError {
+            status,
+            code: e.code,
+            message: e.message,
+            retry_after,
         }
     }
 }
 
-/// Whether a database error means the database is out of reach for now rather than that the
-/// statement is wrong: a connection closed or lost mid-query (a PostgreSQL restart), a
-/// transaction that could not end for that reason, or SQLite still locked after its busy
-/// timeout.
-fn lost_database(e: &diesel::result::Error) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error};
-    match e {
-        Error::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-            _,
-        )
-        | Error::BrokenTransactionManager => true,
-        Error::DatabaseError(_, info) => info.message().contains("database is locked"),
-        Error::RollbackErrorOnCommit {
-            rollback_error,
-            commit_error,
-        } => lost_database(commit_error) || lost_database(rollback_error),
-        _ => false,
+impl From<diesel::result::Error> for ApiError {
+    fn from(e: diesel::result::Error) -> Self {
+        StoreError::from(e).into()
     }
 }
 
 impl From<r2d2::Error> for ApiError {
     fn from(e: r2d2::Error) -> Self {
-        tracing::warn!(error = %e, "database pool");
-        ApiError::unavailable("database unavailable; retry later")
+        StoreError::from(e).into()
     }
 }
 
@@ -437,9 +358,12 @@ mod tests {
 
     #[test]
     fn codes_are_snake_case() {
-        assert_eq!(ErrorCode::UnknownCommandType.name(), "unknown_command_type");
         assert_eq!(
-            ErrorCode::InvalidEnrollmentKey.name(),
+            ErrorCode::UnknownCommandType.as_str(),
+            "unknown_command_type"
+        );
+        assert_eq!(
+            ErrorCode::InvalidEnrollmentKey.as_str(),
             "invalid_enrollment_key"
         );
     }

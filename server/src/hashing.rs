@@ -152,7 +152,7 @@ mod tests {
         let _turn = gate.permits.clone().acquire_owned().await.unwrap();
         let err = gate.verify("x".into(), None).await.unwrap_err();
         assert_eq!(err.status, actix_web::http::StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(err.code.name(), "server_busy");
+        assert_eq!(err.code.as_str(), "server_busy");
         assert_eq!(err.retry_after, Some(1));
     }
 }

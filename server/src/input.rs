@@ -22,7 +22,7 @@ use futures_util::Stream;
 use crate::error::{ApiError, ErrorCode};
 
 /// Why NUL input is refused, for every message that refuses it.
-pub const NUL_REFUSED: &str = "NUL characters (U+0000) are not accepted";
+pub use crate::store::error::NUL_REFUSED;
 
 /// Routes whose body is binary, not JSON text, and is therefore not scanned.
 pub const BINARY_BODY_ROUTES: &[(&str, &str)] = &[("POST", "/api/v1/firmware/releases")];

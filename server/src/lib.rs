@@ -4,167 +4,46 @@
 //! (`PresenceWriter`, `DeviceRegistry`, `CommandDispatcher`) and the HTTP server whose routes
 //! `routes` lists.
 
-pub mod audit;
+pub mod actors;
+pub mod api;
 pub mod auth;
-pub mod cloud_sync;
-pub mod command_api;
-pub mod commands;
 pub mod config;
 pub mod connection;
-pub mod dashboard;
-pub mod dashboard_registry;
 pub mod db;
-pub mod deployer;
-pub mod deployments;
-pub mod devices;
-pub mod dispatcher;
 pub mod error;
-pub mod events;
-pub mod firmware;
-pub mod groups;
 pub mod hashing;
 pub mod input;
-pub mod janitor;
-pub mod ota;
-pub mod presence;
+pub mod policy;
 pub mod private_files;
 pub mod ratelimit;
 pub mod refusals;
-pub mod registry;
-pub mod session;
 pub mod state;
-pub mod sync;
-pub mod telemetry;
-pub mod tokens;
-pub mod ui;
-pub mod users;
+pub mod store;
+
+pub use api::{routes, ROUTES};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::{Actor, SyncArbiter};
-use actix_web::{middleware, web, App, HttpResponse, HttpServer};
+use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
-use protocol::rest::Envelope;
 
-use crate::cloud_sync::{CloudSettings, CloudSync, CloudTarget, SharedStats, UpdateTarget};
+use crate::actors::cloud_sync::{CloudSync, CloudTarget, SharedStats, UpdateTarget};
+use crate::actors::dashboard_registry::DashboardRegistry;
+use crate::actors::deployer::FirmwareDeployer;
+use crate::actors::dispatcher::{CommandDispatcher, ConfirmWindows};
+use crate::actors::events::EventBus;
+use crate::actors::janitor::Janitor;
+use crate::actors::presence::PresenceWriter;
+use crate::actors::registry::DeviceRegistry;
+use crate::actors::telemetry::{TelemetrySink, TelemetryWriter};
 use crate::config::Config;
-use crate::dashboard_registry::DashboardRegistry;
-use crate::db::Db;
-use crate::deployer::FirmwareDeployer;
-use crate::dispatcher::{CommandDispatcher, ConfirmWindows};
-use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::events::EventBus;
-use crate::janitor::Janitor;
-use crate::presence::PresenceWriter;
-use crate::registry::DeviceRegistry;
 use crate::state::{AppState, Limits};
-use crate::telemetry::{TelemetrySink, TelemetryWriter};
+use crate::store::db::Db;
+use crate::store::outbox::CloudSettings;
 
-/// Largest JSON body accepted on REST routes.
-pub const MAX_JSON_BODY: usize = 1024 * 1024;
-
-/// Declares the routes once, producing both the actix configuration and `ROUTES`, the list the
-/// route-table tests read: a route added here is covered by them at once.
-macro_rules! routes {
-    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
-        /// Every route of the server as (method, path pattern).
-        pub const ROUTES: &[(&str, &str)] = &[$((routes!(@name $method), $path)),*];
-
-        /// Registers every route of the server.
-        pub fn routes(cfg: &mut web::ServiceConfig) {
-            $(cfg.route($path, web::$method().to($handler));)*
-        }
-    };
-    (@name get) => { "GET" };
-    (@name post) => { "POST" };
-    (@name patch) => { "PATCH" };
-    (@name put) => { "PUT" };
-    (@name delete) => { "DELETE" };
-    (@name head) => { "HEAD" };
-}
-
-// Order matters where patterns overlap: `/devices/connected` before `/devices/{id}`.
-routes! {
-    get "/" => ui::index,
-    get "/assets/{path:.*}" => ui::asset,
-    get "/healthz" => healthz,
-    get "/ws/device" => session::device_socket,
-    get "/ws/dashboard" => dashboard::dashboard_socket,
-    post "/api/v1/auth/login" => users::login,
-    post "/api/v1/auth/logout" => users::logout,
-    get "/api/v1/auth/me" => users::me,
-    post "/api/v1/auth/password" => users::change_password,
-    get "/api/v1/users" => users::list_users,
-    post "/api/v1/users" => users::create_user,
-    get "/api/v1/users/{id}" => users::get_user,
-    patch "/api/v1/users/{id}" => users::update_user,
-    delete "/api/v1/users/{id}" => users::delete_user,
-    get "/api/v1/audit" => audit::list_audit,
-    get "/api/v1/devices" => devices::list_devices,
-    get "/api/v1/devices/connected" => devices::connected_devices,
-    post "/api/v1/devices/commands" => command_api::bulk_dispatch,
-    get "/api/v1/devices/{id}" => devices::get_device,
-    patch "/api/v1/devices/{id}" => devices::update_device,
-    delete "/api/v1/devices/{id}" => devices::delete_device,
-    get "/api/v1/devices/{id}/logs" => telemetry::device_logs,
-    get "/api/v1/devices/{id}/events" => telemetry::device_events,
-    post "/api/v1/devices/{id}/token" => devices::issue_token,
-    post "/api/v1/devices/{id}/commands" => command_api::dispatch,
-    get "/api/v1/devices/{id}/commands" => command_api::history,
-    get "/api/v1/devices/{id}/commands/{cmd_id}" => command_api::get_command,
-    post "/api/v1/devices/{id}/commands/{cmd_id}/cancel" => command_api::cancel_command,
-    post "/api/v1/device-groups" => groups::create_group,
-    get "/api/v1/device-groups" => groups::list_groups,
-    get "/api/v1/device-groups/{id}" => groups::get_group,
-    put "/api/v1/device-groups/{id}" => groups::update_group,
-    delete "/api/v1/device-groups/{id}" => groups::delete_group,
-    post "/api/v1/device-groups/{id}/members" => groups::add_members,
-    delete "/api/v1/device-groups/{id}/members" => groups::remove_members,
-    post "/api/v1/device-groups/{id}/commands" => groups::dispatch_to_group,
-    post "/api/v1/sync" => sync::ingest,
-    get "/api/v1/sync/status" => cloud_sync::status,
-    get "/api/v1/sync/dead-letters" => cloud_sync::dead_letters,
-    post "/api/v1/sync/dead-letters/requeue" => cloud_sync::requeue,
-    put "/api/v1/sync/cloud" => cloud_sync::update_cloud,
-    post "/api/v1/firmware/releases" => firmware::upload,
-    get "/api/v1/firmware/releases" => firmware::list,
-    get "/api/v1/firmware/releases/{id}" => firmware::get,
-    delete "/api/v1/firmware/releases/{id}" => firmware::delete,
-    get "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
-    head "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
-    post "/api/v1/firmware/deployments" => deployments::create,
-    get "/api/v1/firmware/deployments" => deployments::list,
-    get "/api/v1/firmware/deployments/{id}" => deployments::get,
-    post "/api/v1/firmware/deployments/{id}/pause" => deployments::pause,
-    post "/api/v1/firmware/deployments/{id}/resume" => deployments::resume,
-    post "/api/v1/firmware/deployments/{id}/cancel" => deployments::cancel,
-    get "/status" => ota::status,
-    post "/admin/generate_token" => ota::generate_token,
-    get "/firmware/{project}/latest" => ota::latest,
-    get "/firmware/{project}/versions" => ota::versions,
-    get "/firmware/{project}/{file}" => ota::file,
-}
-
-async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    use diesel::connection::SimpleConnection;
-    state
-        .db
-        .run(|conn| {
-            conn.batch_execute("SELECT 1")
-                .map_err(|e| ApiError::unavailable(format!("database unreachable: {e}")))
-        })
-        .await
-        .map_err(|e| match e.code {
-            ErrorCode::Internal => ApiError::unavailable("database unreachable"),
-            _ => e,
-        })?;
-    Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({
-        "status": "ok",
-        "database": state.db.backend().name(),
-        "version": env!("CARGO_PKG_VERSION"),
-    }))))
-}
+pub use api::MAX_JSON_BODY;
 
 /// The request line for the access log with the value of every `token` query parameter
 /// hidden: boards (`/firmware/…`) and older devices send their tokens there, and tokens are
@@ -192,10 +71,6 @@ fn redacted_request_line(req: &actix_web::dev::ServiceRequest) -> String {
         query,
         req.version()
     )
-}
-
-async fn not_found() -> ApiResult<HttpResponse> {
-    Err(ApiError::not_found(ErrorCode::NotFound, "no such route"))
 }
 
 /// On SIGHUP, reads the settings again (flags, environment, TOML file, token file) and points
@@ -247,9 +122,9 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     private_files::create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let db = Db::open(config.database())?;
-    users::bootstrap_admin(&db, config.admin_password.as_deref(), &config.data_dir)?;
+    api::users::bootstrap_admin(&db, config.admin_password.as_deref(), &config.data_dir)?;
     let reset = db
-        .run_blocking(devices::mark_all_offline)
+        .run_blocking(|conn| Ok(store::devices::mark_all_offline(conn)?))
         .map_err(|e| anyhow::anyhow!(e.message))?;
     if reset > 0 {
         tracing::info!(
@@ -257,7 +132,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             "devices left ONLINE by the previous run marked OFFLINE"
         );
     }
-    let swept = firmware::remove_partial_uploads(&config.data_dir)
+    let swept = store::firmware::remove_partial_uploads(&config.data_dir)
         .context("cannot clean the firmware directory")?;
     if swept > 0 {
         tracing::info!(
@@ -363,7 +238,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
                     .exclude("/healthz"),
             )
             .configure(routes)
-            .default_service(web::to(not_found))
+            .default_service(web::to(api::not_found))
     })
     .on_connect(connection::remember)
     .bind(config.bind_addr())

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 
-use crate::audit::{self, AuditEntry};
-use crate::db::Db;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::ratelimit::{retry_after_secs, FailureLimiter, Label, Lockout, Refusal, Reservation};
 use crate::state::{AppState, Limits};
+use crate::store::audit::{self, AuditEntry};
+use crate::store::db::Db;
 
 /// How long an attempt waits while its key's remaining attempts are all being checked.
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(5);
@@ -45,9 +45,9 @@ pub async fn record_all(db: &Db, entries: Vec<AuditEntry>) -> ApiResult<()> {
         return Ok(());
     }
     db.run(move |conn| {
-        crate::db::write_transaction(conn, |conn| {
+        Ok(crate::store::db::write_transaction(conn, |conn| {
             entries.iter().try_for_each(|e| audit::record(conn, e))
-        })
+        })?)
     })
     .await
 }

@@ -5,19 +5,19 @@ use std::time::Duration;
 
 use actix::Addr;
 
+use crate::actors::cloud_sync::{CloudSync, CloudTarget, SharedStats};
+use crate::actors::dashboard_registry::DashboardRegistry;
+use crate::actors::deployer::FirmwareDeployer;
+use crate::actors::dispatcher::CommandDispatcher;
+use crate::actors::events::EventBus;
+use crate::actors::presence::PresenceWriter;
+use crate::actors::registry::DeviceRegistry;
+use crate::actors::telemetry::TelemetrySink;
 use crate::auth::JwtKeys;
-use crate::cloud_sync::{CloudSync, CloudTarget, SharedStats};
 use crate::config::Config;
-use crate::dashboard_registry::DashboardRegistry;
-use crate::db::Db;
-use crate::deployer::FirmwareDeployer;
-use crate::dispatcher::CommandDispatcher;
-use crate::events::EventBus;
 use crate::hashing::HashGate;
-use crate::presence::PresenceWriter;
 use crate::ratelimit::{FailureLimiter, Label, Summary};
-use crate::registry::DeviceRegistry;
-use crate::telemetry::TelemetrySink;
+use crate::store::db::Db;
 
 #[derive(Clone)]
 pub struct AppState {

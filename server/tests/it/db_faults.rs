@@ -46,7 +46,7 @@ fn nul_text_refused_by_postgres_is_a_bad_request() {
     };
     let err = test
         .db
-        .run_blocking(move |conn| server::sync::store(conn, "edge-1", vec![record]))
+        .run_blocking(move |conn| Ok(server::store::sync::store(conn, "edge-1", vec![record])?))
         .unwrap_err();
     assert_eq!(err.status, StatusCode::BAD_REQUEST, "{err:?}");
     assert_eq!(err.code, ErrorCode::InvalidBody);

@@ -13,11 +13,11 @@ use fuzzing::{corpus, json_inputs, run, Seed, Verdict};
 use protocol::dashboard::DashboardEvent;
 use protocol::device::{DeviceEvent, DeviceFrame};
 use protocol::rest::Role;
+use server::actors::events::Publish;
 use server::auth::AuthUser;
 use server::config::{Cli, Config};
 use server::error::ApiError;
-use server::events::Publish;
-use server::telemetry::{Telemetry, MAX_STORED_TEXT};
+use server::store::telemetry::{Telemetry, MAX_STORED_TEXT};
 
 fn protocol_corpus(target: &str) -> Vec<Seed> {
     corpus(
@@ -71,13 +71,13 @@ const VOCABULARY: &[&str] = &[
 /// A refusal must be a client error with a code other than `internal`: bad input is never a
 /// 5xx (`contract.md`).
 fn client_error(e: &ApiError) -> Result<Verdict, String> {
-    if e.status.is_client_error() && e.code.name() != "internal" {
+    if e.status.is_client_error() && e.code.as_str() != "internal" {
         Ok(Verdict::Refused)
     } else {
         Err(format!(
             "refused with {} {}: {}",
             e.status,
-            e.code.name(),
+            e.code.as_str(),
             e.message
         ))
     }
@@ -110,7 +110,7 @@ fn fuzz_dispatch_bodies() {
         &seeds,
         json_inputs(&seeds, VOCABULARY),
         |_, bytes| {
-            let request = match server::command_api::parse_dispatch(bytes) {
+            let request = match server::api::commands::parse_dispatch(bytes) {
                 Ok(request) => request,
                 Err(e) => return client_error(&e),
             };
@@ -121,7 +121,7 @@ fn fuzz_dispatch_bodies() {
             // but only with a client error.
             let mut verdict = Verdict::Refused;
             for role in [Role::Admin, Role::Manager, Role::Operator, Role::Viewer] {
-                match server::command_api::check(&user(role), &request) {
+                match server::api::commands::check(&user(role), &request) {
                     Ok(checked) => {
                         if checked.timeout.is_zero() {
                             return Err("a dispatch was allowed without a timeout".into());
@@ -145,14 +145,14 @@ fn fuzz_sync_batches() {
         "server_sync",
         &seeds,
         json_inputs(&seeds, VOCABULARY),
-        |_, bytes| match server::sync::parse_body(bytes) {
+        |_, bytes| match server::api::sync::parse_body(bytes) {
             Err(e) => client_error(&e),
             Ok(records) => {
-                if records.len() > server::sync::MAX_SYNC_RECORDS {
+                if records.len() > server::api::sync::MAX_SYNC_RECORDS {
                     return Err(format!("{} records accepted", records.len()));
                 }
                 for r in &records {
-                    if r.id.trim().is_empty() || r.id.len() > server::sync::MAX_RECORD_ID_LEN {
+                    if r.id.trim().is_empty() || r.id.len() > server::api::sync::MAX_RECORD_ID_LEN {
                         return Err(format!("record id {:?} accepted", r.id));
                     }
                     if r.company_id.trim().is_empty() {

@@ -2,7 +2,7 @@
 
 use chrono::{Duration, Utc};
 use server::db::Db;
-use server::tokens;
+use server::store::tokens;
 
 fn check(db: &Db) {
     let now = Utc::now();

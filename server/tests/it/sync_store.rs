@@ -70,7 +70,7 @@ fn an_id_stored_meanwhile_by_another_transaction_is_a_duplicate_and_the_rest_is_
         let db = test.db.clone();
         std::thread::spawn(move || {
             let records = (0..4).map(|i| bottle(&format!("race-{i}"))).collect();
-            db.run_blocking(move |conn| server::sync::store(conn, "edge-1", records))
+            db.run_blocking(move |conn| Ok(server::store::sync::store(conn, "edge-1", records)?))
         })
     };
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -4,8 +4,8 @@ use crate::common::ServerDb;
 use chrono::{Duration, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
 use schema::schema::{device_events, device_group_members, device_groups, device_logs, devices};
-use server::devices::{list as list_devices, DeviceFilter};
-use server::telemetry::{self, Telemetry};
+use server::store::devices::{list as list_devices, DeviceFilter};
+use server::store::telemetry::{self, Telemetry};
 
 fn add_device(
     db: &ServerDb,
@@ -85,7 +85,7 @@ fn retention_deletes_exactly_what_is_older(db: ServerDb) {
     batch.push(Telemetry::log("edge-1", cutoff, "INFO", "at the cut-off"));
     let written = db
         .db
-        .run_blocking(|conn| telemetry::write_batch(conn, &batch))
+        .run_blocking(|conn| Ok(telemetry::write_batch(conn, &batch)?))
         .unwrap();
     assert_eq!(written, batch.len());
     assert_eq!(count_rows(&db), (51, 50));
@@ -93,7 +93,7 @@ fn retention_deletes_exactly_what_is_older(db: ServerDb) {
     // A batch of 7 makes the job loop several times per table.
     let deleted = db
         .db
-        .run_blocking(|conn| telemetry::prune_older_than(conn, cutoff, 7))
+        .run_blocking(|conn| Ok(telemetry::prune_older_than(conn, cutoff, 7)?))
         .unwrap();
     assert_eq!(deleted, 50);
     assert_eq!(count_rows(&db), (26, 25));
@@ -110,7 +110,7 @@ fn retention_deletes_exactly_what_is_older(db: ServerDb) {
     // Running again deletes nothing more.
     assert_eq!(
         db.db
-            .run_blocking(|conn| telemetry::prune_older_than(conn, cutoff, 7))
+            .run_blocking(|conn| Ok(telemetry::prune_older_than(conn, cutoff, 7)?))
             .unwrap(),
         0
     );
@@ -131,7 +131,7 @@ fn a_batch_survives_a_deleted_device(db: ServerDb) {
     ];
     let written = db
         .db
-        .run_blocking(|conn| telemetry::write_batch(conn, &batch))
+        .run_blocking(|conn| Ok(telemetry::write_batch(conn, &batch)?))
         .unwrap();
     assert_eq!(written, 2, "only the rows of the missing device are lost");
     assert_eq!(count_rows(&db), (1, 1));
@@ -188,7 +188,7 @@ fn device_filters(db: ServerDb) {
     let ids = |filter: DeviceFilter| -> Vec<String> {
         let page = db
             .db
-            .run_blocking(move |conn| list_devices(conn, &filter, 50, 0))
+            .run_blocking(move |conn| Ok(list_devices(conn, &filter, 50, 0)?))
             .unwrap();
         assert_eq!(page.total as usize, page.items.len());
         page.items.into_iter().map(|d| d.id).collect()
@@ -263,7 +263,7 @@ fn device_filters(db: ServerDb) {
     // Paging.
     let page = db
         .db
-        .run_blocking(|conn| list_devices(conn, &DeviceFilter::default(), 2, 2))
+        .run_blocking(|conn| Ok(list_devices(conn, &DeviceFilter::default(), 2, 2)?))
         .unwrap();
     assert_eq!(page.total, 4);
     assert_eq!(page.items.len(), 2);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::*;
 use serde_json::{json, Value};
-use server::session::CLIENT_TIMEOUT;
+use server::actors::session::CLIENT_TIMEOUT;
 
 on_both_backends!(
     dashboards_that_stop_reading_are_cut_at_the_send_deadline,

@@ -1,32 +1,12 @@
-//! The audit log: one row per privileged call, written before the action takes effect.
+//! The audit log's rows: recording an entry and listing them.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use crate::store::db::DbConnection;
+use crate::store::error::StoreResult;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
-use protocol::rest::{AuditRecord, Envelope, Page, Role};
-use serde::Deserialize;
-
-use crate::auth::{Authorized, ViewAudit};
-use crate::devices;
-use crate::state::AppState;
+use protocol::rest::{AuditRecord, Page, Role};
 use schema::schema::audit_log;
-
-use crate::db::{Db, DbConnection};
-use crate::error::ApiResult;
-
-#[derive(Debug, Clone, Insertable, Queryable, Selectable)]
-#[diesel(table_name = audit_log)]
-struct AuditRow {
-    id: String,
-    ts: NaiveDateTime,
-    actor: Option<String>,
-    role: Option<String>,
-    action: String,
-    target: Option<String>,
-    params: Option<String>,
-    source: Option<String>,
-    outcome: String,
-}
+use serde::Deserialize;
 
 /// Longest `actor` and `target` stored, in bytes. Both columns are indexed, and PostgreSQL
 /// refuses an index entry past about 2.7 KB: a release id of 512 KiB in a deployment request
@@ -35,7 +15,7 @@ struct AuditRow {
 pub const MAX_INDEXED_LEN: usize = 256;
 
 /// `text` cut to `MAX_INDEXED_LEN` bytes at a character boundary, marked with `…` if cut.
-fn indexable(text: String) -> String {
+pub fn indexable(text: String) -> String {
     if text.len() <= MAX_INDEXED_LEN {
         return text;
     }
@@ -99,29 +79,7 @@ impl AuditEntry {
     }
 }
 
-/// Runs a mutation with its audit row: the row is written first, in the same transaction, so
-/// the action never takes effect unrecorded. If the mutation fails, its transaction is rolled
-/// back and a row with the failure is written instead.
-pub async fn audited<T, F>(db: &Db, entry: AuditEntry, f: F) -> ApiResult<T>
-where
-    F: FnOnce(&mut DbConnection) -> ApiResult<T> + Send + 'static,
-    T: Send + 'static,
-{
-    db.run(move |conn| {
-        let success = entry.clone().outcome("success");
-        let result = crate::db::write_transaction(conn, |conn| {
-            record(conn, &success)?;
-            f(conn)
-        });
-        if let Err(e) = &result {
-            record(conn, &entry.outcome(format!("failure: {}", e.code.name())))?;
-        }
-        result
-    })
-    .await
-}
-
-pub fn record(conn: &mut DbConnection, entry: &AuditEntry) -> ApiResult<()> {
+pub fn record(conn: &mut DbConnection, entry: &AuditEntry) -> StoreResult<()> {
     let row = AuditRow {
         id: uuid::Uuid::new_v4().to_string(),
         ts: Utc::now().naive_utc(),
@@ -137,31 +95,6 @@ pub fn record(conn: &mut DbConnection, entry: &AuditEntry) -> ApiResult<()> {
         .values(&row)
         .execute(conn)?;
     Ok(())
-}
-
-/// The peer address of a request. The proxy's forwarded header is not trusted here: a client
-/// could forge it, and the audit log must name where a call really came from.
-pub fn source_of(req: &HttpRequest) -> Option<String> {
-    req.peer_addr().map(|a| a.ip().to_string())
-}
-
-impl AuditRow {
-    fn to_api(&self) -> AuditRecord {
-        AuditRecord {
-            id: self.id.clone(),
-            ts: self.ts.and_utc(),
-            actor: self.actor.clone(),
-            role: self.role.clone(),
-            action: self.action.clone(),
-            target: self.target.clone(),
-            params: self
-                .params
-                .as_deref()
-                .and_then(|p| serde_json::from_str(p).ok()),
-            source: self.source.clone(),
-            outcome: self.outcome.clone(),
-        }
-    }
 }
 
 /// Filters of `GET /api/v1/audit`. `action` matches a whole action or, ending in `.`, a family
@@ -182,7 +115,7 @@ pub fn list(
     q: &AuditQuery,
     limit: i64,
     offset: i64,
-) -> ApiResult<Page<AuditRecord>> {
+) -> StoreResult<Page<AuditRecord>> {
     let filtered = || {
         let mut query = audit_log::table.into_boxed();
         if let Some(actor) = &q.actor {
@@ -223,19 +156,37 @@ pub fn list(
     })
 }
 
-/// `GET /api/v1/audit`. The log is append-only: no route changes or deletes a row.
-pub async fn list_audit(
-    _user: Authorized<ViewAudit>,
-    state: web::Data<AppState>,
-    query: web::Query<AuditQuery>,
-) -> ApiResult<HttpResponse> {
-    let query = query.into_inner();
-    let (limit, offset) = devices::paging(query.limit, query.offset)?;
-    let page = state
-        .db
-        .run(move |conn| list(conn, &query, limit, offset))
-        .await?;
-    Ok(HttpResponse::Ok().json(Envelope::ok(page)))
+#[derive(Debug, Clone, Insertable, Queryable, Selectable)]
+#[diesel(table_name = audit_log)]
+pub struct AuditRow {
+    id: String,
+    ts: NaiveDateTime,
+    actor: Option<String>,
+    role: Option<String>,
+    action: String,
+    target: Option<String>,
+    params: Option<String>,
+    source: Option<String>,
+    outcome: String,
+}
+
+impl AuditRow {
+    pub fn to_api(&self) -> AuditRecord {
+        AuditRecord {
+            id: self.id.clone(),
+            ts: self.ts.and_utc(),
+            actor: self.actor.clone(),
+            role: self.role.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            params: self
+                .params
+                .as_deref()
+                .and_then(|p| serde_json::from_str(p).ok()),
+            source: self.source.clone(),
+            outcome: self.outcome.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

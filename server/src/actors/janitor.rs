@@ -8,9 +8,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 
-use crate::db::Db;
 use crate::state::Limits;
-use crate::{refusals, telemetry, tokens};
+use crate::store::db::Db;
+use crate::{refusals, store::telemetry, store::tokens};
 
 /// How often housekeeping runs.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(600);
@@ -81,14 +81,14 @@ impl Handler<Sweep> for Janitor {
         let cutoff = Utc::now() - self.retention;
         Box::pin(async move {
             match db
-                .run(move |conn| telemetry::prune_older_than(conn, cutoff, RETENTION_BATCH))
+                .run(move |conn| Ok(telemetry::prune_older_than(conn, cutoff, RETENTION_BATCH)?))
                 .await
             {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(deleted = n, %cutoff, "old device logs and events deleted"),
                 Err(e) => tracing::warn!(error = %e, "log retention failed"),
             }
-            match db.run(|conn| tokens::prune(conn, Utc::now())).await {
+            match db.run(|conn| Ok(tokens::prune(conn, Utc::now())?)).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "expired token revocations pruned"),
                 Err(e) => tracing::warn!(error = %e, "pruning token revocations failed"),

@@ -22,7 +22,7 @@
 //! `expires` is the upload's `signatureExpiresAt`; a manifest past it is refused.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -32,125 +32,27 @@ use actix_web::http::header::{self, EntityTag, Header, IfNoneMatch};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use futures_util::StreamExt;
-use protocol::firmware::FirmwareRelease;
 use protocol::rest::{Envelope, Page};
 use schema::schema::firmware_releases as releases;
 use serde::Deserialize;
 
-use crate::audit::{self, audited, AuditEntry};
+use crate::api::audit::audited;
+use crate::api::paging::Paging;
 use crate::auth::{self, Authorized, ManageFirmware, Permission, Scope, ViewDevices};
-use crate::db::DbConnection;
-use crate::devices::paging;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
+use crate::store::audit::AuditEntry;
+use crate::store::db::DbConnection;
+use crate::store::firmware::*;
 
 /// Bytes gathered from the request before one write to disk.
 const WRITE_CHUNK: usize = 256 * 1024;
 
-/// First line of the signed manifest; a new layout gets a new line.
-pub const MANIFEST_HEADER: &str = "factory-firmware-manifest-v1";
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = releases)]
-pub struct ReleaseRow {
-    pub id: String,
-    pub project: String,
-    pub version: String,
-    pub channel: String,
-    pub filename: String,
-    pub stored_name: String,
-    pub size_bytes: i64,
-    pub sha256: String,
-    pub signature_base64: Option<String>,
-    pub signature_expires_at: Option<NaiveDateTime>,
-    pub uploaded_by: Option<String>,
-    pub created_at: NaiveDateTime,
-}
-
-impl ReleaseRow {
-    pub fn to_api(&self) -> FirmwareRelease {
-        FirmwareRelease {
-            id: self.id.clone(),
-            project: self.project.clone(),
-            version: self.version.clone(),
-            channel: self.channel.clone(),
-            filename: self.filename.clone(),
-            stored_name: self.stored_name.clone(),
-            size: self.size_bytes,
-            sha256: self.sha256.clone(),
-            signature_base64: self.signature_base64.clone(),
-            signature_expires_at: self.signature_expires_at.map(|t| t.and_utc()),
-            uploaded_by: self.uploaded_by.clone(),
-            created_at: self.created_at.and_utc(),
-            artifact_url: format!("/api/v1/firmware/releases/{}/artifact", self.id),
-        }
-    }
-}
-
-/// The canonical bytes a release signature covers (see the module documentation).
-pub fn manifest_bytes(
-    project: &str,
-    version: &str,
-    sha256_hex: &str,
-    size: u64,
-    expires_unix: i64,
-) -> Vec<u8> {
-    format!(
-        "{MANIFEST_HEADER}\nproject={project}\nversion={version}\nsha256={sha256_hex}\nsize={size}\nexpires={expires_unix}\n"
-    )
-    .into_bytes()
-}
-
-/// `<data dir>/firmware`.
-pub fn firmware_dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("firmware")
-}
-
-/// Prefix and suffix of an upload's temporary file.
-const PART_PREFIX: &str = ".upload-";
-const PART_SUFFIX: &str = ".part";
-
-/// Deletes the temporary files of uploads that a previous run was killed in the middle of (a
-/// crash runs no destructor). Called at start, before any upload can begin; answers how many
-/// went.
-pub fn remove_partial_uploads(data_dir: &Path) -> std::io::Result<usize> {
-    let dir = firmware_dir(data_dir);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e),
-    };
-    let mut removed = 0;
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(PART_PREFIX) && name.ends_with(PART_SUFFIX) {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(ErrorCode::InvalidParameter, message)
-}
-
-/// A name that is safe as one path component: letters, digits, `.`, `_`, `-`, not starting
-/// with a dot (so neither `.`, `..` nor a hidden file), at most `max` bytes. Separators, NUL
-/// and every other character are refused rather than cleaned, so what is stored is what was
-/// asked for.
-pub fn is_safe_name(name: &str, max: usize) -> bool {
-    !name.is_empty()
-        && name.len() <= max
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Checks an upload's names and version before any byte of the body is read.
@@ -174,17 +76,6 @@ fn validate_release(project: &str, version: &str, channel: &str, filename: &str)
         )));
     }
     Ok(())
-}
-
-/// The version as it appears in a file name: semver's build separator `+` becomes `_`, the
-/// rest of a semantic version is already `[A-Za-z0-9.-]`.
-pub fn safe_version(version: &str) -> String {
-    version.replace('+', "_")
-}
-
-/// Lowercase hex, as SHA-256 digests are written everywhere here.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -477,7 +368,7 @@ pub async fn upload(
             "project": row.project, "version": row.version, "filename": row.filename,
             "size": row.size_bytes, "sha256": row.sha256, "signed": row.signature_base64.is_some(),
         }))
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     let inserted = {
         let row = row.clone();
         audited(&state.db, entry, move |conn| {
@@ -515,8 +406,6 @@ pub async fn upload(
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
     pub project: Option<String>,
     pub channel: Option<String>,
 }
@@ -526,8 +415,9 @@ pub async fn list(
     _user: Authorized<ViewDevices>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
-    let (limit, offset) = paging(query.limit, query.offset)?;
+    let (limit, offset) = paging.checked()?;
     let ListQuery {
         project, channel, ..
     } = query.into_inner();
@@ -560,27 +450,6 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
 
-pub fn not_found() -> ApiError {
-    ApiError::not_found(ErrorCode::ReleaseNotFound, "no such firmware release")
-}
-
-pub fn find(conn: &mut DbConnection, id: &str) -> ApiResult<Option<ReleaseRow>> {
-    Ok(releases::table
-        .find(id)
-        .select(ReleaseRow::as_select())
-        .first(conn)
-        .optional()?)
-}
-
-/// Every release of a project, for the board routes.
-pub fn of_project(conn: &mut DbConnection, project: &str) -> ApiResult<Vec<ReleaseRow>> {
-    Ok(releases::table
-        .filter(releases::project.eq(project))
-        .order(releases::created_at.asc())
-        .select(ReleaseRow::as_select())
-        .load(conn)?)
-}
-
 /// `GET /api/v1/firmware/releases/{id}`.
 pub async fn get(
     _user: Authorized<ViewDevices>,
@@ -590,7 +459,7 @@ pub async fn get(
     let id = path.into_inner();
     let row = state
         .db
-        .run(move |conn| find(conn, &id))
+        .run(move |conn| Ok(find(conn, &id)?))
         .await?
         .ok_or_else(not_found)?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
@@ -607,12 +476,12 @@ pub async fn delete(
     let entry = AuditEntry::new("firmware.delete", "success")
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(id.clone()))
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     let row = audited(&state.db, entry, move |conn| {
         let row = find(conn, &id)?.ok_or_else(not_found)?;
         // Checked inside this transaction, so no deployment can start sending the URL between
         // the check and the delete and have it stop working halfway.
-        if crate::deployments::release_in_use(conn, &row.id)? {
+        if crate::store::deployments::release_in_use(conn, &row.id)? {
             return Err(ApiError::conflict(
                 ErrorCode::ReleaseDeployed,
                 "a running or paused deployment uses this release; cancel it first",
@@ -637,7 +506,7 @@ async fn authorize_reader(req: &HttpRequest, state: &AppState) -> ApiResult<()> 
     let token = auth::bearer_token(req)
         .ok_or_else(|| ApiError::unauthorized(ErrorCode::Unauthorized, "missing bearer token"))?;
     match state.jwt.verify(token, Scope::Device) {
-        Ok(_) => crate::session::verify_device_token(state, token)
+        Ok(_) => crate::auth::verify_device_token(state, token)
             .await
             .map(|_| ()),
         Err(auth::TokenError::WrongScope) => {
@@ -659,12 +528,12 @@ pub async fn artifact(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let checked = authorize_reader(&req, &state).await;
-    let source = crate::audit::source_of(&req);
+    let source = crate::auth::source_of(&req);
     crate::refusals::count_token(&state, source.as_deref(), checked).await?;
     let id = path.into_inner();
     let row = state
         .db
-        .run(move |conn| find(conn, &id))
+        .run(move |conn| Ok(find(conn, &id)?))
         .await?
         .ok_or_else(not_found)?;
     serve(&req, &state, &row).await

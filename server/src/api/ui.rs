@@ -45,7 +45,7 @@ fn assets() -> &'static HashMap<&'static str, Asset> {
                     continue;
                 };
                 let digest = ring::digest::digest(&ring::digest::SHA256, file.contents());
-                let hex = crate::firmware::hex(&digest.as_ref()[..16]);
+                let hex = crate::store::firmware::hex(&digest.as_ref()[..16]);
                 map.insert(
                     path,
                     Asset {

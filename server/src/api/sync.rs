@@ -7,22 +7,18 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{NaiveDateTime, Utc};
 use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use futures_util::StreamExt;
 use protocol::rest::Envelope;
-use protocol::sync::{RecordKind, SyncRecord, SyncResponse, MAX_SYNC_RECORD_BYTES};
+use protocol::sync::{RecordKind, SyncRecord, MAX_SYNC_RECORD_BYTES};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::db::DbConnection;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
-use schema::schema::{
-    aggregated_batch_fixations, aggregated_batches, aggregated_bottles, aggregated_pallets,
-    cloud_sync_queue, devices,
-};
+use crate::store::db::DbConnection;
+use crate::store::sync::*;
+use schema::schema::devices;
 
 /// Most records one request may carry; agents send at most this many per call.
 pub const MAX_SYNC_RECORDS: usize = protocol::sync::MAX_SYNC_BATCH_RECORDS;
@@ -31,49 +27,12 @@ pub const MAX_SYNC_RECORDS: usize = protocol::sync::MAX_SYNC_BATCH_RECORDS;
 pub const MAX_SYNC_BODY: usize = 16 * 1024 * 1024;
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 128;
-/// State of a fresh `cloud_sync_queue` row.
-pub const QUEUE_PENDING: &str = "PENDING";
 
 /// The body as received, before each record is checked: `payload` may be anything and
 /// `kind` any string, so that a bad record is refused with its index and reason.
 #[derive(Deserialize)]
 struct RawRequest {
     records: Vec<Value>,
-}
-
-/// One row of an `aggregated_*` table; the four tables share the shape.
-#[derive(Debug, Clone)]
-struct AggregatedRow {
-    id: String,
-    device_id: String,
-    company_id: String,
-    payload: String,
-    created_at: NaiveDateTime,
-    received_at: NaiveDateTime,
-}
-
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = cloud_sync_queue)]
-struct QueueRow {
-    id: String,
-    kind: String,
-    company_id: String,
-    payload: String,
-    state: String,
-    attempts: i64,
-    next_attempt_at: NaiveDateTime,
-    last_error: Option<String>,
-    created_at: NaiveDateTime,
-}
-
-/// The wire name of a kind, which is also the queue's `kind` column.
-pub fn kind_name(kind: RecordKind) -> &'static str {
-    match kind {
-        RecordKind::Bottle => "bottle",
-        RecordKind::Batch => "batch",
-        RecordKind::Pallet => "pallet",
-        RecordKind::BatchFixate => "batch_fixate",
-    }
 }
 
 /// Checks one record; the reason names what is wrong with it.
@@ -219,8 +178,8 @@ pub async fn ingest(
     let token = crate::auth::bearer_token(&req)
         .ok_or_else(|| ApiError::unauthorized(ErrorCode::Unauthorized, "device token required"))?
         .to_owned();
-    let checked = crate::session::verify_device_token(&state, &token).await;
-    let source = crate::audit::source_of(&req);
+    let checked = crate::auth::verify_device_token(&state, &token).await;
+    let source = crate::auth::source_of(&req);
     let device = crate::refusals::count_token(&state, source.as_deref(), checked).await?;
     let body = read_body(payload).await?;
     let records = parse_body(&body)?;
@@ -230,7 +189,7 @@ pub async fn ingest(
         .db
         .run(move |conn| {
             check_company(conn, &device_id, &records)?;
-            store(conn, &device_id, records)
+            Ok(store(conn, &device_id, records)?)
         })
         .await?;
     tracing::debug!(
@@ -241,217 +200,6 @@ pub async fn ingest(
         "sync batch stored"
     );
     Ok(HttpResponse::Ok().json(Envelope::ok(stored)))
-}
-
-/// Rows written by one multi-row statement: 500 rows of the queue's 9 columns stay far below
-/// the bind-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
-const INSERT_CHUNK: usize = 500;
-
-/// Ids looked up by one `IN (…)` query.
-const LOOKUP_CHUNK: usize = 500;
-
-/// Stores a checked batch in one transaction and counts what was new.
-///
-/// A batch costs a few statements, not a few per record: the ids already stored are looked up
-/// together, and the new records are written by multi-row inserts, one savepoint per chunk.
-/// A concurrent request may store one of the ids between the lookup and the insert; that
-/// chunk's savepoint then rolls back, and its records are written one at a time, so the late
-/// ones count as duplicates and the rest are kept.
-pub fn store(
-    conn: &mut DbConnection,
-    device_id: &str,
-    records: Vec<SyncRecord>,
-) -> ApiResult<SyncResponse> {
-    let now = Utc::now().naive_utc();
-    crate::db::write_transaction(conn, |conn| {
-        let mut duplicates = 0u64;
-        // The same id twice in one body: the second is a duplicate of the first.
-        let mut seen = std::collections::HashSet::new();
-        let mut fresh: Vec<SyncRecord> = Vec::with_capacity(records.len());
-        for record in records {
-            if seen.insert(record.id.clone()) {
-                fresh.push(record);
-            } else {
-                duplicates += 1;
-            }
-        }
-        let taken = stored_ids(conn, &fresh)?;
-        fresh.retain(|r| {
-            let known = taken.contains(&r.id);
-            duplicates += u64::from(known);
-            !known
-        });
-        let rows: Vec<(RecordKind, AggregatedRow, QueueRow)> = fresh
-            .into_iter()
-            .map(|r| rows_of(r, device_id, now))
-            .collect();
-        let mut accepted = 0u64;
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            match conn.transaction(|conn| insert_all(conn, chunk)) {
-                Ok(()) => accepted += chunk.len() as u64,
-                Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
-                    tracing::debug!(
-                        records = chunk.len(),
-                        "a concurrent request stored some of these ids first; storing them one by one"
-                    );
-                    for row in chunk {
-                        if insert_one(conn, row)? {
-                            accepted += 1;
-                        } else {
-                            duplicates += 1;
-                        }
-                    }
-                }
-                Err(e) => return Err(ApiError::from(e)),
-            }
-        }
-        Ok(SyncResponse {
-            accepted,
-            duplicates,
-        })
-    })
-}
-
-/// The two rows a new record becomes: its `aggregated_*` row and its queue row.
-fn rows_of(
-    record: SyncRecord,
-    device_id: &str,
-    now: NaiveDateTime,
-) -> (RecordKind, AggregatedRow, QueueRow) {
-    let payload = record.payload.to_string();
-    let queued = QueueRow {
-        id: record.id.clone(),
-        kind: kind_name(record.kind).to_owned(),
-        company_id: record.company_id.clone(),
-        payload: payload.clone(),
-        state: QUEUE_PENDING.to_owned(),
-        attempts: 0,
-        next_attempt_at: now,
-        last_error: None,
-        created_at: record.created_at.naive_utc(),
-    };
-    let row = AggregatedRow {
-        id: record.id,
-        device_id: device_id.to_owned(),
-        company_id: record.company_id,
-        payload,
-        created_at: record.created_at.naive_utc(),
-        received_at: now,
-    };
-    (record.kind, row, queued)
-}
-
-/// Writes a chunk of new records with one insert per table.
-fn insert_all(
-    conn: &mut DbConnection,
-    chunk: &[(RecordKind, AggregatedRow, QueueRow)],
-) -> QueryResult<()> {
-    for kind in RecordKind::ALL {
-        let rows: Vec<&AggregatedRow> = chunk
-            .iter()
-            .filter(|(k, _, _)| *k == kind)
-            .map(|(_, row, _)| row)
-            .collect();
-        if !rows.is_empty() {
-            insert_aggregated(conn, kind, &rows)?;
-        }
-    }
-    let queued: Vec<&QueueRow> = chunk.iter().map(|(_, _, q)| q).collect();
-    crate::on_backend!(conn, |c| diesel::insert_into(cloud_sync_queue::table)
-        .values(queued)
-        .execute(c))?;
-    Ok(())
-}
-
-/// Writes one record in its own savepoint; answers false when its id was stored meanwhile.
-fn insert_one(
-    conn: &mut DbConnection,
-    (kind, row, queued): &(RecordKind, AggregatedRow, QueueRow),
-) -> ApiResult<bool> {
-    let inserted = conn.transaction(|conn| {
-        insert_aggregated(conn, *kind, &[row])?;
-        diesel::insert_into(cloud_sync_queue::table)
-            .values(queued)
-            .execute(conn)
-    });
-    match inserted {
-        Ok(_) => Ok(true),
-        Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
-        Err(e) => Err(ApiError::from(e)),
-    }
-}
-
-/// The ids among `records` that are already stored: in the `aggregated_*` table of their
-/// kind, or queued for the cloud under any kind.
-fn stored_ids(
-    conn: &mut DbConnection,
-    records: &[SyncRecord],
-) -> ApiResult<std::collections::HashSet<String>> {
-    let mut taken = std::collections::HashSet::new();
-    macro_rules! lookup {
-        ($table:ident, $ids:expr) => {
-            for chunk in $ids.chunks(LOOKUP_CHUNK) {
-                let found: Vec<String> = $table::table
-                    .filter($table::id.eq_any(chunk))
-                    .select($table::id)
-                    .load(conn)?;
-                taken.extend(found);
-            }
-        };
-    }
-    for kind in RecordKind::ALL {
-        let ids: Vec<&str> = records
-            .iter()
-            .filter(|r| r.kind == kind)
-            .map(|r| r.id.as_str())
-            .collect();
-        if ids.is_empty() {
-            continue;
-        }
-        match kind {
-            RecordKind::Bottle => lookup!(aggregated_bottles, ids),
-            RecordKind::Batch => lookup!(aggregated_batches, ids),
-            RecordKind::Pallet => lookup!(aggregated_pallets, ids),
-            RecordKind::BatchFixate => lookup!(aggregated_batch_fixations, ids),
-        }
-    }
-    let all: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-    lookup!(cloud_sync_queue, all);
-    Ok(taken)
-}
-
-/// Inserts rows into the `aggregated_*` table of their kind, in one statement.
-fn insert_aggregated(
-    conn: &mut DbConnection,
-    kind: RecordKind,
-    rows: &[&AggregatedRow],
-) -> QueryResult<usize> {
-    macro_rules! insert_into {
-        ($table:ident) => {{
-            let values: Vec<_> = rows
-                .iter()
-                .map(|row| {
-                    (
-                        $table::id.eq(&row.id),
-                        $table::device_id.eq(&row.device_id),
-                        $table::company_id.eq(&row.company_id),
-                        $table::payload.eq(&row.payload),
-                        $table::created_at.eq(row.created_at),
-                        $table::received_at.eq(row.received_at),
-                    )
-                })
-                .collect();
-            crate::on_backend!(conn, |c| diesel::insert_into($table::table)
-                .values(&values)
-                .execute(c))
-        }};
-    }
-    match kind {
-        RecordKind::Bottle => insert_into!(aggregated_bottles),
-        RecordKind::Batch => insert_into!(aggregated_batches),
-        RecordKind::Pallet => insert_into!(aggregated_pallets),
-        RecordKind::BatchFixate => insert_into!(aggregated_batch_fixations),
-    }
 }
 
 #[cfg(test)]

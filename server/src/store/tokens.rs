@@ -6,12 +6,12 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use schema::schema::revoked_tokens;
 
-use crate::db::DbConnection;
-use crate::error::ApiResult;
+use crate::store::db::DbConnection;
+use crate::store::error::StoreResult;
 
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = revoked_tokens)]
-struct RevokedToken {
+pub struct RevokedToken {
     jti: String,
     subject: String,
     expires_at: NaiveDateTime,
@@ -23,7 +23,7 @@ pub fn revoke(
     jti: &str,
     subject: &str,
     expires_at: DateTime<Utc>,
-) -> ApiResult<()> {
+) -> StoreResult<()> {
     if is_revoked(conn, jti)? {
         return Ok(());
     }
@@ -38,7 +38,7 @@ pub fn revoke(
     Ok(())
 }
 
-pub fn is_revoked(conn: &mut DbConnection, jti: &str) -> ApiResult<bool> {
+pub fn is_revoked(conn: &mut DbConnection, jti: &str) -> StoreResult<bool> {
     let found: i64 = revoked_tokens::table
         .filter(revoked_tokens::jti.eq(jti))
         .count()
@@ -47,7 +47,7 @@ pub fn is_revoked(conn: &mut DbConnection, jti: &str) -> ApiResult<bool> {
 }
 
 /// Deletes revocations of tokens that have expired; an expired token is refused anyway.
-pub fn prune(conn: &mut DbConnection, now: DateTime<Utc>) -> ApiResult<usize> {
+pub fn prune(conn: &mut DbConnection, now: DateTime<Utc>) -> StoreResult<usize> {
     Ok(
         diesel::delete(
             revoked_tokens::table.filter(revoked_tokens::expires_at.lt(now.naive_utc())),

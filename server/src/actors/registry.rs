@@ -10,9 +10,9 @@ use actix::{Actor, Addr, Context, Handler, Message, MessageResult, Recipient};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::events::{EventBus, Publish};
-use crate::presence::{MarkOffline, MarkOnline, PresenceWriter};
-use crate::session::{CloseSession, DeliverCommand, CLOSE_REPLACED, CLOSE_TOKEN_REVOKED};
+use crate::actors::events::{EventBus, Publish};
+use crate::actors::presence::{MarkOffline, MarkOnline, PresenceWriter};
+use crate::actors::session::{CloseSession, DeliverCommand, CLOSE_REPLACED, CLOSE_TOKEN_REVOKED};
 use protocol::device::{DeviceEvent, StatusEvent};
 use protocol::rest::DeviceStatus;
 

@@ -13,15 +13,15 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::audit::{self, AuditEntry};
+use crate::actors::dispatcher::{Dispatch, StoreAndDispatch};
+use crate::api::paging::Paging;
 use crate::auth::{AuthUser, Authorized, DispatchCommands, ViewCommands};
-use crate::commands::{
-    self, HistoryFilter, DEFAULT_QUEUE_TTL_MS, DEFAULT_TIMEOUT_MS, MAX_QUEUE_TTL_MS, MAX_TIMEOUT_MS,
-};
-use crate::devices;
-use crate::dispatcher::Dispatch;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
+use crate::store::audit::{self, AuditEntry};
+use crate::store::commands::{
+    self, HistoryFilter, DEFAULT_QUEUE_TTL_MS, DEFAULT_TIMEOUT_MS, MAX_QUEUE_TTL_MS, MAX_TIMEOUT_MS,
+};
 
 /// Most targets of one bulk or group dispatch.
 pub const MAX_BULK_TARGETS: usize = 10_000;
@@ -73,7 +73,7 @@ pub struct Checked {
 
 pub fn check(user: &AuthUser, request: &DispatchRequest) -> ApiResult<Checked> {
     let command_type = request.command.command_type();
-    if !commands::role_may_send(user.role, &request.command) {
+    if !crate::policy::role_may_send(user.role, &request.command) {
         return Err(ApiError::forbidden(format!(
             "role {} may not send {}",
             user.role.as_str(),
@@ -146,7 +146,7 @@ fn dispatch_entry(
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(device_id.to_owned()))
         .params(audit_params(command, confirm))
-        .source(audit::source_of(req))
+        .source(crate::auth::source_of(req))
 }
 
 /// `POST /api/v1/devices/{id}/commands`.
@@ -167,7 +167,7 @@ pub async fn dispatch(
     let existing = state
         .db
         .run(move |conn| {
-            devices::require(conn, &id)?;
+            crate::store::devices::require(conn, &id)?;
             let existing = commands::find_by_id(conn, &command_id)?;
             if existing.is_none() {
                 // The audit row is written before the command can reach the device.
@@ -196,14 +196,15 @@ pub async fn dispatch(
         })));
     }
     let (accepted_tx, accepted_rx) = oneshot::channel();
-    let outcome = state.dispatcher.send(Dispatch {
-        device_id,
-        command: request.command.clone(),
-        timeout: checked.timeout,
-        issued_by: Some(user.username.clone()),
-        queue_ttl: checked.queue_ttl,
-        stored: false,
-        accepted: Some(accepted_tx),
+    let outcome = state.dispatcher.send(StoreAndDispatch {
+        dispatch: Dispatch {
+            device_id,
+            command: request.command.clone(),
+            timeout: checked.timeout,
+            issued_by: Some(user.username.clone()),
+            queue_ttl: checked.queue_ttl,
+        },
+        accepted: accepted_tx,
     });
     if !request.wait {
         // The dispatch goes on without this request; answer once the command is stored. Its
@@ -251,7 +252,7 @@ pub async fn fan_out(
     let wanted = targets.clone();
     let known: HashSet<String> = state
         .db
-        .run(move |conn| crate::devices::known_ids(conn, &wanted))
+        .run(move |conn| Ok(crate::store::devices::known_ids(conn, &wanted)?))
         .await?;
     // A fresh id per target; every audit row and PENDING command stored in one transaction
     // before any is sent.
@@ -273,7 +274,7 @@ pub async fn fan_out(
     state
         .db
         .run(move |conn| {
-            crate::db::write_transaction(conn, |conn| {
+            crate::store::db::write_transaction(conn, |conn| {
                 for ((device_id, command), entry) in rows.iter().zip(&entries) {
                     audit::record(conn, entry)?;
                     commands::insert_pending(conn, device_id, command, timeout_ms, Some(&by))?;
@@ -299,8 +300,6 @@ pub async fn fan_out(
                 timeout: checked.timeout,
                 issued_by: Some(user.username.clone()),
                 queue_ttl: checked.queue_ttl,
-                stored: true,
-                accepted: None,
             });
             (device_id, command.id, send)
         })
@@ -363,8 +362,6 @@ pub async fn bulk_dispatch(
 
 #[derive(Debug, Deserialize)]
 pub struct HistoryQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
     pub status: Option<String>,
     #[serde(rename = "type")]
     pub command_type: Option<String>,
@@ -376,10 +373,11 @@ pub async fn history(
     state: web::Data<AppState>,
     path: web::Path<String>,
     query: web::Query<HistoryQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
     let device_id = path.into_inner();
     let q = query.into_inner();
-    let (limit, offset) = devices::paging(q.limit, q.offset)?;
+    let (limit, offset) = paging.checked()?;
     let filter = HistoryFilter {
         status: q
             .status
@@ -403,8 +401,10 @@ pub async fn history(
     let page = state
         .db
         .run(move |conn| {
-            devices::require(conn, &device_id)?;
-            commands::list_for_device(conn, &device_id, &filter, limit, offset)
+            crate::store::devices::require(conn, &device_id)?;
+            Ok(commands::list_for_device(
+                conn, &device_id, &filter, limit, offset,
+            )?)
         })
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
@@ -419,7 +419,7 @@ pub async fn get_command(
     let (device_id, command_id) = path.into_inner();
     let row = state
         .db
-        .run(move |conn| commands::find(conn, &device_id, &command_id))
+        .run(move |conn| Ok(commands::find(conn, &device_id, &command_id)?))
         .await?
         .ok_or_else(|| {
             ApiError::not_found(ErrorCode::CommandNotFound, "no such command on this device")
@@ -440,10 +440,10 @@ pub async fn cancel_command(
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(device_id.clone()))
         .params(serde_json::json!({"commandId": command_id}))
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     let by = user.username.clone();
-    let row = audit::audited(&state.db, entry, move |conn| {
-        commands::cancel(conn, &device_id, &command_id, &by)
+    let row = crate::api::audit::audited(&state.db, entry, move |conn| {
+        Ok(commands::cancel(conn, &device_id, &command_id, &by)?)
     })
     .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api()?)))

@@ -1,80 +1,25 @@
-//! Users: the model, its queries, the first-admin bootstrap, login/logout, and user management.
+//! The user routes: login/logout, the caller's own account and password, and user management;
+//! and the first-admin bootstrap. The rows and their queries live in `store::users`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{NaiveDateTime, Utc};
-use diesel::prelude::*;
 use protocol::rest::{
-    ChangePasswordRequest, CreateUserRequest, Envelope, LoginRequest, LoginResponse, Page, Role,
-    UpdateUserRequest, UserInfo,
+    ChangePasswordRequest, CreateUserRequest, Envelope, LoginRequest, LoginResponse, Role,
+    UpdateUserRequest,
 };
-use schema::schema::users;
 
-use crate::audit::{self, audited, AuditEntry};
+use crate::api::audit::audited;
+use crate::api::paging::Paging;
 use crate::auth::{self, Authenticated, Authorized, ListUsers, ManageUsers};
-use crate::db::{Db, DbConnection};
-use crate::devices::paging;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::refusals;
 use crate::state::AppState;
-use crate::tokens;
+use crate::store::audit::{self, AuditEntry};
+use crate::store::db::Db;
+use crate::store::tokens;
+use crate::store::users::*;
 
 pub const MIN_PASSWORD_LEN: usize = 8;
 pub const MAX_PASSWORD_LEN: usize = 1024;
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = users)]
-pub struct User {
-    pub id: String,
-    pub username: String,
-    pub password_hash: String,
-    pub role: String,
-    pub disabled: bool,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-    pub token_version: i64,
-}
-
-impl User {
-    pub fn role(&self) -> ApiResult<Role> {
-        Role::parse(&self.role).ok_or_else(|| ApiError::internal(format!("bad role {}", self.role)))
-    }
-
-    pub fn to_api(&self) -> ApiResult<UserInfo> {
-        Ok(UserInfo {
-            id: self.id.clone(),
-            username: self.username.clone(),
-            role: self.role()?,
-            disabled: self.disabled,
-            created_at: self.created_at.and_utc(),
-            updated_at: self.updated_at.and_utc(),
-        })
-    }
-}
-
-pub fn find_by_id(conn: &mut DbConnection, id: &str) -> ApiResult<Option<User>> {
-    Ok(users::table
-        .find(id)
-        .select(User::as_select())
-        .first(conn)
-        .optional()?)
-}
-
-pub fn find_by_username(conn: &mut DbConnection, username: &str) -> ApiResult<Option<User>> {
-    Ok(users::table
-        .filter(users::username.eq(username))
-        .select(User::as_select())
-        .first(conn)
-        .optional()?)
-}
-
-pub fn count(conn: &mut DbConnection) -> ApiResult<i64> {
-    Ok(users::table.count().get_result(conn)?)
-}
-
-fn require(conn: &mut DbConnection, id: &str) -> ApiResult<User> {
-    find_by_id(conn, id)?
-        .ok_or_else(|| ApiError::not_found(ErrorCode::UserNotFound, "no such user"))
-}
 
 pub fn validate_username(username: &str) -> ApiResult<()> {
     let ok = !username.is_empty()
@@ -102,47 +47,6 @@ pub fn validate_password(password: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Inserts a user with a password hash computed beforehand (on the hashing threads, outside
-/// the transaction).
-pub fn insert(
-    conn: &mut DbConnection,
-    username: &str,
-    password_hash: String,
-    role: Role,
-) -> ApiResult<User> {
-    let now = Utc::now().naive_utc();
-    let user = User {
-        id: uuid::Uuid::new_v4().to_string(),
-        username: username.to_owned(),
-        password_hash,
-        role: role.as_str().to_owned(),
-        disabled: false,
-        created_at: now,
-        updated_at: now,
-        token_version: 0,
-    };
-    if find_by_username(conn, username)?.is_some() {
-        return Err(ApiError::conflict(
-            ErrorCode::UsernameTaken,
-            format!("username {username} is taken"),
-        ));
-    }
-    diesel::insert_into(users::table)
-        .values(&user)
-        .execute(conn)?;
-    Ok(user)
-}
-
-/// Enabled admins other than `except`; the last one may not be demoted, disabled or deleted.
-fn other_enabled_admins(conn: &mut DbConnection, except: &str) -> ApiResult<i64> {
-    Ok(users::table
-        .filter(users::role.eq(Role::Admin.as_str()))
-        .filter(users::disabled.eq(false))
-        .filter(users::id.ne(except))
-        .count()
-        .get_result(conn)?)
-}
-
 /// The name of the account created on an empty database.
 pub const FIRST_ADMIN: &str = "admin";
 
@@ -155,7 +59,7 @@ pub fn bootstrap_admin(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
     let existing = db
-        .run_blocking(count)
+        .run_blocking(|conn| Ok(count(conn)?))
         .map_err(|e| anyhow::anyhow!(e.message))?;
     if existing > 0 {
         return Ok(());
@@ -166,7 +70,7 @@ pub fn bootstrap_admin(
     };
     let hash = auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e.message))?;
     db.run_blocking(|conn| {
-        crate::db::write_transaction(conn, |conn| {
+        crate::store::db::write_transaction(conn, |conn| {
             // Another server process may have bootstrapped between the count and now.
             if count(conn)? == 0 {
                 insert(conn, FIRST_ADMIN, hash.clone(), Role::Admin)?;
@@ -231,7 +135,7 @@ pub async fn login(
             "username or password has a bad length",
         ));
     }
-    let source = audit::source_of(&req);
+    let source = crate::auth::source_of(&req);
     let source_key = source.clone().unwrap_or_default();
     let account_key = username.to_lowercase();
     let limits = &state.limits;
@@ -249,7 +153,7 @@ pub async fn login(
     let name = username.clone();
     let user = state
         .db
-        .run(move |conn| find_by_username(conn, &name))
+        .run(move |conn| Ok(find_by_username(conn, &name)?))
         .await?;
     // An unknown name is checked against a dummy hash, so both failures take as long.
     let hash = user.as_ref().map(|u| u.password_hash.clone());
@@ -276,7 +180,7 @@ pub async fn login(
         .source(source);
     state
         .db
-        .run(move |conn| audit::record(conn, &entry))
+        .run(move |conn| Ok(audit::record(conn, &entry)?))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(response)))
 }
@@ -290,10 +194,10 @@ pub async fn logout(
     let entry = AuditEntry::new("auth.logout", "success")
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(user.username.clone()))
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     let (jti, id, exp) = (user.jti.clone(), user.id.clone(), user.expires_at);
     audited(&state.db, entry, move |conn| {
-        tokens::revoke(conn, &jti, &id, exp)
+        Ok(tokens::revoke(conn, &jti, &id, exp)?)
     })
     .await?;
     // Committed: a dashboard opened with this token closes now, not at its next check.
@@ -307,9 +211,9 @@ pub async fn me(
     state: web::Data<AppState>,
 ) -> ApiResult<HttpResponse> {
     let id = user.id.clone();
-    let row = state.db.run(move |conn| require(conn, &id)).await?;
+    let row = state.db.run(move |conn| Ok(require(conn, &id)?)).await?;
     let user = row.to_api()?;
-    let rights = crate::commands::rights_of(user.role);
+    let rights = crate::policy::rights_of(user.role);
     Ok(HttpResponse::Ok().json(Envelope::ok(protocol::rest::Me { user, rights })))
 }
 
@@ -346,7 +250,7 @@ pub async fn change_password(
     let entry = AuditEntry::new("user.password", "success")
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(user.username.clone()))
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     if !current_ok {
         let mut entries = vec![entry.outcome("failure: wrong current password")];
         entries.extend(slot.fail().as_ref().map(refusals::lockout_entry));
@@ -360,14 +264,7 @@ pub async fn change_password(
     let hash = state.limits.hashing.hash(new_password).await?;
     let id = user.id.clone();
     let updated = audited(&state.db, entry, move |conn| {
-        diesel::update(users::table.find(&id))
-            .set((
-                users::password_hash.eq(hash),
-                users::token_version.eq(users::token_version + 1),
-                users::updated_at.eq(Utc::now().naive_utc()),
-            ))
-            .execute(conn)?;
-        require(conn, &id)
+        Ok(set_password(conn, &id, hash)?)
     })
     .await?;
     // Every token issued before is revoked, so every dashboard open with one closes.
@@ -375,35 +272,16 @@ pub async fn change_password(
     Ok(HttpResponse::Ok().json(Envelope::ok(login_response(&state, &updated)?)))
 }
 
-#[derive(Debug, serde::Deserialize)]
-pub struct ListQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-}
-
 /// `GET /api/v1/users`.
 pub async fn list_users(
     _user: Authorized<ListUsers>,
     state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
-    let (limit, offset) = paging(query.limit, query.offset)?;
+    let (limit, offset) = paging.checked()?;
     let page = state
         .db
-        .run(move |conn| {
-            let total = users::table.count().get_result(conn)?;
-            let rows: Vec<User> = users::table
-                .order(users::username.asc())
-                .limit(limit)
-                .offset(offset)
-                .select(User::as_select())
-                .load(conn)?;
-            let items = rows
-                .iter()
-                .map(User::to_api)
-                .collect::<ApiResult<Vec<_>>>()?;
-            Ok(Page { items, total })
-        })
+        .run(move |conn| Ok(list(conn, limit, offset)?))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
@@ -426,10 +304,10 @@ pub async fn create_user(
         .actor(Some(admin.username.clone()), Some(admin.role))
         .target(Some(username.clone()))
         .params(serde_json::json!({"role": role.as_str()}))
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     let hash = state.limits.hashing.hash(password).await?;
     let user = audited(&state.db, entry, move |conn| {
-        insert(conn, &username, hash, role)
+        Ok(insert(conn, &username, hash, role)?)
     })
     .await?;
     Ok(HttpResponse::Created().json(Envelope::ok(user.to_api()?)))
@@ -442,7 +320,7 @@ pub async fn get_user(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let user = state.db.run(move |conn| require(conn, &id)).await?;
+    let user = state.db.run(move |conn| Ok(require(conn, &id)?)).await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(user.to_api()?)))
 }
 
@@ -478,39 +356,14 @@ pub async fn update_user(
             "disabled": change.disabled,
             "passwordChanged": change.password.is_some(),
         }))
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     let hash = match change.password.clone() {
         Some(password) => Some(state.limits.hashing.hash(password).await?),
         None => None,
     };
+    let (role, disabled) = (change.role, change.disabled);
     let user = audited(&state.db, entry, move |conn| {
-        let user = require(conn, &id)?;
-        let stays_admin = change
-            .role
-            .map_or(user.role == Role::Admin.as_str(), |r| r == Role::Admin);
-        let stays_enabled = !change.disabled.unwrap_or(user.disabled);
-        let is_enabled_admin = user.role == Role::Admin.as_str() && !user.disabled;
-        if is_enabled_admin
-            && !(stays_admin && stays_enabled)
-            && other_enabled_admins(conn, &id)? == 0
-        {
-            return Err(ApiError::conflict(
-                ErrorCode::LastAdmin,
-                "the last enabled admin must stay an enabled admin",
-            ));
-        }
-        diesel::update(users::table.find(&id))
-            .set((
-                users::role.eq(change
-                    .role
-                    .map_or(user.role.clone(), |r| r.as_str().to_owned())),
-                users::disabled.eq(change.disabled.unwrap_or(user.disabled)),
-                users::password_hash.eq(hash.unwrap_or(user.password_hash.clone())),
-                users::token_version.eq(users::token_version + 1),
-                users::updated_at.eq(Utc::now().naive_utc()),
-            ))
-            .execute(conn)?;
-        require(conn, &id)
+        Ok(update(conn, &id, role, disabled, hash)?)
     })
     .await?;
     // The change revoked every earlier token of the user (`token_version`), so their open
@@ -531,23 +384,9 @@ pub async fn delete_user(
     let entry = AuditEntry::new("user.delete", "success")
         .actor(Some(admin.username.clone()), Some(admin.role))
         .target(Some(id.clone()))
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     let deleted = id.clone();
-    audited(&state.db, entry, move |conn| {
-        let user = require(conn, &id)?;
-        if user.role == Role::Admin.as_str()
-            && !user.disabled
-            && other_enabled_admins(conn, &id)? == 0
-        {
-            return Err(ApiError::conflict(
-                ErrorCode::LastAdmin,
-                "the last enabled admin cannot be deleted",
-            ));
-        }
-        diesel::delete(users::table.find(&id)).execute(conn)?;
-        Ok(())
-    })
-    .await?;
+    audited(&state.db, entry, move |conn| Ok(delete(conn, &id)?)).await?;
     state.dashboards.revoke_user(&deleted, "user deleted");
     Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"deleted": deleted}))))
 }

@@ -4,12 +4,12 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use protocol::commands::{Command, CommandResult, CommandType};
-use protocol::rest::{CommandRecord, CommandStatus, Page, Role};
+use protocol::rest::{CommandRecord, CommandStatus, Page};
 use schema::schema::commands;
 use serde_json::Value;
 
-use crate::db::DbConnection;
-use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::store::db::DbConnection;
+use crate::store::error::{ErrorCode, StoreError, StoreResult};
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 pub const MAX_TIMEOUT_MS: u64 = 600_000;
@@ -44,20 +44,20 @@ pub struct CommandRow {
 }
 
 impl CommandRow {
-    pub fn status(&self) -> ApiResult<CommandStatus> {
+    pub fn status(&self) -> StoreResult<CommandStatus> {
         CommandStatus::parse(&self.status)
-            .ok_or_else(|| ApiError::internal(format!("bad command status {}", self.status)))
+            .ok_or_else(|| StoreError::internal(format!("bad command status {}", self.status)))
     }
 
-    pub fn command(&self) -> ApiResult<Command> {
-        serde_json::from_str(&self.payload).map_err(ApiError::internal)
+    pub fn command(&self) -> StoreResult<Command> {
+        serde_json::from_str(&self.payload).map_err(StoreError::internal)
     }
 
-    pub fn to_api(&self) -> ApiResult<CommandRecord> {
+    pub fn to_api(&self) -> StoreResult<CommandRecord> {
         let command_type = self
             .command_type
             .parse::<CommandType>()
-            .map_err(ApiError::internal)?;
+            .map_err(StoreError::internal)?;
         Ok(CommandRecord {
             id: self.id.clone(),
             device_id: self.device_id.clone(),
@@ -112,12 +112,12 @@ pub fn cap_output(s: &str, max: usize) -> String {
     )
 }
 
-fn unique_violation(e: diesel::result::Error, id: &str) -> ApiError {
+pub fn unique_violation(e: diesel::result::Error, id: &str) -> StoreError {
     match e {
         diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::UniqueViolation,
             _,
-        ) => ApiError::conflict(
+        ) => StoreError::conflict(
             ErrorCode::DuplicateCommandId,
             format!("a command with id {id} already exists"),
         ),
@@ -131,12 +131,12 @@ pub fn insert_pending(
     command: &Command,
     timeout_ms: i64,
     issued_by: Option<&str>,
-) -> ApiResult<()> {
+) -> StoreResult<()> {
     let row = CommandRow {
         id: command.id.clone(),
         device_id: device_id.to_owned(),
         command_type: command.command_type().as_str().to_owned(),
-        payload: serde_json::to_string(command).map_err(ApiError::internal)?,
+        payload: serde_json::to_string(command).map_err(StoreError::internal)?,
         status: CommandStatus::Pending.as_str().to_owned(),
         success: None,
         output: None,
@@ -159,12 +159,12 @@ pub fn insert_pending(
     Ok(())
 }
 
-fn names(states: &[CommandStatus]) -> Vec<&'static str> {
+pub fn names(states: &[CommandStatus]) -> Vec<&'static str> {
     states.iter().map(|s| s.as_str()).collect()
 }
 
 /// PENDING or QUEUED → SENT. `false` when the command was cancelled or expired meanwhile.
-pub fn mark_sent(conn: &mut DbConnection, id: &str) -> ApiResult<bool> {
+pub fn mark_sent(conn: &mut DbConnection, id: &str) -> StoreResult<bool> {
     let changed =
         diesel::update(commands::table.find(id).filter(
             commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Queued])),
@@ -182,7 +182,7 @@ pub fn mark_queued(
     conn: &mut DbConnection,
     id: &str,
     expires_at: DateTime<Utc>,
-) -> ApiResult<bool> {
+) -> StoreResult<bool> {
     let changed =
         diesel::update(commands::table.find(id).filter(
             commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Sent])),
@@ -200,7 +200,7 @@ pub fn complete(
     conn: &mut DbConnection,
     result: &CommandResult,
     status: CommandStatus,
-) -> ApiResult<bool> {
+) -> StoreResult<bool> {
     let open = names(&[
         CommandStatus::Pending,
         CommandStatus::Queued,
@@ -233,7 +233,7 @@ pub fn start_confirming(
     result: &CommandResult,
     previous: Option<&str>,
     deadline: DateTime<Utc>,
-) -> ApiResult<bool> {
+) -> StoreResult<bool> {
     let changed = diesel::update(
         commands::table
             .find(&result.command_id)
@@ -256,7 +256,7 @@ pub fn set_progress(
     id: &str,
     percent: u8,
     message: &str,
-) -> ApiResult<()> {
+) -> StoreResult<()> {
     diesel::update(
         commands::table
             .find(id)
@@ -276,7 +276,7 @@ pub fn cancel(
     device_id: &str,
     id: &str,
     by: &str,
-) -> ApiResult<CommandRow> {
+) -> StoreResult<CommandRow> {
     let changed = diesel::update(
         commands::table
             .filter(commands::id.eq(id))
@@ -293,10 +293,10 @@ pub fn cancel(
     ))
     .execute(conn)?;
     let row = find(conn, device_id, id)?.ok_or_else(|| {
-        ApiError::not_found(ErrorCode::CommandNotFound, "no such command on this device")
+        StoreError::not_found(ErrorCode::CommandNotFound, "no such command on this device")
     })?;
     if changed == 0 {
-        return Err(ApiError::conflict(
+        return Err(StoreError::conflict(
             ErrorCode::CommandNotCancellable,
             format!(
                 "command is {}; only PENDING or QUEUED commands can be cancelled",
@@ -308,7 +308,7 @@ pub fn cancel(
 }
 
 /// Queued commands of a device, oldest first.
-pub fn queued_for_device(conn: &mut DbConnection, device_id: &str) -> ApiResult<Vec<CommandRow>> {
+pub fn queued_for_device(conn: &mut DbConnection, device_id: &str) -> StoreResult<Vec<CommandRow>> {
     Ok(commands::table
         .filter(commands::device_id.eq(device_id))
         .filter(commands::status.eq(CommandStatus::Queued.as_str()))
@@ -321,7 +321,7 @@ pub fn queued_for_device(conn: &mut DbConnection, device_id: &str) -> ApiResult<
 pub fn expire_queued(
     conn: &mut DbConnection,
     now: DateTime<Utc>,
-) -> ApiResult<Vec<(String, String)>> {
+) -> StoreResult<Vec<(String, String)>> {
     let due: Vec<(String, String)> = commands::table
         .filter(commands::status.eq(CommandStatus::Queued.as_str()))
         .filter(commands::expires_at.lt(now.naive_utc()))
@@ -361,7 +361,7 @@ pub const ABANDON_GRACE: chrono::Duration = chrono::Duration::seconds(10);
 pub fn overdue_in_flight(
     conn: &mut DbConnection,
     now: DateTime<Utc>,
-) -> ApiResult<Vec<(String, String)>> {
+) -> StoreResult<Vec<(String, String)>> {
     let rows: Vec<(String, String, i64, NaiveDateTime, Option<NaiveDateTime>)> = commands::table
         .filter(commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Sent])))
         .select((
@@ -385,7 +385,7 @@ pub fn overdue_in_flight(
 
 /// PENDING or SENT → TIMEOUT for a command whose dispatch is gone; `false` when it ended
 /// meanwhile.
-pub fn abandon(conn: &mut DbConnection, id: &str, now: DateTime<Utc>) -> ApiResult<bool> {
+pub fn abandon(conn: &mut DbConnection, id: &str, now: DateTime<Utc>) -> StoreResult<bool> {
     let changed =
         diesel::update(commands::table.find(id).filter(
             commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Sent])),
@@ -405,14 +405,14 @@ pub const ABANDONED_OUTPUT: &str =
     "no outcome was stored within the timeout: the server restarted or lost its database while the command was in flight";
 
 /// Commands waiting for a device to come back (after a server restart, from the database).
-pub fn confirming(conn: &mut DbConnection) -> ApiResult<Vec<CommandRow>> {
+pub fn confirming(conn: &mut DbConnection) -> StoreResult<Vec<CommandRow>> {
     Ok(commands::table
         .filter(commands::status.eq(CommandStatus::Confirming.as_str()))
         .select(CommandRow::as_select())
         .load(conn)?)
 }
 
-pub fn find_by_id(conn: &mut DbConnection, id: &str) -> ApiResult<Option<CommandRow>> {
+pub fn find_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<Option<CommandRow>> {
     Ok(commands::table
         .find(id)
         .select(CommandRow::as_select())
@@ -420,7 +420,7 @@ pub fn find_by_id(conn: &mut DbConnection, id: &str) -> ApiResult<Option<Command
         .optional()?)
 }
 
-pub fn find(conn: &mut DbConnection, device_id: &str, id: &str) -> ApiResult<Option<CommandRow>> {
+pub fn find(conn: &mut DbConnection, device_id: &str, id: &str) -> StoreResult<Option<CommandRow>> {
     Ok(commands::table
         .filter(commands::device_id.eq(device_id))
         .filter(commands::id.eq(id))
@@ -442,7 +442,7 @@ pub fn list_for_device(
     filter: &HistoryFilter,
     limit: i64,
     offset: i64,
-) -> ApiResult<Page<CommandRecord>> {
+) -> StoreResult<Page<CommandRecord>> {
     let filtered = || {
         let mut query = commands::table
             .filter(commands::device_id.eq(device_id.to_owned()))
@@ -465,150 +465,6 @@ pub fn list_for_device(
     let items = rows
         .iter()
         .map(CommandRow::to_api)
-        .collect::<ApiResult<Vec<_>>>()?;
+        .collect::<StoreResult<Vec<_>>>()?;
     Ok(Page { items, total })
-}
-
-/// The lowest role that may run each shell template the agents ship. A template not listed
-/// here is for admins only, so a new template on a device is never open by accident.
-pub const SHELL_TEMPLATE_ROLES: &[(&str, Role)] = &[
-    ("disk_usage", Role::Operator),
-    ("network_interfaces", Role::Operator),
-    ("service_status", Role::Operator),
-    ("ping", Role::Manager),
-    ("journal_tail", Role::Manager),
-];
-
-pub fn shell_template_min_role(template: &str) -> Role {
-    SHELL_TEMPLATE_ROLES
-        .iter()
-        .find(|(name, _)| *name == template)
-        .map(|(_, role)| *role)
-        .unwrap_or(Role::Admin)
-}
-
-/// Which role may send which command (`server-management.md` §7): operators run the safe
-/// ones, managers add queue and config changes, admins everything; `exec_shell` goes by the
-/// template's own role.
-/// The least role that may send a command type; `exec_shell` also needs its template's role.
-pub fn min_role(kind: CommandType) -> Role {
-    use protocol::commands::CommandType::*;
-    match kind {
-        ForceSync | PullLogs | EnableDevice | ExecShell => Role::Operator,
-        ClearQueue | PushConfig => Role::Manager,
-        RestartService | RebootOs | ShutdownOs | UpdateFirmware | DisableDevice => Role::Admin,
-    }
-}
-
-pub fn role_may_send(role: Role, command: &Command) -> bool {
-    let template_allows = match &command.kind {
-        protocol::commands::CommandKind::ExecShell { template, .. } => {
-            role >= shell_template_min_role(template)
-        }
-        _ => true,
-    };
-    role >= min_role(command.kind.command_type()) && template_allows
-}
-
-/// What `role` may send: the command types and the `exec_shell` templates.
-pub fn rights_of(role: Role) -> protocol::rest::Rights {
-    protocol::rest::Rights {
-        permissions: crate::auth::permissions_of(role),
-        commands: CommandType::ALL
-            .into_iter()
-            .filter(|k| role >= min_role(*k))
-            .map(|k| k.as_str().to_owned())
-            .collect(),
-        templates: SHELL_TEMPLATE_ROLES
-            .iter()
-            .filter(|(_, least)| role >= *least && role >= min_role(CommandType::ExecShell))
-            .map(|(name, _)| (*name).to_owned())
-            .collect(),
-        other_templates: role >= shell_template_min_role("")
-            && role >= min_role(CommandType::ExecShell),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use protocol::commands::CommandKind;
-
-    #[test]
-    fn rights_list_what_each_role_may_send() {
-        let viewer = rights_of(Role::Viewer);
-        assert!(viewer.commands.is_empty() && viewer.templates.is_empty());
-        assert!(viewer.permissions.contains(&"devices.view".to_owned()));
-        assert!(!viewer.permissions.contains(&"commands.dispatch".to_owned()));
-        let operator = rights_of(Role::Operator);
-        assert!(operator.commands.contains(&"force_sync".to_owned()));
-        assert!(!operator.commands.contains(&"clear_queue".to_owned()));
-        assert_eq!(
-            operator.templates,
-            ["disk_usage", "network_interfaces", "service_status"]
-        );
-        assert!(!operator.other_templates);
-        let admin = rights_of(Role::Admin);
-        assert_eq!(admin.commands.len(), CommandType::ALL.len());
-        assert!(admin.other_templates);
-        assert!(admin.permissions.contains(&"firmware.manage".to_owned()));
-        // The lists agree with the checks the routes make.
-        for role in [Role::Viewer, Role::Operator, Role::Manager, Role::Admin] {
-            let rights = rights_of(role);
-            for (name, _) in SHELL_TEMPLATE_ROLES {
-                let c = Command::new(
-                    "x",
-                    protocol::commands::CommandKind::ExecShell {
-                        template: (*name).into(),
-                        args: Default::default(),
-                    },
-                );
-                assert_eq!(
-                    rights.templates.contains(&(*name).to_owned()),
-                    role_may_send(role, &c)
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn roles_follow_the_spec_table() {
-        let c = |kind| Command::new("x", kind);
-        assert!(role_may_send(Role::Operator, &c(CommandKind::ForceSync)));
-        assert!(!role_may_send(
-            Role::Operator,
-            &c(CommandKind::ClearQueue {
-                include_completed: false
-            })
-        ));
-        assert!(role_may_send(
-            Role::Manager,
-            &c(CommandKind::PushConfig {
-                patch: serde_json::json!({})
-            })
-        ));
-        assert!(!role_may_send(Role::Manager, &c(CommandKind::RebootOs)));
-        assert!(role_may_send(Role::Admin, &c(CommandKind::ShutdownOs)));
-        let shell = |t: &str| {
-            c(CommandKind::ExecShell {
-                template: t.into(),
-                args: Default::default(),
-            })
-        };
-        assert!(role_may_send(Role::Operator, &shell("disk_usage")));
-        assert!(!role_may_send(Role::Operator, &shell("ping")));
-        assert!(role_may_send(Role::Manager, &shell("ping")));
-        assert!(!role_may_send(Role::Manager, &shell("unknown_template")));
-        assert!(role_may_send(Role::Admin, &shell("unknown_template")));
-        assert!(!role_may_send(Role::Viewer, &shell("disk_usage")));
-    }
-
-    #[test]
-    fn output_is_capped_on_a_char_boundary() {
-        let long = "é".repeat(100);
-        let capped = cap_output(&long, 51);
-        assert!(capped.starts_with(&"é".repeat(25)));
-        assert!(capped.contains("[truncated: 50 of 200 bytes kept]"));
-        assert_eq!(cap_output("short", 10), "short");
-    }
 }

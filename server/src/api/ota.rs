@@ -12,12 +12,13 @@ use chrono::Utc;
 use protocol::ota::{OtaTokenRequest, OtaTokenResponse};
 use serde::Serialize;
 
-use crate::audit::{self, audited, AuditEntry};
+use crate::api::audit::audited;
 use crate::auth::{self, OtaClaims, Scope, TokenError};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::firmware::{self, is_safe_name, ReleaseRow};
 use crate::refusals;
 use crate::state::AppState;
+use crate::store::audit::AuditEntry;
+use crate::store::firmware::{is_safe_name, ReleaseRow};
 
 /// The roles the seed puts in every OTA token.
 const OTA_ROLES: [&str; 2] = ["device", "ota_client"];
@@ -39,7 +40,7 @@ fn board_token(req: &HttpRequest) -> Option<String> {
     }
     let method = req.method();
     if method == actix_web::http::Method::GET || method == actix_web::http::Method::HEAD {
-        crate::session::query_token(req)
+        crate::auth::query_token(req)
     } else {
         None
     }
@@ -70,7 +71,7 @@ async fn refusal(req: &HttpRequest, state: &AppState, project: &str) -> Option<H
         Err(_) => "Invalid token",
     };
     let refused = ApiError::unauthorized(ErrorCode::InvalidToken, text);
-    let source = audit::source_of(req);
+    let source = crate::auth::source_of(req);
     match refusals::count_token::<()>(state, source.as_deref(), Err(refused)).await {
         Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
             let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "Too many refused tokens");
@@ -94,7 +95,7 @@ async fn releases_of(state: &AppState, project: &str) -> ApiResult<Vec<ReleaseRo
     let project = project.to_owned();
     state
         .db
-        .run(move |conn| firmware::of_project(conn, &project))
+        .run(move |conn| Ok(crate::store::firmware::of_project(conn, &project)?))
         .await
 }
 
@@ -116,7 +117,7 @@ pub async fn file(
         .into_iter()
         .find(|r| r.stored_name == file);
     match row {
-        Some(row) => firmware::serve(&req, &state, &row).await,
+        Some(row) => crate::api::firmware::serve(&req, &state, &row).await,
         None => Ok(plain(StatusCode::NOT_FOUND, "Not Found")),
     }
 }
@@ -211,7 +212,7 @@ pub async fn generate_token(
     req: HttpRequest,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
-    let source = audit::source_of(&req);
+    let source = crate::auth::source_of(&req);
     let Some(secret) = state.config.ota_admin_secret.as_deref() else {
         return Err(ApiError::forbidden(
             "OTA token generation is disabled: no OTA admin secret is configured",

@@ -1,283 +1,31 @@
-//! Devices: the model, its queries, enrollment and the device routes.
+//! The device routes: enrollment (`POST /api/v1/devices/{id}/token`), list, get, update and
+//! delete. The rows and their queries live in `store::devices`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{NaiveDateTime, Utc};
+use chrono::Utc;
 use diesel::prelude::*;
-use protocol::rest::{
-    Device, DeviceStatus, DeviceTokenResponse, Envelope, Page, UpdateDeviceRequest,
-};
+use protocol::rest::{DeviceStatus, DeviceTokenResponse, Envelope, Page, UpdateDeviceRequest};
 use schema::schema::devices;
 use serde::Deserialize;
 
-use crate::audit::{self, audited, AuditEntry};
+use crate::actors::registry::ListConnected;
+use crate::api::audit::audited;
+use crate::api::paging::Paging;
 use crate::auth::{self, Authorized, ManageDevices, ViewDevices};
-use crate::db::DbConnection;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::refusals;
-use crate::registry::ListConnected;
 use crate::state::AppState;
-
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = devices)]
-pub struct DeviceRow {
-    pub id: String,
-    pub name: String,
-    pub company_id: Option<String>,
-    pub production_line_id: Option<String>,
-    pub status: String,
-    pub version: Option<String>,
-    pub last_seen: Option<NaiveDateTime>,
-    pub remote_addr: Option<String>,
-    pub token_id: Option<String>,
-    pub created_at: NaiveDateTime,
-    pub updated_at: NaiveDateTime,
-    pub connection_mode: Option<String>,
-    pub boot_id: Option<String>,
-    pub run_id: Option<String>,
-    pub metrics: Option<String>,
-    pub status_at: Option<NaiveDateTime>,
-}
-
-impl DeviceRow {
-    pub fn to_api(&self) -> Device {
-        Device {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            company_id: self.company_id.clone(),
-            production_line_id: self.production_line_id.clone(),
-            status: match self.status.as_str() {
-                "ONLINE" => DeviceStatus::Online,
-                "DISABLED" => DeviceStatus::Disabled,
-                _ => DeviceStatus::Offline,
-            },
-            version: self.version.clone(),
-            last_seen: self.last_seen.map(|t| t.and_utc()),
-            remote_addr: self.remote_addr.clone(),
-            created_at: self.created_at.and_utc(),
-            connection_mode: self.connection_mode.clone(),
-            boot_id: self.boot_id.clone(),
-            run_id: self.run_id.clone(),
-            metrics: self
-                .metrics
-                .as_deref()
-                .and_then(|m| serde_json::from_str(m).ok()),
-            status_at: self.status_at.map(|t| t.and_utc()),
-        }
-    }
-}
-
-pub fn find(conn: &mut DbConnection, id: &str) -> ApiResult<Option<DeviceRow>> {
-    Ok(devices::table
-        .find(id)
-        .select(DeviceRow::as_select())
-        .first(conn)
-        .optional()?)
-}
-
-/// The 404 of every route that names a device that is not there.
-pub fn not_found() -> ApiError {
-    ApiError::not_found(ErrorCode::DeviceNotFound, "no such device")
-}
-
-/// The device, or the 404 that says it is not there.
-pub fn require(conn: &mut DbConnection, id: &str) -> ApiResult<DeviceRow> {
-    find(conn, id)?.ok_or_else(not_found)
-}
-
-/// Which of `ids` name an enrolled device, asked in chunks so a long list stays within the
-/// backends' bound-parameter limits.
-pub fn known_ids(
-    conn: &mut DbConnection,
-    ids: &[String],
-) -> ApiResult<std::collections::HashSet<String>> {
-    let mut found = std::collections::HashSet::new();
-    for chunk in ids.chunks(500) {
-        let known: Vec<String> = devices::table
-            .filter(devices::id.eq_any(chunk))
-            .select(devices::id)
-            .load(conn)?;
-        found.extend(known);
-    }
-    Ok(found)
-}
-
-/// Filters of the device list; every one given must hold.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceFilter {
-    pub status: Option<String>,
-    pub group_id: Option<String>,
-    pub production_line_id: Option<String>,
-    pub company_id: Option<String>,
-    /// Case-insensitive substring of the id or the name.
-    pub q: Option<String>,
-}
-
-diesel::define_sql_function! {
-    /// SQL `lower(text)`, which both backends have.
-    fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text;
-}
-
-diesel::define_sql_function! {
-    /// SQL `coalesce(a, b)`, which both backends have.
-    fn coalesce(
-        a: diesel::sql_types::Nullable<diesel::sql_types::Text>,
-        b: diesel::sql_types::Nullable<diesel::sql_types::Text>,
-    ) -> diesel::sql_types::Nullable<diesel::sql_types::Text>;
-}
-
-/// Escapes `%`, `_` and the escape character so user text matches literally in a LIKE.
-pub fn like_pattern(text: &str) -> String {
-    let escaped = text
-        .to_lowercase()
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
-}
-
-pub fn list(
-    conn: &mut DbConnection,
-    filter: &DeviceFilter,
-    limit: i64,
-    offset: i64,
-) -> ApiResult<Page<Device>> {
-    use diesel::dsl::exists;
-    use schema::schema::device_group_members as members;
-    let filtered = || {
-        let mut query = devices::table.into_boxed();
-        if let Some(status) = &filter.status {
-            query = query.filter(devices::status.eq(status.clone()));
-        }
-        if let Some(line) = &filter.production_line_id {
-            query = query.filter(devices::production_line_id.eq(line.clone()));
-        }
-        if let Some(company) = &filter.company_id {
-            query = query.filter(devices::company_id.eq(company.clone()));
-        }
-        if let Some(group) = &filter.group_id {
-            query = query.filter(exists(
-                members::table
-                    .filter(members::group_id.eq(group.clone()))
-                    .filter(members::device_id.eq(devices::id)),
-            ));
-        }
-        if let Some(q) = filter.q.as_deref().filter(|q| !q.is_empty()) {
-            let pattern = like_pattern(q);
-            query = query.filter(
-                lower(devices::id)
-                    .like(pattern.clone())
-                    .escape('\\')
-                    .or(lower(devices::name).like(pattern).escape('\\')),
-            );
-        }
-        query
-    };
-    let total = filtered().count().get_result(conn)?;
-    let rows: Vec<DeviceRow> = filtered()
-        .order(devices::id.asc())
-        .limit(limit)
-        .offset(offset)
-        .select(DeviceRow::as_select())
-        .load(conn)?;
-    Ok(Page {
-        items: rows.iter().map(DeviceRow::to_api).collect(),
-        total,
-    })
-}
-
-/// Sessions do not survive a restart, so at start every device is offline until it connects.
-pub fn mark_all_offline(conn: &mut DbConnection) -> ApiResult<usize> {
-    Ok(
-        diesel::update(devices::table.filter(devices::status.ne(DeviceStatus::Offline.as_str())))
-            .set(devices::status.eq(DeviceStatus::Offline.as_str()))
-            .execute(conn)?,
-    )
-}
-
-pub fn mark_online(conn: &mut DbConnection, id: &str, remote_addr: Option<&str>) -> ApiResult<()> {
-    let now = Utc::now().naive_utc();
-    diesel::update(devices::table.find(id))
-        .set((
-            devices::status.eq(DeviceStatus::Online.as_str()),
-            devices::last_seen.eq(Some(now)),
-            devices::remote_addr.eq(remote_addr),
-            devices::updated_at.eq(now),
-        ))
-        .execute(conn)?;
-    Ok(())
-}
-
-pub fn mark_offline(conn: &mut DbConnection, id: &str) -> ApiResult<()> {
-    let now = Utc::now().naive_utc();
-    diesel::update(
-        devices::table
-            .find(id)
-            .filter(devices::status.ne(DeviceStatus::Offline.as_str())),
-    )
-    .set((
-        devices::status.eq(DeviceStatus::Offline.as_str()),
-        devices::last_seen.eq(Some(now)),
-        devices::updated_at.eq(now),
-    ))
-    .execute(conn)?;
-    Ok(())
-}
-
-/// What a device's `status` frame says about it.
-#[derive(Debug, Clone, Default)]
-pub struct StatusUpdate {
-    /// ONLINE, or DISABLED while the device has production turned off.
-    pub status: Option<DeviceStatus>,
-    pub version: Option<String>,
-    pub boot_id: Option<String>,
-    pub run_id: Option<String>,
-    pub connection_mode: Option<String>,
-    pub metrics: Option<String>,
-}
-
-/// Stores a device's latest status. A status frame from a session that has since closed must
-/// not turn an OFFLINE device back on, so the status word is only set on a connected device.
-pub fn record_status(conn: &mut DbConnection, id: &str, update: &StatusUpdate) -> ApiResult<()> {
-    let now = Utc::now().naive_utc();
-    diesel::update(devices::table.find(id))
-        .set((
-            devices::last_seen.eq(Some(now)),
-            devices::status_at.eq(Some(now)),
-            devices::metrics.eq(update.metrics.as_deref()),
-            devices::connection_mode.eq(update.connection_mode.as_deref()),
-            devices::boot_id.eq(update.boot_id.as_deref()),
-            devices::run_id.eq(update.run_id.as_deref()),
-            // A status without a version keeps the one stored.
-            devices::version.eq(coalesce(update.version.as_deref(), devices::version)),
-        ))
-        .execute(conn)?;
-    if let Some(status) = update.status {
-        diesel::update(
-            devices::table
-                .find(id)
-                .filter(devices::status.ne(DeviceStatus::Offline.as_str())),
-        )
-        .set(devices::status.eq(status.as_str()))
-        .execute(conn)?;
-    }
-    Ok(())
-}
+use crate::store::audit::{self, AuditEntry};
+use crate::store::devices::*;
 
 /// Device ids appear in URLs, file names and logs, so they are kept to a safe alphabet.
 pub fn validate_device_id(id: &str) -> ApiResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !id.starts_with('.');
-    if ok {
+    if protocol::device::is_valid_device_id(id) {
         Ok(())
     } else {
         Err(ApiError::bad_request(
             ErrorCode::InvalidParameter,
-            "device id must be 1-128 characters of letters, digits, '-', '_' or '.', not starting with '.'",
+            protocol::device::DEVICE_ID_RULE,
         ))
     }
 }
@@ -304,7 +52,7 @@ pub async fn issue_token(
 ) -> ApiResult<HttpResponse> {
     let device_id = path.into_inner();
     validate_device_id(&device_id)?;
-    let source = audit::source_of(&req);
+    let source = crate::auth::source_of(&req);
     let Some(expected) = state.config.enrollment_key.as_deref() else {
         return Err(ApiError::new(
             actix_web::http::StatusCode::FORBIDDEN,
@@ -369,7 +117,7 @@ pub async fn issue_token(
     let created = state
         .db
         .run(move |conn| {
-            crate::db::write_transaction(conn, |conn| {
+            crate::store::db::write_transaction(conn, |conn| {
                 let now = Utc::now().naive_utc();
                 let created =
                     match find(conn, &id)? {
@@ -434,10 +182,12 @@ pub async fn issue_token(
         })
         .await?;
     // A socket opened with the previous token must not outlive it.
-    state.registry.do_send(crate::registry::TokenRotated {
-        device_id: device_id.clone(),
-        token_id: issued.jti.clone(),
-    });
+    state
+        .registry
+        .do_send(crate::actors::registry::TokenRotated {
+            device_id: device_id.clone(),
+            token_id: issued.jti.clone(),
+        });
     tracing::info!(device = %device_id, created, "device token issued");
     Ok(HttpResponse::Ok().json(Envelope::ok(DeviceTokenResponse {
         token: issued.token,
@@ -449,32 +199,8 @@ pub async fn issue_token(
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListQuery {
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
     #[serde(flatten)]
     pub filter: DeviceFilter,
-}
-
-pub const DEFAULT_PAGE_SIZE: i64 = 50;
-pub const MAX_PAGE_SIZE: i64 = 500;
-
-/// Checks paging parameters and applies the defaults.
-pub fn paging(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
-    let offset = offset.unwrap_or(0);
-    if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidParameter,
-            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
-        ));
-    }
-    if offset < 0 {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidParameter,
-            "offset must not be negative",
-        ));
-    }
-    Ok((limit, offset))
 }
 
 /// `GET /api/v1/devices`.
@@ -482,13 +208,10 @@ pub async fn list_devices(
     _user: Authorized<ViewDevices>,
     state: web::Data<AppState>,
     query: web::Query<ListQuery>,
+    paging: Paging,
 ) -> ApiResult<HttpResponse> {
-    let ListQuery {
-        limit,
-        offset,
-        filter,
-    } = query.into_inner();
-    let (limit, offset) = paging(limit, offset)?;
+    let ListQuery { filter } = query.into_inner();
+    let (limit, offset) = paging.checked()?;
     if let Some(status) = &filter.status {
         if !matches!(status.as_str(), "ONLINE" | "OFFLINE" | "DISABLED") {
             return Err(ApiError::bad_request(
@@ -505,7 +228,7 @@ pub async fn list_devices(
     }
     let page = state
         .db
-        .run(move |conn| list(conn, &filter, limit, offset))
+        .run(move |conn| Ok(list(conn, &filter, limit, offset)?))
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
@@ -517,7 +240,7 @@ pub async fn get_device(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let row = state.db.run(move |conn| require(conn, &id)).await?;
+    let row = state.db.run(move |conn| Ok(require(conn, &id)?)).await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
 }
 
@@ -569,7 +292,7 @@ pub async fn update_device(
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(id.clone()))
         .params(serde_json::to_value(&change).unwrap_or_default())
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     let row = audited(&state.db, entry, move |conn| {
         let row = require(conn, &id)?;
         diesel::update(devices::table.find(&id))
@@ -581,7 +304,7 @@ pub async fn update_device(
                 devices::updated_at.eq(Utc::now().naive_utc()),
             ))
             .execute(conn)?;
-        require(conn, &id)
+        Ok(require(conn, &id)?)
     })
     .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
@@ -599,19 +322,21 @@ pub async fn delete_device(
     let entry = AuditEntry::new("device.delete", "success")
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(id.clone()))
-        .source(audit::source_of(&req));
+        .source(crate::auth::source_of(&req));
     let target = id.clone();
     audited(&state.db, entry, move |conn| {
         if diesel::delete(devices::table.find(&target)).execute(conn)? == 0 {
-            return Err(not_found());
+            return Err(ApiError::from(not_found()));
         }
         Ok(())
     })
     .await?;
     // No token matches an empty id, so any open session of the device is closed.
-    state.registry.do_send(crate::registry::TokenRotated {
-        device_id: id.clone(),
-        token_id: String::new(),
-    });
+    state
+        .registry
+        .do_send(crate::actors::registry::TokenRotated {
+            device_id: id.clone(),
+            token_id: String::new(),
+        });
     Ok(HttpResponse::Ok().json(Envelope::ok(serde_json::json!({"deleted": id}))))
 }

@@ -1,6 +1,6 @@
 //! `FirmwareDeployer`: the actor that rolls firmware deployments out, wave by wave.
 //!
-//! It keeps no state the database does not have. A *pass* runs `deployments::advance` for
+//! It keeps no state the database does not have. A *pass* runs `rollout::advance` for
 //! every unfinished deployment on the blocking pool, then carries out what the pass decided:
 //! `update_firmware` commands through the `CommandDispatcher`, and `deployment` events to the
 //! dashboards. Passes never overlap (so the download cap holds); a pass runs every
@@ -21,10 +21,11 @@ use protocol::firmware::DeploymentStatus;
 use protocol::rest::CommandStatus;
 use serde_json::Value;
 
-use crate::db::Db;
-use crate::deployments::{self, Carried, Effect, Timeouts};
-use crate::dispatcher::{CommandDispatcher, Dispatch};
-use crate::events::{EventBus, Publish};
+use crate::actors::dispatcher::{CommandDispatcher, Dispatch};
+use crate::actors::events::{EventBus, Publish};
+use crate::store::db::Db;
+use crate::store::deployments;
+use crate::store::rollout::{self, Carried, Effect, Timeouts};
 
 /// How often unfinished deployments are looked at without a reason: soaks end and
 /// activation deadlines pass on the clock, not on an event.
@@ -88,7 +89,7 @@ impl FirmwareDeployer {
             db.run(move |conn| {
                 let mut effects = inbox.store(conn);
                 for id in deployments::unfinished(conn)? {
-                    match deployments::advance(conn, &id, &carried, timeouts) {
+                    match rollout::advance(conn, &id, &carried, timeouts) {
                         Ok(more) => effects.extend(more),
                         // One deployment's trouble must not hold up the others.
                         Err(e) => tracing::warn!(deployment = %id, error = %e.message, "deployment pass failed"),
@@ -154,8 +155,6 @@ impl FirmwareDeployer {
                     timeout: self.stage_timeout,
                     issued_by,
                     queue_ttl: Some(self.stage_timeout),
-                    stored: true,
-                    accepted: None,
                 });
                 async move {
                     match request.await {
@@ -337,10 +336,10 @@ struct Inbox {
 
 impl Inbox {
     /// Stores each item on its own, so one that fails does not hold up the rest.
-    fn store(self, conn: &mut crate::db::DbConnection) -> Vec<Effect> {
+    fn store(self, conn: &mut crate::store::db::DbConnection) -> Vec<Effect> {
         let mut effects = Vec::new();
         for d in self.downloads {
-            match deployments::download_finished(
+            match rollout::download_finished(
                 conn,
                 &d.deployment_id,
                 &d.device_id,
@@ -352,7 +351,7 @@ impl Inbox {
             }
         }
         for a in self.alerts {
-            match deployments::alert_received(conn, &a.device_id, &a.message) {
+            match rollout::alert_received(conn, &a.device_id, &a.message) {
                 Ok(more) => effects.extend(more),
                 Err(e) => tracing::warn!(error = %e.message, "alert not applied to a deployment"),
             }

@@ -9,24 +9,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use chrono::Utc;
+use protocol::codes::ws_error;
 use protocol::device::{DeviceEvent, DeviceFrame, ServerFrame, TelemetryEvent};
 use protocol::rest::DeviceStatus;
 
-use crate::auth::{bearer_token, Scope};
-use crate::deployer::{DeviceAlert, DeviceReported};
-use crate::devices;
-use crate::devices::StatusUpdate;
-use crate::dispatcher::{DeviceConnected, ProgressReceived, ResultReceived, StatusSeen};
-use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::events::Publish;
-use crate::presence::RecordStatus;
-use crate::refusals::count_token;
-use crate::registry::{Connect, Disconnect, FrameRefused};
-use crate::state::AppState;
-use crate::telemetry::Telemetry;
+use std::rc::Rc;
+
+use futures_util::future::LocalBoxFuture;
+
+use crate::actors::deployer::{DeviceAlert, DeviceReported, FirmwareDeployer};
+use crate::actors::dispatcher::{
+    CommandDispatcher, DeviceConnected, ProgressReceived, ResultReceived, StatusSeen,
+};
+use crate::actors::events::{EventBus, Publish};
+use crate::actors::presence::{PresenceWriter, RecordStatus};
+use crate::actors::registry::{Connect, DeviceRegistry, Disconnect, FrameRefused};
+use crate::actors::telemetry::TelemetrySink;
+use crate::error::ApiResult;
+use crate::store::devices::StatusUpdate;
+use crate::store::telemetry::Telemetry;
 
 /// How often the server pings a device.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
@@ -57,45 +60,35 @@ pub const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 pub const REFUSAL_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Close code: a newer session of the same device took over.
-pub const CLOSE_REPLACED: u16 = 4000;
+pub const CLOSE_REPLACED: u16 = protocol::codes::close::REPLACED;
 /// Close code: the token this session authenticated with was revoked.
-pub const CLOSE_TOKEN_REVOKED: u16 = 4001;
+pub const CLOSE_TOKEN_REVOKED: u16 = protocol::codes::close::TOKEN_REVOKED;
 /// Close code: no valid authentication (also used for a user token on the device route).
-pub const CLOSE_AUTH_FAILED: u16 = 4401;
+pub const CLOSE_AUTH_FAILED: u16 = protocol::codes::close::AUTH_FAILED;
 /// Close code: no `auth` frame within `AUTH_TIMEOUT`.
-pub const CLOSE_AUTH_TIMEOUT: u16 = 4408;
+pub const CLOSE_AUTH_TIMEOUT: u16 = protocol::codes::close::AUTH_TIMEOUT;
 /// Close code: too many refused frames (oversized or over a rate).
-pub const CLOSE_FLOOD: u16 = 4429;
+pub const CLOSE_FLOOD: u16 = protocol::codes::close::FLOOD;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Who a verified device token belongs to.
-#[derive(Debug, Clone)]
-pub struct DeviceIdentity {
-    pub device_id: String,
-    pub token_id: String,
-}
+pub use crate::auth::DeviceIdentity;
 
-/// Verifies a device token: signature, scope, expiry, and that it is the device's current
-/// token (an older one was revoked by rotation).
-pub async fn verify_device_token(state: &AppState, token: &str) -> ApiResult<DeviceIdentity> {
-    let claims = state.jwt.verify(token, Scope::Device)?;
-    let device_id = claims.sub.clone();
-    let row = state
-        .db
-        .run(move |conn| devices::find(conn, &device_id))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized(ErrorCode::InvalidToken, "unknown device"))?;
-    if row.token_id.as_deref() != Some(claims.jti.as_str()) {
-        return Err(ApiError::unauthorized(
-            ErrorCode::InvalidToken,
-            "device token was revoked",
-        ));
-    }
-    Ok(DeviceIdentity {
-        device_id: claims.sub,
-        token_id: claims.jti,
-    })
+/// Checks the token of an `auth` frame, given the token and the peer's address; a refusal
+/// counts against that address. The REST side supplies it, so a session needs no keys.
+pub type TokenCheck =
+    Rc<dyn Fn(String, Option<String>) -> LocalBoxFuture<'static, ApiResult<DeviceIdentity>>>;
+
+/// The actors a device session sends to, and its token check: all it knows of the server.
+#[derive(Clone)]
+pub struct Peers {
+    pub registry: Addr<DeviceRegistry>,
+    pub dispatcher: Addr<CommandDispatcher>,
+    pub presence: Addr<PresenceWriter>,
+    pub deployer: Addr<FirmwareDeployer>,
+    pub bus: Addr<EventBus>,
+    pub telemetry: Addr<TelemetrySink>,
+    pub verify: TokenCheck,
 }
 
 /// A frame for the device.
@@ -117,7 +110,7 @@ pub struct DeviceSession {
     remote_addr: Option<String>,
     last_heard: Instant,
     opened: Instant,
-    state: web::Data<AppState>,
+    peers: Peers,
     /// An `auth` frame is being verified; further frames wait for the answer.
     authenticating: bool,
     limiter: FrameLimiter,
@@ -265,8 +258,8 @@ fn batch_len(text: &str) -> Option<usize> {
 }
 
 impl DeviceSession {
-    fn new(
-        state: web::Data<AppState>,
+    pub fn new(
+        peers: Peers,
         identity: Option<DeviceIdentity>,
         remote_addr: Option<String>,
     ) -> Self {
@@ -276,7 +269,7 @@ impl DeviceSession {
             remote_addr,
             last_heard: Instant::now(),
             opened: Instant::now(),
-            state,
+            peers,
             authenticating: false,
             limiter: FrameLimiter::new(Instant::now()),
         }
@@ -310,7 +303,7 @@ impl DeviceSession {
     /// Registers with the registry and greets the device.
     fn on_authenticated(&mut self, ctx: &mut ws::WebsocketContext<Self>, identity: DeviceIdentity) {
         let addr = ctx.address();
-        self.state.registry.do_send(Connect {
+        self.peers.registry.do_send(Connect {
             device_id: identity.device_id.clone(),
             session_id: self.session_id,
             token_id: identity.token_id.clone(),
@@ -319,7 +312,7 @@ impl DeviceSession {
             close: addr.recipient(),
         });
         // Sent after Connect, so the dispatcher's lookup finds this session registered.
-        self.state.dispatcher.do_send(DeviceConnected {
+        self.peers.dispatcher.do_send(DeviceConnected {
             device_id: identity.device_id.clone(),
         });
         Self::send_frame(
@@ -356,7 +349,7 @@ impl DeviceSession {
         if crate::input::has_nul(text.as_bytes()) {
             Self::send_error(
                 ctx,
-                "invalid_frame",
+                ws_error::INVALID_FRAME,
                 format!("cannot read frame: {}", crate::input::NUL_REFUSED),
             );
             return;
@@ -375,7 +368,11 @@ impl DeviceSession {
         let frame: DeviceFrame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(e) => {
-                Self::send_error(ctx, "invalid_frame", format!("cannot read frame: {e}"));
+                Self::send_error(
+                    ctx,
+                    ws_error::INVALID_FRAME,
+                    format!("cannot read frame: {e}"),
+                );
                 return;
             }
         };
@@ -391,31 +388,26 @@ impl DeviceSession {
                 if self.authenticating {
                     Self::send_error(
                         ctx,
-                        "auth_in_progress",
+                        ws_error::AUTH_IN_PROGRESS,
                         "an auth frame is already being checked",
                     );
                     return;
                 }
                 self.authenticating = true;
-                let state = self.state.clone();
-                let source = self.remote_addr.clone();
-                let fut = async move {
-                    let checked = verify_device_token(&state, &token).await;
-                    count_token(&state, source.as_deref(), checked).await
-                };
+                let fut = (self.peers.verify)(token, self.remote_addr.clone());
                 ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
                     act.authenticating = false;
                     match result {
                         Ok(identity) => act.on_authenticated(ctx, identity),
                         Err(e) => {
-                            Self::send_error(ctx, &e.code.name(), e.message.clone());
+                            Self::send_error(ctx, e.code.as_str(), e.message.clone());
                             Self::close(ctx, CLOSE_AUTH_FAILED, &e.message);
                         }
                     }
                 }));
             }
             (DeviceFrame::Event(_) | DeviceFrame::Batch { .. }, None) => {
-                Self::send_error(ctx, "unauthenticated", "send an auth frame first");
+                Self::send_error(ctx, ws_error::UNAUTHENTICATED, "send an auth frame first");
                 Self::close(ctx, CLOSE_AUTH_FAILED, "not authenticated");
             }
             (DeviceFrame::Event(event), Some(identity)) => {
@@ -445,7 +437,11 @@ impl DeviceSession {
     /// over the budget is refused whole.
     fn admit_batch(&mut self, ctx: &mut ws::WebsocketContext<Self>, count: usize) -> bool {
         if count == 0 {
-            Self::send_error(ctx, "invalid_frame", "a batch needs at least one event");
+            Self::send_error(
+                ctx,
+                ws_error::INVALID_FRAME,
+                "a batch needs at least one event",
+            );
             return false;
         }
         self.admit_events(ctx, count)
@@ -471,20 +467,24 @@ impl DeviceSession {
         event: DeviceEvent,
     ) {
         let device_id = identity.device_id;
-        let telemetry = &self.state.telemetry;
+        let telemetry = &self.peers.telemetry;
         match &event {
             DeviceEvent::CommandResult(result) => {
-                self.state.dispatcher.do_send(ResultReceived {
+                self.peers.dispatcher.do_send(ResultReceived {
                     device_id: device_id.clone(),
                     result: result.clone(),
                 });
             }
             DeviceEvent::CommandProgress(progress) => {
                 if progress.percent > 100 {
-                    Self::send_error(ctx, "invalid_frame", "percent must be between 0 and 100");
+                    Self::send_error(
+                        ctx,
+                        ws_error::INVALID_FRAME,
+                        "percent must be between 0 and 100",
+                    );
                     return;
                 }
-                self.state.dispatcher.do_send(ProgressReceived {
+                self.peers.dispatcher.do_send(ProgressReceived {
                     device_id: device_id.clone(),
                     progress: progress.clone(),
                 });
@@ -500,7 +500,7 @@ impl DeviceSession {
                     .as_ref()
                     .is_some_and(|m| m.len() > MAX_TEXT_FRAME / 2)
                 {
-                    Self::send_error(ctx, "invalid_frame", "status metrics are too large");
+                    Self::send_error(ctx, ws_error::INVALID_FRAME, "status metrics are too large");
                     return;
                 }
                 let connection_mode = status
@@ -509,12 +509,12 @@ impl DeviceSession {
                     .and_then(|m| m.get("connectionMode"))
                     .and_then(|v| v.as_str())
                     .map(str::to_owned);
-                self.state.dispatcher.do_send(StatusSeen {
+                self.peers.dispatcher.do_send(StatusSeen {
                     device_id: device_id.clone(),
                     boot_id: status.boot_id.clone(),
                     run_id: status.run_id.clone(),
                 });
-                self.state.presence.do_send(RecordStatus {
+                self.peers.presence.do_send(RecordStatus {
                     device_id: device_id.clone(),
                     update: StatusUpdate {
                         status: word,
@@ -527,7 +527,7 @@ impl DeviceSession {
                 });
                 // After the presence writer was asked to store it; the deployer's pass reads
                 // the stored version, and a pass a moment early is repeated on the next tick.
-                self.state.deployer.do_send(DeviceReported {
+                self.peers.deployer.do_send(DeviceReported {
                     device_id: device_id.clone(),
                 });
             }
@@ -546,7 +546,7 @@ impl DeviceSession {
                 let payload =
                     serde_json::json!({"severity": alert.severity, "message": alert.message});
                 telemetry.do_send(Telemetry::event(&device_id, alert.ts, "alert", &payload));
-                self.state.deployer.do_send(DeviceAlert {
+                self.peers.deployer.do_send(DeviceAlert {
                     device_id: device_id.clone(),
                     severity: alert.severity.clone(),
                     message: alert.message.clone(),
@@ -554,7 +554,7 @@ impl DeviceSession {
             }
         }
         if let Some(publish) = Publish::device_event(&device_id, event) {
-            self.state.bus.do_send(publish);
+            self.peers.bus.do_send(publish);
         }
     }
 
@@ -587,7 +587,7 @@ impl DeviceSession {
     /// the device why (at most once per `REFUSAL_NOTICE_INTERVAL`).
     fn refused(&mut self, ctx: &mut ws::WebsocketContext<Self>, refusal: Refusal, now: Instant) {
         if let Some(identity) = &self.identity {
-            self.state.registry.do_send(FrameRefused {
+            self.peers.registry.do_send(FrameRefused {
                 device_id: identity.device_id.clone(),
                 session_id: self.session_id,
             });
@@ -602,15 +602,19 @@ impl DeviceSession {
                 refused = self.limiter.refused_total,
                 "disconnecting a flooding device"
             );
-            Self::send_error(ctx, "flood", "too many refused frames; disconnecting");
+            Self::send_error(
+                ctx,
+                ws_error::FLOOD,
+                "too many refused frames; disconnecting",
+            );
             Self::close(ctx, CLOSE_FLOOD, "too many refused frames");
             return;
         }
         if self.limiter.should_notify(now) {
             let (code, message) = match refusal {
-                Refusal::TooLarge => ("frame_too_large", format!("frames over {MAX_TEXT_FRAME} bytes are refused")),
+                Refusal::TooLarge => (ws_error::FRAME_TOO_LARGE, format!("frames over {MAX_TEXT_FRAME} bytes are refused")),
                 Refusal::TooFast => (
-                    "rate_limited",
+                    ws_error::RATE_LIMITED,
                     format!("more than {FRAME_RATE_PER_SEC} frames per second; frames are being dropped"),
                 ),
                 Refusal::BatchTooLarge => (
@@ -618,7 +622,7 @@ impl DeviceSession {
                     format!("a batch may carry at most {MAX_BATCH_EVENTS} events; the batch was dropped"),
                 ),
                 Refusal::TooManyEvents => (
-                    "rate_limited",
+                    ws_error::RATE_LIMITED,
                     format!("more than {EVENT_RATE_PER_SEC} events per second; events are being dropped"),
                 ),
             };
@@ -641,7 +645,11 @@ impl Actor for DeviceSession {
             None => {
                 ctx.run_later(AUTH_TIMEOUT, |act, ctx| {
                     if act.identity.is_none() {
-                        Self::send_error(ctx, "auth_timeout", "no auth frame received in time");
+                        Self::send_error(
+                            ctx,
+                            ws_error::AUTH_TIMEOUT,
+                            "no auth frame received in time",
+                        );
                         Self::close(ctx, CLOSE_AUTH_TIMEOUT, "authentication timed out");
                     }
                 });
@@ -657,7 +665,7 @@ impl Actor for DeviceSession {
                 open_for = ?self.opened.elapsed(),
                 "session stopping"
             );
-            self.state.registry.do_send(Disconnect {
+            self.peers.registry.do_send(Disconnect {
                 device_id: identity.device_id.clone(),
                 session_id: self.session_id,
             });
@@ -676,7 +684,7 @@ impl Handler<DeliverCommand> for DeviceSession {
 impl Handler<CloseSession> for DeviceSession {
     type Result = ();
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
-        Self::send_error(ctx, "session_closed", msg.reason.clone());
+        Self::send_error(ctx, ws_error::SESSION_CLOSED, msg.reason.clone());
         Self::close(ctx, msg.code, &msg.reason);
     }
 }
@@ -707,7 +715,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for DeviceSession {
                 }
                 Self::send_error(
                     ctx,
-                    "invalid_frame",
+                    ws_error::INVALID_FRAME,
                     "binary frames are not part of the protocol",
                 );
             }
@@ -716,198 +724,17 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for DeviceSession {
                 ctx.stop();
             }
             ws::Message::Continuation(_) => {
-                Self::send_error(ctx, "invalid_frame", "fragmented frames are not supported");
+                Self::send_error(
+                    ctx,
+                    ws_error::INVALID_FRAME,
+                    "fragmented frames are not supported",
+                );
             }
             ws::Message::Nop => {}
         }
     }
 }
 
-/// The `token` query parameter of a WebSocket upgrade.
-pub fn query_token(req: &HttpRequest) -> Option<String> {
-    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.get("token").cloned())
-        .filter(|t| !t.is_empty())
-}
-
-/// The token a WebSocket upgrade carries: the `Authorization` header, else `?token=` while
-/// the compatibility setting allows it. `None`: the client will send an `auth` frame.
-pub fn upgrade_token(req: &HttpRequest, allow_query: bool) -> ApiResult<Option<String>> {
-    match (bearer_token(req), query_token(req)) {
-        (Some(header), _) => Ok(Some(header.to_owned())),
-        (None, Some(query)) if allow_query => Ok(Some(query)),
-        (None, Some(_)) => Err(ApiError::unauthorized(
-            ErrorCode::Unauthorized,
-            "?token= is turned off on this server; send the token in the Authorization header or an auth frame",
-        )),
-        (None, None) => Ok(None),
-    }
-}
-
-/// `GET /ws/device`.
-pub async fn device_socket(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    stream: web::Payload,
-) -> Result<HttpResponse, actix_web::Error> {
-    let token = upgrade_token(&req, state.config.allow_query_token)?;
-    // A token given on the upgrade is checked before the socket opens, so a refused device
-    // gets a plain 401 it can act on (re-enroll) instead of an opened-then-closed socket.
-    let remote_addr = req.peer_addr().map(|a| a.ip().to_string());
-    let identity = match token {
-        Some(token) => {
-            let checked = verify_device_token(&state, &token).await;
-            Some(count_token(&state, remote_addr.as_deref(), checked).await?)
-        }
-        None => None,
-    };
-    ws::WsResponseBuilder::new(
-        DeviceSession::new(state, identity, remote_addr),
-        &req,
-        stream,
-    )
-    .frame_size(MAX_FRAME_SIZE)
-    .start()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_over_the_size_are_refused() {
-        let now = Instant::now();
-        let mut limiter = FrameLimiter::new(now);
-        assert_eq!(
-            limiter.admit(MAX_TEXT_FRAME + 1, now),
-            Err(Refusal::TooLarge)
-        );
-        assert_eq!(limiter.admit(100, now), Ok(()));
-        assert_eq!(limiter.refused_total, 1);
-    }
-
-    #[test]
-    fn a_burst_past_the_bucket_is_refused_then_refills() {
-        let now = Instant::now();
-        let mut limiter = FrameLimiter::new(now);
-        let admitted = (0..1000).filter(|_| limiter.admit(10, now).is_ok()).count();
-        assert_eq!(admitted, FRAME_BURST as usize);
-        assert!(!limiter.flooding(), "600 refusals is under the limit");
-        let later = now + Duration::from_secs(1);
-        assert!(
-            limiter.admit(10, later).is_ok(),
-            "a second later the bucket has refilled"
-        );
-    }
-
-    #[test]
-    fn sustained_flooding_is_detected() {
-        let now = Instant::now();
-        let mut limiter = FrameLimiter::new(now);
-        for _ in 0..(FRAME_BURST as u32 + MAX_REFUSALS_PER_WINDOW + 1) {
-            let _ = limiter.admit(10, now);
-        }
-        assert!(limiter.flooding());
-    }
-
-    #[test]
-    fn batches_spend_the_event_budget_whole_or_not_at_all() {
-        let now = Instant::now();
-        let mut limiter = FrameLimiter::new(now);
-        let full = EVENT_BURST as usize / MAX_BATCH_EVENTS;
-        for _ in 0..full {
-            assert_eq!(limiter.admit_events(MAX_BATCH_EVENTS, now), Ok(()));
-        }
-        assert_eq!(
-            limiter.admit_events(MAX_BATCH_EVENTS, now),
-            Err(Refusal::TooManyEvents)
-        );
-        assert_eq!(
-            limiter.refused_total, 1,
-            "a refused batch is one refused frame"
-        );
-        // A second refills EVENT_RATE_PER_SEC events: that many batches, not one more.
-        let later = now + Duration::from_secs(1);
-        let refilled = (0..100)
-            .filter(|_| limiter.admit_events(MAX_BATCH_EVENTS, later).is_ok())
-            .count();
-        assert_eq!(refilled, EVENT_RATE_PER_SEC as usize / MAX_BATCH_EVENTS);
-        assert_eq!(
-            limiter.admit_events(MAX_BATCH_EVENTS + 1, later + Duration::from_secs(5)),
-            Err(Refusal::BatchTooLarge)
-        );
-    }
-
-    #[test]
-    fn full_batches_over_the_budget_are_cut_off_as_soon_as_single_frames() {
-        let now = Instant::now();
-        let mut singles = FrameLimiter::new(now);
-        let mut batches = FrameLimiter::new(now);
-        for _ in 0..EVENT_BURST as usize / MAX_BATCH_EVENTS {
-            batches.admit_events(MAX_BATCH_EVENTS, now).unwrap();
-        }
-        for _ in 0..FRAME_BURST as usize {
-            singles.admit(10, now).unwrap();
-        }
-        let frames_to_cut = |limiter: &mut FrameLimiter, batch: bool| {
-            (1..=MAX_REFUSALS_PER_WINDOW + 1)
-                .find(|_| {
-                    let _ = if batch {
-                        limiter.admit_events(MAX_BATCH_EVENTS, now)
-                    } else {
-                        limiter.admit(10, now)
-                    };
-                    limiter.flooding()
-                })
-                .expect("cut off")
-        };
-        let single_frames = frames_to_cut(&mut singles, false);
-        let batch_frames = frames_to_cut(&mut batches, true);
-        // Each refused batch carries eight frames' worth of the event budget.
-        assert_eq!(single_frames, MAX_REFUSALS_PER_WINDOW + 1);
-        assert_eq!(
-            batch_frames,
-            single_frames.div_ceil((MAX_BATCH_EVENTS as f64 / EVENTS_PER_REFUSAL) as u32)
-        );
-    }
-
-    #[test]
-    fn a_paced_sender_at_the_limits_is_never_refused() {
-        // A device at exactly the frame rate, each frame a full batch at the event rate.
-        let start = Instant::now();
-        let mut limiter = FrameLimiter::new(start);
-        let per_frame = (EVENT_RATE_PER_SEC / FRAME_RATE_PER_SEC) as usize;
-        for i in 0..(FRAME_RATE_PER_SEC as u64 * 10) {
-            let now = start + Duration::from_micros(i * 1_000_000 / FRAME_RATE_PER_SEC as u64);
-            assert_eq!(limiter.admit(1000, now), Ok(()));
-            assert_eq!(limiter.admit_events(per_frame, now), Ok(()));
-        }
-        assert_eq!(limiter.refused_total, 0);
-    }
-
-    #[test]
-    fn a_batch_is_counted_without_parsing_its_events() {
-        let batch = r#"{"type":"batch","events":[{"type":"scan"},{"anything":[1,2]},3]}"#;
-        assert_eq!(batch_len(batch), Some(3));
-        assert_eq!(batch_len(r#"{"events":[],"type":"batch"}"#), Some(0));
-        for other in [
-            r#"{"type":"scan","code":"1","valid":true,"ts":"2026-01-01T00:00:00Z"}"#,
-            r#"{"type":"batch","events":{}}"#,
-            r#"{"type":"batch"}"#,
-            r#"[1,2]"#,
-            "not json",
-        ] {
-            assert_eq!(batch_len(other), None, "{other}");
-        }
-    }
-
-    #[test]
-    fn notices_are_rate_limited() {
-        let now = Instant::now();
-        let mut limiter = FrameLimiter::new(now);
-        assert!(limiter.should_notify(now));
-        assert!(!limiter.should_notify(now + Duration::from_millis(500)));
-        assert!(limiter.should_notify(now + Duration::from_millis(1500)));
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;

@@ -24,13 +24,13 @@ use protocol::device::{DeviceEvent, ServerFrame};
 use protocol::rest::{CommandStatus, DispatchResponse};
 use tokio::sync::oneshot;
 
-use crate::commands;
-use crate::db::Db;
-use crate::devices;
+use crate::actors::events::{EventBus, Publish};
+use crate::actors::registry::{DeviceRegistry, Lookup};
+use crate::actors::session::DeliverCommand;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::events::{EventBus, Publish};
-use crate::registry::{DeviceRegistry, Lookup};
-use crate::session::DeliverCommand;
+use crate::store::commands;
+use crate::store::db::Db;
+use crate::store::devices;
 
 pub const DEVICE_OFFLINE: &str = "Device offline";
 /// How often queue expiry and confirmation deadlines are checked.
@@ -98,7 +98,7 @@ impl Actor for CommandDispatcher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Confirmations outlive a server restart: they are in the database.
         let db = self.db.clone();
-        async move { db.run(commands::confirming).await }
+        async move { db.run(|conn| Ok(commands::confirming(conn)?)).await }
             .into_actor(self)
             .map(|rows, act, _| {
                 for row in rows.unwrap_or_default() {
@@ -145,7 +145,9 @@ impl CommandDispatcher {
                 let db = self.db.clone();
                 actix::spawn(async move {
                     let _ = db
-                        .run(move |conn| commands::complete(conn, &result, CommandStatus::Failed))
+                        .run(move |conn| {
+                            Ok(commands::complete(conn, &result, CommandStatus::Failed)?)
+                        })
                         .await;
                 });
             }
@@ -156,9 +158,11 @@ impl CommandDispatcher {
         self.sweeping = true;
         let db = self.db.clone();
         async move {
-            let expired = db.run(move |conn| commands::expire_queued(conn, now)).await;
+            let expired = db
+                .run(move |conn| Ok(commands::expire_queued(conn, now)?))
+                .await;
             let overdue = db
-                .run(move |conn| commands::overdue_in_flight(conn, now))
+                .run(move |conn| Ok(commands::overdue_in_flight(conn, now)?))
                 .await;
             (expired, overdue)
         }
@@ -222,7 +226,8 @@ impl CommandDispatcher {
     }
 }
 
-/// Send `command` to `device_id` and answer with its outcome.
+/// Send `command`, whose PENDING row exists already (bulk dispatch, a deployment, queued
+/// delivery), to `device_id` and answer with its outcome.
 #[derive(Message)]
 #[rtype(result = "ApiResult<DispatchResponse>")]
 pub struct Dispatch {
@@ -232,10 +237,15 @@ pub struct Dispatch {
     pub issued_by: Option<String>,
     /// Keep the command this long for a device that is offline.
     pub queue_ttl: Option<Duration>,
-    /// The PENDING row exists already (bulk dispatch, queued delivery).
-    pub stored: bool,
-    /// Told once the command is stored (or refused), for callers that do not wait.
-    pub accepted: Option<oneshot::Sender<ApiResult<()>>>,
+}
+
+/// Store `dispatch.command` PENDING, tell `accepted` once it is stored (or refused), then
+/// send it like `Dispatch` and answer with its outcome.
+#[derive(Message)]
+#[rtype(result = "ApiResult<DispatchResponse>")]
+pub struct StoreAndDispatch {
+    pub dispatch: Dispatch,
+    pub accepted: oneshot::Sender<ApiResult<()>>,
 }
 
 /// A device answered a command.
@@ -272,12 +282,6 @@ pub struct DeviceConnected {
 
 #[derive(Message)]
 #[rtype(result = "()")]
-struct StopWaiting {
-    command_id: String,
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
 struct StartConfirming {
     command_id: String,
     device_id: String,
@@ -287,19 +291,41 @@ struct StartConfirming {
 }
 
 impl Handler<Dispatch> for CommandDispatcher {
-    type Result = ResponseFuture<ApiResult<DispatchResponse>>;
+    type Result = ResponseActFuture<Self, ApiResult<DispatchResponse>>;
 
-    fn handle(&mut self, mut msg: Dispatch, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> Self::Result {
+        self.start(msg, None, ctx)
+    }
+}
+
+impl Handler<StoreAndDispatch> for CommandDispatcher {
+    type Result = ResponseActFuture<Self, ApiResult<DispatchResponse>>;
+
+    fn handle(&mut self, msg: StoreAndDispatch, ctx: &mut Context<Self>) -> Self::Result {
+        self.start(msg.dispatch, Some(msg.accepted), ctx)
+    }
+}
+
+impl CommandDispatcher {
+    /// Registers the command's reply slot and runs its dispatch; `accepted` is set when the
+    /// PENDING row is still to be written. The slot is freed when the dispatch ends, back on
+    /// the actor.
+    fn start(
+        &mut self,
+        msg: Dispatch,
+        mut accepted: Option<oneshot::Sender<ApiResult<()>>>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, ApiResult<DispatchResponse>> {
         let command_id = msg.command.id.clone();
         if self.waiting.contains_key(&command_id) {
             let err = ApiError::conflict(
                 ErrorCode::CommandInFlight,
                 format!("command {command_id} is already in flight"),
             );
-            if let Some(tx) = msg.accepted.take() {
+            if let Some(tx) = accepted.take() {
                 let _ = tx.send(Err(err.clone()));
             }
-            return Box::pin(async move { Err(err) });
+            return Box::pin(actix::fut::ready(Err(err)));
         }
         // Registered before anything is sent, so an answer can never arrive unclaimed.
         let (tx, rx) = oneshot::channel();
@@ -316,11 +342,14 @@ impl Handler<Dispatch> for CommandDispatcher {
             me: ctx.address(),
             windows: self.windows,
         };
-        Box::pin(async move {
-            let outcome = run_dispatch(&ctx_, msg, rx).await;
-            ctx_.me.do_send(StopWaiting { command_id });
-            outcome
-        })
+        Box::pin(
+            async move { run_dispatch(&ctx_, msg, accepted, rx).await }
+                .into_actor(self)
+                .map(move |outcome, act, _| {
+                    act.waiting.remove(&command_id);
+                    outcome
+                }),
+        )
     }
 }
 
@@ -347,7 +376,7 @@ async fn finish(
     let stored = result.clone();
     let changed = ctx
         .db
-        .run(move |conn| commands::complete(conn, &stored, status))
+        .run(move |conn| Ok(commands::complete(conn, &stored, status)?))
         .await?;
     if !changed {
         // Someone else ended it first (a cancel); answer with what is stored.
@@ -366,7 +395,7 @@ async fn stored_outcome(ctx: &Ctx, id: &str) -> ApiResult<DispatchResponse> {
     let id = id.to_owned();
     let row = ctx
         .db
-        .run(move |conn| commands::find_by_id(conn, &id))
+        .run(move |conn| Ok(commands::find_by_id(conn, &id)?))
         .await?
         .ok_or_else(|| ApiError::not_found(ErrorCode::CommandNotFound, "command vanished"))?;
     Ok(response(row.result(), row.status()?))
@@ -388,12 +417,13 @@ impl Handler<PublishOutcome> for CommandDispatcher {
 
 async fn run_dispatch(
     ctx: &Ctx,
-    mut msg: Dispatch,
+    msg: Dispatch,
+    mut accepted: Option<oneshot::Sender<ApiResult<()>>>,
     rx: oneshot::Receiver<CommandResult>,
 ) -> ApiResult<DispatchResponse> {
     let command_id = msg.command.id.clone();
     let device_id = msg.device_id.clone();
-    if !msg.stored {
+    if accepted.is_some() {
         let (d, c, by) = (
             device_id.clone(),
             msg.command.clone(),
@@ -402,16 +432,24 @@ async fn run_dispatch(
         let timeout_ms = msg.timeout.as_millis() as i64;
         let stored = ctx
             .db
-            .run(move |conn| commands::insert_pending(conn, &d, &c, timeout_ms, by.as_deref()))
+            .run(move |conn| {
+                Ok(commands::insert_pending(
+                    conn,
+                    &d,
+                    &c,
+                    timeout_ms,
+                    by.as_deref(),
+                )?)
+            })
             .await;
         if let Err(e) = stored {
-            if let Some(tx) = msg.accepted.take() {
+            if let Some(tx) = accepted.take() {
                 let _ = tx.send(Err(e.clone()));
             }
             return Err(e);
         }
     }
-    if let Some(tx) = msg.accepted.take() {
+    if let Some(tx) = accepted.take() {
         let _ = tx.send(Ok(()));
     }
 
@@ -429,7 +467,7 @@ async fn run_dispatch(
     let kind = msg.command.command_type();
     let previous = if matches!(kind, CommandType::RestartService | CommandType::RebootOs) {
         let d = device_id.clone();
-        let row = ctx.db.run(move |conn| devices::find(conn, &d)).await?;
+        let row = ctx.db.run(move |conn| Ok(devices::find(conn, &d)?)).await?;
         row.and_then(|r| {
             if kind == CommandType::RebootOs {
                 r.boot_id
@@ -443,7 +481,7 @@ async fn run_dispatch(
     let id = command_id.clone();
     if !ctx
         .db
-        .run(move |conn| commands::mark_sent(conn, &id))
+        .run(move |conn| Ok(commands::mark_sent(conn, &id)?))
         .await?
     {
         return stored_outcome(ctx, &command_id).await;
@@ -472,7 +510,12 @@ async fn run_dispatch(
             let (stored, prev) = (result.clone(), previous.clone());
             ctx.db
                 .run(move |conn| {
-                    commands::start_confirming(conn, &stored, prev.as_deref(), deadline)
+                    Ok(commands::start_confirming(
+                        conn,
+                        &stored,
+                        prev.as_deref(),
+                        deadline,
+                    )?)
                 })
                 .await?;
             ctx.me.do_send(StartConfirming {
@@ -514,7 +557,7 @@ async fn offline(ctx: &Ctx, msg: &Dispatch) -> ApiResult<DispatchResponse> {
         let id = command_id.clone();
         if ctx
             .db
-            .run(move |conn| commands::mark_queued(conn, &id, expires_at))
+            .run(move |conn| Ok(commands::mark_queued(conn, &id, expires_at)?))
             .await?
         {
             let result = CommandResult::failed(
@@ -566,7 +609,14 @@ impl Handler<ProgressReceived> for CommandDispatcher {
         let p = msg.progress;
         actix::spawn(async move {
             let _ = db
-                .run(move |conn| commands::set_progress(conn, &p.command_id, p.percent, &p.message))
+                .run(move |conn| {
+                    Ok(commands::set_progress(
+                        conn,
+                        &p.command_id,
+                        p.percent,
+                        &p.message,
+                    )?)
+                })
                 .await;
         });
     }
@@ -607,7 +657,9 @@ impl Handler<StatusSeen> for CommandDispatcher {
             let db = self.db.clone();
             actix::spawn(async move {
                 let _ = db
-                    .run(move |conn| commands::complete(conn, &result, CommandStatus::Confirmed))
+                    .run(move |conn| {
+                        Ok(commands::complete(conn, &result, CommandStatus::Confirmed)?)
+                    })
                     .await;
             });
         }
@@ -624,7 +676,7 @@ impl Handler<DeviceConnected> for CommandDispatcher {
             let device_id = msg.device_id;
             let d = device_id.clone();
             let Ok(queued) = db
-                .run(move |conn| commands::queued_for_device(conn, &d))
+                .run(move |conn| Ok(commands::queued_for_device(conn, &d)?))
                 .await
             else {
                 return;
@@ -646,8 +698,6 @@ impl Handler<DeviceConnected> for CommandDispatcher {
                         timeout: Duration::from_millis(row.timeout_ms.max(1) as u64),
                         issued_by: row.issued_by.clone(),
                         queue_ttl: Some(remaining),
-                        stored: true,
-                        accepted: None,
                     })
                     .await;
                 if let Ok(Ok(r)) = outcome {
@@ -673,13 +723,5 @@ impl Handler<StartConfirming> for CommandDispatcher {
                 deadline: msg.deadline,
             },
         );
-    }
-}
-
-impl Handler<StopWaiting> for CommandDispatcher {
-    type Result = ();
-
-    fn handle(&mut self, msg: StopWaiting, _: &mut Context<Self>) {
-        self.waiting.remove(&msg.command_id);
     }
 }

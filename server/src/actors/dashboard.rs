@@ -32,42 +32,35 @@ use protocol::dashboard::{DashboardClientFrame, DashboardNotice};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::actors::dashboard_registry::{Refusal, Revocations, Slot};
+use crate::actors::events::{Filter, SetFilter, Subscribe, Unsubscribe};
+use crate::actors::session::{
+    AUTH_TIMEOUT, CLIENT_TIMEOUT, CLOSE_AUTH_FAILED, CLOSE_TOKEN_REVOKED, HEARTBEAT_INTERVAL,
+};
+use crate::auth::upgrade_token;
 use crate::auth::{authenticate_user, AuthUser, Scope};
 use crate::connection::{Connection, ConnectionSocket};
-use crate::dashboard_registry::{Refusal, Revocations, Slot};
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::events::{Filter, SetFilter, Subscribe, Unsubscribe};
 use crate::refusals::count_token;
-use crate::session::{
-    upgrade_token, AUTH_TIMEOUT, CLIENT_TIMEOUT, CLOSE_AUTH_FAILED, CLOSE_TOKEN_REVOKED,
-    HEARTBEAT_INTERVAL,
-};
 use crate::state::AppState;
 
 /// Events buffered per dashboard before the bus starts dropping for it (and at most
 /// `events::MAX_QUEUED_BYTES` of them).
 pub const DASHBOARD_BUFFER: usize = 256;
-/// A frame the socket does not take within this long closes it: the browser stopped reading.
-/// The default of the `dashboard_send_timeout_secs` setting.
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::config::{MAX_DASHBOARDS, MAX_DASHBOARDS_PER_USER, SEND_TIMEOUT};
 /// How long a closing socket has to take its close frame and end before it is cut.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How often an open socket's token is checked against the database again. Revocations made
 /// by this server reach their sockets at once; this catches expiry, and revocations written by
 /// another server process on the same database.
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(30);
-/// Default of `dashboard_max_per_user`: sockets one user may hold (tabs, wall screens).
-pub const MAX_DASHBOARDS_PER_USER: usize = 16;
-/// Default of `dashboard_max_total`: sockets the server holds, authenticated or not. A stalled
-/// one holds up to its channel's 1 MiB of events until its deadline, so this bounds memory.
-pub const MAX_DASHBOARDS: usize = 256;
 /// Largest frame a dashboard may send.
 pub const MAX_DASHBOARD_FRAME: usize = 64 * 1024;
 /// Most device ids or event types in one subscribe.
 pub const MAX_FILTER_ITEMS: usize = 10_000;
 /// Close code: the user already holds `dashboard_max_per_user` sockets (for sockets that
 /// authenticate with a first frame; an upgrade that carries its token is refused with 429).
-pub const CLOSE_TOO_MANY: u16 = 4429;
+pub const CLOSE_TOO_MANY: u16 = protocol::codes::close::TOO_MANY;
 
 static NEXT_DASHBOARD_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -144,7 +137,7 @@ pub async fn dashboard_socket(
 ) -> Result<HttpResponse, actix_web::Error> {
     let slot = Arc::new(state.dashboards.open().map_err(|r| refused(&state, r))?);
     let token = upgrade_token(&req, state.config.allow_query_token)?;
-    let source = crate::audit::source_of(&req);
+    let source = crate::auth::source_of(&req);
     let opened = match token {
         Some(token) => Some(authenticate(&state, &slot, source.as_deref(), token).await?),
         None => None,
@@ -385,15 +378,18 @@ async fn first_frame_auth(
     let token = match serde_json::from_str::<DashboardClientFrame>(&text) {
         Ok(DashboardClientFrame::Auth { token }) => token,
         _ => {
-            link.send(error_frame("unauthenticated", "send an auth frame first"))
-                .await?;
+            link.send(error_frame(
+                protocol::codes::ws_error::UNAUTHENTICATED,
+                "send an auth frame first",
+            ))
+            .await?;
             return Err(End::AuthFailed);
         }
     };
     match authenticate(state, slot, source, token).await {
         Ok(opened) => Ok(opened),
         Err(e) => {
-            link.send(error_frame(&e.code.name(), e.message)).await?;
+            link.send(error_frame(e.code.as_str(), e.message)).await?;
             Err(match e.code {
                 ErrorCode::TooManyConnections => End::TooMany,
                 _ => End::AuthFailed,
@@ -429,7 +425,7 @@ fn answer(state: &AppState, id: u64, text: &str) -> Option<Frame> {
                 state.bus.do_send(SetFilter { id, filter });
                 None
             }
-            Err(e) => Some(error_frame("invalid_frame", e)),
+            Err(e) => Some(error_frame(protocol::codes::ws_error::INVALID_FRAME, e)),
         },
         Ok(DashboardClientFrame::Auth { .. }) => Some(error_frame(
             "already_authenticated",

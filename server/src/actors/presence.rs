@@ -6,8 +6,8 @@
 
 use actix::{Actor, Handler, Message, SyncContext};
 
-use crate::db::Db;
-use crate::devices;
+use crate::store::db::Db;
+use crate::store::devices;
 
 pub struct PresenceWriter {
     db: Db,
@@ -51,10 +51,13 @@ pub struct Flush;
 impl Handler<MarkOnline> for PresenceWriter {
     type Result = ();
     fn handle(&mut self, msg: MarkOnline, _: &mut SyncContext<Self>) {
-        if let Err(e) = self
-            .db
-            .run_blocking(|c| devices::mark_online(c, &msg.device_id, msg.remote_addr.as_deref()))
-        {
+        if let Err(e) = self.db.run_blocking(|c| {
+            Ok(devices::mark_online(
+                c,
+                &msg.device_id,
+                msg.remote_addr.as_deref(),
+            )?)
+        }) {
             tracing::warn!(device = %msg.device_id, error = %e, "could not store ONLINE");
         }
     }
@@ -65,7 +68,7 @@ impl Handler<MarkOffline> for PresenceWriter {
     fn handle(&mut self, msg: MarkOffline, _: &mut SyncContext<Self>) {
         if let Err(e) = self
             .db
-            .run_blocking(|c| devices::mark_offline(c, &msg.device_id))
+            .run_blocking(|c| Ok(devices::mark_offline(c, &msg.device_id)?))
         {
             tracing::warn!(device = %msg.device_id, error = %e, "could not store OFFLINE");
         }
@@ -77,7 +80,7 @@ impl Handler<RecordStatus> for PresenceWriter {
     fn handle(&mut self, msg: RecordStatus, _: &mut SyncContext<Self>) {
         if let Err(e) = self
             .db
-            .run_blocking(|c| devices::record_status(c, &msg.device_id, &msg.update))
+            .run_blocking(|c| Ok(devices::record_status(c, &msg.device_id, &msg.update)?))
         {
             tracing::warn!(device = %msg.device_id, error = %e, "could not store status");
         }

@@ -1,0 +1,53 @@
+//! The audit log's route, and `audited`, which runs a privileged change and its audit row
+//! (`store::audit::AuditEntry`) in one transaction.
+
+use actix_web::{web, HttpResponse};
+
+use protocol::rest::Envelope;
+
+use crate::auth::{Authorized, ViewAudit};
+use crate::state::AppState;
+
+use crate::error::ApiResult;
+use crate::store::audit::*;
+use crate::store::db::{Db, DbConnection};
+
+/// Runs a mutation with its audit row: the row is written first, in the same transaction, so
+/// the action never takes effect unrecorded. If the mutation fails, its transaction is rolled
+/// back and a row with the failure is written instead.
+pub async fn audited<T, F>(db: &Db, entry: AuditEntry, f: F) -> ApiResult<T>
+where
+    F: FnOnce(&mut DbConnection) -> ApiResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    db.run(move |conn| {
+        let success = entry.clone().outcome("success");
+        let result = crate::store::db::write_transaction(conn, |conn| {
+            record(conn, &success)?;
+            f(conn)
+        });
+        if let Err(e) = &result {
+            record(
+                conn,
+                &entry.outcome(format!("failure: {}", e.code.as_str())),
+            )?;
+        }
+        result
+    })
+    .await
+}
+
+/// `GET /api/v1/audit`. The log is append-only: no route changes or deletes a row.
+pub async fn list_audit(
+    _user: Authorized<ViewAudit>,
+    state: web::Data<AppState>,
+    query: web::Query<AuditQuery>,
+) -> ApiResult<HttpResponse> {
+    let query = query.into_inner();
+    let (limit, offset) = crate::api::paging::paging(query.limit, query.offset)?;
+    let page = state
+        .db
+        .run(move |conn| Ok(list(conn, &query, limit, offset)?))
+        .await?;
+    Ok(HttpResponse::Ok().json(Envelope::ok(page)))
+}

@@ -1,0 +1,251 @@
+//! One connection type over PostgreSQL and SQLite, its pool, migrations at start, and the
+//! helper that runs blocking queries off the event loop.
+//!
+//! The backend is chosen by the URL scheme alone. diesel's derived `establish` would try each
+//! backend in turn, and SQLite accepts any string as a file name, so a mistyped or unreachable
+//! `postgres://` URL would silently create a SQLite file; the manager below never guesses.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::R2D2Connection;
+use diesel_migrations::MigrationHarness;
+
+use crate::config::{redact_url, DatabaseTarget};
+use crate::store::error::StoreError;
+
+/// Runs `$body` with `$c` bound to the backend's own connection, for the few statements diesel
+/// builds only for a concrete backend (multi-row inserts): one piece of code, compiled for both.
+#[macro_export]
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::store::db::DbConnection::Postgresql($c) => $body,
+            $crate::store::db::DbConnection::Sqlite($c) => $body,
+        }
+    };
+}
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgresql(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// SQLite waits this long for a writer to finish before answering "database is locked".
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
+const POOL_MAX_SIZE_POSTGRES: u32 = 16;
+/// SQLite allows one writer at a time; more connections only add lock contention.
+const POOL_MAX_SIZE_SQLITE: u32 = 8;
+const POOL_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct DbManager {
+    target: DatabaseTarget,
+}
+
+impl r2d2::ManageConnection for DbManager {
+    type Connection = DbConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, Self::Error> {
+        match &self.target {
+            DatabaseTarget::Postgres(url) => {
+                let mut conn = diesel::PgConnection::establish(url)
+                    .map_err(diesel::r2d2::Error::ConnectionError)?;
+                // diesel keeps its statements prepared, and after five runs PostgreSQL plans a
+                // prepared statement once for any parameters. For `id = ANY($1)` with hundreds
+                // of ids (the sync batch lookup, `eq_any` in general) that generic plan scans
+                // the whole table while the planner still thinks it small: 1,000-record sync
+                // batches ran 5x slower. Every query here is short to plan, so each is planned
+                // with its parameters. (PostgreSQL 12+; older servers keep their default.)
+                if let Err(e) = conn.batch_execute("SET plan_cache_mode = force_custom_plan") {
+                    tracing::warn!("plan_cache_mode not set (PostgreSQL older than 12?): {e}");
+                }
+                Ok(DbConnection::Postgresql(conn))
+            }
+            DatabaseTarget::Sqlite(path) => {
+                let url = path.to_string_lossy();
+                let mut conn = diesel::SqliteConnection::establish(&url)
+                    .map_err(diesel::r2d2::Error::ConnectionError)?;
+                // WAL lets readers proceed during a write; foreign keys are off by default in
+                // SQLite and the schema relies on ON DELETE CASCADE. `synchronous = FULL`
+                // syncs the WAL at every commit: with NORMAL, a power loss could take away
+                // records the server had already acknowledged (agents delete what they were
+                // told is stored).
+                conn.batch_execute(&format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
+                ))
+                .map_err(diesel::r2d2::Error::QueryError)?;
+                Ok(DbConnection::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
+        conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        conn.is_broken()
+    }
+}
+
+pub type Pool = r2d2::Pool<DbManager>;
+
+/// The handle every handler and actor holds: a pool and the backend it talks to.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) pool: Pool,
+    backend: Backend,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbInitError {
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database {url}: {source}")]
+    Connect { url: String, source: r2d2::Error },
+    #[error("cannot connect to the database {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("migrations failed: {0}")]
+    Migrate(String),
+}
+
+impl Db {
+    /// Opens the pool, checks one connection can be made, and runs pending migrations.
+    pub fn open(target: DatabaseTarget) -> Result<Db, DbInitError> {
+        let (backend, max_size, shown) = match &target {
+            DatabaseTarget::Postgres(url) => {
+                (Backend::Postgres, POOL_MAX_SIZE_POSTGRES, redact_url(url))
+            }
+            DatabaseTarget::Sqlite(path) => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    crate::private_files::create_private_dir(parent).map_err(|source| {
+                        DbInitError::CreateDir {
+                            path: parent.display().to_string(),
+                            source,
+                        }
+                    })?;
+                }
+                crate::private_files::prepare_sqlite_file(path).map_err(|source| {
+                    DbInitError::CreateDir {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
+                (
+                    Backend::Sqlite,
+                    POOL_MAX_SIZE_SQLITE,
+                    path.display().to_string(),
+                )
+            }
+        };
+        let manager = DbManager { target };
+        // One direct attempt first: a wrong URL fails at once with one clear reason instead of
+        // a pool retrying (and logging) until its timeout.
+        r2d2::ManageConnection::connect(&manager).map_err(|e| DbInitError::Unreachable {
+            url: shown.clone(),
+            reason: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })?;
+        let pool = r2d2::Pool::builder()
+            .max_size(max_size)
+            .min_idle(Some(1))
+            .connection_timeout(POOL_CONNECTION_TIMEOUT)
+            // Failures surface where a connection is asked for (ApiError's From<r2d2::Error>).
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build(manager)
+            .map_err(|source| DbInitError::Connect {
+                url: shown.clone(),
+                source,
+            })?;
+        let db = Db { pool, backend };
+        db.migrate()?;
+        tracing::info!(backend = backend.name(), database = %shown, "database ready");
+        Ok(db)
+    }
+
+    fn migrate(&self) -> Result<(), DbInitError> {
+        let mut conn = self.pool.get().map_err(|source| DbInitError::Connect {
+            url: self.backend.name().into(),
+            source,
+        })?;
+        let applied = match &mut *conn {
+            DbConnection::Postgresql(c) => c
+                .run_pending_migrations(schema::POSTGRES_MIGRATIONS)
+                .map(|v| v.len()),
+            DbConnection::Sqlite(c) => c
+                .run_pending_migrations(schema::SQLITE_MIGRATIONS)
+                .map(|v| v.len()),
+        }
+        .map_err(|e| DbInitError::Migrate(e.to_string()))?;
+        if applied > 0 {
+            tracing::info!(applied, "migrations applied");
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+/// A transaction that writes. On SQLite it begins with `BEGIN IMMEDIATE`, taking the write
+/// lock at once: a deferred transaction that reads first and writes later cannot wait for the
+/// lock (SQLite answers "database is locked" at once to avoid a deadlock), so concurrent
+/// enrollments or dispatches would fail. Inside another transaction it is a savepoint.
+pub fn write_transaction<T, E, F>(conn: &mut DbConnection, f: F) -> Result<T, E>
+where
+    E: From<diesel::result::Error> + From<StoreError>,
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    let DbConnection::Sqlite(inner) = conn else {
+        return conn.transaction(f);
+    };
+    let nested = AnsiTransactionManager::transaction_manager_status_mut(inner)
+        .transaction_depth()?
+        .is_some();
+    if nested {
+        return conn.transaction(f);
+    }
+    AnsiTransactionManager::begin_transaction_sql(inner, "BEGIN IMMEDIATE")?;
+    let result = f(conn);
+    let DbConnection::Sqlite(inner) = conn else {
+        return Err(StoreError::internal("connection changed backend").into());
+    };
+    match result {
+        Ok(value) => {
+            AnsiTransactionManager::commit_transaction(inner)?;
+            Ok(value)
+        }
+        Err(e) => {
+            AnsiTransactionManager::rollback_transaction(inner)?;
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Rows and queries, one file per resource. Nothing here knows about HTTP or actors: every
+//! function takes a connection and answers with a `StoreError` the edge maps to its own error.
+
+pub mod audit;
+pub mod commands;
+pub mod db;
+pub mod deployments;
+pub mod devices;
+pub mod error;
+pub mod firmware;
+pub mod groups;
+pub mod outbox;
+pub mod rollout;
+pub mod sync;
+pub mod telemetry;
+pub mod tokens;
+pub mod users;
+
+pub use error::{StoreError, StoreResult};
