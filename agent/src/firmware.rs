@@ -12,7 +12,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::contract_copies::manifest_bytes;
+use protocol::firmware::{manifest_bytes, AGENT_PROJECT};
 
 /// Name of a staged release, before the version.
 const STAGED_PREFIX: &str = "edge-service-";
@@ -174,6 +174,7 @@ pub fn check_signature(
         )));
     }
     let manifest = manifest_bytes(
+        AGENT_PROJECT,
         &request.version,
         &request.sha256.to_ascii_lowercase(),
         request.size,

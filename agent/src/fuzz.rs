@@ -112,7 +112,7 @@ fn check_config(config: &Config) -> Result<(), String> {
         return Err(format!("status interval {:?}", config.status_interval));
     }
     if config.device_id.is_empty()
-        || config.device_id.len() > crate::contract_copies::MAX_DEVICE_ID_LEN
+        || config.device_id.len() > protocol::device::MAX_DEVICE_ID_LEN
         || !config
             .device_id
             .chars()

@@ -3,7 +3,6 @@
 mod actors;
 mod backoff;
 mod config;
-mod contract_copies;
 mod enroll;
 mod firmware;
 #[cfg(test)]

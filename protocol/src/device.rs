@@ -152,6 +152,9 @@ pub struct AlertEvent {
     pub ts: Timestamp,
 }
 
+/// Longest device id, in bytes.
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+
 /// What a valid device id is, for messages that refuse one.
 pub const DEVICE_ID_RULE: &str =
     "device id must be 1-128 characters of letters, digits, '-', '_' or '.', not starting with '.'";
@@ -160,7 +163,7 @@ pub const DEVICE_ID_RULE: &str =
 /// starting with `.` (ids name files and appear in URLs).
 pub fn is_valid_device_id(id: &str) -> bool {
     !id.is_empty()
-        && id.len() <= 128
+        && id.len() <= MAX_DEVICE_ID_LEN
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))

@@ -189,6 +189,10 @@ pub struct Deployment {
     pub devices: Option<Vec<DeviceDeployment>>,
 }
 
+/// The project the edge agent's own releases are uploaded under; an agent verifies a
+/// signature over this project name only, so a release of another product cannot pass as one.
+pub const AGENT_PROJECT: &str = "edge";
+
 /// First line of the signed manifest, naming its format.
 pub const MANIFEST_HEADER: &str = "factory-firmware-manifest-v1";
 

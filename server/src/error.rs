@@ -175,10 +175,23 @@ impl From<r2d2::Error> for ApiError {
     }
 }
 
+/// The error a scanned body's stream ends with when it holds a NUL.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the body contains a \\u0000 escape: {}",
+    crate::store::error::NUL_REFUSED
+)]
+pub struct NulInBody;
+
+/// Whether a payload error is the scan's refusal.
+pub fn is_nul_in_body(error: &actix_web::error::PayloadError) -> bool {
+    matches!(error, actix_web::error::PayloadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<NulInBody>()))
+}
+
 /// A request body that could not be read: NUL in it (`input`), too large, or cut short.
 pub fn payload_error(err: &actix_web::error::PayloadError) -> ApiError {
     use actix_web::error::PayloadError;
-    if crate::input::is_nul_in_body(err) {
+    if is_nul_in_body(err) {
         return ApiError::bad_request(ErrorCode::InvalidBody, err.to_string());
     }
     match err {
@@ -348,7 +361,7 @@ mod tests {
         assert_eq!(too_large.code, ErrorCode::PayloadTooLarge);
         let nul = PayloadError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            crate::input::NulInBody,
+            NulInBody,
         ));
         let refused = from_actix(&nul.into());
         assert_eq!(refused.status, StatusCode::BAD_REQUEST);

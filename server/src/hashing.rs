@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::auth::{self, HashMemory};
 use crate::error::{ApiError, ApiResult};
+use crate::passwords::{self, HashMemory};
 
 /// How long a verification may wait for a free thread before the request is answered 503.
 pub const HASH_WAIT: Duration = Duration::from_secs(5);
@@ -81,10 +81,10 @@ impl HashGate {
     pub async fn verify(&self, password: String, phc: Option<String>) -> ApiResult<bool> {
         self.run(move |memory| {
             let ok = match phc {
-                Some(phc) => auth::verify_password_in(&password, &phc, memory),
+                Some(phc) => passwords::verify_password_in(&password, &phc, memory),
                 None => {
-                    let dummy = auth::dummy_hash(memory);
-                    auth::verify_password_in(&password, dummy, memory);
+                    let dummy = passwords::dummy_hash(memory);
+                    passwords::verify_password_in(&password, dummy, memory);
                     false
                 }
             };
@@ -95,7 +95,7 @@ impl HashGate {
 
     /// A new hash of `password` (creating a user, changing a password).
     pub async fn hash(&self, password: String) -> ApiResult<String> {
-        self.run(move |memory| auth::hash_password_in(&password, memory))
+        self.run(move |memory| passwords::hash_password_in(&password, memory))
             .await
     }
 

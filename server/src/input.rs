@@ -19,7 +19,7 @@ use actix_web::web::Bytes;
 use actix_web::HttpMessage;
 use futures_util::Stream;
 
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, ErrorCode, NulInBody};
 
 /// Why NUL input is refused, for every message that refuses it.
 pub use crate::store::error::NUL_REFUSED;
@@ -66,16 +66,6 @@ impl NulScanner {
 /// Whether JSON text holds a NUL anywhere.
 pub fn has_nul(json: &[u8]) -> bool {
     NulScanner::default().feed(json)
-}
-
-/// The error a scanned body's stream ends with when it holds a NUL.
-#[derive(Debug, thiserror::Error)]
-#[error("the body contains a \\u0000 escape: {NUL_REFUSED}")]
-pub struct NulInBody;
-
-/// Whether a payload error is the scan's refusal.
-pub fn is_nul_in_body(error: &PayloadError) -> bool {
-    matches!(error, PayloadError::Io(io) if io.get_ref().is_some_and(|e| e.is::<NulInBody>()))
 }
 
 /// A request body that fails with `NulInBody` at the chunk that holds a NUL.

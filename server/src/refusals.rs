@@ -12,70 +12,12 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::ratelimit::{retry_after_secs, FailureLimiter, Label, Lockout, Refusal, Reservation};
-use crate::state::{AppState, Limits};
-use crate::store::audit::{self, AuditEntry};
-use crate::store::db::Db;
+pub use crate::limits::{flush_summaries, lockout_entry, record_all};
+use crate::ratelimit::{retry_after_secs, FailureLimiter, Refusal, Reservation};
+use crate::state::AppState;
 
 /// How long an attempt waits while its key's remaining attempts are all being checked.
 pub const ADMISSION_WAIT: Duration = Duration::from_secs(5);
-
-/// Puts a key into the row: an address as its source, anything else as its target.
-fn keyed(entry: AuditEntry, label: Label, key: &str) -> AuditEntry {
-    if label.key == "source" {
-        entry.source(Some(key.to_owned()))
-    } else {
-        entry.target(Some(key.to_owned()))
-    }
-}
-
-/// The row of a key that has just locked.
-pub fn lockout_entry(lock: &Lockout) -> AuditEntry {
-    let entry = AuditEntry::new(lock.label.action, "locked").params(serde_json::json!({
-        "key": lock.label.key,
-        "failures": lock.failures,
-        "lockedForSecs": retry_after_secs(lock.locked_for),
-    }));
-    keyed(entry, lock.label, &lock.key)
-}
-
-/// Writes rows in one transaction; nothing when there are none.
-pub async fn record_all(db: &Db, entries: Vec<AuditEntry>) -> ApiResult<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    db.run(move |conn| {
-        Ok(crate::store::db::write_transaction(conn, |conn| {
-            entries.iter().try_for_each(|e| audit::record(conn, e))
-        })?)
-    })
-    .await
-}
-
-/// Writes the summaries of the attempts refused since the last call; the janitor calls it
-/// every `audit_summary_secs`. Returns how many rows were written.
-pub async fn flush_summaries(db: &Db, limits: &Limits) -> ApiResult<usize> {
-    let entries: Vec<AuditEntry> = limits
-        .take_summaries()
-        .into_iter()
-        .map(|s| {
-            let entry = AuditEntry::new(s.label.action, "refused").params(serde_json::json!({
-                "key": s.label.key,
-                "count": s.count,
-                "since": s.since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                "until": s.until.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            }));
-            keyed(entry, s.label, &s.key)
-        })
-        .collect();
-    let n = entries.len();
-    if let Err(e) = record_all(db, entries).await {
-        // The counts are gone from memory; the log keeps them.
-        tracing::warn!(error = %e, rows = n, "refused-attempt summaries not written");
-        return Err(e);
-    }
-    Ok(n)
-}
 
 /// The answer to an attempt that was not admitted.
 pub fn refusal_error(refusal: Refusal, locked: &str) -> ApiError {

@@ -26,7 +26,6 @@ use serde::Deserialize;
 use crate::actors::store::{ClearToken, GetToken, SetToken, StoreActor};
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::contract_copies::CLOSE_NORMAL;
 use crate::enroll::{self, EnrollError, Enrollment};
 use crate::install;
 use crate::messages::{Answered, ConfigChanged, Execute, Reenroll, ReportNow, SendEvent, Shutdown};
@@ -513,7 +512,7 @@ impl StreamHandler<Result<Frame, WsProtocolError>> for Connection {
             Ok(Frame::Pong(_)) => {}
             Ok(Frame::Close(reason)) => {
                 tracing::info!(?reason, "server closed the socket");
-                self.end_session(Some(CloseCode::from(CLOSE_NORMAL).into()), ctx);
+                self.end_session(Some(CloseCode::Normal.into()), ctx);
             }
             Ok(Frame::Binary(_)) => tracing::warn!("binary frame from the server ignored"),
             Ok(Frame::Continuation(_)) => {
@@ -575,7 +574,7 @@ impl Handler<Reenroll> for Connection {
     fn handle(&mut self, _msg: Reenroll, ctx: &mut Self::Context) {
         if self.session.is_some() {
             tracing::warn!("device token refused by the sync route; reconnecting to enroll again");
-            self.end_session(Some(CloseCode::from(CLOSE_NORMAL).into()), ctx);
+            self.end_session(Some(CloseCode::Normal.into()), ctx);
         }
     }
 }
@@ -604,7 +603,7 @@ impl Connection {
         tracing::info!("closing the connection");
         ctx.cancel_future(session.heartbeat);
         let _ = session.sink.write(WsMessage::Close(Some(CloseReason {
-            code: CloseCode::from(CLOSE_NORMAL),
+            code: CloseCode::Normal,
             description: Some("agent shutting down".into()),
         })));
         ctx.run_later(CLOSE_GRACE, |_, _| System::current().stop());

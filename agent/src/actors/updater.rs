@@ -28,12 +28,12 @@ use tokio::sync::watch;
 use crate::actors::store::{GetToken, StoreActor};
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::contract_copies::hex;
 use crate::firmware::{
     check_signature, check_version, part_path, remove_partial_downloads, resolve_url, stage,
     staged_path, verify_download, Policy, Staged, UpdateError, UpdateRequest,
 };
 use crate::messages::SendEvent;
+use protocol::hex::encode as hex;
 
 /// Download attempts after the first before giving up.
 const MAX_RETRIES: u32 = 4;

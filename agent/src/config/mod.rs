@@ -15,7 +15,6 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use self::cli::{Cli, ConnectionMode, Secret};
-use crate::contract_copies;
 
 mod cli;
 
@@ -405,7 +404,13 @@ fn parse_public_key(text: &str) -> Result<[u8; 32], ConfigError> {
 }
 
 fn check_device_id(id: &str) -> Result<(), ConfigError> {
-    contract_copies::check_device_id(id).map_err(|reason| invalid("device_id", reason))
+    if protocol::device::is_valid_device_id(id) {
+        return Ok(());
+    }
+    Err(invalid(
+        "device_id",
+        format!("`{id}` is refused: {}", protocol::device::DEVICE_ID_RULE),
+    ))
 }
 
 #[cfg(test)]

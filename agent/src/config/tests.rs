@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use clap::Parser;
 
 use super::*;
-use crate::contract_copies::MAX_DEVICE_ID_LEN;
+use protocol::device::MAX_DEVICE_ID_LEN;
 
 /// Tests that set `EDGE_…` variables take this lock, since the environment is shared by
 /// every test thread.

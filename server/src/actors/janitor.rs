@@ -8,9 +8,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 
-use crate::state::Limits;
+use crate::limits::{self, Limits};
 use crate::store::db::Db;
-use crate::{refusals, store::telemetry, store::tokens};
+use crate::{store::telemetry, store::tokens};
 
 /// How often housekeeping runs.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(600);
@@ -62,7 +62,7 @@ impl Handler<FlushRefusals> for Janitor {
     fn handle(&mut self, _: FlushRefusals, _: &mut Context<Self>) -> Self::Result {
         let (db, limits) = (self.db.clone(), self.limits.clone());
         Box::pin(async move {
-            match refusals::flush_summaries(&db, &limits).await {
+            match limits::flush_summaries(&db, &limits).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "refused attempts summed up in the audit log"),
                 // flush_summaries has logged it.

@@ -2,7 +2,6 @@
 //! connected devices, the command dispatcher, the firmware deployer, ...).
 
 pub mod cloud_sync;
-pub mod dashboard;
 pub mod dashboard_registry;
 pub mod deployer;
 pub mod dispatcher;

@@ -72,7 +72,12 @@ pub const CLOSE_FLOOD: u16 = protocol::codes::close::FLOOD;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
-pub use crate::auth::DeviceIdentity;
+/// Who a verified device token belongs to.
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    pub device_id: String,
+    pub token_id: String,
+}
 
 /// Checks the token of an `auth` frame, given the token and the peer's address; a refusal
 /// counts against that address. The REST side supplies it, so a session needs no keys.

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod cloud;
 pub mod commands;
+pub mod dashboard;
 pub mod deployments;
 pub mod devices;
 pub mod firmware;
@@ -19,7 +20,6 @@ pub mod users;
 use actix_web::{web, HttpResponse};
 use protocol::rest::Envelope;
 
-use crate::actors::dashboard;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
 

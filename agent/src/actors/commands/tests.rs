@@ -190,7 +190,7 @@ fn update(version: &str, url: &str, body: &[u8]) -> CommandKind {
     CommandKind::UpdateFirmware {
         version: version.into(),
         url: url.into(),
-        sha256: crate::contract_copies::hex(digest.as_ref()),
+        sha256: protocol::hex::encode(digest.as_ref()),
         size: body.len() as u64,
         signature_base64: None,
         signature_expires_at: None,

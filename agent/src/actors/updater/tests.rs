@@ -3,11 +3,11 @@
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
 use super::*;
-use crate::contract_copies::manifest_bytes;
 use crate::firmware::*;
 use crate::store::tests::temp_dir;
 use base64::Engine;
 use chrono::DateTime;
+use protocol::firmware::{manifest_bytes, AGENT_PROJECT};
 
 fn key_pair(seed: u8) -> Ed25519KeyPair {
     Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).unwrap()
@@ -42,7 +42,13 @@ fn request(version: &str) -> UpdateRequest {
 }
 
 fn signed(pair: &Ed25519KeyPair, mut r: UpdateRequest, expires: DateTime<Utc>) -> UpdateRequest {
-    let manifest = manifest_bytes(&r.version, &r.sha256, r.size, expires.timestamp());
+    let manifest = manifest_bytes(
+        AGENT_PROJECT,
+        &r.version,
+        &r.sha256,
+        r.size,
+        expires.timestamp(),
+    );
     r.signature_base64 =
         Some(base64::engine::general_purpose::STANDARD.encode(pair.sign(&manifest).as_ref()));
     r.signature_expires_at = Some(expires);
@@ -52,7 +58,7 @@ fn signed(pair: &Ed25519KeyPair, mut r: UpdateRequest, expires: DateTime<Utc>) -
 #[test]
 fn manifest_matches_the_server_layout() {
     assert_eq!(
-            String::from_utf8(manifest_bytes("1.2.3", "ab", 10, 1_900_000_000)).unwrap(),
+            String::from_utf8(manifest_bytes(AGENT_PROJECT, "1.2.3", "ab", 10, 1_900_000_000)).unwrap(),
             "factory-firmware-manifest-v1\nproject=edge\nversion=1.2.3\nsha256=ab\nsize=10\nexpires=1900000000\n"
         );
 }
