@@ -2,10 +2,7 @@
 //! delete. The rows and their queries live in `store::devices`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::Utc;
-use diesel::prelude::*;
-use protocol::rest::{DeviceStatus, DeviceTokenResponse, Envelope, Page, UpdateDeviceRequest};
-use schema::schema::devices;
+use protocol::rest::{DeviceTokenResponse, Envelope, Page, UpdateDeviceRequest};
 use serde::Deserialize;
 
 use crate::actors::registry::ListConnected;
@@ -15,7 +12,7 @@ use crate::auth::{self, Authorized, ManageDevices, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::refusals;
 use crate::state::AppState;
-use crate::store::audit::{self, AuditEntry};
+use crate::store::audit::AuditEntry;
 use crate::store::devices::*;
 
 /// Device ids appear in URLs, file names and logs, so they are kept to a safe alphabet.
@@ -114,72 +111,15 @@ pub async fn issue_token(
         .issue_device(&device_id, state.config.device_token_ttl_secs)?;
     let auto_enroll = state.config.allow_auto_enrollment;
     let (id, jti) = (device_id.clone(), issued.jti.clone());
+    let enrollment = Enrollment {
+        name: query.name,
+        company_id: query.company_id,
+        production_line_id: query.production_line_id,
+        version: query.version,
+    };
     let created = state
         .db
-        .run(move |conn| {
-            crate::store::db::write_transaction(conn, |conn| {
-                let now = Utc::now().naive_utc();
-                let created =
-                    match find(conn, &id)? {
-                        Some(_) => {
-                            diesel::update(devices::table.find(&id))
-                                .set((
-                                    devices::token_id.eq(Some(&jti)),
-                                    devices::updated_at.eq(now),
-                                ))
-                                .execute(conn)?;
-                            if let Some(v) = &query.version {
-                                diesel::update(devices::table.find(&id))
-                                    .set(devices::version.eq(Some(v)))
-                                    .execute(conn)?;
-                            }
-                            false
-                        }
-                        None if auto_enroll => {
-                            let row = DeviceRow {
-                                id: id.clone(),
-                                name: query.name.clone().unwrap_or_else(|| id.clone()),
-                                company_id: query.company_id.clone(),
-                                production_line_id: query.production_line_id.clone(),
-                                status: DeviceStatus::Offline.as_str().to_owned(),
-                                version: query.version.clone(),
-                                last_seen: None,
-                                remote_addr: None,
-                                token_id: Some(jti.clone()),
-                                created_at: now,
-                                updated_at: now,
-                                connection_mode: None,
-                                boot_id: None,
-                                run_id: None,
-                                metrics: None,
-                                status_at: None,
-                            };
-                            diesel::insert_into(devices::table)
-                                .values(&row)
-                                .execute(conn)?;
-                            true
-                        }
-                        None => return Err(ApiError::not_found(
-                            ErrorCode::DeviceNotFound,
-                            "unknown device and auto-enrollment is off; register the device first",
-                        )),
-                    };
-                let entry = AuditEntry::new(
-                    "device.token",
-                    if created {
-                        "success: enrolled"
-                    } else {
-                        "success: rotated"
-                    },
-                )
-                .actor(Some(format!("device:{id}")), None)
-                .target(Some(id.clone()))
-                .params(serde_json::json!({"jti": jti}))
-                .source(source);
-                audit::record(conn, &entry)?;
-                Ok(created)
-            })
-        })
+        .run(move |conn| Ok(enroll(conn, &id, &jti, &enrollment, auto_enroll, source)?))
         .await?;
     // A socket opened with the previous token must not outlive it.
     state
@@ -293,20 +233,7 @@ pub async fn update_device(
         .target(Some(id.clone()))
         .params(serde_json::to_value(&change).unwrap_or_default())
         .source(crate::auth::source_of(&req));
-    let row = audited(&state.db, entry, move |conn| {
-        let row = require(conn, &id)?;
-        diesel::update(devices::table.find(&id))
-            .set((
-                devices::name.eq(change.name.unwrap_or(row.name)),
-                devices::company_id.eq(change.company_id.unwrap_or(row.company_id)),
-                devices::production_line_id
-                    .eq(change.production_line_id.unwrap_or(row.production_line_id)),
-                devices::updated_at.eq(Utc::now().naive_utc()),
-            ))
-            .execute(conn)?;
-        Ok(require(conn, &id)?)
-    })
-    .await?;
+    let row = audited(&state.db, entry, move |conn| Ok(update(conn, &id, change)?)).await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
 }
 
@@ -324,13 +251,7 @@ pub async fn delete_device(
         .target(Some(id.clone()))
         .source(crate::auth::source_of(&req));
     let target = id.clone();
-    audited(&state.db, entry, move |conn| {
-        if diesel::delete(devices::table.find(&target)).execute(conn)? == 0 {
-            return Err(ApiError::from(not_found()));
-        }
-        Ok(())
-    })
-    .await?;
+    audited(&state.db, entry, move |conn| Ok(delete(conn, &target)?)).await?;
     // No token matches an empty id, so any open session of the device is closed.
     state
         .registry

@@ -109,13 +109,9 @@ routes! {
 }
 
 async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
-    use diesel::connection::SimpleConnection;
     state
         .db
-        .run(|conn| {
-            conn.batch_execute("SELECT 1")
-                .map_err(|e| ApiError::unavailable(format!("database unreachable: {e}")))
-        })
+        .run(|conn| crate::store::db::ping(conn).map_err(|e| ApiError::unavailable(e.message)))
         .await
         .map_err(|e| match e.code {
             ErrorCode::Internal => ApiError::unavailable("database unreachable"),

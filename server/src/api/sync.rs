@@ -7,7 +7,6 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use diesel::prelude::*;
 use futures_util::StreamExt;
 use protocol::rest::Envelope;
 use protocol::sync::{RecordKind, SyncRecord, MAX_SYNC_RECORD_BYTES};
@@ -18,7 +17,6 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
 use crate::store::db::DbConnection;
 use crate::store::sync::*;
-use schema::schema::devices;
 
 /// Most records one request may carry; agents send at most this many per call.
 pub const MAX_SYNC_RECORDS: usize = protocol::sync::MAX_SYNC_BATCH_RECORDS;
@@ -119,12 +117,7 @@ fn check_company(
     device_id: &str,
     records: &[SyncRecord],
 ) -> ApiResult<()> {
-    let own: Option<String> = devices::table
-        .find(device_id)
-        .select(devices::company_id)
-        .first::<Option<String>>(conn)
-        .optional()?
-        .flatten();
+    let own = crate::store::devices::company_of(conn, device_id)?;
     let Some(own) = own else {
         return Err(ApiError::forbidden_with(
             ErrorCode::CompanyMismatch,

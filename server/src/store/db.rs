@@ -249,3 +249,10 @@ where
         }
     }
 }
+
+/// `SELECT 1`: whether the database answers at all, for `/healthz`. Any failure means it is
+/// unreachable from here, so the error is always `Unavailable` with the driver's words.
+pub fn ping(conn: &mut DbConnection) -> Result<(), StoreError> {
+    conn.batch_execute("SELECT 1")
+        .map_err(|e| StoreError::unavailable(format!("database unreachable: {e}")))
+}

@@ -1,10 +1,11 @@
 //! Device rows: lookups, the filtered list, and the presence and status columns.
 
+use crate::store::audit::AuditEntry;
 use crate::store::db::DbConnection;
 use crate::store::error::{ErrorCode, StoreError, StoreResult};
 use chrono::{NaiveDateTime, Utc};
 use diesel::prelude::*;
-use protocol::rest::{Device, DeviceStatus, Page};
+use protocol::rest::{Device, DeviceStatus, Page, UpdateDeviceRequest};
 use schema::schema::devices;
 use serde::Deserialize;
 
@@ -257,4 +258,124 @@ pub fn record_status(conn: &mut DbConnection, id: &str, update: &StatusUpdate) -
         .execute(conn)?;
     }
     Ok(())
+}
+
+/// What a device presents when it asks for a token, besides its id.
+#[derive(Debug, Clone, Default)]
+pub struct Enrollment {
+    pub name: Option<String>,
+    pub company_id: Option<String>,
+    pub production_line_id: Option<String>,
+    pub version: Option<String>,
+}
+
+/// Stores a device's new token id, creating the row if `auto_enroll` allows it, and records
+/// the audit row in the same write transaction, so two enrollments of one new device queue
+/// for the lock instead of both inserting. Answers whether the row was created.
+pub fn enroll(
+    conn: &mut DbConnection,
+    id: &str,
+    jti: &str,
+    enrollment: &Enrollment,
+    auto_enroll: bool,
+    source: Option<String>,
+) -> StoreResult<bool> {
+    crate::store::db::write_transaction(conn, |conn| {
+        let now = Utc::now().naive_utc();
+        let created = match find(conn, id)? {
+            Some(_) => {
+                diesel::update(devices::table.find(id))
+                    .set((devices::token_id.eq(Some(jti)), devices::updated_at.eq(now)))
+                    .execute(conn)?;
+                if let Some(v) = &enrollment.version {
+                    diesel::update(devices::table.find(id))
+                        .set(devices::version.eq(Some(v)))
+                        .execute(conn)?;
+                }
+                false
+            }
+            None if auto_enroll => {
+                let row = DeviceRow {
+                    id: id.to_owned(),
+                    name: enrollment.name.clone().unwrap_or_else(|| id.to_owned()),
+                    company_id: enrollment.company_id.clone(),
+                    production_line_id: enrollment.production_line_id.clone(),
+                    status: DeviceStatus::Offline.as_str().to_owned(),
+                    version: enrollment.version.clone(),
+                    last_seen: None,
+                    remote_addr: None,
+                    token_id: Some(jti.to_owned()),
+                    created_at: now,
+                    updated_at: now,
+                    connection_mode: None,
+                    boot_id: None,
+                    run_id: None,
+                    metrics: None,
+                    status_at: None,
+                };
+                diesel::insert_into(devices::table)
+                    .values(&row)
+                    .execute(conn)?;
+                true
+            }
+            None => {
+                return Err(StoreError::not_found(
+                    ErrorCode::DeviceNotFound,
+                    "unknown device and auto-enrollment is off; register the device first",
+                ))
+            }
+        };
+        let entry = AuditEntry::new(
+            "device.token",
+            if created {
+                "success: enrolled"
+            } else {
+                "success: rotated"
+            },
+        )
+        .actor(Some(format!("device:{id}")), None)
+        .target(Some(id.to_owned()))
+        .params(serde_json::json!({ "jti": jti }))
+        .source(source);
+        crate::store::audit::record(conn, &entry)?;
+        Ok(created)
+    })
+}
+
+/// Renames or moves a device and answers the stored row, or the device's 404. A field the
+/// change leaves out keeps its stored value.
+pub fn update(
+    conn: &mut DbConnection,
+    id: &str,
+    change: UpdateDeviceRequest,
+) -> StoreResult<DeviceRow> {
+    let row = require(conn, id)?;
+    diesel::update(devices::table.find(id))
+        .set((
+            devices::name.eq(change.name.unwrap_or(row.name)),
+            devices::company_id.eq(change.company_id.unwrap_or(row.company_id)),
+            devices::production_line_id
+                .eq(change.production_line_id.unwrap_or(row.production_line_id)),
+            devices::updated_at.eq(Utc::now().naive_utc()),
+        ))
+        .execute(conn)?;
+    require(conn, id)
+}
+
+/// Deletes a device row; its commands, logs and events go with it by the schema's cascades.
+pub fn delete(conn: &mut DbConnection, id: &str) -> StoreResult<()> {
+    if diesel::delete(devices::table.find(id)).execute(conn)? == 0 {
+        return Err(not_found());
+    }
+    Ok(())
+}
+
+/// The company a device writes records for, `None` if the device or its company is missing.
+pub fn company_of(conn: &mut DbConnection, id: &str) -> StoreResult<Option<String>> {
+    Ok(devices::table
+        .find(id)
+        .select(devices::company_id)
+        .first::<Option<String>>(conn)
+        .optional()?
+        .flatten())
 }
