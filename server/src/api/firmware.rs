@@ -33,10 +33,8 @@ use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use futures_util::StreamExt;
-use protocol::rest::{Envelope, Page};
-use schema::schema::firmware_releases as releases;
+use protocol::rest::Envelope;
 use serde::Deserialize;
 
 use crate::api::audit::audited;
@@ -45,7 +43,6 @@ use crate::auth::{self, Authorized, ManageFirmware, Permission, Scope, ViewDevic
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
 use crate::store::audit::AuditEntry;
-use crate::store::db::DbConnection;
 use crate::store::firmware::*;
 
 /// Bytes gathered from the request before one write to disk.
@@ -188,36 +185,6 @@ async fn write_chunk(sink: Sink, buf: Vec<u8>) -> ApiResult<Sink> {
     .map_err(ApiError::internal)
 }
 
-fn exists_conflict(project: &str, version: &str, filename: &str) -> ApiError {
-    ApiError::conflict(
-        ErrorCode::ReleaseExists,
-        format!("release {project} {version} {filename} exists"),
-    )
-}
-
-fn check_unique(
-    conn: &mut DbConnection,
-    project: &str,
-    version: &str,
-    filename: &str,
-    stored: &str,
-) -> ApiResult<()> {
-    let same: i64 = releases::table
-        .filter(
-            releases::project
-                .eq(project)
-                .and(releases::version.eq(version))
-                .and(releases::filename.eq(filename)),
-        )
-        .or_filter(releases::stored_name.eq(stored))
-        .count()
-        .get_result(conn)?;
-    if same > 0 {
-        return Err(exists_conflict(project, version, filename));
-    }
-    Ok(())
-}
-
 /// `POST /api/v1/firmware/releases?version&project&filename[&channel][&signatureBase64&signatureExpiresAt]`,
 /// the artifact as the body.
 pub async fn upload(
@@ -251,7 +218,7 @@ pub async fn upload(
         );
         state
             .db
-            .run(move |conn| check_unique(conn, &p, &v, &f, &s))
+            .run(move |conn| Ok(check_unique(conn, &p, &v, &f, &s)?))
             .await?;
     }
 
@@ -337,11 +304,7 @@ pub async fn upload(
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(exists_conflict(
-                    &query.project,
-                    &query.version,
-                    &query.filename,
-                ))
+                return Err(exists_conflict(&query.project, &query.version, &query.filename).into())
             }
             Err(e) => return Err(ApiError::internal(e)),
         }
@@ -371,27 +334,7 @@ pub async fn upload(
         .source(crate::auth::source_of(&req));
     let inserted = {
         let row = row.clone();
-        audited(&state.db, entry, move |conn| {
-            check_unique(
-                conn,
-                &row.project,
-                &row.version,
-                &row.filename,
-                &row.stored_name,
-            )?;
-            diesel::insert_into(releases::table)
-                .values(&row)
-                .execute(conn)
-                .map_err(|e| match e {
-                    diesel::result::Error::DatabaseError(
-                        diesel::result::DatabaseErrorKind::UniqueViolation,
-                        _,
-                    ) => exists_conflict(&row.project, &row.version, &row.filename),
-                    other => other.into(),
-                })?;
-            Ok(())
-        })
-        .await
+        audited(&state.db, entry, move |conn| Ok(insert(conn, &row)?)).await
     };
     if let Err(e) = inserted {
         // The row is the release; without it the linked file is an orphan.
@@ -424,27 +367,13 @@ pub async fn list(
     let page = state
         .db
         .run(move |conn| {
-            let filtered = || {
-                let mut q = releases::table.into_boxed();
-                if let Some(p) = &project {
-                    q = q.filter(releases::project.eq(p.clone()));
-                }
-                if let Some(c) = &channel {
-                    q = q.filter(releases::channel.eq(c.clone()));
-                }
-                q
-            };
-            let total = filtered().count().get_result(conn)?;
-            let rows: Vec<ReleaseRow> = filtered()
-                .order((releases::created_at.desc(), releases::id.asc()))
-                .limit(limit)
-                .offset(offset)
-                .select(ReleaseRow::as_select())
-                .load(conn)?;
-            Ok(Page {
-                items: rows.iter().map(ReleaseRow::to_api).collect(),
-                total,
-            })
+            Ok(page(
+                conn,
+                project.as_deref(),
+                channel.as_deref(),
+                limit,
+                offset,
+            )?)
         })
         .await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
@@ -477,20 +406,7 @@ pub async fn delete(
         .actor(Some(user.username.clone()), Some(user.role))
         .target(Some(id.clone()))
         .source(crate::auth::source_of(&req));
-    let row = audited(&state.db, entry, move |conn| {
-        let row = find(conn, &id)?.ok_or_else(not_found)?;
-        // Checked inside this transaction, so no deployment can start sending the URL between
-        // the check and the delete and have it stop working halfway.
-        if crate::store::deployments::release_in_use(conn, &row.id)? {
-            return Err(ApiError::conflict(
-                ErrorCode::ReleaseDeployed,
-                "a running or paused deployment uses this release; cancel it first",
-            ));
-        }
-        diesel::delete(releases::table.find(&row.id)).execute(conn)?;
-        Ok(row)
-    })
-    .await?;
+    let row = audited(&state.db, entry, move |conn| Ok(delete_unused(conn, &id)?)).await?;
     let path = firmware_dir(&state.config.data_dir).join(&row.stored_name);
     match web::block(move || std::fs::remove_file(path)).await {
         Ok(Ok(())) => {}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::store::db::DbConnection;
 use crate::store::error::{ErrorCode, StoreError, StoreResult};
 use protocol::firmware::FirmwareRelease;
+use protocol::rest::Page;
 use schema::schema::firmware_releases as releases;
 
 /// First line of the signed manifest; a new layout gets a new line.
@@ -126,3 +127,106 @@ pub fn of_project(conn: &mut DbConnection, project: &str) -> StoreResult<Vec<Rel
 pub const PART_PREFIX: &str = ".upload-";
 
 pub const PART_SUFFIX: &str = ".part";
+
+/// The 409 of an upload whose release, or whose file name on disk, is already stored.
+pub fn exists_conflict(project: &str, version: &str, filename: &str) -> StoreError {
+    StoreError::conflict(
+        ErrorCode::ReleaseExists,
+        format!("release {project} {version} {filename} exists"),
+    )
+}
+
+/// Refuses a release whose project, version and file name, or whose stored file name, is
+/// already taken; asked before the body is read and again before the insert.
+pub fn check_unique(
+    conn: &mut DbConnection,
+    project: &str,
+    version: &str,
+    filename: &str,
+    stored: &str,
+) -> StoreResult<()> {
+    let same: i64 = releases::table
+        .filter(
+            releases::project
+                .eq(project)
+                .and(releases::version.eq(version))
+                .and(releases::filename.eq(filename)),
+        )
+        .or_filter(releases::stored_name.eq(stored))
+        .count()
+        .get_result(conn)?;
+    if same > 0 {
+        return Err(exists_conflict(project, version, filename));
+    }
+    Ok(())
+}
+
+/// Stores a release row after checking it is new. A concurrent upload of the same release
+/// that wins the race shows as a unique violation, which is the same conflict.
+pub fn insert(conn: &mut DbConnection, row: &ReleaseRow) -> StoreResult<()> {
+    check_unique(
+        conn,
+        &row.project,
+        &row.version,
+        &row.filename,
+        &row.stored_name,
+    )?;
+    diesel::insert_into(releases::table)
+        .values(row)
+        .execute(conn)
+        .map_err(|e| match e {
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ) => exists_conflict(&row.project, &row.version, &row.filename),
+            other => other.into(),
+        })?;
+    Ok(())
+}
+
+/// One page of releases, newest first; `project` and `channel` filter when given.
+pub fn page(
+    conn: &mut DbConnection,
+    project: Option<&str>,
+    channel: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> StoreResult<Page<FirmwareRelease>> {
+    let filtered = || {
+        let mut q = releases::table.into_boxed();
+        if let Some(p) = project {
+            q = q.filter(releases::project.eq(p.to_owned()));
+        }
+        if let Some(c) = channel {
+            q = q.filter(releases::channel.eq(c.to_owned()));
+        }
+        q
+    };
+    let total = filtered().count().get_result(conn)?;
+    let rows: Vec<ReleaseRow> = filtered()
+        .order((releases::created_at.desc(), releases::id.asc()))
+        .limit(limit)
+        .offset(offset)
+        .select(ReleaseRow::as_select())
+        .load(conn)?;
+    Ok(Page {
+        items: rows.iter().map(ReleaseRow::to_api).collect(),
+        total,
+    })
+}
+
+/// Deletes a release row unless a running or paused deployment uses it, and answers the row
+/// so the caller can remove its file. The check and the delete share the caller's
+/// transaction, so no deployment can start sending the URL between them and have it stop
+/// working halfway.
+pub fn delete_unused(conn: &mut DbConnection, id: &str) -> StoreResult<ReleaseRow> {
+    let row = find(conn, id)?.ok_or_else(not_found)?;
+    if crate::store::deployments::release_in_use(conn, &row.id)? {
+        return Err(StoreError::conflict(
+            ErrorCode::ReleaseDeployed,
+            "a running or paused deployment uses this release; cancel it first",
+        ));
+    }
+    diesel::delete(releases::table.find(&row.id)).execute(conn)?;
+    Ok(row)
+}
