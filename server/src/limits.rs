@@ -90,12 +90,8 @@ pub async fn record_all(db: &Db, entries: Vec<AuditEntry>) -> ApiResult<()> {
     if entries.is_empty() {
         return Ok(());
     }
-    db.run(move |conn| {
-        Ok(crate::store::db::write_transaction(conn, |conn| {
-            entries.iter().try_for_each(|e| audit::record(conn, e))
-        })?)
-    })
-    .await
+    db.run(move |conn| Ok(audit::record_all(conn, &entries)?))
+        .await
 }
 
 /// Writes the summaries of the attempts refused since the last call; the janitor calls it

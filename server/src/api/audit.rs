@@ -8,7 +8,7 @@ use protocol::rest::Envelope;
 use crate::auth::{Authorized, ViewAudit};
 use crate::state::AppState;
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::store::audit::*;
 use crate::store::db::{Db, DbConnection};
 
@@ -20,21 +20,8 @@ where
     F: FnOnce(&mut DbConnection) -> ApiResult<T> + Send + 'static,
     T: Send + 'static,
 {
-    db.run(move |conn| {
-        let success = entry.clone().outcome("success");
-        let result = crate::store::db::write_transaction(conn, |conn| {
-            record(conn, &success)?;
-            f(conn)
-        });
-        if let Err(e) = &result {
-            record(
-                conn,
-                &entry.outcome(format!("failure: {}", e.code.as_str())),
-            )?;
-        }
-        result
-    })
-    .await
+    db.run(move |conn| crate::store::audit::audited(conn, entry, f, |e: &ApiError| e.code))
+        .await
 }
 
 /// `GET /api/v1/audit`. The log is append-only: no route changes or deletes a row.

@@ -274,13 +274,13 @@ pub async fn fan_out(
     state
         .db
         .run(move |conn| {
-            crate::store::db::write_transaction(conn, |conn| {
-                for ((device_id, command), entry) in rows.iter().zip(&entries) {
-                    audit::record(conn, entry)?;
-                    commands::insert_pending(conn, device_id, command, timeout_ms, Some(&by))?;
-                }
-                Ok(())
-            })
+            Ok(commands::insert_pending_audited(
+                conn,
+                &rows,
+                &entries,
+                timeout_ms,
+                Some(&by),
+            )?)
         })
         .await?;
     let mut answers: BTreeMap<String, Value> = BTreeMap::new();

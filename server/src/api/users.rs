@@ -69,22 +69,10 @@ pub fn bootstrap_admin(
         None => (auth::random_password(), true),
     };
     let hash = auth::hash_password(&password).map_err(|e| anyhow::anyhow!(e.message))?;
-    db.run_blocking(|conn| {
-        crate::store::db::write_transaction(conn, |conn| {
-            // Another server process may have bootstrapped between the count and now.
-            if count(conn)? == 0 {
-                insert(conn, FIRST_ADMIN, hash.clone(), Role::Admin)?;
-                audit::record(
-                    conn,
-                    &AuditEntry::new("user.bootstrap", "success")
-                        .actor(Some("system".into()), None)
-                        .target(Some(FIRST_ADMIN.into())),
-                )?;
-            }
-            Ok::<_, ApiError>(())
-        })
-    })
-    .map_err(|e| anyhow::anyhow!(e.message))?;
+    // Another server process may have bootstrapped between the count and now, so
+    // `bootstrap` counts again in its transaction.
+    db.run_blocking(|conn| Ok(bootstrap(conn, FIRST_ADMIN, hash.clone())?))
+        .map_err(|e| anyhow::anyhow!(e.message))?;
     if generated {
         let path = data_dir.join("initial-admin-password");
         auth::write_secret_file(&path, &password)?;

@@ -208,3 +208,38 @@ mod tests {
         assert!(entry.target.unwrap().len() <= MAX_INDEXED_LEN);
     }
 }
+
+/// Writes rows in one write transaction: all of them or none.
+pub fn record_all(conn: &mut DbConnection, entries: &[AuditEntry]) -> StoreResult<()> {
+    crate::store::db::write_transaction(conn, |conn| {
+        entries.iter().try_for_each(|e| record(conn, e))
+    })
+}
+
+/// Runs a change with its audit row: the row is written first, in the same write
+/// transaction, so the change never takes effect unrecorded. If the change fails, its
+/// transaction is rolled back and a row with the failure's code (`code_of`) is written
+/// instead. Generic in the error so the edge's closures keep their own error type.
+pub fn audited<T, E, F>(
+    conn: &mut DbConnection,
+    entry: AuditEntry,
+    f: F,
+    code_of: impl Fn(&E) -> crate::store::error::ErrorCode,
+) -> Result<T, E>
+where
+    E: From<diesel::result::Error> + From<crate::store::StoreError>,
+    F: FnOnce(&mut DbConnection) -> Result<T, E>,
+{
+    let success = entry.clone().outcome("success");
+    let result = crate::store::db::write_transaction(conn, |conn| {
+        record(conn, &success)?;
+        f(conn)
+    });
+    if let Err(e) = &result {
+        record(
+            conn,
+            &entry.outcome(format!("failure: {}", code_of(e).as_str())),
+        )?;
+    }
+    result
+}

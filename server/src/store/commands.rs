@@ -468,3 +468,21 @@ pub fn list_for_device(
         .collect::<StoreResult<Vec<_>>>()?;
     Ok(Page { items, total })
 }
+
+/// Stores PENDING commands with their audit rows, all in one write transaction, before any
+/// is sent; `planned` and `entries` pair up by position.
+pub fn insert_pending_audited(
+    conn: &mut DbConnection,
+    planned: &[(String, Command)],
+    entries: &[crate::store::audit::AuditEntry],
+    timeout_ms: i64,
+    issued_by: Option<&str>,
+) -> StoreResult<()> {
+    crate::store::db::write_transaction(conn, |conn| {
+        for ((device_id, command), entry) in planned.iter().zip(entries) {
+            crate::store::audit::record(conn, entry)?;
+            insert_pending(conn, device_id, command, timeout_ms, issued_by)?;
+        }
+        Ok(())
+    })
+}

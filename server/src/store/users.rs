@@ -175,3 +175,25 @@ pub fn delete(conn: &mut DbConnection, id: &str) -> StoreResult<()> {
     diesel::delete(users::table.find(id)).execute(conn)?;
     Ok(())
 }
+
+/// Creates the first admin with its audit row if there is no user yet. The count is asked
+/// again inside the write transaction, since another server process may have bootstrapped
+/// since the caller's count.
+pub fn bootstrap(
+    conn: &mut DbConnection,
+    username: &str,
+    password_hash: String,
+) -> StoreResult<()> {
+    crate::store::db::write_transaction(conn, |conn| {
+        if count(conn)? == 0 {
+            insert(conn, username, password_hash, Role::Admin)?;
+            crate::store::audit::record(
+                conn,
+                &crate::store::audit::AuditEntry::new("user.bootstrap", "success")
+                    .actor(Some("system".into()), None)
+                    .target(Some(username.into())),
+            )?;
+        }
+        Ok(())
+    })
+}
