@@ -1,16 +1,26 @@
-//! The audit log's route, and `audited`, which runs a privileged change and its audit row
-//! (`store::audit::AuditEntry`) in one transaction.
+//! The audit log's route; `by_user`, the audit row of a signed-in user's request; and
+//! `audited`, which runs a privileged change and its audit row (`store::audit::AuditEntry`)
+//! in one transaction.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use protocol::rest::Envelope;
 
-use crate::auth::{Authorized, ViewAudit};
+use crate::auth::{AuthUser, Authorized, ViewAudit};
 use crate::state::AppState;
 
 use crate::error::{ApiError, ApiResult};
 use crate::store::audit::*;
 use crate::store::db::{Db, DbConnection};
+
+/// The audit row of a signed-in user's request, outcome "success": the user's name and role
+/// as actor and the request's peer address as source. It lives here, not in `store::audit`,
+/// because the store knows neither users of a request nor HTTP.
+pub fn by_user(user: &AuthUser, req: &HttpRequest, action: &str) -> AuditEntry {
+    AuditEntry::new(action, "success")
+        .actor(Some(user.username.clone()), Some(user.role))
+        .source(crate::auth::source_of(req))
+}
 
 /// Runs a mutation with its audit row: the row is written first, in the same transaction, so
 /// the action never takes effect unrecorded. If the mutation fails, its transaction is rolled

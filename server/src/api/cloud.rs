@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use crate::actors::cloud_sync::*;
-use crate::api::audit::audited;
+use crate::api::audit::{audited, by_user};
 use crate::api::paging::Paging;
 use crate::auth::{Authorized, ManageDevices, ManageUsers, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
-use crate::store::audit::{self, AuditEntry};
+use crate::store::audit;
 use crate::store::outbox::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{NaiveDateTime, Utc};
@@ -107,10 +107,8 @@ pub async fn requeue(
             "ids must list 1 to 10000 records",
         ));
     }
-    let entry = AuditEntry::new("sync.requeue", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
-        .params(serde_json::json!({"count": ids.as_ref().map(Vec::len)}))
-        .source(crate::auth::source_of(&req));
+    let entry = by_user(&user, &req, "sync.requeue")
+        .params(serde_json::json!({"count": ids.as_ref().map(Vec::len)}));
     let n = audited(&state.db, entry, move |conn| {
         Ok(requeue_dead(conn, ids.as_deref())?)
     })
@@ -177,10 +175,8 @@ pub async fn update_cloud(
         *current = target.clone();
         target
     };
-    let entry = AuditEntry::new("sync.cloud.update", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
-        .params(serde_json::json!({"url": update.url, "tokenChanged": update.token.is_some()}))
-        .source(crate::auth::source_of(&req));
+    let entry = by_user(&user, &req, "sync.cloud.update")
+        .params(serde_json::json!({"url": update.url, "tokenChanged": update.token.is_some()}));
     state
         .db
         .run(move |conn| Ok(audit::record(conn, &entry)?))

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::actors::dispatcher::{Dispatch, StoreAndDispatch};
+use crate::api::audit::by_user;
 use crate::api::paging::Paging;
 use crate::auth::{AuthUser, Authorized, DispatchCommands, ViewCommands};
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -142,11 +143,10 @@ fn dispatch_entry(
     command: &Command,
     confirm: bool,
 ) -> AuditEntry {
-    AuditEntry::new("command.dispatch", "requested")
-        .actor(Some(user.username.clone()), Some(user.role))
+    by_user(user, req, "command.dispatch")
+        .outcome("requested")
         .target(Some(device_id.to_owned()))
         .params(audit_params(command, confirm))
-        .source(crate::auth::source_of(req))
 }
 
 /// `POST /api/v1/devices/{id}/commands`.
@@ -436,11 +436,9 @@ pub async fn cancel_command(
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (device_id, command_id) = path.into_inner();
-    let entry = AuditEntry::new("command.cancel", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
+    let entry = by_user(&user, &req, "command.cancel")
         .target(Some(device_id.clone()))
-        .params(serde_json::json!({"commandId": command_id}))
-        .source(crate::auth::source_of(&req));
+        .params(serde_json::json!({"commandId": command_id}));
     let by = user.username.clone();
     let row = crate::api::audit::audited(&state.db, entry, move |conn| {
         Ok(commands::cancel(conn, &device_id, &command_id, &by)?)

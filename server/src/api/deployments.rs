@@ -12,12 +12,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::actors::deployer::Poke;
-use crate::api::audit::audited;
+use crate::api::audit::{audited, by_user};
 use crate::api::paging::Paging;
 use crate::auth::{Authorized, ManageFirmware, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
-use crate::store::audit::AuditEntry;
 use crate::store::deployments::*;
 
 // ---- REST ----
@@ -48,11 +47,9 @@ pub async fn create(
     if request.soak_secs.is_some_and(|s| s > 7 * 24 * 3600) {
         return Err(ApiError::from(invalid("soakSecs must be at most a week")));
     }
-    let entry = AuditEntry::new("firmware.deploy", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
+    let entry = by_user(&user, &req, "firmware.deploy")
         .target(Some(request.release_id.clone()))
-        .params(serde_json::to_value(&request).unwrap_or(Value::Null))
-        .source(crate::auth::source_of(&req));
+        .params(serde_json::to_value(&request).unwrap_or(Value::Null));
     let created_by = user.username.clone();
     let (row, rows) = audited(&state.db, entry, move |conn| {
         Ok(create_deployment(conn, &request, created_by)?)
@@ -129,10 +126,7 @@ async fn control(
     id: String,
     control: Control,
 ) -> ApiResult<HttpResponse> {
-    let entry = AuditEntry::new(control.action(), "success")
-        .actor(Some(user.username.clone()), Some(user.role))
-        .target(Some(id.clone()))
-        .source(crate::auth::source_of(&req));
+    let entry = by_user(&user, &req, control.action()).target(Some(id.clone()));
     let by = user.username.clone();
     let deployment = audited(&state.db, entry, move |conn| {
         Ok(control_deployment(conn, &id, control, &by)?)

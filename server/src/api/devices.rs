@@ -6,7 +6,7 @@ use protocol::rest::{DeviceTokenResponse, Envelope, Page, UpdateDeviceRequest};
 use serde::Deserialize;
 
 use crate::actors::registry::ListConnected;
-use crate::api::audit::audited;
+use crate::api::audit::{audited, by_user};
 use crate::api::paging::Paging;
 use crate::auth::{self, Authorized, ManageDevices, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -228,11 +228,9 @@ pub async fn update_device(
             ));
         }
     }
-    let entry = AuditEntry::new("device.update", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
+    let entry = by_user(&user, &req, "device.update")
         .target(Some(id.clone()))
-        .params(serde_json::to_value(&change).unwrap_or_default())
-        .source(crate::auth::source_of(&req));
+        .params(serde_json::to_value(&change).unwrap_or_default());
     let row = audited(&state.db, entry, move |conn| Ok(update(conn, &id, change)?)).await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
 }
@@ -246,10 +244,7 @@ pub async fn delete_device(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let entry = AuditEntry::new("device.delete", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
-        .target(Some(id.clone()))
-        .source(crate::auth::source_of(&req));
+    let entry = by_user(&user, &req, "device.delete").target(Some(id.clone()));
     let target = id.clone();
     audited(&state.db, entry, move |conn| Ok(delete(conn, &target)?)).await?;
     // No token matches an empty id, so any open session of the device is closed.

@@ -37,12 +37,11 @@ use futures_util::StreamExt;
 use protocol::rest::Envelope;
 use serde::Deserialize;
 
-use crate::api::audit::audited;
+use crate::api::audit::{audited, by_user};
 use crate::api::paging::Paging;
 use crate::auth::{self, Authorized, ManageFirmware, Permission, Scope, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::AppState;
-use crate::store::audit::AuditEntry;
 use crate::store::firmware::*;
 
 /// Bytes gathered from the request before one write to disk.
@@ -324,14 +323,12 @@ pub async fn upload(
         uploaded_by: Some(user.username.clone()),
         created_at: Utc::now().naive_utc(),
     };
-    let entry = AuditEntry::new("firmware.upload", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
+    let entry = by_user(&user, &req, "firmware.upload")
         .target(Some(row.id.clone()))
         .params(serde_json::json!({
             "project": row.project, "version": row.version, "filename": row.filename,
             "size": row.size_bytes, "sha256": row.sha256, "signed": row.signature_base64.is_some(),
-        }))
-        .source(crate::auth::source_of(&req));
+        }));
     let inserted = {
         let row = row.clone();
         audited(&state.db, entry, move |conn| Ok(insert(conn, &row)?)).await
@@ -402,10 +399,7 @@ pub async fn delete(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let entry = AuditEntry::new("firmware.delete", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
-        .target(Some(id.clone()))
-        .source(crate::auth::source_of(&req));
+    let entry = by_user(&user, &req, "firmware.delete").target(Some(id.clone()));
     let row = audited(&state.db, entry, move |conn| Ok(delete_unused(conn, &id)?)).await?;
     let path = firmware_dir(&state.config.data_dir).join(&row.stored_name);
     match web::block(move || std::fs::remove_file(path)).await {

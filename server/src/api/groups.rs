@@ -3,7 +3,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use protocol::rest::{Envelope, GroupRequest, MembersRequest};
 
-use crate::api::audit::audited;
+use crate::api::audit::{audited, by_user};
 use crate::api::commands::{fan_out, parse_dispatch, MAX_BULK_TARGETS};
 use crate::api::paging::Paging;
 use crate::auth::{Authorized, DispatchCommands, ManageDevices, ViewDevices};
@@ -28,10 +28,7 @@ fn entry(
     action: &str,
     target: &str,
 ) -> AuditEntry {
-    AuditEntry::new(action, "success")
-        .actor(Some(user.username.clone()), Some(user.role))
-        .target(Some(target.to_owned()))
-        .source(crate::auth::source_of(req))
+    by_user(user, req, action).target(Some(target.to_owned()))
 }
 
 /// `POST /api/v1/device-groups`.

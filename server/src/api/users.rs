@@ -7,7 +7,7 @@ use protocol::rest::{
     UpdateUserRequest,
 };
 
-use crate::api::audit::audited;
+use crate::api::audit::{audited, by_user};
 use crate::api::paging::Paging;
 use crate::auth::{self, Authenticated, Authorized, ListUsers, ManageUsers};
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -179,10 +179,7 @@ pub async fn logout(
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let entry = AuditEntry::new("auth.logout", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
-        .target(Some(user.username.clone()))
-        .source(crate::auth::source_of(&req));
+    let entry = by_user(&user, &req, "auth.logout").target(Some(user.username.clone()));
     let (jti, id, exp) = (user.jti.clone(), user.id.clone(), user.expires_at);
     audited(&state.db, entry, move |conn| {
         Ok(tokens::revoke(conn, &jti, &id, exp)?)
@@ -235,10 +232,7 @@ pub async fn change_password(
         .hashing
         .verify(current_password, Some(hash))
         .await?;
-    let entry = AuditEntry::new("user.password", "success")
-        .actor(Some(user.username.clone()), Some(user.role))
-        .target(Some(user.username.clone()))
-        .source(crate::auth::source_of(&req));
+    let entry = by_user(&user, &req, "user.password").target(Some(user.username.clone()));
     if !current_ok {
         let mut entries = vec![entry.outcome("failure: wrong current password")];
         entries.extend(slot.fail().as_ref().map(refusals::lockout_entry));
@@ -288,11 +282,9 @@ pub async fn create_user(
     } = body.into_inner();
     validate_username(&username)?;
     validate_password(&password)?;
-    let entry = AuditEntry::new("user.create", "success")
-        .actor(Some(admin.username.clone()), Some(admin.role))
+    let entry = by_user(&admin, &req, "user.create")
         .target(Some(username.clone()))
-        .params(serde_json::json!({"role": role.as_str()}))
-        .source(crate::auth::source_of(&req));
+        .params(serde_json::json!({"role": role.as_str()}));
     let hash = state.limits.hashing.hash(password).await?;
     let user = audited(&state.db, entry, move |conn| {
         Ok(insert(conn, &username, hash, role)?)
@@ -336,15 +328,13 @@ pub async fn update_user(
         "user changed"
     };
     let target = id.clone();
-    let entry = AuditEntry::new("user.update", "success")
-        .actor(Some(admin.username.clone()), Some(admin.role))
+    let entry = by_user(&admin, &req, "user.update")
         .target(Some(id.clone()))
         .params(serde_json::json!({
             "role": change.role.map(Role::as_str),
             "disabled": change.disabled,
             "passwordChanged": change.password.is_some(),
-        }))
-        .source(crate::auth::source_of(&req));
+        }));
     let hash = match change.password.clone() {
         Some(password) => Some(state.limits.hashing.hash(password).await?),
         None => None,
@@ -369,10 +359,7 @@ pub async fn delete_user(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let id = path.into_inner();
-    let entry = AuditEntry::new("user.delete", "success")
-        .actor(Some(admin.username.clone()), Some(admin.role))
-        .target(Some(id.clone()))
-        .source(crate::auth::source_of(&req));
+    let entry = by_user(&admin, &req, "user.delete").target(Some(id.clone()));
     let deleted = id.clone();
     audited(&state.db, entry, move |conn| Ok(delete(conn, &id)?)).await?;
     state.dashboards.revoke_user(&deleted, "user deleted");
