@@ -1,5 +1,5 @@
 //! Tidy checks on the workspace's source text: the server's layers (`api` → `actors` →
-//! `store`), contract constants defined once in `protocol`, no source file over 800 lines, and
+//! `store`), SQL written only in `store`, contract constants defined once in `protocol`, no source file over 800 lines, and
 //! no import circle between the top-level modules of the server or of the agent.
 //!
 //! The checkers are plain functions over in-memory sources (unit-tested below on small
@@ -402,6 +402,28 @@ pub fn layer_offenders(sources: &[Source]) -> Vec<String> {
     out
 }
 
+/// SQL outside the store: any use of `diesel` (its query DSL, connections, transactions) or of
+/// the `schema` crate's tables in the server's `api` or `actors`. Handlers and actors reach the
+/// database only through `store` functions, so a race closed by a transaction there stays
+/// closed.
+pub fn sql_offenders(sources: &[Source]) -> Vec<String> {
+    let mut out = Vec::new();
+    for source in sources {
+        if !(source.under("server/src/api/") || source.under("server/src/actors/")) {
+            continue;
+        }
+        let code = Code::of(&source.text);
+        for (name, line) in extern_refs(&code, &["diesel", "schema"]) {
+            out.push(format!(
+                "{}:{line}: uses `{name}` outside store (`{}`)",
+                source.path,
+                code.line_text(line)
+            ));
+        }
+    }
+    out
+}
+
 /// The close codes of the device and dashboard sockets, defined in `protocol`.
 const CLOSE_CODES: &[&str] = &["4000", "4001", "4401", "4408", "4429"];
 /// The first line of a signed firmware manifest.
@@ -753,6 +775,19 @@ mod workspace {
     }
 
     #[test]
+    fn only_the_store_writes_sql() {
+        let offenders = sql_offenders(&sources());
+        assert!(
+            offenders.is_empty(),
+            "{}",
+            report(
+                "SQL outside store (api and actors call store functions instead of diesel)",
+                &offenders
+            )
+        );
+    }
+
+    #[test]
     fn contract_constants_are_defined_only_in_protocol() {
         let offenders = contract_offenders(&sources());
         assert!(
@@ -862,6 +897,36 @@ mod checkers {
         let harmless =
             "// actix_web::web\nconst A: &str = \"crate::api\";\nfn f(s: S) { s.awc; }\n";
         assert!(layer_offenders(&with(("server/src/store/x.rs", harmless))).is_empty());
+    }
+
+    #[test]
+    fn sql_outside_the_store_fails() {
+        assert!(sql_offenders(&tree(LAYERS)).is_empty());
+        for (path, text, want) in [
+            (
+                "server/src/api/devices.rs",
+                "use diesel::prelude::*;\n",
+                "uses `diesel`",
+            ),
+            (
+                "server/src/api/mod.rs",
+                "fn f(c: &mut C) { diesel::sql_query(\"SELECT 1\").execute(c); }\n",
+                "uses `diesel`",
+            ),
+            (
+                "server/src/actors/presence.rs",
+                "use schema::schema::devices;\n",
+                "uses `schema`",
+            ),
+        ] {
+            let offenders = sql_offenders(&with((path, text)));
+            assert_eq!(offenders.len(), 1, "{text}: {offenders:?}");
+            assert!(offenders[0].contains(want), "{text}: {offenders:?}");
+            assert!(offenders[0].starts_with(&format!("{path}:1:")));
+        }
+        // The store may, and a mention in a comment, a string or a test is no use.
+        let harmless = "// diesel::update\nconst A: &str = \"schema::x\";\n#[cfg(test)]\nmod tests { use diesel::prelude::*; }\n";
+        assert!(sql_offenders(&with(("server/src/api/x.rs", harmless))).is_empty());
     }
 
     #[test]

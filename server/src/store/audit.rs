@@ -189,26 +189,6 @@ impl AuditRow {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_actors_and_targets_are_cut_at_a_character_boundary() {
-        assert_eq!(indexable("edge-1".into()), "edge-1");
-        let exact = "a".repeat(MAX_INDEXED_LEN);
-        assert_eq!(indexable(exact.clone()), exact);
-        let cut = indexable("é".repeat(1000));
-        assert!(cut.len() <= MAX_INDEXED_LEN, "{} bytes", cut.len());
-        assert!(cut.ends_with('…') && cut.starts_with("éé"));
-        let entry = AuditEntry::new("firmware.deploy", "success")
-            .actor(Some("u".repeat(5000)), None)
-            .target(Some("r".repeat(1 << 19)));
-        assert!(entry.actor.unwrap().len() <= MAX_INDEXED_LEN);
-        assert!(entry.target.unwrap().len() <= MAX_INDEXED_LEN);
-    }
-}
-
 /// Writes rows in one write transaction: all of them or none.
 pub fn record_all(conn: &mut DbConnection, entries: &[AuditEntry]) -> StoreResult<()> {
     crate::store::db::write_transaction(conn, |conn| {
@@ -242,4 +222,24 @@ where
         )?;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_actors_and_targets_are_cut_at_a_character_boundary() {
+        assert_eq!(indexable("edge-1".into()), "edge-1");
+        let exact = "a".repeat(MAX_INDEXED_LEN);
+        assert_eq!(indexable(exact.clone()), exact);
+        let cut = indexable("é".repeat(1000));
+        assert!(cut.len() <= MAX_INDEXED_LEN, "{} bytes", cut.len());
+        assert!(cut.ends_with('…') && cut.starts_with("éé"));
+        let entry = AuditEntry::new("firmware.deploy", "success")
+            .actor(Some("u".repeat(5000)), None)
+            .target(Some("r".repeat(1 << 19)));
+        assert!(entry.actor.unwrap().len() <= MAX_INDEXED_LEN);
+        assert!(entry.target.unwrap().len() <= MAX_INDEXED_LEN);
+    }
 }
