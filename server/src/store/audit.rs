@@ -1,4 +1,5 @@
-//! The audit log's rows: recording an entry and listing them.
+//! The audit log's rows: recording an entry (alone, in a batch, or with the change it
+//! records in one transaction) and listing them.
 
 use crate::store::db::DbConnection;
 use crate::store::error::StoreResult;

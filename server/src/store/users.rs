@@ -1,4 +1,5 @@
-//! User rows: lookups by id and name, counting, inserting, and the last-admin rule.
+//! User rows: lookups by id and name, counting, inserting, the first admin's bootstrap, and
+//! the last-admin rule.
 
 use crate::store::db::DbConnection;
 use crate::store::error::{ErrorCode, StoreError, StoreResult};
