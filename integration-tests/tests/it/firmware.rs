@@ -16,6 +16,7 @@ const OTA_SECRET: &str = "ota-admin-secret-for-tests";
 
 on_both_backends!(
     releases_upload_list_download_and_delete,
+    the_seeds_upload_command_line_works_as_written,
     oversized_and_unsafe_uploads_leave_nothing,
     signatures_are_checked_against_trusted_keys,
     ota_tokens_and_board_downloads,
@@ -128,6 +129,43 @@ fn firmware_files(data_dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// `server-management.md`'s upload, verbatim: it names no `project`, so its release is the
+/// edge agent's (`edge`), and its `channel` is stored and listed.
+fn the_seeds_upload_command_line_works_as_written(backend: Backend) {
+    let server = start(backend, &[]);
+    let admin = Api::admin(&server);
+    let token = admin.token().unwrap().to_owned();
+    let http = Http::new(&server);
+    let body = artifact(4096, 3);
+    let created = http.upload(
+        &token,
+        "version=1.2.3&channel=stable&filename=edge-service.jar",
+        body.clone(),
+    );
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.bytes)
+    );
+    let release = created.json()["data"].clone();
+    assert_eq!(release["project"], "edge");
+    assert_eq!(release["channel"], "stable");
+    assert_eq!(release["sha256"], sha256_hex(&body));
+
+    let listed = http.get(
+        "/api/v1/firmware/releases?project=edge&channel=stable",
+        Some(&token),
+        &[],
+    );
+    assert_eq!(listed.status, 200);
+    let items = listed.json()["data"]["items"].clone();
+    assert_eq!(items.as_array().map(Vec::len), Some(1), "{items}");
+    assert_eq!(items[0]["id"], release["id"]);
+    let other_channel = http.get("/api/v1/firmware/releases?channel=beta", Some(&token), &[]);
+    assert_eq!(other_channel.json()["data"]["items"], json!([]));
 }
 
 fn releases_upload_list_download_and_delete(backend: Backend) {

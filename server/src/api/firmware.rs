@@ -78,11 +78,17 @@ fn validate_release(project: &str, version: &str, channel: &str, filename: &str)
 #[serde(rename_all = "camelCase")]
 pub struct UploadQuery {
     pub version: String,
+    /// The seed's upload names no project; its releases are the edge agent's.
+    #[serde(default = "agent_project")]
     pub project: String,
     pub filename: String,
     pub channel: Option<String>,
     pub signature_base64: Option<String>,
     pub signature_expires_at: Option<String>,
+}
+
+fn agent_project() -> String {
+    protocol::firmware::AGENT_PROJECT.to_owned()
 }
 
 /// A signature asked for with an upload, checked once the hash and size are known.
@@ -184,7 +190,7 @@ async fn write_chunk(sink: Sink, buf: Vec<u8>) -> ApiResult<Sink> {
     .map_err(ApiError::internal)
 }
 
-/// `POST /api/v1/firmware/releases?version&project&filename[&channel][&signatureBase64&signatureExpiresAt]`,
+/// `POST /api/v1/firmware/releases?version&filename[&project][&channel][&signatureBase64&signatureExpiresAt]`,
 /// the artifact as the body.
 pub async fn upload(
     user: Authorized<ManageFirmware>,
