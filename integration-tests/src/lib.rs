@@ -124,9 +124,15 @@ impl ServerProcess {
             .arg("--admin-password")
             .arg(ADMIN_PASSWORD)
             .arg("--enrollment-key")
-            .arg(ENROLLMENT_KEY)
-            .arg("--allow-auto-enrollment")
-            .args(extra)
+            .arg(ENROLLMENT_KEY);
+        // Tests enroll devices freely unless they set auto-enrollment themselves.
+        if !extra
+            .iter()
+            .any(|a| a.starts_with("--allow-auto-enrollment"))
+        {
+            cmd.arg("--allow-auto-enrollment");
+        }
+        cmd.args(extra)
             .env("FACTORY_LOG_LEVEL", "info,server=debug")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).expect("server log file"));

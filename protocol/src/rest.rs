@@ -53,6 +53,8 @@ pub enum ErrorCode {
     UserNotFound,
     NotFound,
     DeviceNotFound,
+    /// A device of that id is registered already.
+    DeviceExists,
     CommandNotFound,
     DuplicateCommandId,
     CommandInFlight,
@@ -105,6 +107,7 @@ impl ErrorCode {
             ErrorCode::UserNotFound => "user_not_found",
             ErrorCode::NotFound => "not_found",
             ErrorCode::DeviceNotFound => "device_not_found",
+            ErrorCode::DeviceExists => "device_exists",
             ErrorCode::CommandNotFound => "command_not_found",
             ErrorCode::DuplicateCommandId => "duplicate_command_id",
             ErrorCode::CommandInFlight => "command_in_flight",
@@ -245,6 +248,24 @@ pub struct Device {
 }
 
 /// `PATCH /api/v1/devices/{id}`: rename or move a device; absent fields stay as they are,
+/// `POST /api/v1/devices`: registers a device before it is switched on, so it may enroll
+/// while auto-enrollment is off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterDeviceRequest {
+    pub id: String,
+    /// Defaults to the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_line_id: Option<String>,
+    /// Groups the device joins at once; each must exist.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_ids: Vec<String>,
+}
+
 /// `null` clears an optional one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

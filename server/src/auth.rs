@@ -78,6 +78,7 @@ permission!(ViewCommands, "commands.view", Role::Viewer);
 permission!(ViewAudit, "audit.view", Role::Viewer);
 permission!(DispatchCommands, "commands.dispatch", Role::Operator);
 permission!(ManageDevices, "devices.manage", Role::Manager);
+permission!(RegisterDevices, "devices.register", Role::Admin);
 permission!(ListUsers, "users.list", Role::Manager);
 permission!(ManageUsers, "users.manage", Role::Admin);
 permission!(ManageFirmware, "firmware.manage", Role::Admin);
@@ -92,6 +93,7 @@ const PERMISSIONS: &[(&str, Allows)] = &[
     (ViewAudit::NAME, ViewAudit::allows),
     (DispatchCommands::NAME, DispatchCommands::allows),
     (ManageDevices::NAME, ManageDevices::allows),
+    (RegisterDevices::NAME, RegisterDevices::allows),
     (ListUsers::NAME, ListUsers::allows),
     (ManageUsers::NAME, ManageUsers::allows),
     (ManageFirmware::NAME, ManageFirmware::allows),

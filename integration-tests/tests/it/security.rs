@@ -173,6 +173,7 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
     cases.insert(("DELETE", "/api/v1/users/{id}"), case(admin, 200));
     cases.insert(("GET", "/api/v1/audit"), case(viewer, 200));
     cases.insert(("GET", "/api/v1/devices"), case(viewer, 200));
+    cases.insert(("POST", "/api/v1/devices"), case(admin, 201));
     cases.insert(("GET", "/api/v1/devices/connected"), case(viewer, 200));
     cases.insert(("GET", "/api/v1/devices/{id}"), case(viewer, 200));
     cases.insert(("PATCH", "/api/v1/devices/{id}"), case(manager, 200));
@@ -441,6 +442,11 @@ impl World<'_> {
             ("POST", "/api/v1/device-groups") => (
                 pattern.into(),
                 Some(json!({"name": format!("group-{n}")})),
+                vec![],
+            ),
+            ("POST", "/api/v1/devices") => (
+                pattern.into(),
+                Some(json!({"id": format!("registered-{n}")})),
                 vec![],
             ),
             ("GET", "/api/v1/device-groups/{id}") => (

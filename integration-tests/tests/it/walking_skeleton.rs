@@ -13,6 +13,7 @@ const OFFLINE_WITHIN: Duration = Duration::from_secs(20);
 on_both_backends!(
     force_sync_round_trip_through_a_real_agent,
     enrollment_refuses_a_wrong_key,
+    with_auto_enrollment_off_only_registered_devices_enroll,
     device_socket_refuses_user_tokens_and_bad_tokens,
     malformed_frames_get_an_error_and_keep_the_session,
     unanswered_command_times_out_and_unknown_type_is_refused,
@@ -88,6 +89,65 @@ fn force_sync_round_trip_through_a_real_agent(backend: Backend) {
         api.get("/api/v1/devices/edge-line-1/commands").data()["total"],
         2
     );
+}
+
+fn with_auto_enrollment_off_only_registered_devices_enroll(backend: Backend) {
+    let server = ServerProcess::start_with(
+        TestDb::new(backend),
+        TempDir::new("factory-register"),
+        &["--allow-auto-enrollment=false"],
+    );
+    let admin = Api::admin(&server);
+    let anonymous = Api::new(&server);
+    let enroll = |id: &str| {
+        anonymous.post_with_header(
+            &format!("/api/v1/devices/{id}/token"),
+            ("X-Enrollment-Key", ENROLLMENT_KEY),
+        )
+    };
+
+    let unknown = enroll("edge-unregistered");
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert_eq!(unknown.error_code(), "device_not_found");
+    assert_eq!(admin.get("/api/v1/devices/edge-unregistered").status, 404);
+
+    let group = admin.post("/api/v1/device-groups", &json!({"name": "line-2"}));
+    let group_id = group.data()["id"].as_str().unwrap().to_owned();
+    let registered = admin.post(
+        "/api/v1/devices",
+        &json!({
+            "id": "edge-registered",
+            "name": "Line 2 PC",
+            "companyId": "company-1",
+            "productionLineId": "line-2",
+            "groupIds": [group_id],
+        }),
+    );
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    assert_eq!(registered.data()["name"], "Line 2 PC");
+    assert_eq!(registered.data()["status"], "OFFLINE");
+    let members = admin.get(&format!("/api/v1/device-groups/{group_id}"));
+    assert_eq!(members.data()["deviceIds"], json!(["edge-registered"]));
+
+    let again = admin.post("/api/v1/devices", &json!({"id": "edge-registered"}));
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert_eq!(again.error_code(), "device_exists");
+    let bad = admin.post("/api/v1/devices", &json!({"id": "../etc"}));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let no_group = admin.post(
+        "/api/v1/devices",
+        &json!({"id": "edge-lost", "groupIds": ["no-such-group"]}),
+    );
+    assert_eq!(no_group.status, 404, "{}", no_group.body);
+    assert_eq!(admin.get("/api/v1/devices/edge-lost").status, 404);
+
+    let token = enroll("edge-registered");
+    assert_eq!(token.status, 200, "{}", token.body);
+    assert!(token.data()["token"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
+    let device = admin.get("/api/v1/devices/edge-registered");
+    assert_eq!(device.data()["companyId"], "company-1");
 }
 
 fn enrollment_refuses_a_wrong_key(backend: Backend) {

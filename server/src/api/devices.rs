@@ -2,13 +2,15 @@
 //! delete. The rows and their queries live in `store::devices`.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use protocol::rest::{DeviceTokenResponse, Envelope, Page, UpdateDeviceRequest};
+use protocol::rest::{
+    DeviceTokenResponse, Envelope, Page, RegisterDeviceRequest, UpdateDeviceRequest,
+};
 use serde::Deserialize;
 
 use crate::actors::registry::ListConnected;
 use crate::api::audit::{audited, by_user};
 use crate::api::paging::Paging;
-use crate::auth::{self, Authorized, ManageDevices, ViewDevices};
+use crate::auth::{self, Authorized, ManageDevices, RegisterDevices, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::refusals;
 use crate::state::AppState;
@@ -233,6 +235,54 @@ pub async fn update_device(
         .params(serde_json::to_value(&change).unwrap_or_default());
     let row = audited(&state.db, entry, move |conn| Ok(update(conn, &id, change)?)).await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
+}
+
+/// `POST /api/v1/devices` (ADMIN): registers a device before it is switched on; it may then
+/// enroll with the enrollment key while auto-enrollment is off. 409 `device_exists`.
+pub async fn register_device(
+    user: Authorized<RegisterDevices>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<RegisterDeviceRequest>,
+) -> ApiResult<HttpResponse> {
+    let request = body.into_inner();
+    if !protocol::device::is_valid_device_id(&request.id) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidParameter,
+            protocol::device::DEVICE_ID_RULE,
+        ));
+    }
+    if let Some(name) = &request.name {
+        if name.trim().is_empty() || name.len() > 256 {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidParameter,
+                "name must be 1-256 characters",
+            ));
+        }
+    }
+    let optional = [&request.company_id, &request.production_line_id];
+    for value in optional.into_iter().flatten() {
+        if value.is_empty() || value.len() > 256 {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidParameter,
+                "companyId and productionLineId must be 1-256 characters",
+            ));
+        }
+    }
+    if request.group_ids.len() > 100 {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidParameter,
+            "at most 100 groupIds",
+        ));
+    }
+    let entry = by_user(&user, &req, "device.register")
+        .target(Some(request.id.clone()))
+        .params(serde_json::to_value(&request).unwrap_or_default());
+    let row = audited(&state.db, entry, move |conn| {
+        Ok(crate::store::devices::register(conn, &request)?)
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(Envelope::ok(row.to_api())))
 }
 
 /// `DELETE /api/v1/devices/{id}`: forgets a device with its commands, logs and events. Its

@@ -64,6 +64,7 @@ routes! {
     delete "/api/v1/users/{id}" => users::delete_user,
     get "/api/v1/audit" => audit::list_audit,
     get "/api/v1/devices" => devices::list_devices,
+    post "/api/v1/devices" => devices::register_device,
     get "/api/v1/devices/connected" => devices::connected_devices,
     post "/api/v1/devices/commands" => commands::bulk_dispatch,
     get "/api/v1/devices/{id}" => devices::get_device,

@@ -342,6 +342,50 @@ pub fn enroll(
     })
 }
 
+/// Registers a device that has not enrolled yet: a row without a token, in the groups named.
+/// Runs inside the caller's write transaction (`audited`), so a second registration of the
+/// same id waits for the first and then meets its row.
+pub fn register(
+    conn: &mut DbConnection,
+    request: &protocol::rest::RegisterDeviceRequest,
+) -> StoreResult<DeviceRow> {
+    if find(conn, &request.id)?.is_some() {
+        return Err(StoreError::conflict(
+            ErrorCode::DeviceExists,
+            format!("device {} is registered already", request.id),
+        ));
+    }
+    for group_id in &request.group_ids {
+        crate::store::groups::require(conn, group_id)?;
+    }
+    let now = Utc::now().naive_utc();
+    let row = DeviceRow {
+        id: request.id.clone(),
+        name: request.name.clone().unwrap_or_else(|| request.id.clone()),
+        company_id: request.company_id.clone(),
+        production_line_id: request.production_line_id.clone(),
+        status: DeviceStatus::Offline.as_str().to_owned(),
+        version: None,
+        last_seen: None,
+        remote_addr: None,
+        token_id: None,
+        created_at: now,
+        updated_at: now,
+        connection_mode: None,
+        boot_id: None,
+        run_id: None,
+        metrics: None,
+        status_at: None,
+    };
+    diesel::insert_into(devices::table)
+        .values(&row)
+        .execute(conn)?;
+    for group_id in &request.group_ids {
+        crate::store::groups::add_members(conn, group_id, std::slice::from_ref(&request.id))?;
+    }
+    require(conn, &request.id)
+}
+
 /// Renames or moves a device and answers the stored row, or the device's 404. A field the
 /// change leaves out keeps its stored value.
 pub fn update(

@@ -563,6 +563,11 @@ impl World {
             ("PATCH", "/api/v1/users/{id}") => {
                 json!({"role": roles[1..].choose(rng).unwrap(), "disabled": false})
             }
+            ("POST", "/api/v1/devices") => json!({
+                "id": format!("gen-registered-{n}"),
+                "name": format!("Registered {n}"),
+                "companyId": "company-1",
+            }),
             ("PATCH", "/api/v1/devices/{id}") => {
                 json!({"name": format!("Line PC {n}"), "companyId": "company-1", "productionLineId": null})
             }
