@@ -214,27 +214,39 @@ pub async fn update_device(
     let id = path.into_inner();
     let change = body.into_inner();
     if let Some(name) = &change.name {
-        if name.trim().is_empty() || name.len() > 256 {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidParameter,
-                "name must be 1-256 characters",
-            ));
-        }
+        check_name(name)?;
     }
     let optional = [&change.company_id, &change.production_line_id];
     for value in optional.into_iter().flatten().flatten() {
-        if value.is_empty() || value.len() > 256 {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidParameter,
-                "companyId and productionLineId must be 1-256 characters or null",
-            ));
-        }
+        check_label(
+            value,
+            "companyId and productionLineId must be 1-256 characters or null",
+        )?;
     }
     let entry = by_user(&user, &req, "device.update")
         .target(Some(id.clone()))
         .params(serde_json::to_value(&change).unwrap_or_default());
     let row = audited(&state.db, entry, move |conn| Ok(update(conn, &id, change)?)).await?;
     Ok(HttpResponse::Ok().json(Envelope::ok(row.to_api())))
+}
+
+/// A device's display name: not blank, at most 256 bytes.
+fn check_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > 256 {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidParameter,
+            "name must be 1-256 characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A company or production-line id: 1-256 bytes; `message` names the fields.
+fn check_label(value: &str, message: &'static str) -> ApiResult<()> {
+    if value.is_empty() || value.len() > 256 {
+        return Err(ApiError::bad_request(ErrorCode::InvalidParameter, message));
+    }
+    Ok(())
 }
 
 /// `POST /api/v1/devices` (ADMIN): registers a device before it is switched on; it may then
@@ -253,21 +265,14 @@ pub async fn register_device(
         ));
     }
     if let Some(name) = &request.name {
-        if name.trim().is_empty() || name.len() > 256 {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidParameter,
-                "name must be 1-256 characters",
-            ));
-        }
+        check_name(name)?;
     }
     let optional = [&request.company_id, &request.production_line_id];
     for value in optional.into_iter().flatten() {
-        if value.is_empty() || value.len() > 256 {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidParameter,
-                "companyId and productionLineId must be 1-256 characters",
-            ));
-        }
+        check_label(
+            value,
+            "companyId and productionLineId must be 1-256 characters",
+        )?;
     }
     if request.group_ids.len() > 100 {
         return Err(ApiError::bad_request(
