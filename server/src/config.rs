@@ -12,6 +12,8 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{Policy, RightsSettings};
+
 /// A frame the socket does not take within this long closes it: the browser stopped reading.
 /// The default of the `dashboard_send_timeout_secs` setting.
 pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -89,6 +91,9 @@ pub struct Config {
     /// Dashboard sockets the server holds at once, authenticated or not.
     pub dashboard_max_total: usize,
     pub log_level: String,
+    /// The lowest role per command type and per `exec_shell` template, over the seed's RBAC
+    /// table (`[rights.commands]`, `[rights.templates]`; checked by `policy`).
+    pub rights: RightsSettings,
 }
 
 impl Default for Config {
@@ -131,6 +136,7 @@ impl Default for Config {
             dashboard_max_per_user: MAX_DASHBOARDS_PER_USER,
             dashboard_max_total: MAX_DASHBOARDS,
             log_level: "info".into(),
+            rights: RightsSettings::default(),
         }
     }
 }
@@ -333,6 +339,16 @@ pub struct Cli {
     #[arg(long, env = "FACTORY_LOG_LEVEL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+
+    /// Lowest role per command type, over the file's `[rights.commands]`: `exec_shell=OPERATOR,…` [default: the seed's RBAC table].
+    #[arg(long, env = "FACTORY_RIGHTS_COMMANDS")]
+    #[serde(skip)]
+    pub rights_commands: Option<String>,
+
+    /// Lowest role per exec_shell template, over the file's `[rights.templates]`: `disk_usage=OPERATOR,…` [default: ADMIN for every template].
+    #[arg(long, env = "FACTORY_RIGHTS_TEMPLATES")]
+    #[serde(skip)]
+    pub rights_templates: Option<String>,
 }
 
 /// The longest lifetime or wait, in seconds, any setting may name: far past any sensible
@@ -367,10 +383,18 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(Serialized::defaults(&cli))
             .extract()
             .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        // Maps have no flag of their own: the two lists are laid over the file's entries here.
+        config
+            .rights
+            .overlay(
+                cli.rights_commands.as_deref(),
+                cli.rights_templates.as_deref(),
+            )
+            .map_err(ConfigError)?;
         config.validate()?;
         Ok(config)
     }
@@ -492,6 +516,7 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level: {e}")))?;
+        Policy::from_settings(&self.rights).map_err(ConfigError)?;
         Ok(())
     }
 
@@ -573,6 +598,12 @@ impl Config {
             .collect()
     }
 
+    /// Who may send which command, as the settings say.
+    pub fn policy(&self) -> Policy {
+        // validate() has checked it builds.
+        Policy::from_settings(&self.rights).expect("validated rights")
+    }
+
     pub fn bind_addr(&self) -> SocketAddr {
         // validate() has checked it parses.
         self.bind.parse().expect("validated bind address")
@@ -620,160 +651,5 @@ pub fn exists(path: &Path) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cli(args: &[&str]) -> Cli {
-        let mut argv = vec!["factory-server"];
-        argv.extend_from_slice(args);
-        Cli::try_parse_from(argv).unwrap()
-    }
-
-    #[test]
-    fn defaults_apply_without_any_input() {
-        let config = Config::load(Cli::default()).unwrap();
-        assert_eq!(config, Config::default());
-        assert_eq!(
-            config.database(),
-            DatabaseTarget::Sqlite(PathBuf::from("./data/factory.db"))
-        );
-    }
-
-    #[test]
-    fn file_beats_defaults_and_flags_beat_file() {
-        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("server.toml");
-        std::fs::write(
-            &file,
-            "bind = \"0.0.0.0:9000\"\nallow_auto_enrollment = true\nlog_level = \"debug\"\n",
-        )
-        .unwrap();
-        let path = file.to_str().unwrap();
-        let from_file = Config::load(cli(&["--config", path])).unwrap();
-        assert_eq!(from_file.bind, "0.0.0.0:9000");
-        assert!(from_file.allow_auto_enrollment);
-        assert_eq!(from_file.log_level, "debug");
-
-        let flagged = Config::load(cli(&[
-            "--config",
-            path,
-            "--bind",
-            "127.0.0.1:7000",
-            "--allow-auto-enrollment=false",
-        ]))
-        .unwrap();
-        assert_eq!(flagged.bind, "127.0.0.1:7000");
-        assert!(!flagged.allow_auto_enrollment);
-        assert_eq!(flagged.log_level, "debug", "untouched file values survive");
-    }
-
-    #[test]
-    fn bare_bool_flag_means_true() {
-        let config = Config::load(cli(&["--allow-auto-enrollment"])).unwrap();
-        assert!(config.allow_auto_enrollment);
-    }
-
-    #[test]
-    fn bad_settings_are_one_line_errors() {
-        let err = Config::load(cli(&["--bind", "nowhere"])).unwrap_err();
-        assert!(err.to_string().contains("bind"));
-        assert!(!err.to_string().contains('\n'));
-        let err = Config::load(cli(&["--jwt-secret", "short"])).unwrap_err();
-        assert!(err.to_string().contains("jwt_secret"));
-        let err = Config::load(cli(&["--database-url", "mysql://x"])).unwrap_err();
-        assert!(err.to_string().contains("unsupported scheme"));
-        let err = Config::load(cli(&["--config", "/nonexistent/factory.toml"])).unwrap_err();
-        assert!(err.to_string().contains("does not exist"));
-    }
-
-    #[test]
-    fn periods_past_any_clock_are_refused() {
-        for (flag, value) in [
-            ("--user-token-ttl-secs", "9223372036854775807"),
-            ("--device-token-ttl-secs", "18446744073709551615"),
-            ("--lockout-secs", "18446744073709551615"),
-            ("--reboot-confirm-secs", "18446744073709551615"),
-            ("--log-retention-days", "4294967295"),
-        ] {
-            let err = Config::load(cli(&[flag, value])).unwrap_err().to_string();
-            let name = flag.trim_start_matches("--").replace('-', "_");
-            assert!(err.starts_with(&name), "{flag} {value}: {err}");
-        }
-        let longest = MAX_PERIOD_SECS.to_string();
-        let config = Config::load(cli(&["--user-token-ttl-secs", &longest])).unwrap();
-        let now = chrono::Utc::now();
-        assert!(now
-            .checked_add_signed(chrono::TimeDelta::seconds(
-                config.user_token_ttl_secs as i64
-            ))
-            .is_some());
-    }
-
-    #[test]
-    fn unknown_file_keys_are_refused() {
-        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("server.toml");
-        std::fs::write(&file, "bnid = \"0.0.0.0:9000\"\n").unwrap();
-        let err = Config::load(cli(&["--config", file.to_str().unwrap()])).unwrap_err();
-        assert!(err.to_string().contains("bnid"), "{err}");
-    }
-
-    #[test]
-    fn firmware_and_ota_settings_are_checked() {
-        let config = Config::load(cli(&[])).unwrap();
-        assert_eq!(config.firmware_max_bytes, 512 * 1024 * 1024);
-        assert_eq!(config.ota_jwt_expiry_minutes, 30);
-        let key = "A".repeat(43) + "=";
-        let config = Config::load(cli(&[
-            "--firmware-trusted-keys",
-            &format!("{key}, {key}"),
-            "--firmware-require-signature",
-            "--ota-no-jwt",
-        ]))
-        .unwrap();
-        assert_eq!(config.firmware_keys().unwrap().len(), 2);
-        assert!(config.firmware_require_signature && config.ota_no_jwt);
-        let err = Config::load(cli(&["--firmware-require-signature"])).unwrap_err();
-        assert!(err.to_string().contains("firmware_trusted_keys"), "{err}");
-        let err = Config::load(cli(&["--firmware-trusted-keys", "c2hvcnQ="])).unwrap_err();
-        assert!(err.to_string().contains("32-byte"), "{err}");
-        let err = Config::load(cli(&["--ota-admin-secret", "short"])).unwrap_err();
-        assert!(err.to_string().contains("ota_admin_secret"), "{err}");
-        let err = Config::load(cli(&["--firmware-max-bytes", "0"])).unwrap_err();
-        assert!(err.to_string().contains("firmware_max_bytes"), "{err}");
-    }
-
-    #[test]
-    fn postgres_url_selects_postgres() {
-        let config =
-            Config::load(cli(&["--database-url", "postgres://u:pw@localhost/db"])).unwrap();
-        assert!(matches!(config.database(), DatabaseTarget::Postgres(_)));
-        assert_eq!(
-            redact_url("postgres://u:pw@localhost/db"),
-            "postgres://u:***@localhost/db"
-        );
-    }
-}
-
-#[cfg(test)]
-mod example_tests {
-    use super::*;
-
-    /// The example shipped in `deploy/` must load as it is.
-    #[test]
-    fn the_deploy_example_loads() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/config/factory-server.toml"
-        );
-        let cli = Cli {
-            config: Some(PathBuf::from(path)),
-            ..Cli::default()
-        };
-        let config = Config::load(cli).unwrap();
-        assert_eq!(config.data_dir, PathBuf::from("/var/lib/factory"));
-        assert_eq!(config.cloud_batch_size, 500);
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -124,6 +124,11 @@ pub struct Running {
 pub fn start(config: Config) -> anyhow::Result<Running> {
     private_files::create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let policy = Arc::new(config.policy());
+    // A grant that opens nothing is a setting that does not do what its writer meant.
+    for warning in policy.ineffective_templates() {
+        tracing::warn!("{warning}");
+    }
     let db = Db::open(config.database())?;
     api::users::bootstrap_admin(&db, config.admin_password.as_deref(), &config.data_dir)?;
     let reset = db
@@ -213,6 +218,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         ),
         db,
         jwt: auth::JwtKeys::new(&secret),
+        policy,
         config: Arc::new(config.clone()),
         registry,
         dispatcher,

@@ -1,150 +1,222 @@
-//! Who may send which command: the lowest role per command type and per shell template, and
-//! the rights a role is told it has.
+//! Who may send which command: the lowest role per command type and per shell template, the
+//! seed's RBAC table by default and whatever the `[rights]` settings change of it, and the
+//! rights a role is told it has.
+//!
+//! The policy is a value built once from the settings and held in `AppState`, so the checks of
+//! every dispatch route and the lists `GET /api/v1/auth/me` gives the dashboard come from the
+//! same table. It imports nothing of the server, so `config` can check it at start.
 
-use protocol::commands::{Command, CommandType};
+use std::collections::{BTreeMap, BTreeSet};
+
+use protocol::commands::{Command, CommandKind, CommandType};
 use protocol::rest::Role;
+use serde::{Deserialize, Serialize};
 
-/// The lowest role that may run each shell template the agents ship. A template not listed
-/// here is for admins only, so a new template on a device is never open by accident.
-pub const SHELL_TEMPLATE_ROLES: &[(&str, Role)] = &[
-    ("disk_usage", Role::Operator),
-    ("network_interfaces", Role::Operator),
-    ("service_status", Role::Operator),
-    ("ping", Role::Manager),
-    ("journal_tail", Role::Manager),
+/// The templates the edge agent ships (`agent/src/shell.rs`), named here so that
+/// `GET /api/v1/auth/me` can list them; a device may report others of its own.
+pub const KNOWN_TEMPLATES: &[&str] = &[
+    "disk_usage",
+    "network_interfaces",
+    "service_status",
+    "ping",
+    "journal_tail",
 ];
 
-pub fn shell_template_min_role(template: &str) -> Role {
-    SHELL_TEMPLATE_ROLES
-        .iter()
-        .find(|(name, _)| *name == template)
-        .map(|(_, role)| *role)
-        .unwrap_or(Role::Admin)
-}
+/// The lowest role of a template no setting names: an admin's, so a new template on a device
+/// is never open by accident.
+pub const TEMPLATE_DEFAULT_ROLE: Role = Role::Admin;
 
-/// Which role may send which command (`server-management.md` §7): operators run the safe
-/// ones, managers add queue and config changes, admins everything; `exec_shell` goes by the
-/// template's own role.
-/// The least role that may send a command type; `exec_shell` also needs its template's role.
-pub fn min_role(kind: CommandType) -> Role {
+/// The seed's RBAC table (`server-management.md` §7), roles ordered VIEWER < OPERATOR <
+/// MANAGER < ADMIN: operators dispatch force_sync, pull_logs and enable_device; managers add
+/// the device's config and clear_queue; everything else, `exec_shell` included, is the
+/// admin's.
+pub fn seed_min_role(kind: CommandType) -> Role {
     use protocol::commands::CommandType::*;
     match kind {
-        ForceSync | PullLogs | EnableDevice | ExecShell => Role::Operator,
+        ForceSync | PullLogs | EnableDevice => Role::Operator,
         ClearQueue | PushConfig => Role::Manager,
-        RestartService | RebootOs | ShutdownOs | UpdateFirmware | DisableDevice => Role::Admin,
+        RestartService | RebootOs | ShutdownOs | UpdateFirmware | DisableDevice | ExecShell => {
+            Role::Admin
+        }
     }
 }
 
-pub fn role_may_send(role: Role, command: &Command) -> bool {
-    let template_allows = match &command.kind {
-        protocol::commands::CommandKind::ExecShell { template, .. } => {
-            role >= shell_template_min_role(template)
-        }
-        _ => true,
-    };
-    role >= min_role(command.kind.command_type()) && template_allows
+/// The `[rights]` section of the settings as written (`[rights.commands]` and
+/// `[rights.templates]`, a role name per entry); `Policy::from_settings` checks it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RightsSettings {
+    pub commands: BTreeMap<String, String>,
+    pub templates: BTreeMap<String, String>,
 }
 
-/// What `role` may send: the command types and the `exec_shell` templates.
-pub fn rights_of(role: Role) -> protocol::rest::Rights {
-    protocol::rest::Rights {
-        permissions: crate::auth::permissions_of(role),
-        commands: CommandType::ALL
-            .into_iter()
-            .filter(|k| role >= min_role(*k))
-            .map(|k| k.as_str().to_owned())
-            .collect(),
-        templates: SHELL_TEMPLATE_ROLES
+impl RightsSettings {
+    /// Lays `name=ROLE,name=ROLE` lists (a flag or its variable) over the file's entries: an
+    /// entry named again replaces the file's, the others stay.
+    pub fn overlay(
+        &mut self,
+        commands: Option<&str>,
+        templates: Option<&str>,
+    ) -> Result<(), String> {
+        for (setting, list, target) in [
+            ("rights_commands", commands, &mut self.commands),
+            ("rights_templates", templates, &mut self.templates),
+        ] {
+            let Some(list) = list else { continue };
+            for pair in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (name, role) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("{setting}: `{pair}` is not name=ROLE"))?;
+                target.insert(name.trim().to_owned(), role.trim().to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Which role may send which command, after the settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    commands: BTreeMap<CommandType, Role>,
+    templates: BTreeMap<String, Role>,
+}
+
+impl Default for Policy {
+    /// The seed's table, no template below an admin.
+    fn default() -> Self {
+        Policy {
+            commands: CommandType::ALL
+                .into_iter()
+                .map(|k| (k, seed_min_role(k)))
+                .collect(),
+            templates: BTreeMap::new(),
+        }
+    }
+}
+
+/// A role a setting names: any case, but not VIEWER, which is read-only in the seed's table
+/// and whose grant the dispatch routes would refuse anyway.
+fn parse_role(setting: &str, value: &str) -> Result<Role, String> {
+    match Role::parse(&value.trim().to_ascii_uppercase()) {
+        Some(Role::Viewer) => Err(format!(
+            "{setting}: VIEWER is read-only and sends no command; use OPERATOR, MANAGER or ADMIN"
+        )),
+        Some(role) => Ok(role),
+        None => Err(format!(
+            "{setting}: `{value}` is not a role; use OPERATOR, MANAGER or ADMIN"
+        )),
+    }
+}
+
+/// A template name as the agent spells them; anything else cannot name a template.
+fn is_template_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Policy {
+    /// The seed's table with the settings' entries in place of its own. An entry may lower or
+    /// raise a requirement; an unknown command type, a malformed template name or a name that
+    /// is no role is refused with a one-line reason.
+    pub fn from_settings(settings: &RightsSettings) -> Result<Policy, String> {
+        let mut policy = Policy::default();
+        for (name, role) in &settings.commands {
+            let setting = format!("rights.commands.{name}");
+            let kind: CommandType = name.parse().map_err(|_| {
+                let known: Vec<&str> = CommandType::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "{setting}: not a command type; use one of {}",
+                    known.join(", ")
+                )
+            })?;
+            policy.commands.insert(kind, parse_role(&setting, role)?);
+        }
+        for (name, role) in &settings.templates {
+            let setting = format!("rights.templates.{name}");
+            if !is_template_name(name) {
+                return Err(format!(
+                    "{setting}: not a template name (letters, digits, `_` and `-`, at most 64)"
+                ));
+            }
+            policy
+                .templates
+                .insert(name.clone(), parse_role(&setting, role)?);
+        }
+        Ok(policy)
+    }
+
+    /// The lowest role that may send a command type; `exec_shell` also needs its template's.
+    pub fn min_role(&self, kind: CommandType) -> Role {
+        self.commands
+            .get(&kind)
+            .copied()
+            .unwrap_or_else(|| seed_min_role(kind))
+    }
+
+    /// The lowest role the template itself asks for; running it also needs `exec_shell`'s.
+    pub fn template_min_role(&self, template: &str) -> Role {
+        self.templates
+            .get(template)
+            .copied()
+            .unwrap_or(TEMPLATE_DEFAULT_ROLE)
+    }
+
+    pub fn may_run_template(&self, role: Role, template: &str) -> bool {
+        role >= self.min_role(CommandType::ExecShell) && role >= self.template_min_role(template)
+    }
+
+    pub fn may_send(&self, role: Role, command: &Command) -> bool {
+        match &command.kind {
+            CommandKind::ExecShell { template, .. } => self.may_run_template(role, template),
+            kind => role >= self.min_role(kind.command_type()),
+        }
+    }
+
+    /// Template entries that open nothing: below `exec_shell`'s role, a role that passes the
+    /// template still cannot send `exec_shell`. Worth a line in the log at start.
+    pub fn ineffective_templates(&self) -> Vec<String> {
+        let shell = self.min_role(CommandType::ExecShell);
+        self.templates
             .iter()
-            .filter(|(_, least)| role >= *least && role >= min_role(CommandType::ExecShell))
-            .map(|(name, _)| (*name).to_owned())
-            .collect(),
-        other_templates: role >= shell_template_min_role("")
-            && role >= min_role(CommandType::ExecShell),
+            .filter(|(_, role)| **role < shell)
+            .map(|(name, role)| {
+                format!(
+                    "rights.templates.{name} = {} opens nothing below exec_shell's {}",
+                    role.as_str(),
+                    shell.as_str()
+                )
+            })
+            .collect()
+    }
+
+    /// What `role` may send, with the route permissions (`auth::permissions_of`) it holds.
+    pub fn rights_of(&self, role: Role, permissions: Vec<String>) -> protocol::rest::Rights {
+        let names: BTreeSet<&str> = KNOWN_TEMPLATES
+            .iter()
+            .copied()
+            .chain(self.templates.keys().map(String::as_str))
+            .collect();
+        protocol::rest::Rights {
+            permissions,
+            commands: CommandType::ALL
+                .into_iter()
+                .filter(|k| role >= self.min_role(*k))
+                .map(|k| k.as_str().to_owned())
+                .collect(),
+            templates: names
+                .into_iter()
+                .filter(|t| self.may_run_template(role, t))
+                .map(str::to_owned)
+                .collect(),
+            // A template no setting names needs the default template role.
+            other_templates: role >= TEMPLATE_DEFAULT_ROLE
+                && role >= self.min_role(CommandType::ExecShell),
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::commands::cap_output;
-    use protocol::commands::CommandKind;
-
-    #[test]
-    fn rights_list_what_each_role_may_send() {
-        let viewer = rights_of(Role::Viewer);
-        assert!(viewer.commands.is_empty() && viewer.templates.is_empty());
-        assert!(viewer.permissions.contains(&"devices.view".to_owned()));
-        assert!(!viewer.permissions.contains(&"commands.dispatch".to_owned()));
-        let operator = rights_of(Role::Operator);
-        assert!(operator.commands.contains(&"force_sync".to_owned()));
-        assert!(!operator.commands.contains(&"clear_queue".to_owned()));
-        assert_eq!(
-            operator.templates,
-            ["disk_usage", "network_interfaces", "service_status"]
-        );
-        assert!(!operator.other_templates);
-        let admin = rights_of(Role::Admin);
-        assert_eq!(admin.commands.len(), CommandType::ALL.len());
-        assert!(admin.other_templates);
-        assert!(admin.permissions.contains(&"firmware.manage".to_owned()));
-        // The lists agree with the checks the routes make.
-        for role in [Role::Viewer, Role::Operator, Role::Manager, Role::Admin] {
-            let rights = rights_of(role);
-            for (name, _) in SHELL_TEMPLATE_ROLES {
-                let c = Command::new(
-                    "x",
-                    protocol::commands::CommandKind::ExecShell {
-                        template: (*name).into(),
-                        args: Default::default(),
-                    },
-                );
-                assert_eq!(
-                    rights.templates.contains(&(*name).to_owned()),
-                    role_may_send(role, &c)
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn roles_follow_the_spec_table() {
-        let c = |kind| Command::new("x", kind);
-        assert!(role_may_send(Role::Operator, &c(CommandKind::ForceSync)));
-        assert!(!role_may_send(
-            Role::Operator,
-            &c(CommandKind::ClearQueue {
-                include_completed: false
-            })
-        ));
-        assert!(role_may_send(
-            Role::Manager,
-            &c(CommandKind::PushConfig {
-                patch: serde_json::json!({})
-            })
-        ));
-        assert!(!role_may_send(Role::Manager, &c(CommandKind::RebootOs)));
-        assert!(role_may_send(Role::Admin, &c(CommandKind::ShutdownOs)));
-        let shell = |t: &str| {
-            c(CommandKind::ExecShell {
-                template: t.into(),
-                args: Default::default(),
-            })
-        };
-        assert!(role_may_send(Role::Operator, &shell("disk_usage")));
-        assert!(!role_may_send(Role::Operator, &shell("ping")));
-        assert!(role_may_send(Role::Manager, &shell("ping")));
-        assert!(!role_may_send(Role::Manager, &shell("unknown_template")));
-        assert!(role_may_send(Role::Admin, &shell("unknown_template")));
-        assert!(!role_may_send(Role::Viewer, &shell("disk_usage")));
-    }
-
-    #[test]
-    fn output_is_capped_on_a_char_boundary() {
-        let long = "é".repeat(100);
-        let capped = cap_output(&long, 51);
-        assert!(capped.starts_with(&"é".repeat(25)));
-        assert!(capped.contains("[truncated: 50 of 200 bytes kept]"));
-        assert_eq!(cap_output("short", 10), "short");
-    }
-}
+#[path = "policy_tests.rs"]
+mod tests;

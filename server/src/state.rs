@@ -15,6 +15,7 @@ use crate::actors::telemetry::TelemetrySink;
 use crate::config::Config;
 use crate::jwt::JwtKeys;
 pub use crate::limits::Limits;
+use crate::policy::Policy;
 use crate::store::db::Db;
 
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct AppState {
     pub db: Db,
     pub jwt: JwtKeys,
     pub config: Arc<Config>,
+    /// Who may send which command: the seed's table and the `[rights]` settings, read at start.
+    pub policy: Arc<Policy>,
     pub registry: Addr<DeviceRegistry>,
     pub dispatcher: Addr<CommandDispatcher>,
     pub deployer: Addr<FirmwareDeployer>,

@@ -472,8 +472,19 @@ fn progress_is_stored_and_streamed(backend: Backend) {
     drop(device);
 }
 
+/// A site's grant, given as flags (the settings file's `[rights]` in another form): operators
+/// run `disk_usage` and no other template, admins any.
 fn shell_templates_have_their_own_roles(backend: Backend) {
-    let server = ServerProcess::start(backend);
+    let server = ServerProcess::start_with(
+        TestDb::new(backend),
+        TempDir::new("factory-data"),
+        &[
+            "--rights-commands",
+            "exec_shell=OPERATOR",
+            "--rights-templates",
+            "disk_usage=OPERATOR",
+        ],
+    );
     let api = Api::admin(&server);
     let dev = FakeDevice::connect(&server, &api, "edge-s");
     let device = dev.respond_with(|c| vec![result_frame(c, true, "Filesystem ...")]);

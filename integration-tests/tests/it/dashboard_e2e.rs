@@ -2,8 +2,8 @@
 //! logging in, live device status, dispatching commands and reading their results, live logs, the
 //! confirmation dialog of a dangerous command (cancelled, so nothing is sent), a firmware
 //! upload and its deployment followed to ACTIVE, pause/resume/abort, a VIEWER who finds no
-//! button to press, an OPERATOR and a MANAGER who find only their roles' buttons, and the first
-//! page of 10,000 devices.
+//! button to press, an OPERATOR and a MANAGER who find only their roles' buttons, an OPERATOR
+//! whose rights the server's settings widened, and the first page of 10,000 devices.
 //! Screenshots of the main pages land in `target/screenshots/`.
 //!
 //! SQLite only: the browser sees the same API on both backends, and the API's behaviour on
@@ -311,18 +311,18 @@ fn operator_runs_a_device_from_the_browser() {
     assert_eq!(browser.count("main button"), 0);
 
     // An OPERATOR and a MANAGER get the buttons of the commands the seed's RBAC gives their
-    // role, and no others (written out here, not read from the server that draws the page).
+    // role, and no others (written out here, not read from the server that draws the page):
+    // no exec_shell, which the seed leaves to admins.
     let roles = [
         (
             "OPERATOR",
-            json!(["enable_device", "exec_shell", "force_sync", "pull_logs"]),
+            json!(["enable_device", "force_sync", "pull_logs"]),
         ),
         (
             "MANAGER",
             json!([
                 "clear_queue",
                 "enable_device",
-                "exec_shell",
                 "force_sync",
                 "pull_logs",
                 "push_config"
@@ -346,6 +346,57 @@ fn operator_runs_a_device_from_the_browser() {
         assert_eq!(browser.count("#nav a[data-nav=users]"), 0, "{role}");
         browser.screenshot(&format!("device-{}", role.to_lowercase()));
     }
+    drop(agent);
+}
+
+/// A site's grant in the settings file: the OPERATOR's page gets the exec_shell button, its
+/// template list offers `disk_usage` alone, and the template runs on the real agent.
+#[test]
+fn the_dashboard_follows_the_configured_rights() {
+    let _turn = take_turn();
+    let config_dir = TempDir::new("dashboard-rights");
+    let config = config_dir.path().join("factory-server.toml");
+    std::fs::write(
+        &config,
+        "[rights.commands]\nexec_shell = \"OPERATOR\"\n[rights.templates]\ndisk_usage = \"OPERATOR\"\n",
+    )
+    .expect("write settings");
+    let server = ServerProcess::start_with(
+        TestDb::new(Backend::Sqlite),
+        TempDir::new("factory-data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let agent = AgentProcess::start(&server, DEVICE);
+    let api = Api::admin(&server);
+    api.create_user("line-operator", OTHER_PASSWORD, "OPERATOR");
+    let browser = Browser::start();
+    log_in(&browser, &server, "line-operator", OTHER_PASSWORD);
+    browser.goto(&format!("{}/#/devices/{DEVICE}", server.base_url));
+    browser.wait_for("#device-status [data-status=ONLINE]");
+    browser.wait_for("button[data-command]");
+    let shown = browser.execute(
+        "return [...document.querySelectorAll('button[data-command]')].map(b => b.dataset.command).sort();",
+        vec![],
+    );
+    assert_eq!(
+        shown,
+        json!(["enable_device", "exec_shell", "force_sync", "pull_logs"])
+    );
+    browser.click("button[data-command=exec_shell]");
+    browser.wait_for("form select[name=template]");
+    let offered = browser.execute(
+        "return [...document.querySelectorAll('form select[name=template] option')].map(o => o.value);",
+        vec![],
+    );
+    assert_eq!(offered, json!(["disk_usage"]));
+    browser.type_into("form input[name=path]", "/");
+    browser.click("button[data-send=exec_shell]");
+    browser.wait_until("the disk_usage answer", || {
+        let text = browser.text("#command-result");
+        text.contains("Run template:") && text.contains("Filesystem")
+    });
+    assert_eq!(commands_of_type(&api, DEVICE, "exec_shell"), 1);
+    browser.screenshot("device-operator-granted");
     drop(agent);
 }
 

@@ -18,6 +18,7 @@ use crate::api::audit::by_user;
 use crate::api::paging::Paging;
 use crate::auth::{AuthUser, Authorized, DispatchCommands, ViewCommands};
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::policy::Policy;
 use crate::state::AppState;
 use crate::store::audit::{self, AuditEntry};
 use crate::store::commands::{
@@ -72,9 +73,9 @@ pub struct Checked {
     pub queue_ttl: Option<Duration>,
 }
 
-pub fn check(user: &AuthUser, request: &DispatchRequest) -> ApiResult<Checked> {
+pub fn check(policy: &Policy, user: &AuthUser, request: &DispatchRequest) -> ApiResult<Checked> {
     let command_type = request.command.command_type();
-    if !crate::policy::role_may_send(user.role, &request.command) {
+    if !policy.may_send(user.role, &request.command) {
         return Err(ApiError::forbidden(format!(
             "role {} may not send {}",
             user.role.as_str(),
@@ -159,7 +160,7 @@ pub async fn dispatch(
 ) -> ApiResult<HttpResponse> {
     let device_id = path.into_inner();
     let request = parse_dispatch(&body)?;
-    let checked = check(&user, &request)?;
+    let checked = check(&state.policy, &user, &request)?;
     let entry = dispatch_entry(&user, &req, &device_id, &request.command, request.confirm);
     let (id, command_id) = (device_id.clone(), request.command.id.clone());
     // The same id again is answered from the record, never run twice: a retrying script gets
@@ -237,7 +238,7 @@ pub async fn fan_out(
     device_ids: Vec<String>,
     request: DispatchRequest,
 ) -> ApiResult<HttpResponse> {
-    let checked = check(user, &request)?;
+    let checked = check(&state.policy, user, &request)?;
     if device_ids.len() > MAX_BULK_TARGETS {
         return Err(ApiError::bad_request(
             ErrorCode::TooManyTargets,

@@ -198,7 +198,9 @@ pub async fn me(
     let id = user.id.clone();
     let row = state.db.run(move |conn| Ok(require(conn, &id)?)).await?;
     let user = row.to_api()?;
-    let rights = crate::policy::rights_of(user.role);
+    let rights = state
+        .policy
+        .rights_of(user.role, crate::auth::permissions_of(user.role));
     Ok(HttpResponse::Ok().json(Envelope::ok(protocol::rest::Me { user, rights })))
 }
 

@@ -486,3 +486,17 @@ pub fn insert_pending_audited(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::cap_output;
+
+    #[test]
+    fn output_is_capped_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let capped = cap_output(&long, 51);
+        assert!(capped.starts_with(&"é".repeat(25)));
+        assert!(capped.contains("[truncated: 50 of 200 bytes kept]"));
+        assert_eq!(cap_output("short", 10), "short");
+    }
+}

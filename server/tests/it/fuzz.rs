@@ -121,7 +121,11 @@ fn fuzz_dispatch_bodies() {
             // but only with a client error.
             let mut verdict = Verdict::Refused;
             for role in [Role::Admin, Role::Manager, Role::Operator, Role::Viewer] {
-                match server::api::commands::check(&user(role), &request) {
+                match server::api::commands::check(
+                    &server::policy::Policy::default(),
+                    &user(role),
+                    &request,
+                ) {
                     Ok(checked) => {
                         if checked.timeout.is_zero() {
                             return Err("a dispatch was allowed without a timeout".into());

@@ -87,8 +87,11 @@ function renderGroup({ root, params, user, socket }) {
   const error = h('div');
   let offset = 0;
   let rows = new Map();
-  // Named in the confirmation of a dangerous command once the group is loaded.
-  const target = { label: 'every member of this group', templates: ['disk_usage', 'network_interfaces', 'service_status', 'ping', 'journal_tail'] };
+  // Named in the confirmation of a dangerous command once the group is loaded. Its templates:
+  // the agent's own and any the server's settings open to this user by name.
+  const granted = (user && user.rights && user.rights.templates) || [];
+  const templates = [...new Set(['disk_usage', 'network_interfaces', 'service_status', 'ping', 'journal_tail', ...granted])];
+  const target = { label: 'every member of this group', templates };
 
   async function loadGroup() {
     try {
