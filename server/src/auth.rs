@@ -70,8 +70,9 @@ macro_rules! permission {
     };
 }
 
-// The spec's table (`server-management.md` §7). Which command types a role may send is finer
-// than a route and lives in `policy::role_may_send`.
+// The spec's table (`server-management.md` §7): managers change a device's settings and
+// groups, admins register and delete devices (terminal CRUD). Which command types a role may
+// send is finer than a route and lives in `policy::Policy`, which the settings can change.
 permission!(Authenticated, "self", Role::Viewer);
 permission!(ViewDevices, "devices.view", Role::Viewer);
 permission!(ViewCommands, "commands.view", Role::Viewer);
@@ -79,6 +80,7 @@ permission!(ViewAudit, "audit.view", Role::Viewer);
 permission!(DispatchCommands, "commands.dispatch", Role::Operator);
 permission!(ManageDevices, "devices.manage", Role::Manager);
 permission!(RegisterDevices, "devices.register", Role::Admin);
+permission!(DeleteDevices, "devices.delete", Role::Admin);
 permission!(ListUsers, "users.list", Role::Manager);
 permission!(ManageUsers, "users.manage", Role::Admin);
 permission!(ManageFirmware, "firmware.manage", Role::Admin);
@@ -94,6 +96,7 @@ const PERMISSIONS: &[(&str, Allows)] = &[
     (DispatchCommands::NAME, DispatchCommands::allows),
     (ManageDevices::NAME, ManageDevices::allows),
     (RegisterDevices::NAME, RegisterDevices::allows),
+    (DeleteDevices::NAME, DeleteDevices::allows),
     (ListUsers::NAME, ListUsers::allows),
     (ManageUsers::NAME, ManageUsers::allows),
     (ManageFirmware::NAME, ManageFirmware::allows),

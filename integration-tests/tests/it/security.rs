@@ -177,7 +177,7 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
     cases.insert(("GET", "/api/v1/devices/connected"), case(viewer, 200));
     cases.insert(("GET", "/api/v1/devices/{id}"), case(viewer, 200));
     cases.insert(("PATCH", "/api/v1/devices/{id}"), case(manager, 200));
-    cases.insert(("DELETE", "/api/v1/devices/{id}"), case(manager, 200));
+    cases.insert(("DELETE", "/api/v1/devices/{id}"), case(admin, 200));
     cases.insert(("GET", "/api/v1/devices/{id}/logs"), case(viewer, 200));
     cases.insert(("GET", "/api/v1/devices/{id}/events"), case(viewer, 200));
     cases.insert(

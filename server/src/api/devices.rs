@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::actors::registry::ListConnected;
 use crate::api::audit::{audited, by_user};
 use crate::api::paging::Paging;
-use crate::auth::{self, Authorized, ManageDevices, RegisterDevices, ViewDevices};
+use crate::auth::{self, Authorized, DeleteDevices, ManageDevices, RegisterDevices, ViewDevices};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::refusals;
 use crate::state::AppState;
@@ -291,9 +291,10 @@ pub async fn register_device(
 }
 
 /// `DELETE /api/v1/devices/{id}`: forgets a device with its commands, logs and events. Its
-/// token stops working with its row, and a connected session is closed.
+/// token stops working with its row, and a connected session is closed. An admin's, as in the
+/// seed (terminal CRUD).
 pub async fn delete_device(
-    user: Authorized<ManageDevices>,
+    user: Authorized<DeleteDevices>,
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
