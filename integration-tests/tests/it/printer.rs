@@ -176,6 +176,9 @@ fn a_closed_batch_prints_its_label_and_reports_print(backend: Backend) {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(printer.labels().len(), 1, "the open batch printed nothing");
     assert_eq!(queued_labels(&agent), 0);
+    wait_until(WAIT, "the label queue in the device's metrics", || {
+        api.get("/api/v1/devices/edge-printer").data()["metrics"]["labelQueueDepth"] == 0
+    });
 }
 
 fn labels_wait_for_a_printer_that_is_off_and_print_once_in_order(backend: Backend) {
@@ -241,6 +244,10 @@ fn labels_wait_for_a_printer_that_is_off_and_print_once_in_order(backend: Backen
         queued_labels(&agent) == 5
     });
     assert!(print_codes(&api, "edge-printer-off").is_empty());
+    // The status frames show the operator how many labels wait.
+    wait_until(WAIT, "the waiting labels in the device's metrics", || {
+        api.get("/api/v1/devices/edge-printer-off").data()["metrics"]["labelQueueDepth"] == 5
+    });
 
     let printer = FakePrinter::on(TcpListener::bind(&addr).expect("the printer's port"));
     wait_until(WAIT, "the waiting labels at the printer", || {
@@ -276,4 +283,7 @@ fn labels_wait_for_a_printer_that_is_off_and_print_once_in_order(backend: Backen
         agent.log().contains("printer answers again"),
         "the recovery is logged"
     );
+    wait_until(WAIT, "an empty label queue in the device's metrics", || {
+        api.get("/api/v1/devices/edge-printer-off").data()["metrics"]["labelQueueDepth"] == 0
+    });
 }
