@@ -141,6 +141,11 @@ fn check_config(config: &Config) -> Result<(), String> {
     if config.data_dir.as_os_str().is_empty() {
         return Err("an empty data dir".into());
     }
+    if let Some(printer) = &config.printer {
+        if printer.addr.is_empty() || !printer.addr.contains(':') {
+            return Err(format!("printer address {:?}", printer.addr));
+        }
+    }
     Ok(())
 }
 
@@ -168,6 +173,8 @@ fn fuzz_push_config_patches() {
         "productionLineId",
         "connectionMode",
         "scannerListen",
+        "printerAddr",
+        "printerTemplate",
         "serverUrl",
         "cloudUrl",
         "cloudToken",
@@ -231,7 +238,7 @@ fn fuzz_push_config_patches() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-const SETTINGS: [&str; 23] = [
+const SETTINGS: [&str; 25] = [
     "data_dir",
     "server_url",
     "device_id",
@@ -246,6 +253,8 @@ const SETTINGS: [&str; 23] = [
     "log_level",
     "log_file",
     "scanner_listen",
+    "printer_addr",
+    "printer_template",
     "batch_size",
     "pallet_size",
     "reboot_command",

@@ -10,6 +10,7 @@ mod fuzz;
 mod gs1;
 mod identity;
 mod install;
+mod label;
 mod logs;
 mod messages;
 mod outbox;

@@ -36,7 +36,10 @@ pub struct RemoteSetting {
 /// a remote change of it is safe (it runs nothing, sends nothing elsewhere and changes
 /// nobody's trust). Every other setting (serverUrl, cloudUrl, cloudToken, enrollmentKey,
 /// rebootCommand, shutdownCommand, scannerListen, companyId, deviceId, dataDir, logFile,
-/// the firmware settings and any added later) can only be set in the local configuration.
+/// the firmware settings, printerAddr and printerTemplate, and any added later) can only be
+/// set in the local configuration. The printer's address decides where the machine sends
+/// data, and its template is a program for a device on the line (ZPL can reconfigure a
+/// printer's network), so neither may come from the server.
 /// `RemoteConfig` has exactly these fields; a test keeps the two in step.
 pub const REMOTE_SETTINGS: [RemoteSetting; 7] = [
     // A display name, sent only at enrollment; nothing runs or routes by it.
@@ -388,6 +391,8 @@ mod tests {
             json!({"dataDir": "/tmp/x"}),
             json!({"logFile": "/etc/passwd"}),
             json!({"scannerListen": "0.0.0.0:9100"}),
+            json!({"printerAddr": "attacker.example:9100"}),
+            json!({"printerTemplate": "^XA^NBS^XZ"}),
             json!({"companyId": "other-company"}),
             json!({"deviceId": "other"}),
             // Mixed with an allowed key, or removing with null: still refused whole.

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::actors::commands::{CommandHandler, Deps};
 use crate::actors::connection::Connection;
 use crate::actors::drain::Drain;
+use crate::actors::printer::Printer;
 use crate::actors::production::Production;
 use crate::actors::queue::QueueActor;
 use crate::actors::shell::ShellActor;
@@ -76,10 +77,21 @@ pub fn start(
         config_rx.clone(),
     )
     .start();
+    // Only with a printer configured: without one no label is ever queued.
+    let printer = config.printer.clone().map(|printer| {
+        Printer::new(
+            queue.clone(),
+            connection.clone().recipient(),
+            config_rx.clone(),
+            printer,
+        )
+        .start()
+    });
     let production = Production::new(
         queue.clone(),
         connection.clone().recipient(),
         drain.clone(),
+        printer,
         config_rx.clone(),
     )
     .start();

@@ -1,11 +1,12 @@
 //! The agent's SQLite file: the device token, the results of answered commands, and (through
-//! `store/queue.rs` and `remote_config.rs`) the offline queue, production state and pushed
-//! config.
+//! `store/queue.rs`, `store/labels.rs` and `remote_config.rs`) the offline queue, production
+//! state, the printer's label queue and pushed config.
 //!
 //! rusqlite blocks, so this is plain code that only ever runs on a `SyncArbiter` thread (the
 //! store actor's and the offline queue's, `actors/store.rs` and `actors/queue.rs`), which
 //! share the one connection (`Shared`), or before the actors start.
 
+pub mod labels;
 pub mod queue;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ const TOKEN_KEY: &str = "device_token";
 /// How long a statement waits for a lock held by another connection to the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Every table is created only when missing, so the data directory of an older agent gains
+/// the tables added since (the label queue) at its first start, with its rows untouched.
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS kv (
         key TEXT PRIMARY KEY,
@@ -45,6 +48,15 @@ const SCHEMA: &str = "
         sent_at TEXT
     );
     CREATE INDEX IF NOT EXISTS queue_state_seq_idx ON queue (state, seq);
+    CREATE TABLE IF NOT EXISTS labels (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        code TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        opened_at TEXT NOT NULL,
+        closed_at TEXT NOT NULL,
+        pallet_id TEXT
+    );
 ";
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod connection;
 pub mod drain;
+pub mod printer;
 pub mod production;
 pub mod queue;
 pub mod shell;

@@ -8,6 +8,10 @@
 //!
 //! Control lines: `CLOSE_BATCH` closes the open batch, `CLOSE_PALLET` the open batch and
 //! pallet (the command barcodes of a packing station).
+//!
+//! With a printer configured, the same transaction queues a label for each batch and pallet
+//! that closes; the printer is only told that labels are waiting (`PrintQueued`), so
+//! scanning never waits on it.
 
 use std::net::SocketAddr;
 
@@ -18,10 +22,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::actors::drain::{Drain, Kick};
+use crate::actors::printer::{PrintQueued, Printer};
 use crate::actors::queue::{Enqueue, QueueActor};
 use crate::config::Config;
 use crate::gs1;
 use crate::messages::SendEvent;
+use crate::store::labels::MAX_QUEUED_LABELS;
 use crate::store::queue::{Rules, ScanItem, ScanOutcome};
 
 /// Longest line kept; the rest of a longer line is dropped and the line counts as invalid.
@@ -38,6 +44,8 @@ pub struct Production {
     queue: Addr<QueueActor>,
     events: Recipient<SendEvent>,
     drain: Addr<Drain>,
+    /// Present exactly when a printer is configured.
+    printer: Option<Addr<Printer>>,
     config: watch::Receiver<Config>,
 }
 
@@ -46,12 +54,14 @@ impl Production {
         queue: Addr<QueueActor>,
         events: Recipient<SendEvent>,
         drain: Addr<Drain>,
+        printer: Option<Addr<Printer>>,
         config: watch::Receiver<Config>,
     ) -> Self {
         Production {
             queue,
             events,
             drain,
+            printer,
             config,
         }
     }
@@ -88,6 +98,7 @@ impl Handler<ScanLines> for Production {
         let queue = self.queue.clone();
         let events = self.events.clone();
         let drain = self.drain.clone();
+        let printer = self.printer.clone();
         Box::pin(async move {
             let classified: Vec<Line> = lines.iter().filter_map(|l| classify(l)).collect();
             let items: Vec<ScanItem> = classified
@@ -104,6 +115,7 @@ impl Handler<ScanLines> for Production {
                 company_id,
                 batch_size: config.batch_size,
                 pallet_size: config.pallet_size,
+                print_labels: printer.is_some(),
             };
             let outcome = if items.is_empty() {
                 ScanOutcome::default()
@@ -152,6 +164,20 @@ impl Handler<ScanLines> for Production {
             }
             if outcome.records > 0 {
                 drain.do_send(Kick);
+            }
+            if let Some(printer) = printer.as_ref().filter(|_| outcome.labels > 0) {
+                printer.do_send(PrintQueued);
+            }
+            if outcome.labels_refused > 0 {
+                // Refused rather than dropping the oldest: the labels that wait keep their
+                // order, and the operator learns at once which closings got no label.
+                let message = format!(
+                    "{} label(s) not queued: the printer's queue already holds \
+                     {MAX_QUEUED_LABELS} labels",
+                    outcome.labels_refused
+                );
+                tracing::warn!("{message}");
+                alert(&events, "warning", message);
             }
             Ok(outcome)
         })

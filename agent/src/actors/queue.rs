@@ -1,6 +1,7 @@
 //! The offline-queue actor: queues scanned records with the production state they change,
-//! hands the drain its pending records and marks them sent or failed, and answers the queue
-//! and production questions of the status reporter and the command handler.
+//! hands the drain its pending records and marks them sent or failed, hands the printer its
+//! queued labels and removes the printed ones, and answers the queue and production
+//! questions of the status reporter and the command handler.
 //!
 //! Every message is one blocking rusqlite call or transaction (`store/queue.rs`), so the actor
 //! runs on a `SyncArbiter` thread, beside the store actor on the same connection.
@@ -9,6 +10,7 @@ use actix::{Actor, Handler, Message, SyncContext};
 use chrono::{DateTime, Utc};
 use protocol::sync::SyncRecord;
 
+use crate::store::labels::QueuedLabel;
 use crate::store::queue::{ProductionState, QueueCounts, Rules, ScanItem, ScanOutcome};
 use crate::store::{Shared, StoreError};
 
@@ -74,6 +76,22 @@ pub struct PruneSent {
 #[derive(Message)]
 #[rtype(result = "Result<ProductionState, StoreError>")]
 pub struct GetProduction;
+
+/// The oldest queued labels, in print order.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<QueuedLabel>, StoreError>")]
+pub struct NextLabels {
+    pub limit: usize,
+}
+
+/// Removes a label whose bytes the printer took.
+#[derive(Message)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct RemoveLabel(pub i64);
+
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct GetLabelCount;
 
 /// Answers the state before the change.
 #[derive(Message)]
@@ -143,5 +161,26 @@ impl Handler<SetProduction> for QueueActor {
     type Result = Result<ProductionState, StoreError>;
     fn handle(&mut self, msg: SetProduction, _: &mut Self::Context) -> Self::Result {
         self.store.lock().set_production(msg.enabled, msg.reason)
+    }
+}
+
+impl Handler<NextLabels> for QueueActor {
+    type Result = Result<Vec<QueuedLabel>, StoreError>;
+    fn handle(&mut self, msg: NextLabels, _: &mut Self::Context) -> Self::Result {
+        self.store.lock().next_labels(msg.limit)
+    }
+}
+
+impl Handler<RemoveLabel> for QueueActor {
+    type Result = Result<bool, StoreError>;
+    fn handle(&mut self, msg: RemoveLabel, _: &mut Self::Context) -> Self::Result {
+        self.store.lock().remove_label(msg.0)
+    }
+}
+
+impl Handler<GetLabelCount> for QueueActor {
+    type Result = Result<u64, StoreError>;
+    fn handle(&mut self, _: GetLabelCount, _: &mut Self::Context) -> Self::Result {
+        self.store.lock().label_count()
     }
 }

@@ -8,7 +8,7 @@ use protocol::device::{DeviceEvent, StatusEvent};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::actors::queue::{GetProduction, GetQueueCounts, QueueActor};
+use crate::actors::queue::{GetLabelCount, GetProduction, GetQueueCounts, QueueActor};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::messages::{ReportNow, SendEvent};
@@ -45,13 +45,22 @@ impl StatusReporter {
                 let counts = queue.send(GetQueueCounts).await.ok().and_then(Result::ok);
                 let production = queue.send(GetProduction).await.ok().and_then(Result::ok);
                 let enabled = production.as_ref().map(|p| p.enabled).unwrap_or(true);
+                // Labels waiting for the printer: how an operator sees that it is off.
+                let labels = match config.printer {
+                    Some(_) => queue.send(GetLabelCount).await.ok().and_then(Result::ok),
+                    None => None,
+                };
                 // statvfs is a file-system call, so it runs off the event loop.
                 let dir = config.data_dir.clone();
                 let free = tokio::task::spawn_blocking(move || disk_free(&dir))
                     .await
                     .ok()
                     .flatten();
-                let metrics = metrics(&identity, &config, counts.map(|c| c.pending), enabled, free);
+                let queues = Depths {
+                    records: counts.map(|c| c.pending),
+                    labels,
+                };
+                let metrics = metrics(&identity, &config, queues, enabled, free);
                 events.do_send(SendEvent(DeviceEvent::Status(StatusEvent {
                     status: if enabled { "ONLINE" } else { "DISABLED" }.into(),
                     version: Some(identity.version.clone()),
@@ -74,16 +83,24 @@ impl StatusReporter {
     }
 }
 
+/// Rows waiting in the agent's queues; `None` when unknown or (labels) without a printer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Depths {
+    pub records: Option<u64>,
+    pub labels: Option<u64>,
+}
+
 /// The `metrics` object of a status frame.
 pub fn metrics(
     identity: &Identity,
     config: &Config,
-    queue_depth: Option<u64>,
+    queues: Depths,
     production_enabled: bool,
     disk_free: Option<u64>,
 ) -> Value {
     json!({
-        "queueDepth": queue_depth,
+        "queueDepth": queues.records,
+        "labelQueueDepth": queues.labels,
         "uptimeSecs": identity.started.elapsed().as_secs(),
         "version": identity.version,
         "connectionMode": config.connection_mode.as_str(),

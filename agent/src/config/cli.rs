@@ -161,6 +161,16 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scanner_listen: Option<String>,
 
+    /// Raw TCP label printer (port-9100 protocol) as host:port, e.g. 192.168.1.50:9100; a closed batch or pallet prints its label [default: no printer]
+    #[arg(long, env = "EDGE_PRINTER_ADDR", value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub printer_addr: Option<String>,
+
+    /// Label template with placeholders {kind} {id} {count} {openedAt} {closedAt} {pallet} {line} {company} {device} [default: a small ZPL label]
+    #[arg(long, env = "EDGE_PRINTER_TEMPLATE", value_name = "TEMPLATE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub printer_template: Option<String>,
+
     /// Bottles per batch; 0 closes batches only on a CLOSE_BATCH line [default: 100]
     #[arg(long, env = "EDGE_BATCH_SIZE", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -15,6 +15,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use self::cli::{Cli, ConnectionMode, Secret};
+use crate::label::LabelTemplate;
 
 mod cli;
 
@@ -90,6 +91,8 @@ struct Layered {
     log_level: String,
     log_file: Option<PathBuf>,
     scanner_listen: Option<String>,
+    printer_addr: Option<String>,
+    printer_template: Option<String>,
     batch_size: u32,
     pallet_size: u32,
     reboot_command: Vec<String>,
@@ -139,6 +142,8 @@ pub struct Config {
     pub log_level: String,
     pub log_file: PathBuf,
     pub scanner_listen: Option<SocketAddr>,
+    /// The label printer; none: no labels are queued.
+    pub printer: Option<PrinterConfig>,
     pub batch_size: u32,
     pub pallet_size: u32,
     pub reboot_command: Vec<String>,
@@ -151,6 +156,16 @@ pub struct Config {
     pub allow_firmware_downgrade: bool,
     /// Install a staged release (point `current` at it, exit 75 to be restarted on it).
     pub firmware_activate: bool,
+}
+
+/// Where labels go and what they look like. Neither can be pushed (`remote_config`): they
+/// decide where the machine sends data and what it sends to a device on the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrinterConfig {
+    /// `host:port` as given; the host is resolved at each connection, so a printer that
+    /// gets a new address from DNS is found again.
+    pub addr: String,
+    pub template: LabelTemplate,
 }
 
 /// The layers below the agent's stored configuration (defaults, TOML file, environment,
@@ -265,6 +280,18 @@ impl Config {
                 "is required when scanner_listen is set: every queued record carries it",
             ));
         }
+        let printer = non_empty(l.printer_addr)
+            .map(|addr| -> Result<PrinterConfig, ConfigError> {
+                check_printer_addr(&addr)?;
+                let template = match l.printer_template.as_deref() {
+                    Some(text) if !text.trim().is_empty() => {
+                        LabelTemplate::parse(text).map_err(|e| invalid("printer_template", e))?
+                    }
+                    _ => LabelTemplate::default(),
+                };
+                Ok(PrinterConfig { addr, template })
+            })
+            .transpose()?;
         check_argv("reboot_command", &l.reboot_command)?;
         check_argv("shutdown_command", &l.shutdown_command)?;
         let log_file = l
@@ -299,6 +326,7 @@ impl Config {
             firmware_activate: l.firmware_activate,
             log_file,
             scanner_listen,
+            printer,
             batch_size: l.batch_size,
             pallet_size: l.pallet_size,
             reboot_command: l.reboot_command,
@@ -373,6 +401,47 @@ fn check_http_url(setting: &'static str, url: &str) -> Result<String, ConfigErro
         return Err(invalid(setting, format!("`{url}` must not have a query")));
     }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// A printer address: `host:port` with a port above 0 and a host that is an IPv4 address, an
+/// IPv6 address in brackets or a DNS name. It is not resolved here: a line PC may start
+/// before its name server answers, and the printer waits in the queue until it does.
+fn check_printer_addr(addr: &str) -> Result<(), ConfigError> {
+    let fail = |why: &str| {
+        Err(invalid(
+            "printer_addr",
+            format!("`{addr}` is not host:port (e.g. 192.168.1.50:9100): {why}"),
+        ))
+    };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return fail("no port");
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return fail("the port must be a number from 1 to 65535"),
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return match inner.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok(()),
+            Err(_) => fail("not an IPv6 address in the brackets"),
+        };
+    }
+    if host.contains(':') {
+        return fail("an IPv6 address must be in brackets, e.g. [fd00::5]:9100");
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !name_ok {
+        return fail("the host must be an IP address or a DNS name");
+    }
+    Ok(())
 }
 
 /// A program and its arguments: at least the program, and no empty or NUL-holding element

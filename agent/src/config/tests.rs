@@ -11,7 +11,7 @@ use protocol::device::MAX_DEVICE_ID_LEN;
 /// every test thread.
 static ENV_LOCK: Mutex<()> = Mutex::new(());
 
-const ALL_VARS: [&str; 24] = [
+const ALL_VARS: [&str; 26] = [
     "EDGE_CONFIG",
     "EDGE_DATA_DIR",
     "EDGE_SERVER_URL",
@@ -27,6 +27,8 @@ const ALL_VARS: [&str; 24] = [
     "EDGE_LOG_LEVEL",
     "EDGE_LOG_FILE",
     "EDGE_SCANNER_LISTEN",
+    "EDGE_PRINTER_ADDR",
+    "EDGE_PRINTER_TEMPLATE",
     "EDGE_BATCH_SIZE",
     "EDGE_PALLET_SIZE",
     "EDGE_REBOOT_COMMAND",
@@ -333,6 +335,7 @@ fn production_settings_have_defaults_and_are_checked() {
     ])
     .unwrap();
     assert_eq!(c.scanner_listen, None);
+    assert_eq!(c.printer, None);
     assert_eq!(c.batch_size, DEFAULT_BATCH_SIZE);
     assert_eq!(c.pallet_size, DEFAULT_PALLET_SIZE);
     assert_eq!(c.log_file, PathBuf::from("/d").join(DEFAULT_LOG_FILE));
@@ -371,4 +374,78 @@ fn an_overlay_beats_every_other_layer_and_is_validated() {
     let bad = serde_json::json!({"status_interval_ms": 5});
     assert!(source.resolve(Some(&bad)).is_err());
     assert!(!format!("{source:?}").contains("http://s"));
+}
+
+#[test]
+fn the_printer_is_configured_in_every_layer_and_checked_at_start() {
+    let path = toml_file(
+        r#"
+        server_url = "http://s"
+        device_id = "e"
+        printer_addr = "printer.line-1.lan:9100"
+        printer_template = '''
+^XA^FD{kind} {id}^FS^XZ
+'''
+    "#,
+    );
+    let env = Env::with(&[("EDGE_CONFIG", path.to_str().unwrap())]);
+    let printer = load(&[]).unwrap().printer.expect("a printer from the file");
+    assert_eq!(printer.addr, "printer.line-1.lan:9100");
+    assert_eq!(
+        printer.template,
+        crate::label::LabelTemplate::parse("^XA^FD{kind} {id}^FS^XZ\n").unwrap()
+    );
+    drop(env);
+
+    // The environment beats the file, a flag beats the environment; no template: the default.
+    let env = Env::with(&[("EDGE_PRINTER_ADDR", "10.0.0.5:9100")]);
+    let base = ["--server-url", "http://s", "--device-id", "e"];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        load(&args)
+    };
+    let printer = with(&[]).unwrap().printer.unwrap();
+    assert_eq!(printer.addr, "10.0.0.5:9100");
+    assert_eq!(printer.template, crate::label::LabelTemplate::default());
+    let c = with(&["--printer-addr", "[fd00::5]:9101"]).unwrap();
+    assert_eq!(c.printer.unwrap().addr, "[fd00::5]:9101");
+    drop(env);
+
+    let _env = Env::with(&[]);
+    for bad in [
+        "printer.lan",
+        "printer.lan:",
+        "printer.lan:0",
+        "printer.lan:70000",
+        ":9100",
+        "fd00::5:9100",
+        "[fd00::zz]:9100",
+        "bad_host:9100",
+        "-x.lan:9100",
+        "a..b:9100",
+    ] {
+        let err = with(&[&format!("--printer-addr={bad}")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("printer_addr: `") && err.contains(bad) && !err.contains('\n'),
+            "{bad}: {err}"
+        );
+    }
+    let err = with(&[
+        "--printer-addr",
+        "p:9100",
+        "--printer-template",
+        "{closedat}",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("printer_template: unknown placeholder {closedat}"),
+        "{err}"
+    );
+    // A template without an address changes nothing: no printer, no labels.
+    let c = with(&["--printer-template", "{id}"]).unwrap();
+    assert_eq!(c.printer, None);
 }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::gs1::Gs1Code;
+use crate::store::labels::{self, LabelJob, LabelKind};
 use crate::store::{Store, StoreError};
 
 pub const PENDING: &str = "PENDING";
@@ -78,6 +79,8 @@ pub struct Rules {
     pub batch_size: u32,
     /// Batches per pallet; 0: only `CLOSE_PALLET` closes one.
     pub pallet_size: u32,
+    /// Queue a label for every batch and pallet that closes (a printer is configured).
+    pub print_labels: bool,
 }
 
 /// What one `enqueue` did.
@@ -90,6 +93,10 @@ pub struct ScanOutcome {
     pub disabled_reason: Option<String>,
     /// All records queued (bottles, batches, fixations, pallets).
     pub records: u64,
+    /// Labels queued for the printer.
+    pub labels: u64,
+    /// Labels not queued because the label queue was full.
+    pub labels_refused: u64,
 }
 
 /// Queue sizes by state.
@@ -125,6 +132,9 @@ struct Batch<'a> {
     company_id: &'a str,
     now: DateTime<Utc>,
     written: u64,
+    print_labels: bool,
+    labels: u64,
+    labels_refused: u64,
 }
 
 impl Batch<'_> {
@@ -141,6 +151,19 @@ impl Batch<'_> {
             self.now.to_rfc3339(),
         ])?;
         self.written += 1;
+        Ok(())
+    }
+
+    /// Queues the label of a batch or pallet that closed, in the transaction of its record.
+    fn label(&mut self, job: LabelJob) -> Result<(), StoreError> {
+        if !self.print_labels {
+            return Ok(());
+        }
+        if labels::insert_in(self.tx, &job)? {
+            self.labels += 1;
+        } else {
+            self.labels_refused += 1;
+        }
         Ok(())
     }
 }
@@ -167,6 +190,14 @@ impl ProductionState {
             RecordKind::BatchFixate,
             json!({"batchId": batch.id, "bottleCount": batch.bottles, "fixedAt": now}),
         )?;
+        out.label(LabelJob {
+            kind: LabelKind::Batch,
+            code: batch.id,
+            count: batch.bottles,
+            opened_at: batch.opened_at,
+            closed_at: now,
+            pallet_id: Some(pallet_id),
+        })?;
         let full = rules.pallet_size > 0
             && self
                 .pallet
@@ -187,7 +218,15 @@ impl ProductionState {
             json!({"palletId": pallet.id, "batchCount": pallet.batches.len(),
                    "batchIds": pallet.batches, "openedAt": pallet.opened_at,
                    "closedAt": out.now}),
-        )
+        )?;
+        out.label(LabelJob {
+            kind: LabelKind::Pallet,
+            code: pallet.id,
+            count: pallet.batches.len() as u64,
+            opened_at: pallet.opened_at,
+            closed_at: out.now,
+            pallet_id: None,
+        })
     }
 
     fn add_bottle(
@@ -289,6 +328,9 @@ impl Store {
             company_id: &rules.company_id,
             now: Utc::now(),
             written: 0,
+            print_labels: rules.print_labels,
+            labels: 0,
+            labels_refused: 0,
         };
         for item in items {
             match item {
@@ -304,6 +346,8 @@ impl Store {
             }
         }
         outcome.records = out.written;
+        outcome.labels = out.labels;
+        outcome.labels_refused = out.labels_refused;
         Store::save_production_in(&tx, &state)?;
         tx.commit()?;
         Ok(outcome)
@@ -429,6 +473,7 @@ mod tests {
             company_id: "acme".into(),
             batch_size,
             pallet_size,
+            print_labels: false,
         }
     }
 
@@ -559,5 +604,51 @@ mod tests {
         store.set_production(true, None).unwrap();
         assert_eq!(store.enqueue(&[code(1)], &rules(0, 0)).unwrap().bottles, 1);
         assert_eq!(store.production().unwrap().disabled_reason, None);
+    }
+
+    #[test]
+    fn closed_batches_and_pallets_queue_labels_only_with_a_printer() {
+        let mut store = Store::open(&temp_dir()).unwrap();
+        let items: Vec<ScanItem> = (0..5).map(code).collect();
+        let outcome = store.enqueue(&items, &rules(2, 2)).unwrap();
+        assert_eq!((outcome.labels, outcome.labels_refused), (0, 0));
+        assert_eq!(store.label_count().unwrap(), 0);
+
+        let printing = Rules {
+            print_labels: true,
+            ..rules(2, 2)
+        };
+        let items: Vec<ScanItem> = (5..9).map(code).chain([ScanItem::ClosePallet]).collect();
+        let outcome = store.enqueue(&items, &printing).unwrap();
+        // The open batch (1 bottle) fills up and closes the pallet; 2 more bottles and the
+        // control line close a second batch and pallet.
+        assert_eq!(outcome.labels, 5);
+        let labels = store.next_labels(10).unwrap();
+        let seen: Vec<(&str, u64)> = labels
+            .iter()
+            .map(|l| (l.job.kind.as_str(), l.job.count))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("batch", 2),
+                ("batch", 2),
+                ("pallet", 2),
+                ("batch", 1),
+                ("pallet", 1)
+            ]
+        );
+        let records = store.pending(100).unwrap();
+        let batches: Vec<&Value> = records
+            .iter()
+            .filter(|r| r.kind == RecordKind::Batch)
+            .map(|r| &r.payload["batchId"])
+            .collect();
+        // Two batches closed before printing was on; the third is the first label's.
+        assert_eq!(batches[2], &json!(labels[0].job.code));
+        assert_eq!(
+            labels[0].job.pallet_id.as_deref(),
+            Some(labels[2].job.code.as_str())
+        );
     }
 }

@@ -17,6 +17,7 @@ mod deployments;
 mod edge_agent;
 mod firmware;
 mod hostile;
+mod printer;
 mod rbac;
 mod security;
 mod sync_route;

@@ -171,6 +171,7 @@ fn test_config(port: u16) -> Config {
         log_level: "info".into(),
         log_file: crate::store::tests::temp_dir().join("agent.log"),
         scanner_listen: None,
+        printer: None,
         batch_size: 100,
         pallet_size: 10,
         reboot_command: vec!["/bin/true".into()],
