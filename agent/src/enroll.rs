@@ -107,7 +107,7 @@ pub async fn request_token(
         .request(client)?
         .send()
         .await
-        .map_err(|e| EnrollError::Request(e.to_string()))?;
+        .map_err(|e| EnrollError::Request(crate::http::reason(&e)))?;
     let status = response.status();
     let body = response
         .body()

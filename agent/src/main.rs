@@ -8,6 +8,7 @@ mod firmware;
 #[cfg(test)]
 mod fuzz;
 mod gs1;
+mod http;
 mod identity;
 mod install;
 mod label;
@@ -244,11 +245,7 @@ fn run(
         log_file = %config.log_file.display(),
         "settings"
     );
-    if config.uses_tls() {
-        tracing::warn!(
-            "this build has no TLS support; connections to an https:// server will fail"
-        );
-    }
+    http::init(config.ca_file.as_deref()).map_err(|e| anyhow::anyhow!("ca_file: {e}"))?;
 
     let system = System::new();
     let exit_code = system.block_on(async move {

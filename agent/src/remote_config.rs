@@ -35,10 +35,10 @@ pub struct RemoteSetting {
 /// The allow-list: the only settings a pushed configuration may carry, each with the reason
 /// a remote change of it is safe (it runs nothing, sends nothing elsewhere and changes
 /// nobody's trust). Every other setting (serverUrl, cloudUrl, cloudToken, enrollmentKey,
-/// rebootCommand, shutdownCommand, scannerListen, companyId, deviceId, dataDir, logFile,
-/// the firmware settings, printerAddr and printerTemplate, and any added later) can only be
-/// set in the local configuration. The printer's address decides where the machine sends
-/// data, and its template is a program for a device on the line (ZPL can reconfigure a
+/// caFile, rebootCommand, shutdownCommand, scannerListen, companyId, deviceId, dataDir,
+/// logFile, the firmware settings, printerAddr and printerTemplate, and any added later) can
+/// only be set in the local configuration. The printer's address decides where the machine
+/// sends data, and its template is a program for a device on the line (ZPL can reconfigure a
 /// printer's network), so neither may come from the server.
 /// `RemoteConfig` has exactly these fields; a test keeps the two in step.
 pub const REMOTE_SETTINGS: [RemoteSetting; 7] = [
@@ -383,6 +383,7 @@ mod tests {
             json!({"serverUrl": "http://attacker.example"}),
             json!({"cloudUrl": "http://attacker.example"}),
             json!({"cloudToken": "t"}),
+            json!({"caFile": "/tmp/attacker-ca.pem"}),
             json!({"enrollmentKey": "k"}),
             json!({"firmwareTrustedKeys": ["AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="]}),
             json!({"firmwareRequireSignature": false}),

@@ -44,7 +44,7 @@ pub async fn post_sync(
         .bearer_auth(token)
         .send_json(&body)
         .await
-        .map_err(|e| UpstreamError::Transport(e.to_string()))?;
+        .map_err(|e| UpstreamError::Transport(crate::http::reason(&e)))?;
     let status = response.status().as_u16();
     let bytes = response
         .body()

@@ -4,8 +4,14 @@
 //! The cloud's routes (`contract.md`): `POST /companies/{id}/bottles`, `/batches`, `/pallets`,
 //! `/batches/fixate`, bearer token, body `{"records": [...]}`. Any 2xx is success; anything
 //! else, or no answer, is an error the caller retries.
+//!
+//! It also builds the HTTP client both binaries use for every outside connection
+//! ([`https_client`]), so TLS is set up, and refused certificates are reported, in one place.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use awc::error::{ConnectError, SendRequestError};
 
 use protocol::sync::{RecordKind, SyncRecord, SyncRequest};
 
@@ -23,6 +29,42 @@ pub enum CloudError {
     Status { status: u16, message: String },
     #[error("cloud unreachable: {0}")]
     Transport(String),
+}
+
+/// An HTTP client that speaks https with `tls` (the platform's roots plus the plant's CA; see
+/// the `tls` crate) and plain http. Without `tls` an https URL fails to connect. `timeout`
+/// bounds each request, connect to last byte; `None` leaves requests unbounded (a caller that
+/// streams a large body watches for stalls itself).
+pub fn https_client(
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    timeout: Option<Duration>,
+) -> awc::Client {
+    let connector = awc::Connector::new();
+    let connector = match tls {
+        Some(config) => connector.rustls_0_23(config.clone()),
+        None => connector,
+    };
+    let builder = awc::Client::builder().connector(connector);
+    match timeout {
+        Some(limit) => builder.timeout(limit).finish(),
+        None => builder.disable_timeout().finish(),
+    }
+}
+
+/// One line saying why a request failed. A refused server certificate is named as such, with
+/// what to check, rather than as the generic I/O error awc reports it as.
+pub fn transport_reason(error: &SendRequestError) -> String {
+    // awc's errors do not expose what they wrap through `source()`, so the one place a TLS
+    // failure sits is opened by hand.
+    if let SendRequestError::Connect(ConnectError::Io(io)) = error {
+        if let Some(reason) = tls::describe_failure(io) {
+            return reason;
+        }
+    }
+    if let SendRequestError::Connect(ConnectError::SslIsNotSupported) = error {
+        return "https is not available: no trusted root certificates were loaded".to_owned();
+    }
+    error.to_string()
 }
 
 /// The cloud path of a record kind.
@@ -76,7 +118,7 @@ pub async fn post_records(
         .bearer_auth(token)
         .send_json(&body)
         .await
-        .map_err(|e| CloudError::Transport(e.to_string()))?;
+        .map_err(|e| CloudError::Transport(transport_reason(&e)))?;
     let status = response.status().as_u16();
     // The whole answer must arrive: a 2xx whose body is cut off is not a confirmed delivery.
     let body = response.body().limit(MAX_ANSWER).await;

@@ -133,6 +133,20 @@ async fn records(
 
 impl CloudSim {
     pub fn start() -> CloudSim {
+        Self::start_on(None)
+    }
+
+    /// The simulator over https, serving `cert` (`pki::TestPki::server_cert`).
+    pub fn start_tls(cert: &crate::pki::ServerCert) -> CloudSim {
+        Self::start_on(Some(cert))
+    }
+
+    fn start_on(cert: Option<&crate::pki::ServerCert>) -> CloudSim {
+        let tls = cert.map(|c| {
+            let cert =
+                tls::ReloadingCert::load(&c.cert, &c.key).expect("the simulator's certificate");
+            tls::server_config(std::sync::Arc::new(cert)).expect("TLS configuration")
+        });
         let state = Arc::new(Mutex::new(SimState::default()));
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = state.clone();
@@ -145,12 +159,15 @@ impl CloudSim {
                         .app_data(web::JsonConfig::default().limit(64 * 1024 * 1024))
                         .route("/companies/{company}/{route:.*}", web::post().to(records))
                 })
-                .workers(1)
-                .bind("127.0.0.1:0")
-                .expect("bind the cloud simulator");
+                .workers(1);
+                let (server, scheme) = match tls {
+                    Some(tls) => (server.bind_rustls_0_23("127.0.0.1:0", tls), "https"),
+                    None => (server.bind("127.0.0.1:0"), "http"),
+                };
+                let server = server.expect("bind the cloud simulator");
                 let addr = server.addrs()[0];
                 let server = server.run();
-                tx.send((format!("http://{addr}"), server.handle()))
+                tx.send((format!("{scheme}://{addr}"), server.handle()))
                     .expect("report address");
                 let _ = server.await;
             });

@@ -24,6 +24,7 @@ pub mod browser;
 pub mod cloud_sim;
 pub mod cut_proxy;
 pub mod fleet;
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -100,10 +101,37 @@ pub struct ServerProcess {
     pub base_url: String,
     pub data_dir: TempDir,
     pub db: TestDb,
+    /// The CA that signed the server's certificate, when it serves TLS (`trusting`).
+    pub ca_file: Option<PathBuf>,
     log: PathBuf,
 }
 
 impl ServerProcess {
+    /// Starts a server that serves HTTPS and WSS with `cert`; the harness's clients trust
+    /// `pki`'s CA for it.
+    pub fn start_tls(
+        db: TestDb,
+        data_dir: TempDir,
+        pki: &pki::TestPki,
+        cert: &pki::ServerCert,
+        extra: &[&str],
+    ) -> Self {
+        let (cert_file, key_file) = (
+            cert.cert.display().to_string(),
+            cert.key.display().to_string(),
+        );
+        let mut args = vec!["--tls-cert", &cert_file, "--tls-key", &key_file];
+        args.extend_from_slice(extra);
+        let mut server = Self::start_with(db, data_dir, &args);
+        assert!(
+            server.base_url.starts_with("https://"),
+            "{}",
+            server.base_url
+        );
+        server.ca_file = Some(pki.ca_file());
+        server
+    }
+
     pub fn start(backend: Backend) -> Self {
         Self::start_with(TestDb::new(backend), TempDir::new("factory-data"), &[])
     }
@@ -164,6 +192,7 @@ impl ServerProcess {
             base_url,
             data_dir,
             db,
+            ca_file: None,
             log,
         }
     }
@@ -185,7 +214,11 @@ impl ServerProcess {
     }
 
     pub fn ws_url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url.replacen("http://", "ws://", 1))
+        let base = match self.base_url.strip_prefix("https://") {
+            Some(rest) => format!("wss://{rest}"),
+            None => self.base_url.replacen("http://", "ws://", 1),
+        };
+        format!("{base}{path}")
     }
 
     pub fn log(&self) -> String {
@@ -465,6 +498,7 @@ pub fn command(api: &Api, device_id: &str, command: Value, confirm: bool) -> Val
 pub struct Api {
     base: String,
     client: reqwest::blocking::Client,
+    ca_pem: Option<Vec<u8>>,
     token: Option<String>,
 }
 
@@ -495,12 +529,27 @@ impl Reply {
 
 impl Api {
     pub fn new(server: &ServerProcess) -> Self {
+        let ca_pem = server
+            .ca_file
+            .as_ref()
+            .map(|f| std::fs::read(f).expect("read the test CA"));
+        Self::with_base(&server.base_url, ca_pem.as_deref())
+    }
+
+    /// A client of the server at `base`, trusting `ca_pem` (only) for https.
+    pub fn with_base(base: &str, ca_pem: Option<&[u8]>) -> Self {
+        let mut client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .tls_info(true);
+        if let Some(pem) = ca_pem {
+            client = client.add_root_certificate(
+                reqwest::Certificate::from_pem(pem).expect("the test CA in PEM"),
+            );
+        }
         Api {
-            base: server.base_url.clone(),
-            client: reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("http client"),
+            base: base.to_owned(),
+            client: client.build().expect("http client"),
+            ca_pem: ca_pem.map(<[u8]>::to_vec),
             token: None,
         }
     }
@@ -599,6 +648,23 @@ impl Api {
             body,
             headers,
         }
+    }
+
+    /// The leaf certificate a new TLS connection to the server is shown (DER).
+    pub fn peer_certificate(&self) -> Vec<u8> {
+        // A client of its own, so the handshake is new rather than a pooled connection's.
+        let client = Api::with_base(&self.base, self.ca_pem.as_deref());
+        let response = client
+            .client
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .expect("https request");
+        response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate())
+            .expect("a TLS connection with a peer certificate")
+            .to_vec()
     }
 
     pub fn delete(&self, path: &str) -> Reply {
@@ -833,10 +899,12 @@ pub fn upload_release_with(
     query: &str,
     bytes: &[u8],
 ) -> Value {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .expect("http client");
+    let mut client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(300));
+    if let Some(ca_file) = &server.ca_file {
+        let pem = std::fs::read(ca_file).expect("read the test CA");
+        client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("CA"));
+    }
+    let client = client.build().expect("http client");
     let resp = client
         .post(format!(
             "{}/api/v1/firmware/releases?{query}",

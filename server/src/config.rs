@@ -72,6 +72,11 @@ pub struct Config {
     pub cloud_max_attempts: i64,
     /// The longest wait, in seconds, between two attempts of a record.
     pub cloud_retry_max_secs: u64,
+    /// A PEM file of CAs the cloud client trusts besides the platform's roots.
+    pub cloud_ca_file: Option<PathBuf>,
+    /// PEM certificate chain and key: with both, the server speaks HTTPS and WSS on `bind`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Largest firmware artifact accepted, in bytes.
     pub firmware_max_bytes: u64,
     /// Ed25519 public keys (base64 of the raw 32 bytes, comma-separated) that may sign releases.
@@ -126,6 +131,9 @@ impl Default for Config {
             cloud_concurrency: 4,
             cloud_max_attempts: 10,
             cloud_retry_max_secs: 300,
+            cloud_ca_file: None,
+            tls_cert: None,
+            tls_key: None,
             firmware_max_bytes: 512 * 1024 * 1024,
             firmware_trusted_keys: None,
             firmware_require_signature: false,
@@ -269,6 +277,21 @@ pub struct Cli {
     #[arg(long, env = "FACTORY_CLOUD_TOKEN_FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_token_file: Option<PathBuf>,
+
+    /// PEM file of CAs the cloud client trusts besides the platform's roots [default: none].
+    #[arg(long, env = "FACTORY_CLOUD_CA_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud_ca_file: Option<PathBuf>,
+
+    /// PEM certificate chain to serve HTTPS and WSS with; needs --tls-key [default: plain HTTP].
+    #[arg(long, env = "FACTORY_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert; both files are read again on SIGHUP [default: none].
+    #[arg(long, env = "FACTORY_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 
     /// Records per cloud request [default: 500].
     #[arg(long, env = "FACTORY_CLOUD_BATCH_SIZE")]
@@ -466,6 +489,8 @@ impl Config {
                 )));
             }
         }
+        self.server_tls()?;
+        self.cloud_tls()?;
         if self.log_retention_days == 0 {
             return Err(ConfigError("log_retention_days must be at least 1".into()));
         }
@@ -554,6 +579,29 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The serving certificate when TLS is configured: both files read and matching.
+    pub fn server_tls(&self) -> Result<Option<std::sync::Arc<tls::ReloadingCert>>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => tls::ReloadingCert::load(cert, key)
+                .map(|c| Some(std::sync::Arc::new(c)))
+                .map_err(|e| ConfigError(format!("tls: {e}"))),
+            _ => Err(ConfigError(
+                "tls_cert and tls_key: give both (HTTPS) or neither (plain HTTP)".into(),
+            )),
+        }
+    }
+
+    /// What the cloud client trusts. `None` when the platform has no root certificates and no
+    /// CA file is given: plain http still works, and an https cloud is refused with that reason.
+    pub fn cloud_tls(&self) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, ConfigError> {
+        match tls::client_config(self.cloud_ca_file.as_deref()) {
+            Ok(config) => Ok(Some(std::sync::Arc::new(config))),
+            Err(tls::TlsError::NoRoots) => Ok(None),
+            Err(e) => Err(ConfigError(format!("cloud_ca_file: {e}"))),
+        }
     }
 
     /// The cloud URL and token, the token read from its file when one is configured.

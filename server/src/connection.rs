@@ -19,10 +19,16 @@ use actix_web::dev::Extensions;
 #[derive(Clone)]
 pub struct ConnectionSocket(Rc<socket2::Socket>);
 
-/// `HttpServer::on_connect`: keeps a handle on every plain TCP connection.
+/// `HttpServer::on_connect`: keeps a handle on every connection, plain or TLS.
 pub fn remember(connection: &dyn Any, data: &mut Extensions) {
-    let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-        return;
+    type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    let stream = match connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        Some(plain) => plain,
+        None => match connection.downcast_ref::<Tls>() {
+            // Cutting the TCP socket under a TLS session ends it just the same.
+            Some(tls) => tls.get_ref().0,
+            None => return,
+        },
     };
     match socket2::SockRef::from(stream).try_clone() {
         Ok(socket) => {

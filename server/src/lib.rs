@@ -113,10 +113,33 @@ fn reload_cloud_on_sighup(
     });
 }
 
+/// On SIGHUP, reads the certificate chain and key again and serves them from the next
+/// handshake on. Connections already open, device sessions among them, keep theirs; a file
+/// that cannot be used is logged and the certificate in use stays.
+fn reload_certificate_on_sighup(cert: Arc<tls::ReloadingCert>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; the TLS certificate reloads only on restart");
+        return;
+    };
+    actix_web::rt::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match cert.reload() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the old one stays")
+                }
+            }
+        }
+    });
+}
+
 /// A server that is listening.
 pub struct Running {
     pub server: actix_web::dev::Server,
     pub addrs: Vec<SocketAddr>,
+    /// `https` when it serves TLS, else `http`.
+    pub scheme: &'static str,
 }
 
 /// Opens the database, starts the actors and binds the HTTP server. Must be called inside an
@@ -146,6 +169,13 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         tracing::info!(
             files = swept,
             "partial firmware uploads of the previous run removed"
+        );
+    }
+    let certificate = config.server_tls().map_err(|e| anyhow::anyhow!(e))?;
+    let cloud_tls = config.cloud_tls().map_err(|e| anyhow::anyhow!(e))?;
+    if cloud_tls.is_none() {
+        tracing::warn!(
+            "no trusted root certificates and no cloud_ca_file: an https cloud URL will be refused"
         );
     }
     let secret = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
@@ -194,6 +224,7 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             retry_max: std::time::Duration::from_secs(config.cloud_retry_max_secs),
         },
         cloud_stats.clone(),
+        cloud_tls,
     )
     .start();
     let cloud_target = Arc::new(std::sync::Mutex::new(cloud_target));
@@ -249,12 +280,23 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             .configure(routes)
             .default_service(web::to(api::not_found))
     })
-    .on_connect(connection::remember)
-    .bind(config.bind_addr())
-    .with_context(|| format!("cannot listen on {}", config.bind))?;
+    .on_connect(connection::remember);
+    let listening = format!("cannot listen on {}", config.bind);
+    let (server, scheme) = match certificate {
+        Some(cert) => {
+            let tls = tls::server_config(cert.clone()).context("TLS configuration")?;
+            reload_certificate_on_sighup(cert);
+            let server = server
+                .bind_rustls_0_23(config.bind_addr(), tls)
+                .context(listening)?;
+            (server, "https")
+        }
+        None => (server.bind(config.bind_addr()).context(listening)?, "http"),
+    };
     let addrs = server.addrs();
     Ok(Running {
         server: server.run(),
         addrs,
+        scheme,
     })
 }

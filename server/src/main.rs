@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         let running = server::start(config)?;
         for addr in &running.addrs {
             // Scripts and tests that bind port 0 read the real address from this line.
-            println!("factory-server listening on http://{addr}");
+            println!("factory-server listening on {}://{addr}", running.scheme);
         }
         std::io::stdout().flush().ok();
         running.server.await?;

@@ -63,7 +63,7 @@ enum AttemptError {
         "server refused the device token ({0}); it was cleared and the device will enroll again"
     )]
     Unauthorized(StatusCode),
-    #[error("WebSocket connect: {0}")]
+    #[error("WebSocket connect: {}", crate::http::ws_reason(.0))]
     Connect(WsClientError),
 }
 
@@ -164,7 +164,7 @@ impl Connection {
         tracing::info!(%url, "connecting to the factory server");
 
         let attempt = async move {
-            let client = awc::Client::builder().timeout(CONNECT_TIMEOUT).finish();
+            let client = crate::http::client(Some(CONNECT_TIMEOUT));
             let token = match store.send(GetToken).await?? {
                 Some(token) => token,
                 None => {

@@ -141,9 +141,7 @@ async fn drain_all(
 ) -> (DrainReport, bool) {
     let mut report = DrainReport::default();
     let mut refused = false;
-    let client = awc::Client::builder()
-        .timeout(upstream::REQUEST_TIMEOUT)
-        .finish();
+    let client = crate::http::client(Some(upstream::REQUEST_TIMEOUT));
     loop {
         let batch = match queue.send(Pending { limit: SYNC_BATCH }).await {
             Ok(Ok(batch)) => batch,

@@ -126,7 +126,7 @@ async fn attempt(
     }
     let mut response = match call.send().await {
         Ok(response) => response,
-        Err(e) => return Ok(Attempt::Dropped(sink, e.to_string())),
+        Err(e) => return Ok(Attempt::Dropped(sink, crate::http::reason(&e))),
     };
     let status = response.status().as_u16();
     match status {
@@ -345,7 +345,7 @@ impl Updater {
             config,
             running,
             // No overall timeout: a large release may take long; stalls are caught per chunk.
-            client: awc::Client::builder().disable_timeout().finish(),
+            client: crate::http::client(None),
         }
     }
 }

@@ -141,6 +141,12 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud_token: Option<Secret>,
 
+    /// PEM file of CAs trusted besides the platform's roots, for the server, the cloud and
+    /// firmware downloads [default: platform roots only]
+    #[arg(long, env = "EDGE_CA_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+
     /// Period of status frames in milliseconds, at least 100 [default: 5000]
     #[arg(long, env = "EDGE_STATUS_INTERVAL_MS", value_name = "MS")]
     #[serde(skip_serializing_if = "Option::is_none")]

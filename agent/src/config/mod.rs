@@ -87,6 +87,7 @@ struct Layered {
     connection_mode: ConnectionMode,
     cloud_url: Option<String>,
     cloud_token: Option<Secret>,
+    ca_file: Option<PathBuf>,
     status_interval_ms: u64,
     log_level: String,
     log_file: Option<PathBuf>,
@@ -138,6 +139,8 @@ pub struct Config {
     pub connection_mode: ConnectionMode,
     pub cloud_url: Option<String>,
     pub cloud_token: Option<Secret>,
+    /// CAs trusted besides the platform's roots (`crate::http`).
+    pub ca_file: Option<PathBuf>,
     pub status_interval: Duration,
     pub log_level: String,
     pub log_file: PathBuf,
@@ -263,6 +266,22 @@ impl Config {
             }
         }
 
+        let ca_file = l.ca_file.filter(|p| !p.as_os_str().is_empty());
+        if let Some(path) = &ca_file {
+            if !path.is_file() {
+                return Err(invalid(
+                    "ca_file",
+                    format!("{}: no such file", path.display()),
+                ));
+            }
+            // Read it now, so a CA file that holds no certificate stops the agent at start
+            // rather than failing every connection later.
+            match tls::client_config(Some(path)) {
+                Ok(_) | Err(tls::TlsError::NoRoots) => {}
+                Err(e) => return Err(invalid("ca_file", e.to_string())),
+            }
+        }
+
         let scanner_listen = non_empty(l.scanner_listen)
             .map(|a| {
                 a.parse::<SocketAddr>().map_err(|e| {
@@ -340,6 +359,7 @@ impl Config {
             connection_mode: l.connection_mode,
             cloud_url,
             cloud_token,
+            ca_file,
             status_interval: Duration::from_millis(l.status_interval_ms),
             log_level: l.log_level,
             device_id,
@@ -359,10 +379,6 @@ impl Config {
             })
             .unwrap_or_else(|| self.server_url.clone());
         format!("{rest}/ws/device")
-    }
-
-    pub fn uses_tls(&self) -> bool {
-        self.server_url.starts_with("https://")
     }
 }
 

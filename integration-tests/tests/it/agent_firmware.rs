@@ -24,7 +24,7 @@ on_both_backends!(
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn online(api: &Api, agents: &[&AgentProcess]) {
+pub(crate) fn online(api: &Api, agents: &[&AgentProcess]) {
     for agent in agents {
         wait_until(WAIT, "the agent ONLINE", || {
             api.device_status(&agent.device_id).as_deref() == Some("ONLINE")
@@ -32,7 +32,7 @@ fn online(api: &Api, agents: &[&AgentProcess]) {
     }
 }
 
-fn deploy(api: &Api, body: Value) -> String {
+pub(crate) fn deploy(api: &Api, body: Value) -> String {
     let reply = api.post("/api/v1/firmware/deployments", &body);
     assert_eq!(reply.status, 201, "{}", reply.body);
     reply.data()["id"].as_str().unwrap().to_owned()
@@ -40,7 +40,7 @@ fn deploy(api: &Api, body: Value) -> String {
 
 /// Waits for the deployment to reach `status`, restarting agents that exit 75 meanwhile, as
 /// their supervisor would.
-fn settle(api: &Api, id: &str, status: &str, agents: &mut [&mut AgentProcess]) -> Value {
+pub(crate) fn settle(api: &Api, id: &str, status: &str, agents: &mut [&mut AgentProcess]) -> Value {
     let mut last = Value::Null;
     wait_until(WAIT, &format!("deployment {status}"), || {
         for agent in agents.iter_mut() {
@@ -268,7 +268,7 @@ fn broken_releases_fail_on_the_device_and_stage_nothing(backend: Backend) {
 }
 
 /// `(offset, sent, complete)` of every artifact transfer of `release` in the server log.
-fn transfers(log: &str, release: &str) -> Vec<(u64, u64, bool)> {
+pub(crate) fn transfers(log: &str, release: &str) -> Vec<(u64, u64, bool)> {
     let plain = strip_ansi(log);
     plain
         .lines()

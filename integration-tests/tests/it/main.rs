@@ -24,5 +24,6 @@ mod sync_route;
 mod telemetry;
 mod testdb;
 mod tidy;
+mod tls;
 mod updater;
 mod walking_skeleton;

@@ -100,6 +100,8 @@ pub struct CloudSync {
     target: Option<CloudTarget>,
     settings: CloudSettings,
     stats: SharedStats,
+    /// Trust for https cloud URLs (the platform's roots plus `cloud_ca_file`).
+    tls: Option<Arc<rustls::ClientConfig>>,
     http: Option<awc::Client>,
     busy: bool,
 }
@@ -110,12 +112,14 @@ impl CloudSync {
         target: Option<CloudTarget>,
         settings: CloudSettings,
         stats: SharedStats,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
         CloudSync {
             db,
             target,
             settings,
             stats,
+            tls,
             http: None,
             busy: false,
         }
@@ -133,11 +137,10 @@ impl Actor for CloudSync {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         // awc's client is tied to the thread it was made on, which is this actor's.
-        self.http = Some(
-            awc::Client::builder()
-                .timeout(cloud::REQUEST_TIMEOUT)
-                .finish(),
-        );
+        self.http = Some(cloud::https_client(
+            self.tls.as_ref(),
+            Some(cloud::REQUEST_TIMEOUT),
+        ));
         self.set_configured();
         ctx.run_interval(TICK, |act, ctx| act.drain(ctx));
     }

@@ -167,6 +167,7 @@ fn test_config(port: u16) -> Config {
         connection_mode: crate::config::ConnectionMode::ViaLocalServer,
         cloud_url: None,
         cloud_token: None,
+        ca_file: None,
         status_interval: Duration::from_millis(200),
         log_level: "info".into(),
         log_file: crate::store::tests::temp_dir().join("agent.log"),
