@@ -1,25 +1,37 @@
-//! Running store work off the async threads: `Db::run` on the blocking pool, `run_blocking`
-//! on an actor's own thread. Both answer with the REST error, so handlers use `?` on them.
-
-use actix_web::web;
+//! Running store work off the async threads: `Db::run` on the database threads
+//! (`store::executor`), `run_blocking` on an actor's own thread. Both answer with the REST
+//! error, so handlers use `?` on them.
 
 use crate::error::{ApiError, ApiResult};
 pub use crate::store::db::*;
 
 impl Db {
-    /// Runs blocking database work on actix's blocking pool, never on an event loop.
+    /// Runs blocking database work on the database threads, never on an event loop. When
+    /// they are too far behind, answers 503 `server_busy` at once rather than queueing.
     pub async fn run<F, T>(&self, f: F) -> ApiResult<T>
     where
         F: FnOnce(&mut DbConnection) -> ApiResult<T> + Send + 'static,
         T: Send + 'static,
     {
-        let pool = self.pool.clone();
-        web::block(move || {
-            let mut conn = pool.get()?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(ApiError::internal)?
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.executor
+            .submit(Box::new(move |pool| {
+                let result = pool
+                    .get()
+                    .map_err(ApiError::from)
+                    .and_then(|mut conn| f(&mut conn));
+                // The caller may have gone (a dropped request); the work is done either way.
+                let _ = reply.send(result);
+            }))
+            .map_err(|_| ApiError::busy(1, "the database is busy; try again shortly"))?;
+        answer
+            .await
+            .map_err(|_| ApiError::internal("a database job ended without an answer"))?
+    }
+
+    /// How many database threads `run` uses.
+    pub fn threads(&self) -> usize {
+        self.executor.threads()
     }
 
     /// Runs blocking database work on the calling thread; for `SyncArbiter` actors, whose

@@ -40,16 +40,18 @@ fn main() {
         .build()
         .expect("tokio runtime");
     for n in sizes {
-        runtime.block_on(run(n, backend));
+        // The database is made and dropped outside the runtime: the PostgreSQL test database
+        // is created with the blocking client, which runs a runtime of its own.
+        let server = ServerProcess::start_with(
+            integration_tests::TestDb::new(backend),
+            integration_tests::TempDir::new("bench-data"),
+            &["--log-level", "warn"],
+        );
+        runtime.block_on(run(n, backend, &server));
     }
 }
 
-async fn run(n: usize, backend: Backend) {
-    let server = ServerProcess::start_with(
-        integration_tests::TestDb::new(backend),
-        integration_tests::TempDir::new("bench-data"),
-        &["--log-level", "warn"],
-    );
+async fn run(n: usize, backend: Backend, server: &ServerProcess) {
     let base = server.base_url.clone();
     let ws_url = server.ws_url("/ws/device");
     let answered = Arc::new(AtomicU64::new(0));
@@ -135,7 +137,6 @@ async fn run(n: usize, backend: Backend) {
     for t in tasks {
         t.abort();
     }
-    drop(server);
 }
 
 /// One simulated device: answers every command with success.

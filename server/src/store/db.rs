@@ -115,6 +115,8 @@ pub type Pool = r2d2::Pool<DbManager>;
 pub struct Db {
     pub(crate) pool: Pool,
     backend: Backend,
+    /// The fixed set of threads `Db::run` hands work to, one per pooled connection.
+    pub(crate) executor: super::executor::Executor,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +132,8 @@ pub enum DbInitError {
     Unreachable { url: String, reason: String },
     #[error("migrations failed: {0}")]
     Migrate(String),
+    #[error("cannot start the database threads: {0}")]
+    Threads(std::io::Error),
 }
 
 impl Db {
@@ -183,7 +187,13 @@ impl Db {
                 url: shown.clone(),
                 source,
             })?;
-        let db = Db { pool, backend };
+        let executor = super::executor::Executor::start(pool.clone(), max_size as usize)
+            .map_err(DbInitError::Threads)?;
+        let db = Db {
+            pool,
+            backend,
+            executor,
+        };
         db.migrate()?;
         tracing::info!(backend = backend.name(), database = %shown, "database ready");
         Ok(db)

@@ -7,6 +7,7 @@ pub mod db;
 pub mod deployments;
 pub mod devices;
 pub mod error;
+pub mod executor;
 pub mod firmware;
 pub mod groups;
 pub mod outbox;

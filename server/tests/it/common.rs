@@ -31,3 +31,16 @@ impl ServerDb {
         }
     }
 }
+
+/// Runs each named test function, which takes a `ServerDb`, once on SQLite and once on
+/// PostgreSQL, as `sqlite::name` and `postgres::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(super::ServerDb::sqlite()) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() { super::$name(super::ServerDb::postgres()) })*
+        }
+    };
+}

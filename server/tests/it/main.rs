@@ -3,9 +3,11 @@
 //! `testdb`), schema parity, and the fuzz targets (`fuzz::fuzz_*`, which `scripts/test.sh` runs
 //! in a pass of its own, with their seeds in `tests/corpus/`).
 
+#[macro_use]
 mod common;
 
 mod db_faults;
+mod db_threads;
 mod fuzz;
 mod revocations;
 mod schema_parity;

@@ -270,17 +270,6 @@ fn device_filters(db: ServerDb) {
     assert_eq!(page.items[0].id, "edge-b1");
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $name() { super::$name(super::ServerDb::sqlite()) })*
-        }
-        mod postgres {
-            $(#[test] fn $name() { super::$name(super::ServerDb::postgres()) })*
-        }
-    };
-}
-
 on_both_backends!(
     retention_deletes_exactly_what_is_older,
     a_batch_survives_a_deleted_device,
