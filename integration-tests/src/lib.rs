@@ -943,3 +943,41 @@ pub fn deployment_statuses(deployment: &Value) -> std::collections::BTreeMap<Str
         .collect()
 }
 pub mod private_pg;
+
+/// Starts `factory-server` on `args` and `env` (in a fresh data dir, on a free port), expecting
+/// it to stop at once; returns its exit code and standard error. One that keeps running past a
+/// minute is killed and fails the test.
+pub fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let data = TempDir::new("factory-data");
+    let mut child = std::process::Command::new(binary("factory-server"))
+        .args(["--bind", "127.0.0.1:0", "--admin-password", ADMIN_PASSWORD])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn factory-server");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for factory-server") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("factory-server started with {args:?} {env:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    (status.code(), stderr)
+}

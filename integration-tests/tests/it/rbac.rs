@@ -4,9 +4,6 @@
 //! `GET /api/v1/auth/me` then lists), device deletion as an admin's alone, and settings that
 //! name no command type or no role stopping the server at start.
 
-use std::io::Read;
-use std::time::{Duration, Instant};
-
 use integration_tests::*;
 use protocol::commands::CommandType;
 use serde_json::{json, Value};
@@ -333,42 +330,6 @@ fn deleting_a_device_is_for_admins_only(backend: Backend) {
     let deleted = admin.delete(&format!("/api/v1/devices/{DEVICE}"));
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     assert_eq!(admin.get(&format!("/api/v1/devices/{DEVICE}")).status, 404);
-}
-
-/// Starts the server on `args` and `env`, expecting it to stop at once; returns its exit
-/// code and standard error.
-fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let data = TempDir::new("factory-data");
-    let mut child = std::process::Command::new(binary("factory-server"))
-        .args(["--bind", "127.0.0.1:0", "--admin-password", ADMIN_PASSWORD])
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn factory-server");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for factory-server") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("factory-server started with {args:?} {env:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
-    (status.code(), stderr)
 }
 
 #[test]

@@ -89,36 +89,8 @@ fn a_long_id_in_an_audited_request_is_no_server_error(backend: Backend) {
 /// stops at start with a one-line reason and exit code 2 (`contract.md`).
 #[test]
 fn a_token_lifetime_past_any_clock_stops_the_server_at_start() {
-    let data = TempDir::new("factory-data");
-    let mut child = std::process::Command::new(binary("factory-server"))
-        .args(["--bind", "127.0.0.1:0", "--admin-password", ADMIN_PASSWORD])
-        .args(["--user-token-ttl-secs", "9223372036854775807"])
-        .arg("--data-dir")
-        .arg(data.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn factory-server");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for factory-server") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("factory-server started with a token lifetime of 2^63 seconds");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
-    assert_eq!(status.code(), Some(2), "{stderr}");
+    let (code, stderr) = refused_start(&["--user-token-ttl-secs", "9223372036854775807"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("user_token_ttl_secs"), "{stderr}");
 }
 
