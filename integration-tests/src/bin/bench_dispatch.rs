@@ -3,7 +3,8 @@
 //! succeeded. Run with `bash scripts/bench-dispatch.sh` (release build, raised fd limit).
 //!
 //! The devices are tokio tasks holding real WebSockets to a real `factory-server` process;
-//! each answers every command at once.
+//! each answers every command at once. On PostgreSQL it also prints how many database
+//! transactions a command costs, from the server's own counts (exact under any load).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -69,6 +70,8 @@ async fn run(n: usize, backend: Backend, server: &ServerProcess) {
     fleet::wait_connected(&client, &base, &admin_token, n).await;
     println!("[{backend:?}] {n} devices enrolled and connected in {connect_time:?}");
 
+    let db_url = server.db.url();
+    let before_bulk = transactions(db_url.clone()).await;
     // Bulk dispatch to all of them.
     let body = json!({"deviceIds": ids, "command": {"type": "force_sync"}, "timeoutMs": 60000});
     let start = Instant::now();
@@ -92,6 +95,13 @@ async fn run(n: usize, backend: Backend, server: &ServerProcess) {
     );
     assert_eq!(ok, n, "every device must answer");
 
+    let before_single = transactions(db_url.clone()).await;
+    if let (Some(a), Some(b)) = (before_bulk, before_single) {
+        println!(
+            "[{backend:?}] bulk dispatch: {:.2} database transactions per command",
+            (b - a) as f64 / n as f64
+        );
+    }
     // Single commands at a fixed rate.
     let interval = Duration::from_micros(1_000_000 / SINGLE_RATE_PER_SEC);
     let total = (SINGLE_DURATION.as_secs() * SINGLE_RATE_PER_SEC) as usize;
@@ -130,6 +140,12 @@ async fn run(n: usize, backend: Backend, server: &ServerProcess) {
         pct(0.99),
         pct(1.0)
     );
+    if let (Some(a), Some(b)) = (before_single, transactions(db_url).await) {
+        println!(
+            "[{backend:?}] single commands: {:.2} database transactions per command",
+            (b - a) as f64 / total as f64
+        );
+    }
     println!(
         "[{backend:?}] commands answered by the simulated devices: {}",
         answered.load(Ordering::Relaxed)
@@ -155,4 +171,28 @@ async fn device(socket: fleet::Socket, answered: Arc<AtomicU64>) {
             answered.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Transactions the server's PostgreSQL database has ended so far (committed or rolled back),
+/// from `pg_stat_database`; `None` on SQLite, which keeps no such count. A server process
+/// reports its counts at most once a second, and an idle one within ten seconds, so this
+/// waits that long first: the count is then exact whatever the machine's load.
+async fn transactions(url: Option<String>) -> Option<i64> {
+    let url = url?;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    // The blocking client runs a runtime of its own, so it gets a thread of its own.
+    tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).ok()?;
+        let row = client
+            .query_one(
+                "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
+                 WHERE datname = current_database()",
+                &[],
+            )
+            .ok()?;
+        Some(row.get::<_, i64>(0))
+    })
+    .await
+    .ok()
+    .flatten()
 }

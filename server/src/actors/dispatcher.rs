@@ -28,9 +28,9 @@ use crate::actors::events::{EventBus, Publish};
 use crate::actors::registry::{DeviceRegistry, Lookup};
 use crate::actors::session::DeliverCommand;
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::store::audit::AuditEntry;
 use crate::store::commands;
 use crate::store::db::Db;
-use crate::store::devices;
 
 pub const DEVICE_OFFLINE: &str = "Device offline";
 /// How often queue expiry and confirmation deadlines are checked.
@@ -239,13 +239,21 @@ pub struct Dispatch {
     pub queue_ttl: Option<Duration>,
 }
 
-/// Store `dispatch.command` PENDING, tell `accepted` once it is stored (or refused), then
-/// send it like `Dispatch` and answer with its outcome.
+/// Store `dispatch.command` with its audit row (in one transaction, before anything is sent),
+/// tell `accepted` once it is stored (or refused), then send it like `Dispatch` and answer
+/// with its outcome.
 #[derive(Message)]
 #[rtype(result = "ApiResult<DispatchResponse>")]
 pub struct StoreAndDispatch {
     pub dispatch: Dispatch,
     pub accepted: oneshot::Sender<ApiResult<()>>,
+    pub audit: AuditEntry,
+}
+
+/// What a command not yet stored brings: whom to tell it is stored, and its audit row.
+struct NewCommand {
+    accepted: oneshot::Sender<ApiResult<()>>,
+    audit: AuditEntry,
 }
 
 /// A device answered a command.
@@ -302,18 +310,21 @@ impl Handler<StoreAndDispatch> for CommandDispatcher {
     type Result = ResponseActFuture<Self, ApiResult<DispatchResponse>>;
 
     fn handle(&mut self, msg: StoreAndDispatch, ctx: &mut Context<Self>) -> Self::Result {
-        self.start(msg.dispatch, Some(msg.accepted), ctx)
+        let new = NewCommand {
+            accepted: msg.accepted,
+            audit: msg.audit,
+        };
+        self.start(msg.dispatch, Some(new), ctx)
     }
 }
 
 impl CommandDispatcher {
-    /// Registers the command's reply slot and runs its dispatch; `accepted` is set when the
-    /// PENDING row is still to be written. The slot is freed when the dispatch ends, back on
-    /// the actor.
+    /// Registers the command's reply slot and runs its dispatch; `new` is set when the row
+    /// is still to be written. The slot is freed when the dispatch ends, back on the actor.
     fn start(
         &mut self,
         msg: Dispatch,
-        mut accepted: Option<oneshot::Sender<ApiResult<()>>>,
+        mut new: Option<NewCommand>,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, ApiResult<DispatchResponse>> {
         let command_id = msg.command.id.clone();
@@ -322,8 +333,8 @@ impl CommandDispatcher {
                 ErrorCode::CommandInFlight,
                 format!("command {command_id} is already in flight"),
             );
-            if let Some(tx) = accepted.take() {
-                let _ = tx.send(Err(err.clone()));
+            if let Some(new) = new.take() {
+                let _ = new.accepted.send(Err(err.clone()));
             }
             return Box::pin(actix::fut::ready(Err(err)));
         }
@@ -343,7 +354,7 @@ impl CommandDispatcher {
             windows: self.windows,
         };
         Box::pin(
-            async move { run_dispatch(&ctx_, msg, accepted, rx).await }
+            async move { run_dispatch(&ctx_, msg, new, rx).await }
                 .into_actor(self)
                 .map(move |outcome, act, _| {
                     act.waiting.remove(&command_id);
@@ -418,41 +429,14 @@ impl Handler<PublishOutcome> for CommandDispatcher {
 async fn run_dispatch(
     ctx: &Ctx,
     msg: Dispatch,
-    mut accepted: Option<oneshot::Sender<ApiResult<()>>>,
+    new: Option<NewCommand>,
     rx: oneshot::Receiver<CommandResult>,
 ) -> ApiResult<DispatchResponse> {
     let command_id = msg.command.id.clone();
     let device_id = msg.device_id.clone();
-    if accepted.is_some() {
-        let (d, c, by) = (
-            device_id.clone(),
-            msg.command.clone(),
-            msg.issued_by.clone(),
-        );
-        let timeout_ms = msg.timeout.as_millis() as i64;
-        let stored = ctx
-            .db
-            .run(move |conn| {
-                Ok(commands::insert_pending(
-                    conn,
-                    &d,
-                    &c,
-                    timeout_ms,
-                    by.as_deref(),
-                )?)
-            })
-            .await;
-        if let Err(e) = stored {
-            if let Some(tx) = accepted.take() {
-                let _ = tx.send(Err(e.clone()));
-            }
-            return Err(e);
-        }
-    }
-    if let Some(tx) = accepted.take() {
-        let _ = tx.send(Ok(()));
-    }
-
+    let kind = msg.command.command_type();
+    // The session is looked up first, so a new command for a connected device is written
+    // once, as SENT, rather than as PENDING and then SENT.
     let session = ctx
         .registry
         .send(Lookup {
@@ -460,32 +444,52 @@ async fn run_dispatch(
         })
         .await
         .map_err(ApiError::internal)?;
+    // What must change for a restart or reboot to count, read before the command can act,
+    // in the transaction that stores or sends it.
+    let watch = commands::Watch::for_command(kind);
+    let (sent, previous) = match new {
+        Some(NewCommand { accepted, audit }) => {
+            let (d, c, by) = (
+                device_id.clone(),
+                msg.command.clone(),
+                msg.issued_by.clone(),
+            );
+            let timeout_ms = msg.timeout.as_millis() as i64;
+            let online = session.is_some();
+            let stored = ctx
+                .db
+                .run(move |conn| {
+                    let new = commands::NewCommand {
+                        device_id: &d,
+                        command: &c,
+                        timeout_ms,
+                        issued_by: by.as_deref(),
+                        audit: &audit,
+                    };
+                    Ok(commands::store_new(conn, &new, online, watch)?)
+                })
+                .await;
+            let _ = accepted.send(stored.as_ref().map(|_| ()).map_err(Clone::clone));
+            (online, stored?)
+        }
+        None => (false, None),
+    };
     let Some(session) = session else {
         return offline(ctx, &msg).await;
     };
-    // What must change for a restart or reboot to count, read before the command can act.
-    let kind = msg.command.command_type();
-    let previous = if matches!(kind, CommandType::RestartService | CommandType::RebootOs) {
-        let d = device_id.clone();
-        let row = ctx.db.run(move |conn| Ok(devices::find(conn, &d)?)).await?;
-        row.and_then(|r| {
-            if kind == CommandType::RebootOs {
-                r.boot_id
-            } else {
-                r.run_id
-            }
-        })
+    let previous = if sent {
+        previous
     } else {
-        None
+        let (d, id) = (device_id.clone(), command_id.clone());
+        let marked = ctx
+            .db
+            .run(move |conn| Ok(commands::send_stored(conn, &id, &d, watch)?))
+            .await?;
+        match marked {
+            Some(previous) => previous,
+            None => return stored_outcome(ctx, &command_id).await,
+        }
     };
-    let id = command_id.clone();
-    if !ctx
-        .db
-        .run(move |conn| Ok(commands::mark_sent(conn, &id)?))
-        .await?
-    {
-        return stored_outcome(ctx, &command_id).await;
-    }
     let delivered = session
         .send(DeliverCommand(ServerFrame::Command {
             command: msg.command.clone(),

@@ -20,7 +20,7 @@ use crate::auth::{AuthUser, Authorized, DispatchCommands, ViewCommands};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::policy::Policy;
 use crate::state::AppState;
-use crate::store::audit::{self, AuditEntry};
+use crate::store::audit::AuditEntry;
 use crate::store::commands::{
     self, HistoryFilter, DEFAULT_QUEUE_TTL_MS, DEFAULT_TIMEOUT_MS, MAX_QUEUE_TTL_MS, MAX_TIMEOUT_MS,
 };
@@ -169,12 +169,7 @@ pub async fn dispatch(
         .db
         .run(move |conn| {
             crate::store::devices::require(conn, &id)?;
-            let existing = commands::find_by_id(conn, &command_id)?;
-            if existing.is_none() {
-                // The audit row is written before the command can reach the device.
-                audit::record(conn, &entry)?;
-            }
-            Ok(existing)
+            Ok(commands::find_by_id(conn, &command_id)?)
         })
         .await?;
     if let Some(row) = existing {
@@ -206,6 +201,8 @@ pub async fn dispatch(
             queue_ttl: checked.queue_ttl,
         },
         accepted: accepted_tx,
+        // Written with the command, before it can reach the device.
+        audit: entry,
     });
     if !request.wait {
         // The dispatch goes on without this request; answer once the command is stored. Its

@@ -132,19 +132,139 @@ pub fn insert_pending(
     timeout_ms: i64,
     issued_by: Option<&str>,
 ) -> StoreResult<()> {
+    insert(
+        conn,
+        device_id,
+        command,
+        timeout_ms,
+        issued_by,
+        CommandStatus::Pending,
+    )
+}
+
+/// A new command stored as SENT, for a device whose session is open: one write instead of a
+/// PENDING insert and its SENT update. It must be stored before its frame goes out, so the
+/// device's answer always finds it.
+pub fn insert_sent(
+    conn: &mut DbConnection,
+    device_id: &str,
+    command: &Command,
+    timeout_ms: i64,
+    issued_by: Option<&str>,
+) -> StoreResult<()> {
+    insert(
+        conn,
+        device_id,
+        command,
+        timeout_ms,
+        issued_by,
+        CommandStatus::Sent,
+    )
+}
+
+/// The identity a restart or reboot must change before it counts as done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    Nothing,
+    RunId,
+    BootId,
+}
+
+impl Watch {
+    pub fn for_command(kind: CommandType) -> Watch {
+        match kind {
+            CommandType::RestartService => Watch::RunId,
+            CommandType::RebootOs => Watch::BootId,
+            _ => Watch::Nothing,
+        }
+    }
+
+    /// The device's watched id as it is now.
+    fn read(self, conn: &mut DbConnection, device_id: &str) -> StoreResult<Option<String>> {
+        if self == Watch::Nothing {
+            return Ok(None);
+        }
+        let row = crate::store::devices::find(conn, device_id)?;
+        Ok(row.and_then(|r| match self {
+            Watch::BootId => r.boot_id,
+            _ => r.run_id,
+        }))
+    }
+}
+
+/// A command to store, with its audit row.
+#[derive(Debug)]
+pub struct NewCommand<'a> {
+    pub device_id: &'a str,
+    pub command: &'a Command,
+    pub timeout_ms: i64,
+    pub issued_by: Option<&'a str>,
+    pub audit: &'a crate::store::audit::AuditEntry,
+}
+
+/// Stores a new command and its audit row in one transaction: SENT when its device's session
+/// is open (`online`), else PENDING. Answers the watched id, read before the command can act.
+pub fn store_new(
+    conn: &mut DbConnection,
+    new: &NewCommand<'_>,
+    online: bool,
+    watch: Watch,
+) -> StoreResult<Option<String>> {
+    let NewCommand {
+        device_id,
+        command,
+        timeout_ms,
+        issued_by,
+        audit,
+    } = *new;
+    crate::store::db::write_transaction(conn, |conn| {
+        crate::store::audit::record(conn, audit)?;
+        if !online {
+            insert_pending(conn, device_id, command, timeout_ms, issued_by)?;
+            return Ok(None);
+        }
+        let previous = watch.read(conn, device_id)?;
+        insert_sent(conn, device_id, command, timeout_ms, issued_by)?;
+        Ok(previous)
+    })
+}
+
+/// A stored command (PENDING or QUEUED) → SENT, with the watched id read in the same
+/// transaction. `None` when it was cancelled or expired meanwhile.
+pub fn send_stored(
+    conn: &mut DbConnection,
+    id: &str,
+    device_id: &str,
+    watch: Watch,
+) -> StoreResult<Option<Option<String>>> {
+    crate::store::db::write_transaction(conn, |conn| {
+        let previous = watch.read(conn, device_id)?;
+        Ok(mark_sent(conn, id)?.then_some(previous))
+    })
+}
+
+fn insert(
+    conn: &mut DbConnection,
+    device_id: &str,
+    command: &Command,
+    timeout_ms: i64,
+    issued_by: Option<&str>,
+    status: CommandStatus,
+) -> StoreResult<()> {
+    let now = Utc::now().naive_utc();
     let row = CommandRow {
         id: command.id.clone(),
         device_id: device_id.to_owned(),
         command_type: command.command_type().as_str().to_owned(),
         payload: serde_json::to_string(command).map_err(StoreError::internal)?,
-        status: CommandStatus::Pending.as_str().to_owned(),
+        status: status.as_str().to_owned(),
         success: None,
         output: None,
         data: None,
         issued_by: issued_by.map(str::to_owned),
         timeout_ms,
-        created_at: Utc::now().naive_utc(),
-        sent_at: None,
+        created_at: now,
+        sent_at: (status == CommandStatus::Sent).then_some(now),
         completed_at: None,
         progress: None,
         progress_message: None,
