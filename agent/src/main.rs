@@ -1,6 +1,7 @@
 //! `edge-agent`: reads its settings, opens its database and runs the agent's actors.
 
 mod actors;
+mod admin;
 mod backoff;
 mod config;
 mod enroll;
@@ -44,8 +45,17 @@ const EXIT_BAD_SETTING: u8 = 2;
 fn main() -> ExitCode {
     // A staged build on trial counts its start before it reads a setting: a build that
     // refuses the settings its predecessor ran on must be rolled back like one that crashes.
+    // A subcommand reads or sets up the data dir and exits; it is no start of the agent, so
+    // it is never counted as a trial's.
+    let parsed = match Cli::try_parse() {
+        Ok(mut cli) => match cli.command.take() {
+            Some(command) => return run_admin(command, cli),
+            None => Ok(cli),
+        },
+        Err(e) => Err(e),
+    };
     let early = own_trial_dir().map(|dir| install::begin_run(&dir));
-    let cli = match Cli::try_parse() {
+    let cli = match parsed {
         Ok(cli) => cli,
         // `--help` and `--version` print and exit 0; a flag error exits 2 with clap's text.
         Err(e) if early.is_none() || !e.use_stderr() => e.exit(),
@@ -129,6 +139,21 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             tracing::error!("{e:#}");
+            eprintln!("edge-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one subcommand (`admin`): a bad setting exits 2, a failure 1, each with one line.
+fn run_admin(command: config::AdminCommand, cli: Cli) -> ExitCode {
+    let source = match ConfigSource::from_cli(cli) {
+        Ok(source) => source,
+        Err(e) => return bad_setting(&e.to_string(), false),
+    };
+    match admin::run(command, &source) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
             eprintln!("edge-agent: {e:#}");
             ExitCode::FAILURE
         }

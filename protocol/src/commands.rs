@@ -119,6 +119,33 @@ impl CommandType {
         }
     }
 
+    /// The fields a command of this type has besides `type` and `id`, as they are spelt on
+    /// the wire. `Command::unknown_field` reads them; a test holds them to what serde reads.
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            CommandType::ClearQueue => &["includeCompleted"],
+            CommandType::PullLogs => &["lines"],
+            CommandType::PushConfig => &["patch"],
+            CommandType::UpdateFirmware => &[
+                "version",
+                "url",
+                "sha256",
+                "size",
+                "signatureBase64",
+                "signatureExpiresAt",
+                "deploymentId",
+                "allowDowngrade",
+            ],
+            CommandType::ExecShell => &["template", "args"],
+            CommandType::DisableDevice => &["reason"],
+            CommandType::ForceSync
+            | CommandType::RestartService
+            | CommandType::RebootOs
+            | CommandType::ShutdownOs
+            | CommandType::EnableDevice => &[],
+        }
+    }
+
     /// Dangerous commands need `"confirm": true` in a REST dispatch (`contract.md`).
     pub fn is_dangerous(self) -> bool {
         matches!(
@@ -192,6 +219,23 @@ impl Command {
 
     pub fn command_type(&self) -> CommandType {
         self.kind.command_type()
+    }
+
+    /// The first field of a command object that its type does not have (`type` must name a
+    /// known type). REST bodies refuse such a field: serde would drop it, and `exec_shell`
+    /// with `params` instead of `args` would run its template without arguments. `Command`
+    /// itself stays tolerant, because it is also the `command` frame an agent reads: an agent
+    /// must not lose a whole command (and its answer) to a field a newer server added.
+    pub fn unknown_field(object: &serde_json::Map<String, Value>) -> Option<&str> {
+        let known = object
+            .get("type")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<CommandType>().ok())?
+            .fields();
+        object
+            .keys()
+            .map(String::as_str)
+            .find(|key| *key != "type" && *key != "id" && !known.contains(key))
     }
 
     /// Checks what serde cannot: values that parse but make no sense.
@@ -269,4 +313,82 @@ pub struct CommandProgress {
     pub percent: u8,
     #[serde(default)]
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One command of each type with every field set to a value serde writes out: a field
+    /// added to a variant must be filled in here (the literal is exhaustive), and then this
+    /// test holds `CommandType::fields` to it.
+    fn every_field(command_type: CommandType) -> CommandKind {
+        match command_type {
+            CommandType::ForceSync => CommandKind::ForceSync,
+            CommandType::ClearQueue => CommandKind::ClearQueue {
+                include_completed: true,
+            },
+            CommandType::PullLogs => CommandKind::PullLogs { lines: 5 },
+            CommandType::RestartService => CommandKind::RestartService,
+            CommandType::RebootOs => CommandKind::RebootOs,
+            CommandType::ShutdownOs => CommandKind::ShutdownOs,
+            CommandType::PushConfig => CommandKind::PushConfig {
+                patch: serde_json::json!({}),
+            },
+            CommandType::UpdateFirmware => CommandKind::UpdateFirmware {
+                version: "1.0.0".into(),
+                url: "/a".into(),
+                sha256: "0".repeat(64),
+                size: 1,
+                signature_base64: Some("s".into()),
+                signature_expires_at: Some(chrono::Utc::now()),
+                deployment_id: Some("d".into()),
+                allow_downgrade: true,
+            },
+            CommandType::ExecShell => CommandKind::ExecShell {
+                template: "ping".into(),
+                args: BTreeMap::new(),
+            },
+            CommandType::EnableDevice => CommandKind::EnableDevice,
+            CommandType::DisableDevice => CommandKind::DisableDevice { reason: "r".into() },
+        }
+    }
+
+    #[test]
+    fn the_field_lists_are_what_serde_writes() {
+        for command_type in CommandType::ALL {
+            let value = serde_json::to_value(Command::new("c", every_field(command_type))).unwrap();
+            let mut written: Vec<&str> = value
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != "type" && *k != "id")
+                .collect();
+            let mut listed = command_type.fields().to_vec();
+            written.sort_unstable();
+            listed.sort_unstable();
+            assert_eq!(written, listed, "{command_type}");
+        }
+    }
+
+    #[test]
+    fn a_misspelt_field_is_named() {
+        let command =
+            serde_json::json!({"type": "exec_shell", "id": "1", "template": "ping", "params": {}});
+        assert_eq!(
+            Command::unknown_field(command.as_object().unwrap()),
+            Some("params")
+        );
+        let command =
+            serde_json::json!({"type": "exec_shell", "id": "1", "template": "ping", "args": {}});
+        assert_eq!(Command::unknown_field(command.as_object().unwrap()), None);
+        // The frame an agent reads still parses with it: agents stay tolerant.
+        let command = serde_json::json!({"type": "force_sync", "id": "1", "newerField": 1});
+        assert_eq!(
+            Command::unknown_field(command.as_object().unwrap()),
+            Some("newerField")
+        );
+        assert!(serde_json::from_value::<Command>(command).is_ok());
+    }
 }

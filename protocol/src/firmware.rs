@@ -30,7 +30,7 @@ pub struct FirmwareRelease {
 
 /// `POST /api/v1/firmware/deployments`: a release to a list of devices or to a group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentRequest {
     pub release_id: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

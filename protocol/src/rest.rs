@@ -52,6 +52,8 @@ pub enum ErrorCode {
     LastAdmin,
     UserNotFound,
     NotFound,
+    /// The path exists, not with this method (405, with `Allow`).
+    MethodNotAllowed,
     DeviceNotFound,
     /// A device of that id is registered already.
     DeviceExists,
@@ -106,6 +108,7 @@ impl ErrorCode {
             ErrorCode::LastAdmin => "last_admin",
             ErrorCode::UserNotFound => "user_not_found",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::DeviceNotFound => "device_not_found",
             ErrorCode::DeviceExists => "device_exists",
             ErrorCode::CommandNotFound => "command_not_found",
@@ -183,6 +186,7 @@ impl Role {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
@@ -332,7 +336,7 @@ pub struct DeviceEventRecord {
 
 /// `POST /api/v1/devices/{id}/commands`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DispatchRequest {
     pub command: Command,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -355,7 +359,9 @@ fn yes() -> bool {
     true
 }
 
-/// `POST /api/v1/devices/commands`: the single-device body plus the targets.
+/// `POST /api/v1/devices/commands`: the single-device body plus the targets. Serde cannot
+/// refuse unknown fields through `flatten`; the server takes `deviceIds` out and reads the
+/// rest as a `DispatchRequest`, which refuses them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BulkDispatchRequest {
@@ -454,7 +460,7 @@ pub struct GroupRequest {
 
 /// `POST`/`DELETE /api/v1/device-groups/{id}/members`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MembersRequest {
     pub device_ids: Vec<String>,
 }
@@ -532,6 +538,7 @@ pub struct Rights {
 
 /// `POST /api/v1/users`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     pub username: String,
     pub password: String,
@@ -552,7 +559,7 @@ pub struct UpdateUserRequest {
 
 /// `POST /api/v1/auth/password`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
     pub new_password: String,

@@ -5,6 +5,7 @@
 //! `routes` lists.
 
 pub mod actors;
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod policy;
 pub mod private_files;
 pub mod ratelimit;
 pub mod refusals;
+pub mod release_signing;
 pub mod state;
 pub mod store;
 
@@ -142,11 +144,37 @@ pub struct Running {
     pub scheme: &'static str,
 }
 
-/// Opens the database, starts the actors and binds the HTTP server. Must be called inside an
-/// actix system; the returned server runs until it is awaited to completion or stopped.
-pub fn start(config: Config) -> anyhow::Result<Running> {
+/// Everything the server needs that can fail, done: the data dir, the database (migrated, the
+/// first admin created), the TLS files, the JWT secret, the hashing threads, the cloud
+/// target and the bound listener. Nothing runs yet.
+///
+/// Every fallible step of a start happens here, before any actor exists: an actor started
+/// in a system whose future then returns an error is dropped unpolled, and dropping it polls
+/// it outside the runtime, which panics ("there is no reactor running").
+pub struct Prepared {
+    config: Config,
+    db: Db,
+    policy: Arc<policy::Policy>,
+    certificate: Option<Arc<tls::ReloadingCert>>,
+    server_tls: Option<rustls::ServerConfig>,
+    cloud_tls: Option<Arc<rustls::ClientConfig>>,
+    secret: Vec<u8>,
+    limits: Arc<Limits>,
+    cloud_target: Option<CloudTarget>,
+    listener: std::net::TcpListener,
+}
+
+/// Does every fallible step of a start (see `Prepared`); a failure is the one-line reason
+/// the binary prints before it exits 2.
+pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
     private_files::create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    // Binding first: a busy port is the likeliest failure and costs nothing to find out.
+    let listener = std::net::TcpListener::bind(config.bind_addr())
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
+    listener
+        .set_nonblocking(true)
+        .with_context(|| format!("cannot listen on {}", config.bind))?;
     let policy = Arc::new(config.policy());
     // A grant that opens nothing is a setting that does not do what its writer meant.
     for warning in policy.ineffective_templates() {
@@ -172,6 +200,10 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let certificate = config.server_tls().map_err(|e| anyhow::anyhow!(e))?;
+    let server_tls = match &certificate {
+        Some(cert) => Some(tls::server_config(cert.clone()).context("TLS configuration")?),
+        None => None,
+    };
     let cloud_tls = config.cloud_tls().map_err(|e| anyhow::anyhow!(e))?;
     if cloud_tls.is_none() {
         tracing::warn!(
@@ -180,32 +212,6 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     }
     let secret = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
         .context("cannot load or create the JWT secret")?;
-
-    let presence = {
-        let db = db.clone();
-        SyncArbiter::start(1, move || PresenceWriter::new(db.clone()))
-    };
-    let bus = EventBus::default().start();
-    let telemetry = {
-        let db = db.clone();
-        let writer = SyncArbiter::start(1, move || TelemetryWriter::new(db.clone()));
-        TelemetrySink::new(writer).start()
-    };
-    let registry = DeviceRegistry::new(presence.clone(), bus.clone()).start();
-    let windows = ConfirmWindows {
-        restart: std::time::Duration::from_secs(config.restart_confirm_secs),
-        reboot: std::time::Duration::from_secs(config.reboot_confirm_secs),
-    };
-    let dispatcher =
-        CommandDispatcher::new(db.clone(), registry.clone(), bus.clone(), windows).start();
-    let deployer = FirmwareDeployer::new(
-        db.clone(),
-        dispatcher.clone(),
-        bus.clone(),
-        std::time::Duration::from_secs(config.deployment_stage_timeout_secs),
-        std::time::Duration::from_secs(config.deployment_activate_timeout_secs),
-    )
-    .start();
     let limits = Arc::new(
         Limits::from_config(&config).context("cannot start the password-hashing threads")?,
     );
@@ -213,90 +219,152 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
         .cloud_target()
         .map_err(|e| anyhow::anyhow!(e))?
         .map(|(url, token)| CloudTarget { url, token });
-    let cloud_stats = SharedStats::default();
-    let cloud = CloudSync::new(
-        db.clone(),
-        cloud_target.clone(),
-        CloudSettings {
-            batch_size: config.cloud_batch_size,
-            concurrency: config.cloud_concurrency,
-            max_attempts: config.cloud_max_attempts,
-            retry_max: std::time::Duration::from_secs(config.cloud_retry_max_secs),
-        },
-        cloud_stats.clone(),
-        cloud_tls,
-    )
-    .start();
-    let cloud_target = Arc::new(std::sync::Mutex::new(cloud_target));
-    reload_cloud_on_sighup(cloud.clone(), cloud_target.clone());
-    Janitor::new(
-        db.clone(),
-        limits.clone(),
-        config.log_retention_days,
-        std::time::Duration::from_secs(config.audit_summary_secs),
-    )
-    .start();
-    let state = web::Data::new(AppState {
-        cloud,
-        cloud_stats,
-        cloud_target,
-        bus,
-        telemetry,
-        limits,
-        dashboards: DashboardRegistry::new(
-            config.dashboard_max_total,
-            config.dashboard_max_per_user,
-        ),
+    Ok(Prepared {
+        config,
         db,
-        jwt: auth::JwtKeys::new(&secret),
         policy,
-        config: Arc::new(config.clone()),
-        registry,
-        dispatcher,
-        deployer,
-        presence,
-    });
+        certificate,
+        server_tls,
+        cloud_tls,
+        secret,
+        limits,
+        cloud_target,
+        listener,
+    })
+}
 
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(MAX_JSON_BODY)
-                    .error_handler(error::json_error_handler),
-            )
-            .app_data(web::PayloadConfig::new(MAX_JSON_BODY))
-            .app_data(web::QueryConfig::default().error_handler(error::query_error_handler))
-            .app_data(web::PathConfig::default().error_handler(error::path_error_handler))
-            // Innermost first: the NUL check answers with `ApiError`s, and `json_errors`
-            // turns whatever actix answers on its own into the JSON error body.
-            .wrap(middleware::from_fn(input::reject_nul))
-            .wrap(middleware::from_fn(error::json_errors))
-            .wrap(
-                middleware::Logger::new("%a \"%{line}xi\" %s %b %Dms")
-                    .custom_request_replace("line", redacted_request_line)
-                    .exclude("/healthz"),
-            )
-            .configure(routes)
-            .default_service(web::to(api::not_found))
-    })
-    .on_connect(connection::remember);
-    let listening = format!("cannot listen on {}", config.bind);
-    let (server, scheme) = match certificate {
-        Some(cert) => {
-            let tls = tls::server_config(cert.clone()).context("TLS configuration")?;
-            reload_certificate_on_sighup(cert);
-            let server = server
-                .bind_rustls_0_23(config.bind_addr(), tls)
-                .context(listening)?;
-            (server, "https")
-        }
-        None => (server.bind(config.bind_addr()).context(listening)?, "http"),
-    };
-    let addrs = server.addrs();
-    Ok(Running {
-        server: server.run(),
-        addrs,
-        scheme,
-    })
+/// Prepares (see `prepare`) and starts the server. Must be called inside an actix system; the
+/// returned server runs until it is awaited to completion or stopped.
+pub fn start(config: Config) -> anyhow::Result<Running> {
+    prepare(config)?.start()
+}
+
+impl Prepared {
+    /// Starts the actors and the HTTP server on the bound listener. Must be called inside an
+    /// actix system. Its one fallible step hands actix a listener that is already bound and
+    /// non-blocking, which fails only if the socket itself broke since `prepare`.
+    pub fn start(self) -> anyhow::Result<Running> {
+        let Prepared {
+            config,
+            db,
+            policy,
+            certificate,
+            server_tls,
+            cloud_tls,
+            secret,
+            limits,
+            cloud_target,
+            listener,
+        } = self;
+        let presence = {
+            let db = db.clone();
+            SyncArbiter::start(1, move || PresenceWriter::new(db.clone()))
+        };
+        let bus = EventBus::default().start();
+        let telemetry = {
+            let db = db.clone();
+            let writer = SyncArbiter::start(1, move || TelemetryWriter::new(db.clone()));
+            TelemetrySink::new(writer).start()
+        };
+        let registry = DeviceRegistry::new(presence.clone(), bus.clone()).start();
+        let windows = ConfirmWindows {
+            restart: std::time::Duration::from_secs(config.restart_confirm_secs),
+            reboot: std::time::Duration::from_secs(config.reboot_confirm_secs),
+        };
+        let dispatcher =
+            CommandDispatcher::new(db.clone(), registry.clone(), bus.clone(), windows).start();
+        let deployer = FirmwareDeployer::new(
+            db.clone(),
+            dispatcher.clone(),
+            bus.clone(),
+            std::time::Duration::from_secs(config.deployment_stage_timeout_secs),
+            std::time::Duration::from_secs(config.deployment_activate_timeout_secs),
+        )
+        .start();
+        let cloud_stats = SharedStats::default();
+        let cloud = CloudSync::new(
+            db.clone(),
+            cloud_target.clone(),
+            CloudSettings {
+                batch_size: config.cloud_batch_size,
+                concurrency: config.cloud_concurrency,
+                max_attempts: config.cloud_max_attempts,
+                retry_max: std::time::Duration::from_secs(config.cloud_retry_max_secs),
+            },
+            cloud_stats.clone(),
+            cloud_tls,
+        )
+        .start();
+        let cloud_target = Arc::new(std::sync::Mutex::new(cloud_target));
+        reload_cloud_on_sighup(cloud.clone(), cloud_target.clone());
+        Janitor::new(
+            db.clone(),
+            limits.clone(),
+            config.log_retention_days,
+            std::time::Duration::from_secs(config.audit_summary_secs),
+        )
+        .start();
+        let state = web::Data::new(AppState {
+            cloud,
+            cloud_stats,
+            cloud_target,
+            bus,
+            telemetry,
+            limits,
+            dashboards: DashboardRegistry::new(
+                config.dashboard_max_total,
+                config.dashboard_max_per_user,
+            ),
+            db,
+            jwt: auth::JwtKeys::new(&secret),
+            policy,
+            config: Arc::new(config.clone()),
+            registry,
+            dispatcher,
+            deployer,
+            presence,
+        });
+
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(MAX_JSON_BODY)
+                        .error_handler(error::json_error_handler),
+                )
+                .app_data(web::PayloadConfig::new(MAX_JSON_BODY))
+                .app_data(web::QueryConfig::default().error_handler(error::query_error_handler))
+                .app_data(web::PathConfig::default().error_handler(error::path_error_handler))
+                // Innermost first: the NUL check answers with `ApiError`s, and `json_errors`
+                // turns whatever actix answers on its own into the JSON error body.
+                .wrap(middleware::from_fn(input::reject_nul))
+                .wrap(middleware::from_fn(error::json_errors))
+                .wrap(
+                    middleware::Logger::new("%a \"%{line}xi\" %s %b %Dms")
+                        .custom_request_replace("line", redacted_request_line)
+                        .exclude("/healthz"),
+                )
+                .configure(routes)
+                .default_service(web::to(api::not_found))
+        })
+        .on_connect(connection::remember);
+        let listening = format!("cannot listen on {}", config.bind);
+        let (server, scheme) = match (certificate, server_tls) {
+            (Some(cert), Some(tls)) => {
+                reload_certificate_on_sighup(cert);
+                let server = server
+                    .listen_rustls_0_23(listener, tls)
+                    .context(listening)?;
+                (server, "https")
+            }
+            _ => (server.listen(listener).context(listening)?, "http"),
+        };
+        let addrs = server.addrs();
+        Ok(Running {
+            server: server.run(),
+            addrs,
+            scheme,
+        })
+    }
 }

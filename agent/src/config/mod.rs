@@ -14,7 +14,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use self::cli::{Cli, ConnectionMode, Secret};
+pub use self::cli::{AdminCommand, Cli, ConnectionMode, QueueCommand, Secret};
 use crate::label::LabelTemplate;
 
 mod cli;
@@ -197,6 +197,16 @@ impl ConfigSource {
         }
         figment = figment.merge(Serialized::defaults(&cli));
         Ok(ConfigSource { figment })
+    }
+
+    /// The data dir alone, for the subcommands that only read the agent's database: they
+    /// must work on a line PC whose other settings are incomplete.
+    pub fn data_dir(&self) -> PathBuf {
+        self.figment
+            .extract_inner::<PathBuf>("data_dir")
+            .ok()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
     }
 
     /// The validated settings with `overlay` (snake_case keys, as the TOML file has them)

@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use protocol::sync::{RecordKind, SyncRecord};
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -104,6 +104,21 @@ pub struct ScanOutcome {
 pub struct QueueCounts {
     pub pending: u64,
     pub sent: u64,
+}
+
+/// The offline queue as `Store::queue_stats` reads it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStats {
+    pub pending: u64,
+    pub sent: u64,
+    /// Pending records that failed at least one attempt.
+    pub failing: u64,
+    pub oldest_pending_age_secs: Option<i64>,
+    pub sent_last_minute: u64,
+    pub sent_last_hour: u64,
+    /// The latest pending record's last failure.
+    pub last_error: Option<String>,
 }
 
 fn kind_name(kind: RecordKind) -> &'static str {
@@ -435,6 +450,49 @@ impl Store {
             }
         }
         Ok(counts)
+    }
+
+    /// The queue as a supervisor reads it (`edge-agent status`, `queue stats`): its depth,
+    /// how old its oldest record is, how many records failed an attempt, and how many were
+    /// sent in the last minute and hour (the drain rate; sent rows are kept for a while).
+    pub fn queue_stats(&self, now: DateTime<Utc>) -> Result<QueueStats, StoreError> {
+        let counts = self.queue_counts()?;
+        let since = |secs: i64| (now - chrono::Duration::seconds(secs)).to_rfc3339();
+        let sent_since = |from: String| -> Result<u64, StoreError> {
+            let n: i64 = self.conn.query_row(
+                "SELECT COUNT(*) FROM queue WHERE state = 'SENT' AND sent_at >= ?1",
+                params![from],
+                |row| row.get(0),
+            )?;
+            Ok(n as u64)
+        };
+        let (failing, oldest): (i64, Option<String>) = self.conn.query_row(
+            "SELECT COUNT(CASE WHEN attempts > 0 THEN 1 END), MIN(created_at)
+             FROM queue WHERE state = 'PENDING'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        let last_error: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT last_error FROM queue WHERE state = 'PENDING' AND last_error IS NOT NULL
+                 ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let oldest_pending_age_secs = oldest
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| (now - t.with_timezone(&Utc)).num_seconds().max(0));
+        Ok(QueueStats {
+            pending: counts.pending,
+            sent: counts.sent,
+            failing: failing as u64,
+            oldest_pending_age_secs,
+            sent_last_minute: sent_since(since(60))?,
+            sent_last_hour: sent_since(since(3600))?,
+            last_error,
+        })
     }
 
     /// Deletes pending rows, and sent ones too when asked; answers how many of each.

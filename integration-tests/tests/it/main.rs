@@ -7,6 +7,7 @@
 
 mod common;
 
+mod admin_cli;
 mod agent_commands;
 mod agent_firmware;
 mod benchmark;
@@ -16,6 +17,7 @@ mod dashboard_e2e;
 mod deployments;
 mod edge_agent;
 mod firmware;
+mod first_run;
 mod hostile;
 mod printer;
 mod rbac;

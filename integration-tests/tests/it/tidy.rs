@@ -409,7 +409,10 @@ pub fn layer_offenders(sources: &[Source]) -> Vec<String> {
 pub fn sql_offenders(sources: &[Source]) -> Vec<String> {
     let mut out = Vec::new();
     for source in sources {
-        if !(source.under("server/src/api/") || source.under("server/src/actors/")) {
+        if !(source.under("server/src/api/")
+            || source.under("server/src/actors/")
+            || source.under("server/src/admin/"))
+        {
             continue;
         }
         let code = Code::of(&source.text);

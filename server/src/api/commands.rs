@@ -50,6 +50,12 @@ pub fn parse_command_body(body: &[u8]) -> ApiResult<Value> {
             e.to_string(),
         ));
     }
+    if let Some(field) = Command::unknown_field(command) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidCommand,
+            format!("unknown field `{field}` for command type {type_name}"),
+        ));
+    }
     // A script may leave the id to the server.
     if !command.contains_key("id") {
         command.insert("id".into(), Value::String(uuid::Uuid::new_v4().to_string()));
@@ -335,6 +341,29 @@ pub async fn fan_out(
     Ok(HttpResponse::Ok().json(Envelope::ok(answers)))
 }
 
+/// Reads a bulk dispatch body: `deviceIds` taken out, the rest read as a single dispatch,
+/// which refuses unknown fields (serde cannot through the `flatten` of
+/// `BulkDispatchRequest`).
+pub fn parse_bulk_dispatch(body: &[u8]) -> ApiResult<BulkDispatchRequest> {
+    let mut value = parse_command_body(body)?;
+    let device_ids = value
+        .as_object_mut()
+        .and_then(|body| body.remove("deviceIds"))
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::InvalidBody, "body needs `deviceIds`"))?;
+    let bulk = BulkDispatchRequest {
+        device_ids: serde_json::from_value(device_ids).map_err(|e| {
+            ApiError::bad_request(ErrorCode::InvalidBody, format!("deviceIds: {e}"))
+        })?,
+        request: serde_json::from_value(value)
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidCommand, e.to_string()))?,
+    };
+    bulk.request
+        .command
+        .validate()
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidCommand, e))?;
+    Ok(bulk)
+}
+
 /// `POST /api/v1/devices/commands`: `{"deviceIds": [...], "command": …}`.
 pub async fn bulk_dispatch(
     user: Authorized<DispatchCommands>,
@@ -342,13 +371,7 @@ pub async fn bulk_dispatch(
     req: HttpRequest,
     body: web::Bytes,
 ) -> ApiResult<HttpResponse> {
-    let value = parse_command_body(&body)?;
-    let bulk: BulkDispatchRequest = serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidCommand, e.to_string()))?;
-    bulk.request
-        .command
-        .validate()
-        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidCommand, e))?;
+    let bulk = parse_bulk_dispatch(&body)?;
     if bulk.device_ids.is_empty() {
         return Err(ApiError::bad_request(
             ErrorCode::InvalidBody,

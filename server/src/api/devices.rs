@@ -249,15 +249,9 @@ fn check_label(value: &str, message: &'static str) -> ApiResult<()> {
     Ok(())
 }
 
-/// `POST /api/v1/devices` (ADMIN): registers a device before it is switched on; it may then
-/// enroll with the enrollment key while auto-enrollment is off. 409 `device_exists`.
-pub async fn register_device(
-    user: Authorized<RegisterDevices>,
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Json<RegisterDeviceRequest>,
-) -> ApiResult<HttpResponse> {
-    let request = body.into_inner();
+/// What a registration must satisfy before it is stored; the admin command line checks the
+/// same.
+pub fn check_registration(request: &RegisterDeviceRequest) -> ApiResult<()> {
     if !protocol::device::is_valid_device_id(&request.id) {
         return Err(ApiError::bad_request(
             ErrorCode::InvalidParameter,
@@ -280,6 +274,19 @@ pub async fn register_device(
             "at most 100 groupIds",
         ));
     }
+    Ok(())
+}
+
+/// `POST /api/v1/devices` (ADMIN): registers a device before it is switched on; it may then
+/// enroll with the enrollment key while auto-enrollment is off. 409 `device_exists`.
+pub async fn register_device(
+    user: Authorized<RegisterDevices>,
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Json<RegisterDeviceRequest>,
+) -> ApiResult<HttpResponse> {
+    let request = body.into_inner();
+    check_registration(&request)?;
     let entry = by_user(&user, &req, "device.register")
         .target(Some(request.id.clone()))
         .params(serde_json::to_value(&request).unwrap_or_default());

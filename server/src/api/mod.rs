@@ -17,7 +17,12 @@ pub mod telemetry;
 pub mod ui;
 pub mod users;
 
-use actix_web::{web, HttpResponse};
+use std::sync::OnceLock;
+
+use actix_web::dev::ResourceDef;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use protocol::rest::Envelope;
 
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -125,6 +130,40 @@ async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {
     }))))
 }
 
-pub async fn not_found() -> ApiResult<HttpResponse> {
-    Err(ApiError::not_found(ErrorCode::NotFound, "no such route"))
+/// What no route answered: 405 with `Allow` when the path is a route's under another method,
+/// else 404. Both in the JSON error body.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    let allowed = allowed_methods(req.path());
+    if allowed.is_empty() {
+        return ApiError::not_found(ErrorCode::NotFound, "no such route").error_response();
+    }
+    let allow = allowed.join(", ");
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        format!("{} is not allowed here; allowed: {allow}", req.method()),
+    )
+    .error_response();
+    if let Ok(value) = HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// The methods `ROUTES` lists for a path, in their order, without repeats.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    static PATTERNS: OnceLock<Vec<(&'static str, ResourceDef)>> = OnceLock::new();
+    let patterns = PATTERNS.get_or_init(|| {
+        ROUTES
+            .iter()
+            .map(|(method, pattern)| (*method, ResourceDef::new(*pattern)))
+            .collect()
+    });
+    let mut methods = Vec::new();
+    for (method, pattern) in patterns {
+        if pattern.is_match(path) && !methods.contains(method) {
+            methods.push(*method);
+        }
+    }
+    methods
 }

@@ -62,6 +62,14 @@ pub fn bootstrap_admin(
         .run_blocking(|conn| Ok(count(conn)?))
         .map_err(|e| anyhow::anyhow!(e.message))?;
     if existing > 0 {
+        // The setting is read only while the user table is empty; saying so spares an
+        // operator a login that fails with nothing in the log to say why.
+        if configured.is_some() {
+            tracing::warn!(
+                users = existing,
+                "the admin password setting is ignored: users exist already (it sets only the first admin's password; use `factory-server user passwd` to change one)"
+            );
+        }
         return Ok(());
     }
     let (password, generated) = match configured {

@@ -13,7 +13,7 @@ use diesel::r2d2::R2D2Connection;
 use diesel_migrations::MigrationHarness;
 
 use crate::config::{redact_url, DatabaseTarget};
-use crate::store::error::StoreError;
+use crate::store::error::{StoreError, StoreResult};
 
 /// Runs `$body` with `$c` bound to the backend's own connection, for the few statements diesel
 /// builds only for a concrete backend (multi-row inserts): one piece of code, compiled for both.
@@ -265,4 +265,23 @@ where
 pub fn ping(conn: &mut DbConnection) -> Result<(), StoreError> {
     conn.batch_execute("SELECT 1")
         .map_err(|e| StoreError::unavailable(format!("database unreachable: {e}")))
+}
+
+/// Writes a consistent copy of a SQLite database to `dest` with `VACUUM INTO`, which reads
+/// in one transaction, so writers may go on meanwhile (WAL) and the copy is one point in time.
+/// Answers `None` on PostgreSQL, whose copies are `pg_dump`'s job.
+pub fn backup_sqlite(conn: &mut DbConnection, dest: &std::path::Path) -> StoreResult<Option<()>> {
+    let DbConnection::Sqlite(inner) = conn else {
+        return Ok(None);
+    };
+    let dest = dest.to_str().ok_or_else(|| {
+        StoreError::bad_request(
+            crate::store::error::ErrorCode::InvalidParameter,
+            "the path is not UTF-8",
+        )
+    })?;
+    diesel::sql_query("VACUUM INTO ?")
+        .bind::<diesel::sql_types::Text, _>(dest)
+        .execute(inner)?;
+    Ok(Some(()))
 }

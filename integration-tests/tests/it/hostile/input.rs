@@ -382,8 +382,18 @@ fn every_error_answer_is_the_json_envelope(backend: Backend) {
     );
     let answer = raw(client.get(url("/no/such/route")));
     assert_envelope(&answer, 404, "not_found", "unknown route");
-    let answer = raw(client.delete(url("/healthz")));
-    assert_envelope(&answer, 404, "not_found", "unknown method");
+    // A route's path under another method: 405 with the methods it has (issue 18).
+    let response = client.delete(url("/healthz")).send().expect("http request");
+    assert_eq!(response.headers()["allow"], "GET");
+    let answer = (
+        response.status().as_u16(),
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned(),
+        response.text().unwrap(),
+    );
+    assert_envelope(&answer, 405, "method_not_allowed", "wrong method");
 
     // Board routes keep their plain refusals.
     let (status, content_type, _) = raw(client.get(url("/firmware/proj/latest")));
