@@ -7,6 +7,7 @@
 pub mod actors;
 pub mod api;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod db;
@@ -148,6 +149,16 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
     private_files::create_private_dir(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let policy = Arc::new(config.policy());
+    if config.firmware_allow_unsigned {
+        tracing::warn!(
+            "firmware_allow_unsigned is on: unsigned firmware releases are accepted although release keys are trusted"
+        );
+    }
+    if config.ota_legacy_boards {
+        tracing::warn!(
+            "ota_legacy_boards is on: any holder of a board token downloads any file of its project"
+        );
+    }
     // A grant that opens nothing is a setting that does not do what its writer meant.
     for warning in policy.ineffective_templates() {
         tracing::warn!("{warning}");
@@ -247,8 +258,12 @@ pub fn start(config: Config) -> anyhow::Result<Running> {
             config.dashboard_max_total,
             config.dashboard_max_per_user,
         ),
+        downloads: budget::DownloadBudget::new(
+            config.download_slots,
+            config.download_slots_per_line,
+        ),
         db,
-        jwt: auth::JwtKeys::new(&secret),
+        jwt: auth::JwtKeys::new(&secret).with_ota_algorithm(config.ota_algorithm()),
         policy,
         config: Arc::new(config.clone()),
         registry,
