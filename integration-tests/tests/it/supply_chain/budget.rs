@@ -5,7 +5,8 @@
 //! download must still complete (boards retry on 429, agents wait out 503), and the peak is
 //! printed.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,14 +22,15 @@ const SECRET: &str = "budget-admin-secret-0123456789";
 const SLOTS: u64 = 3;
 const PER_LINE: u64 = 2;
 
-/// One board: a token, then the file, read slowly (so it holds its slot), retrying after
-/// every 429 for as long as the server says. Answers the bytes and the 429s it got.
+/// Bytes a board's socket may buffer: small, so the server's send buffer fills and its
+/// transfer lasts as long as the board reads, as over a slow radio link.
+const BOARD_RCVBUF: usize = 16 * 1024;
+
+/// One board: a token, then the file over a socket with a small receive buffer, read at a
+/// modest pace (so it holds its slot), retrying after every 429 for as long as the server says.
+/// Answers the bytes and the 429s it got.
 fn board_download(base: &str, board: &str, url: &str) -> (Vec<u8>, u32) {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
-    let issued: Value = client
+    let issued: Value = reqwest::blocking::Client::new()
         .post(format!("{base}/admin/generate_token"))
         .header("X-Admin-Secret", SECRET)
         .json(&json!({"device_id": board, "project": "fan"}))
@@ -37,34 +39,54 @@ fn board_download(base: &str, board: &str, url: &str) -> (Vec<u8>, u32) {
         .json()
         .unwrap();
     let token = issued["token"].as_str().unwrap().to_owned();
+    let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
     let mut busy = 0;
     loop {
-        let mut response = client
-            .get(format!("{base}{url}"))
-            .bearer_auth(&token)
-            .header("X-Device-ID", board)
-            .send()
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .unwrap();
+        // Set before connecting, so the window the board offers stays this small.
+        socket.set_recv_buffer_size(BOARD_RCVBUF).unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let mut stream: TcpStream = socket.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
-        if response.status().as_u16() == 429 {
+        let request = format!(
+            "GET {url} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             X-Device-ID: {board}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        let header = |name: &str| -> Option<u64> {
+            head.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.trim().parse().unwrap())
+        };
+        let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        if status == 429 {
             busy += 1;
-            let wait: u64 = response.headers()["retry-after"]
-                .to_str()
-                .unwrap()
-                .parse()
-                .unwrap();
-            std::thread::sleep(Duration::from_secs(wait));
+            std::thread::sleep(Duration::from_secs(header("retry-after").unwrap()));
             continue;
         }
-        assert_eq!(response.status().as_u16(), 200, "{board}");
-        let mut body = Vec::new();
-        let mut chunk = vec![0u8; 32 * 1024];
-        loop {
-            let n = response.read(&mut chunk).unwrap();
-            if n == 0 {
-                break;
-            }
+        assert_eq!(status, 200, "{board}: {head}");
+        let length = header("content-length").unwrap() as usize;
+        let mut body = Vec::with_capacity(length);
+        let mut chunk = vec![0u8; 64 * 1024];
+        while body.len() < length {
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "{board}: the body ended after {} bytes", body.len());
             body.extend_from_slice(&chunk[..n]);
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(Duration::from_millis(5));
         }
         return (body, busy);
     }
@@ -112,7 +134,9 @@ fn three_deployments_and_a_board_burst_stay_within_the_budget(backend: Backend) 
             (release, body)
         })
         .collect();
-    let board_body = artifact(2 << 20, 9);
+    // Larger than the server's largest socket send buffer (4 MiB here), so a transfer cannot
+    // end on the server before the board has read most of it.
+    let board_body = artifact(8 << 20, 9);
     let fan = upload_release(&server, &api, "fan", "1.0.0", board_body.clone());
     let boards: Vec<(String, Option<&str>)> = (1..=6)
         .map(|i| (format!("bud-board-{i}"), (i <= 3).then_some("line-b")))
@@ -202,7 +226,7 @@ fn three_deployments_and_a_board_burst_stay_within_the_budget(backend: Backend) 
         .count();
     println!(
         "download budget: peak {peak} concurrent transfers (limit {SLOTS}; sampled {}), \
-         per line {:?} (limit {PER_LINE}; sampled {line_peaks:?}); {} transfers served, \
+         per line {} (limit {PER_LINE}; sampled {line_peaks:?}); {} transfers served, \
          {refused} refused ({board_429} board 429s), {waited} of 3 agents waited their turn",
         sampled_peak.load(Ordering::SeqCst),
         view["lines"],
