@@ -635,7 +635,7 @@ impl World {
             }
             ("POST", "/admin/revoke_token") => json!({"jti": format!("gen-jti-{n}")}),
             ("PUT", "/api/v1/ota/projects/{project}/devices/{device_id}") => {
-                json!({"fwAccess": n % 2 == 0, "productionLineId": "line-gen"})
+                json!({"fwAccess": n.is_multiple_of(2), "productionLineId": "line-gen"})
             }
             _ => return None,
         })
