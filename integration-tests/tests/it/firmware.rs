@@ -707,6 +707,17 @@ fn ota_without_tokens_and_without_admin_secret(backend: Backend) {
         body.clone(),
     );
     assert_eq!(r.status, 201);
+    // The rollback fields belong to a signed manifest: without a signature they vouch for
+    // nothing, so they are refused rather than stored.
+    for field in ["securityFloor=3", "allowDowngrade=true"] {
+        let unsigned = http.upload(
+            admin.token().unwrap(),
+            &format!("version=0.1.1&filename=open.bin&project=open&{field}"),
+            body.clone(),
+        );
+        assert_eq!(unsigned.status, 400, "{field}");
+        assert_eq!(unsigned.code(), "invalid_parameter", "{field}");
+    }
     let open = http.get("/firmware/open/0.1.0-open.bin", None, &[]);
     assert_eq!(open.status, 200);
     assert_eq!(open.bytes, body);
