@@ -20,6 +20,7 @@ mod remote_config;
 mod runtime;
 mod shell;
 mod store;
+mod trust;
 mod upstream;
 
 use std::io::{IsTerminal, Write};
@@ -270,6 +271,11 @@ fn run(
         log_file = %config.log_file.display(),
         "settings"
     );
+    if config.firmware_allow_unsigned {
+        tracing::warn!(
+            "firmware_allow_unsigned is on: unsigned firmware releases are staged although release keys are trusted"
+        );
+    }
     http::init(config.ca_file.as_deref()).map_err(|e| anyhow::anyhow!("ca_file: {e}"))?;
 
     let system = System::new();

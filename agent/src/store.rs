@@ -8,6 +8,7 @@
 
 pub mod labels;
 pub mod queue;
+pub mod trust;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};

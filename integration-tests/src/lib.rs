@@ -671,6 +671,10 @@ impl Api {
         self.send(self.client.delete(format!("{}{path}", self.base)))
     }
 
+    pub fn put(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.client.put(format!("{}{path}", self.base)).json(body))
+    }
+
     pub fn patch(&self, path: &str, body: &Value) -> Reply {
         self.send(self.client.patch(format!("{}{path}", self.base)).json(body))
     }

@@ -1,4 +1,4 @@
-//! The eleven device commands, their results and their progress reports.
+//! The twelve device commands, their results and their progress reports.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -55,6 +55,29 @@ pub enum CommandKind {
         /// operator chose). An addition to the contract's fields; absent means no.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         allow_downgrade: bool,
+        /// The release's project, which the signed manifest names; absent means the edge
+        /// agent's own (`edge`), as every sender before this field meant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        project: Option<String>,
+        /// The signed manifest's downgrade permission (`downgrade=allowed`); covered by the
+        /// signature, unlike `allowDowngrade`, which only says the operator wants one.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        manifest_allow_downgrade: bool,
+        /// The signed manifest's security floor (`security_floor=N`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        security_floor: Option<u64>,
+    },
+    /// A change of the keys the device trusts for releases, signed by a key it trusts already
+    /// (`protocol::firmware::KeyRotation` gives the signed bytes).
+    #[serde(rename_all = "camelCase")]
+    RotateFirmwareKeys {
+        #[serde(default)]
+        add: Vec<String>,
+        #[serde(default)]
+        retire: Vec<String>,
+        sequence: u64,
+        expires_at: chrono::DateTime<chrono::Utc>,
+        signature_base64: String,
     },
     ExecShell {
         template: String,
@@ -86,10 +109,11 @@ pub enum CommandType {
     ExecShell,
     EnableDevice,
     DisableDevice,
+    RotateFirmwareKeys,
 }
 
 impl CommandType {
-    pub const ALL: [CommandType; 11] = [
+    pub const ALL: [CommandType; 12] = [
         CommandType::ForceSync,
         CommandType::ClearQueue,
         CommandType::PullLogs,
@@ -101,6 +125,7 @@ impl CommandType {
         CommandType::ExecShell,
         CommandType::EnableDevice,
         CommandType::DisableDevice,
+        CommandType::RotateFirmwareKeys,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +141,7 @@ impl CommandType {
             CommandType::ExecShell => "exec_shell",
             CommandType::EnableDevice => "enable_device",
             CommandType::DisableDevice => "disable_device",
+            CommandType::RotateFirmwareKeys => "rotate_firmware_keys",
         }
     }
 
@@ -135,7 +161,13 @@ impl CommandType {
                 "signatureExpiresAt",
                 "deploymentId",
                 "allowDowngrade",
+                "project",
+                "manifestAllowDowngrade",
+                "securityFloor",
             ],
+            CommandType::RotateFirmwareKeys => {
+                &["add", "retire", "sequence", "expiresAt", "signatureBase64"]
+            }
             CommandType::ExecShell => &["template", "args"],
             CommandType::DisableDevice => &["reason"],
             CommandType::ForceSync
@@ -165,7 +197,7 @@ impl fmt::Display for CommandType {
     }
 }
 
-/// The error of parsing a command type name that is not one of the eleven.
+/// The error of parsing a command type name that is not one of the twelve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownCommandType(pub String);
 
@@ -202,9 +234,13 @@ impl CommandKind {
             CommandKind::ExecShell { .. } => CommandType::ExecShell,
             CommandKind::EnableDevice => CommandType::EnableDevice,
             CommandKind::DisableDevice { .. } => CommandType::DisableDevice,
+            CommandKind::RotateFirmwareKeys { .. } => CommandType::RotateFirmwareKeys,
         }
     }
 }
+
+/// Most keys one rotation may add and retire together: a keyring is a handful of keys.
+pub const MAX_ROTATED_KEYS: usize = 16;
 
 /// Largest command id accepted; ids are stored and echoed, so they are bounded.
 pub const MAX_COMMAND_ID_LEN: usize = 128;
@@ -262,6 +298,20 @@ impl Command {
                 if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) =>
             {
                 Err("update_firmware sha256 must be 64 hexadecimal characters".into())
+            }
+            CommandKind::RotateFirmwareKeys { add, retire, .. } => {
+                if add.is_empty() && retire.is_empty() {
+                    return Err("rotate_firmware_keys adds or retires at least one key".into());
+                }
+                if add.len() + retire.len() > MAX_ROTATED_KEYS {
+                    return Err(format!(
+                        "rotate_firmware_keys names at most {MAX_ROTATED_KEYS} keys"
+                    ));
+                }
+                for key in add.iter().chain(retire) {
+                    crate::signing::parse_public_key(key).map_err(|e| e.to_string())?;
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -344,6 +394,9 @@ mod tests {
                 signature_expires_at: Some(chrono::Utc::now()),
                 deployment_id: Some("d".into()),
                 allow_downgrade: true,
+                project: Some("edge".into()),
+                manifest_allow_downgrade: true,
+                security_floor: Some(1),
             },
             CommandType::ExecShell => CommandKind::ExecShell {
                 template: "ping".into(),
@@ -351,6 +404,13 @@ mod tests {
             },
             CommandType::EnableDevice => CommandKind::EnableDevice,
             CommandType::DisableDevice => CommandKind::DisableDevice { reason: "r".into() },
+            CommandType::RotateFirmwareKeys => CommandKind::RotateFirmwareKeys {
+                add: vec!["k".into()],
+                retire: vec!["r".into()],
+                sequence: 1,
+                expires_at: chrono::Utc::now(),
+                signature_base64: "s".into(),
+            },
         }
     }
 

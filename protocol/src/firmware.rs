@@ -26,6 +26,12 @@ pub struct FirmwareRelease {
     pub created_at: Timestamp,
     /// Path of the artifact route, for a device or a script to download it.
     pub artifact_url: String,
+    /// The signed manifest permits this release to replace a newer version.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// The signed manifest's security floor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_floor: Option<u64>,
 }
 
 /// `POST /api/v1/firmware/deployments`: a release to a list of devices or to a group.
@@ -198,6 +204,7 @@ pub const MANIFEST_HEADER: &str = "factory-firmware-manifest-v1";
 
 /// The canonical bytes a release signature covers: the header, then one `key=value` line each
 /// for the project, version, artifact digest (lowercase hex), size and expiry (Unix seconds).
+/// A manifest without rollback fields; `Manifest::bytes` writes those too.
 pub fn manifest_bytes(
     project: &str,
     version: &str,
@@ -209,4 +216,79 @@ pub fn manifest_bytes(
         "{MANIFEST_HEADER}\nproject={project}\nversion={version}\nsha256={sha256_hex}\nsize={size}\nexpires={expires_unix}\n"
     )
     .into_bytes()
+}
+
+/// Everything a release signature vouches for. The first six lines are the original manifest;
+/// the rollback fields add a line each only when set, so a manifest signed before they existed
+/// (no permission, no floor) has exactly the bytes it had, and its signature still verifies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub project: String,
+    pub version: String,
+    /// The artifact's SHA-256, lowercase hex.
+    pub sha256: String,
+    pub size: u64,
+    /// The signature is worthless after this (Unix seconds): a device refuses a frozen
+    /// (replayed stale) manifest.
+    pub expires_unix: i64,
+    /// The signer allows this release to replace a newer version (`downgrade=allowed`).
+    pub allow_downgrade: bool,
+    /// The release's security floor (`security_floor=N`): a device that accepted it never
+    /// stages a release of a lower floor again (an absent floor counts as 0).
+    pub security_floor: Option<u64>,
+}
+
+impl Manifest {
+    /// The signed bytes: `manifest_bytes`, then `downgrade=allowed` and `security_floor=N` when
+    /// set, in that order, each ending in `\n`.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut bytes = manifest_bytes(
+            &self.project,
+            &self.version,
+            &self.sha256.to_ascii_lowercase(),
+            self.size,
+            self.expires_unix,
+        );
+        if self.allow_downgrade {
+            bytes.extend_from_slice(b"downgrade=allowed\n");
+        }
+        if let Some(floor) = self.security_floor {
+            bytes.extend_from_slice(format!("security_floor={floor}\n").as_bytes());
+        }
+        bytes
+    }
+}
+
+/// First line of a signed key-rotation message.
+pub const ROTATION_HEADER: &str = "factory-keyring-rotation-v1";
+
+/// A change of the keys a device trusts for releases: keys to add and keys to retire, signed
+/// by a key the device trusts already. `sequence` only grows: a device applies a rotation only
+/// when its sequence is above every one it applied, so an old message cannot be replayed to
+/// bring a retired key back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// Base64 of raw 32-byte Ed25519 public keys, as written in the settings.
+    pub add: Vec<String>,
+    pub retire: Vec<String>,
+    pub sequence: u64,
+    pub expires_unix: i64,
+}
+
+impl KeyRotation {
+    /// The signed bytes: the header, `sequence=`, `expires=`, then one `add=` line per added key
+    /// and one `retire=` line per retired key, in the order given, each ending in `\n`.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut text = format!(
+            "{ROTATION_HEADER}\nsequence={}\nexpires={}\n",
+            self.sequence, self.expires_unix
+        );
+        for key in &self.add {
+            text.push_str(&format!("add={key}\n"));
+        }
+        for key in &self.retire {
+            text.push_str(&format!("retire={key}\n"));
+        }
+        text.into_bytes()
+    }
 }

@@ -14,6 +14,7 @@ pub mod hex;
 pub mod limits;
 pub mod ota;
 pub mod rest;
+pub mod signing;
 pub mod sync;
 
 pub use commands::{Command, CommandKind, CommandProgress, CommandResult, CommandType};

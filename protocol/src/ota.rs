@@ -20,3 +20,41 @@ pub struct OtaTokenResponse {
     pub expires_at: String,
     pub payload: Value,
 }
+
+/// A board listed for a project (`/api/v1/ota/projects/{project}/devices`): only a listed board
+/// with `fwAccess` downloads the project's firmware, naming itself in `X-Device-ID`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtaBoard {
+    pub project: String,
+    pub device_id: String,
+    pub fw_access: bool,
+    /// The production line whose download budget the board's downloads count against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_line_id: Option<String>,
+    pub created_at: crate::Timestamp,
+    pub updated_at: crate::Timestamp,
+}
+
+/// `PUT /api/v1/ota/projects/{project}/devices/{deviceId}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtaBoardRequest {
+    pub fw_access: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub production_line_id: Option<String>,
+}
+
+/// `POST /admin/revoke_token`: the token itself, or its `jti` (one of the two). The seed's
+/// snake_case, like `/admin/generate_token`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeTokenRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// The header a board names itself in on a download (or `?device_id=`).
+pub const DEVICE_ID_HEADER: &str = "X-Device-ID";

@@ -75,6 +75,11 @@ pub enum ErrorCode {
     SignatureRequired,
     SignatureExpired,
     InvalidAdminSecret,
+    /// 503 / 429: every download slot of the line or of the server is taken; `Retry-After`
+    /// says when to ask again.
+    DownloadBusy,
+    /// No board of that id is listed for the project (`/api/v1/ota/projects/{p}/devices`).
+    BoardNotFound,
     DatabaseUnavailable,
     /// A device sent a sync record for a company that is not its own.
     CompanyMismatch,
@@ -129,6 +134,8 @@ impl ErrorCode {
             ErrorCode::SignatureRequired => "signature_required",
             ErrorCode::SignatureExpired => "signature_expired",
             ErrorCode::InvalidAdminSecret => "invalid_admin_secret",
+            ErrorCode::DownloadBusy => "download_busy",
+            ErrorCode::BoardNotFound => "board_not_found",
             ErrorCode::DatabaseUnavailable => "database_unavailable",
             ErrorCode::CompanyMismatch => "company_mismatch",
             ErrorCode::BadRequest => "bad_request",

@@ -217,6 +217,19 @@ diesel::table! {
         signature_expires_at -> Nullable<Timestamp>,
         uploaded_by -> Nullable<Text>,
         created_at -> Timestamp,
+        allow_downgrade -> Bool,
+        security_floor -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    ota_boards (project, device_id) {
+        project -> Text,
+        device_id -> Text,
+        fw_access -> Bool,
+        production_line_id -> Nullable<Text>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
     }
 }
 

@@ -24,6 +24,11 @@ pub const MAX_DASHBOARDS_PER_USER: usize = 16;
 /// one holds up to its channel's 1 MiB of events until its deadline, so this bounds memory.
 pub const MAX_DASHBOARDS: usize = 256;
 
+/// Default of `download_slots`: artifact transfers at once in all.
+pub const DOWNLOAD_SLOTS: usize = 64;
+/// Default of `download_slots_per_line`: a line's switch and its PCs' share of the uplink.
+pub const DOWNLOAD_SLOTS_PER_LINE: usize = 16;
+
 /// Settings of a running server, after all four layers are merged and checked.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -81,14 +86,25 @@ pub struct Config {
     pub firmware_max_bytes: u64,
     /// Ed25519 public keys (base64 of the raw 32 bytes, comma-separated) that may sign releases.
     pub firmware_trusted_keys: Option<String>,
-    /// Refuse a release upload that carries no valid signature.
+    /// Refuse a release upload that carries no valid signature, even without trusted keys
+    /// (with one, unsigned uploads are refused anyway unless `firmware_allow_unsigned`).
     pub firmware_require_signature: bool,
+    /// Take unsigned uploads although keys are trusted; warned at every start.
+    pub firmware_allow_unsigned: bool,
+    /// Artifact transfers at once in all (deployments, hand-sent updates, boards, users).
+    pub download_slots: usize,
+    /// Artifact transfers at once to the devices and boards of one production line.
+    pub download_slots_per_line: usize,
     /// Secret for `POST /admin/generate_token` (`X-Admin-Secret`); without it the route is off.
     pub ota_admin_secret: Option<String>,
     /// Default lifetime of OTA board tokens, in minutes.
     pub ota_jwt_expiry_minutes: u64,
     /// Serve `/firmware/…` without OTA tokens.
     pub ota_no_jwt: bool,
+    /// The seed document's boards: tokens without `aud`, no `X-Device-ID`, no registration.
+    pub ota_legacy_boards: bool,
+    /// `HS256` or `HS512`, for OTA tokens only.
+    pub ota_jwt_algorithm: String,
     /// Seconds a dashboard socket has to take a frame before it is closed as stalled.
     pub dashboard_send_timeout_secs: u64,
     /// Dashboard sockets one user may hold at once.
@@ -137,9 +153,14 @@ impl Default for Config {
             firmware_max_bytes: 512 * 1024 * 1024,
             firmware_trusted_keys: None,
             firmware_require_signature: false,
+            firmware_allow_unsigned: false,
+            download_slots: DOWNLOAD_SLOTS,
+            download_slots_per_line: DOWNLOAD_SLOTS_PER_LINE,
             ota_admin_secret: None,
             ota_jwt_expiry_minutes: 30,
             ota_no_jwt: false,
+            ota_legacy_boards: false,
+            ota_jwt_algorithm: "HS256".into(),
             dashboard_send_timeout_secs: SEND_TIMEOUT.as_secs(),
             dashboard_max_per_user: MAX_DASHBOARDS_PER_USER,
             dashboard_max_total: MAX_DASHBOARDS,
@@ -348,6 +369,21 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firmware_require_signature: Option<bool>,
 
+    /// Take unsigned firmware uploads although trusted keys are set; warned at every start [default: false].
+    #[arg(long, env = "FACTORY_FIRMWARE_ALLOW_UNSIGNED", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware_allow_unsigned: Option<bool>,
+
+    /// Artifact transfers served at once in all; more wait (429/503 with Retry-After) [default: 64].
+    #[arg(long, env = "FACTORY_DOWNLOAD_SLOTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_slots: Option<usize>,
+
+    /// Artifact transfers served at once to one production line's devices and boards [default: 16].
+    #[arg(long, env = "FACTORY_DOWNLOAD_SLOTS_PER_LINE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_slots_per_line: Option<usize>,
+
     /// Secret boards' provisioning tools present in `X-Admin-Secret` to get OTA tokens [default: none, the route answers 403].
     #[arg(
         long,
@@ -367,6 +403,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "FACTORY_OTA_NO_JWT", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ota_no_jwt: Option<bool>,
+
+    /// Boards of the seed document: OTA tokens without audience, no X-Device-ID, no registration [default: false].
+    #[arg(long, env = "FACTORY_OTA_LEGACY_BOARDS", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ota_legacy_boards: Option<bool>,
+
+    /// Algorithm of OTA tokens: HS256 or HS512 [default: HS256].
+    #[arg(long, env = "FACTORY_OTA_JWT_ALGORITHM")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ota_jwt_algorithm: Option<String>,
 
     /// Seconds a dashboard socket has to take a frame before it is closed as stalled [default: 10].
     #[arg(long, global = true, env = "FACTORY_DASHBOARD_SEND_TIMEOUT_SECS")]
@@ -544,6 +590,24 @@ impl Config {
                 "firmware_require_signature needs firmware_trusted_keys".into(),
             ));
         }
+        if self.firmware_require_signature && self.firmware_allow_unsigned {
+            return Err(ConfigError(
+                "firmware_allow_unsigned contradicts firmware_require_signature".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&self.download_slots)
+            || !(1..=100_000).contains(&self.download_slots_per_line)
+        {
+            return Err(ConfigError(
+                "download_slots and download_slots_per_line must be 1-100000".into(),
+            ));
+        }
+        if !matches!(self.ota_jwt_algorithm.as_str(), "HS256" | "HS512") {
+            return Err(ConfigError(format!(
+                "ota_jwt_algorithm: `{}` is neither HS256 nor HS512",
+                self.ota_jwt_algorithm
+            )));
+        }
         if let Some(secret) = &self.ota_admin_secret {
             if secret.len() < 16 {
                 return Err(ConfigError(
@@ -669,6 +733,22 @@ impl Config {
                     })
             })
             .collect()
+    }
+
+    /// Whether an upload must be signed: signatures are required, or a key is trusted and
+    /// unsigned releases were not explicitly allowed.
+    pub fn signatures_required(&self) -> bool {
+        self.firmware_require_signature
+            || (!self.firmware_allow_unsigned
+                && self.firmware_keys().is_ok_and(|keys| !keys.is_empty()))
+    }
+
+    /// The algorithm of OTA tokens; validate() has checked the name.
+    pub fn ota_algorithm(&self) -> jsonwebtoken::Algorithm {
+        match self.ota_jwt_algorithm.as_str() {
+            "HS512" => jsonwebtoken::Algorithm::HS512,
+            _ => jsonwebtoken::Algorithm::HS256,
+        }
     }
 
     /// Who may send which command, as the settings say.

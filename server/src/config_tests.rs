@@ -126,6 +126,56 @@ fn firmware_and_ota_settings_are_checked() {
 }
 
 #[test]
+fn signatures_are_required_once_a_key_is_trusted_unless_unsigned_is_allowed() {
+    let key = "A".repeat(43) + "=";
+    assert!(!Config::load(cli(&[])).unwrap().signatures_required());
+    let trusted = Config::load(cli(&["--firmware-trusted-keys", &key])).unwrap();
+    assert!(trusted.signatures_required());
+    let allowed = Config::load(cli(&[
+        "--firmware-trusted-keys",
+        &key,
+        "--firmware-allow-unsigned",
+    ]))
+    .unwrap();
+    assert!(!allowed.signatures_required());
+    let err = Config::load(cli(&[
+        "--firmware-trusted-keys",
+        &key,
+        "--firmware-require-signature",
+        "--firmware-allow-unsigned",
+    ]))
+    .unwrap_err();
+    assert!(err.to_string().contains("contradicts"), "{err}");
+}
+
+#[test]
+fn download_slots_and_ota_algorithm_are_checked() {
+    let config = Config::load(cli(&[])).unwrap();
+    assert_eq!(
+        (config.download_slots, config.download_slots_per_line),
+        (64, 16)
+    );
+    assert_eq!(config.ota_algorithm(), jsonwebtoken::Algorithm::HS256);
+    let config = Config::load(cli(&[
+        "--download-slots",
+        "3",
+        "--download-slots-per-line",
+        "2",
+        "--ota-jwt-algorithm",
+        "HS512",
+        "--ota-legacy-boards",
+    ]))
+    .unwrap();
+    assert_eq!(config.download_slots, 3);
+    assert_eq!(config.ota_algorithm(), jsonwebtoken::Algorithm::HS512);
+    assert!(config.ota_legacy_boards);
+    let err = Config::load(cli(&["--download-slots", "0"])).unwrap_err();
+    assert!(err.to_string().contains("download_slots"), "{err}");
+    let err = Config::load(cli(&["--ota-jwt-algorithm", "none"])).unwrap_err();
+    assert!(err.to_string().contains("HS256 nor HS512"), "{err}");
+}
+
+#[test]
 fn postgres_url_selects_postgres() {
     let config = Config::load(cli(&["--database-url", "postgres://u:pw@localhost/db"])).unwrap();
     assert!(matches!(config.database(), DatabaseTarget::Postgres(_)));

@@ -1,6 +1,7 @@
 //! JSON Web Tokens: the claims of user, device and OTA tokens, their keys, and the secret
-//! they are signed with. HS256 is pinned on decode, so a token that names another algorithm
-//! (`none` included) is refused before its claims are read.
+//! they are signed with. HS256 is pinned on decode (for OTA tokens, the algorithm of
+//! `ota_jwt_algorithm`, HS256 or HS512), so a token that names another algorithm (`none`
+//! included) is refused before its claims are read.
 
 use std::path::Path;
 
@@ -62,10 +63,24 @@ impl From<TokenError> for ApiError {
     }
 }
 
+/// The audience of board tokens (the OTA seed's latest version).
+pub const OTA_AUDIENCE: &str = "ota_api";
+/// The issuer this server writes into board tokens and wants back.
+pub const OTA_ISSUER: &str = "factory-server";
+/// The roles of a board token: a board, allowed to download firmware.
+pub const OTA_ROLES: [&str; 2] = ["device", "fw_download"];
+/// The roles of the seed document's tokens (`--ota-legacy-boards`).
+pub const OTA_LEGACY_ROLES: [&str; 2] = ["device", "ota_client"];
+
 /// The claims of an OTA token: the seed's payload (`ota-firmware-server.md`) plus `scope`,
-/// which keeps it apart from user and device tokens signed with the same key.
+/// which keeps it apart from user and device tokens signed with the same key, and the latest
+/// seed version's `aud` and `iss` (absent in legacy tokens).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OtaClaims {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
     pub sub: String,
     pub project: String,
     pub roles: Vec<String>,
@@ -84,24 +99,60 @@ pub struct IssuedToken {
     pub expires_at: DateTime<Utc>,
 }
 
+impl OtaClaims {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// A token of the latest seed version: this server's issuer and audience, the board role.
+    pub fn is_current(&self) -> bool {
+        self.aud.as_deref() == Some(OTA_AUDIENCE)
+            && self.iss.as_deref() == Some(OTA_ISSUER)
+            && self.has_role("device")
+    }
+
+    /// A token of the seed document, as boards already in the field hold.
+    pub fn is_legacy(&self) -> bool {
+        self.aud.is_none() && self.has_role("ota_client")
+    }
+}
+
 #[derive(Clone)]
 pub struct JwtKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    ota_algorithm: Algorithm,
+    ota_validation: Validation,
+}
+
+fn pinned(algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.algorithms = vec![algorithm];
+    validation.leeway = JWT_LEEWAY_SECS;
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    // The audience of board tokens is checked by `verify_ota` itself, so that a legacy token
+    // without one can be told apart from a token for another audience.
+    validation.validate_aud = false;
+    validation
 }
 
 impl JwtKeys {
     pub fn new(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = JWT_LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp", "sub"]);
         JwtKeys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-            validation,
+            validation: pinned(Algorithm::HS256),
+            ota_algorithm: Algorithm::HS256,
+            ota_validation: pinned(Algorithm::HS256),
         }
+    }
+
+    /// The same keys with OTA tokens signed and pinned to `algorithm` (HS256 or HS512).
+    pub fn with_ota_algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.ota_algorithm = algorithm;
+        self.ota_validation = pinned(algorithm);
+        self
     }
 
     pub fn issue_user(
@@ -152,16 +203,17 @@ impl JwtKeys {
         if claims.scope != Scope::Ota {
             return Err(ApiError::internal("OTA token without the ota scope"));
         }
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(self.ota_algorithm), claims, &self.encoding)
             .map_err(ApiError::internal)
     }
 
-    /// Verifies an OTA token: signature, pinned algorithm, expiry, the `ota` scope and the
-    /// `ota_client` role. User and device tokens fail on the scope.
-    pub fn verify_ota(&self, token: &str) -> Result<OtaClaims, TokenError> {
+    /// Verifies an OTA token: signature, pinned algorithm, expiry, the `ota` scope, and either
+    /// the latest seed version's audience, issuer and `device` role or (only when `legacy`)
+    /// the seed document's `ota_client` role. User and device tokens fail on the scope.
+    pub fn verify_ota(&self, token: &str, legacy: bool) -> Result<OtaClaims, TokenError> {
         // Decoded as the common claims first, so a user or device token is told apart by its
         // scope rather than by a missing field.
-        let common = jsonwebtoken::decode::<ScopeOnly>(token, &self.decoding, &self.validation)
+        let common = jsonwebtoken::decode::<ScopeOnly>(token, &self.decoding, &self.ota_validation)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
@@ -169,12 +221,14 @@ impl JwtKeys {
         if common.claims.scope != Scope::Ota {
             return Err(TokenError::WrongScope);
         }
-        let data = jsonwebtoken::decode::<OtaClaims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<OtaClaims>(token, &self.decoding, &self.ota_validation)
             .map_err(|_| TokenError::Invalid)?;
-        if !data.claims.roles.iter().any(|r| r == "ota_client") {
-            return Err(TokenError::Invalid);
+        let claims = data.claims;
+        if claims.is_current() || (legacy && claims.is_legacy()) {
+            Ok(claims)
+        } else {
+            Err(TokenError::Invalid)
         }
-        Ok(data.claims)
     }
 
     /// Verifies signature, algorithm, expiry and scope.
@@ -315,9 +369,11 @@ mod tests {
     fn ota_claims(exp: i64) -> OtaClaims {
         let now = Utc::now().timestamp();
         OtaClaims {
+            aud: Some(OTA_AUDIENCE.into()),
+            iss: Some(OTA_ISSUER.into()),
             sub: "board-1".into(),
             project: "fan".into(),
-            roles: vec!["device".into(), "ota_client".into()],
+            roles: vec!["device".into(), "fw_download".into()],
             iat: now,
             exp: now + exp,
             jti: "board-1-1".into(),
@@ -330,19 +386,41 @@ mod tests {
     fn ota_tokens_and_other_tokens_never_stand_in_for_each_other() {
         let keys = keys();
         let ota = keys.issue_ota(&ota_claims(600)).unwrap();
-        assert_eq!(keys.verify_ota(&ota).unwrap().project, "fan");
+        assert_eq!(keys.verify_ota(&ota, false).unwrap().project, "fan");
         assert_eq!(keys.verify(&ota, Scope::User), Err(TokenError::WrongScope));
         assert_eq!(
             keys.verify(&ota, Scope::Device),
             Err(TokenError::WrongScope)
         );
         let user = keys.issue_user("u1", Role::Admin, 0, 60).unwrap().token;
-        assert_eq!(keys.verify_ota(&user), Err(TokenError::WrongScope));
+        assert_eq!(keys.verify_ota(&user, false), Err(TokenError::WrongScope));
         let device = keys.issue_device("edge-1", 60).unwrap().token;
-        assert_eq!(keys.verify_ota(&device), Err(TokenError::WrongScope));
+        assert_eq!(keys.verify_ota(&device, false), Err(TokenError::WrongScope));
         let expired = keys.issue_ota(&ota_claims(-3600)).unwrap();
-        assert_eq!(keys.verify_ota(&expired), Err(TokenError::Expired));
+        assert_eq!(keys.verify_ota(&expired, false), Err(TokenError::Expired));
         let other = JwtKeys::new(b"another-secret-another-secret-xx");
-        assert_eq!(other.verify_ota(&ota), Err(TokenError::Invalid));
+        assert_eq!(other.verify_ota(&ota, false), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn legacy_tokens_pass_only_in_legacy_mode_and_the_algorithm_is_pinned() {
+        let keys = keys();
+        let mut legacy = ota_claims(600);
+        legacy.aud = None;
+        legacy.iss = None;
+        legacy.roles = vec!["device".into(), "ota_client".into()];
+        let token = keys.issue_ota(&legacy).unwrap();
+        assert_eq!(keys.verify_ota(&token, false), Err(TokenError::Invalid));
+        assert!(keys.verify_ota(&token, true).is_ok());
+        let mut stranger = ota_claims(600);
+        stranger.aud = Some("someone_else".into());
+        let token = keys.issue_ota(&stranger).unwrap();
+        assert_eq!(keys.verify_ota(&token, true), Err(TokenError::Invalid));
+        let hs512 = keys.clone().with_ota_algorithm(Algorithm::HS512);
+        let token = hs512.issue_ota(&ota_claims(600)).unwrap();
+        assert!(hs512.verify_ota(&token, false).is_ok());
+        assert_eq!(keys.verify_ota(&token, false), Err(TokenError::Invalid));
+        let token = keys.issue_ota(&ota_claims(600)).unwrap();
+        assert_eq!(hs512.verify_ota(&token, false), Err(TokenError::Invalid));
     }
 }

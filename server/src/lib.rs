@@ -8,6 +8,7 @@ pub mod actors;
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod connection;
 pub mod db;
@@ -176,6 +177,16 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
         .set_nonblocking(true)
         .with_context(|| format!("cannot listen on {}", config.bind))?;
     let policy = Arc::new(config.policy());
+    if config.firmware_allow_unsigned {
+        tracing::warn!(
+            "firmware_allow_unsigned is on: unsigned firmware releases are accepted although release keys are trusted"
+        );
+    }
+    if config.ota_legacy_boards {
+        tracing::warn!(
+            "ota_legacy_boards is on: any holder of a board token downloads any file of its project"
+        );
+    }
     // A grant that opens nothing is a setting that does not do what its writer meant.
     for warning in policy.ineffective_templates() {
         tracing::warn!("{warning}");
@@ -315,8 +326,12 @@ impl Prepared {
                 config.dashboard_max_total,
                 config.dashboard_max_per_user,
             ),
+            downloads: budget::DownloadBudget::new(
+                config.download_slots,
+                config.download_slots_per_line,
+            ),
             db,
-            jwt: auth::JwtKeys::new(&secret),
+            jwt: auth::JwtKeys::new(&secret).with_ota_algorithm(config.ota_algorithm()),
             policy,
             config: Arc::new(config.clone()),
             registry,

@@ -29,15 +29,15 @@ pub const TEMPLATE_DEFAULT_ROLE: Role = Role::Admin;
 /// The seed's RBAC table (`server-management.md` §7), roles ordered VIEWER < OPERATOR <
 /// MANAGER < ADMIN: operators dispatch force_sync, pull_logs and enable_device; managers add
 /// the device's config and clear_queue; everything else, `exec_shell` included, is the
-/// admin's.
+/// admin's. `rotate_firmware_keys` (not in the seed) changes whom a device trusts, so it is
+/// the admin's too (and signed, so not even an admin can forge one).
 pub fn seed_min_role(kind: CommandType) -> Role {
     use protocol::commands::CommandType::*;
     match kind {
         ForceSync | PullLogs | EnableDevice => Role::Operator,
         ClearQueue | PushConfig => Role::Manager,
-        RestartService | RebootOs | ShutdownOs | UpdateFirmware | DisableDevice | ExecShell => {
-            Role::Admin
-        }
+        RestartService | RebootOs | ShutdownOs | UpdateFirmware | DisableDevice | ExecShell
+        | RotateFirmwareKeys => Role::Admin,
     }
 }
 

@@ -12,6 +12,7 @@ use crate::actors::events::EventBus;
 use crate::actors::presence::PresenceWriter;
 use crate::actors::registry::DeviceRegistry;
 use crate::actors::telemetry::TelemetrySink;
+use crate::budget::DownloadBudget;
 use crate::config::Config;
 use crate::jwt::JwtKeys;
 pub use crate::limits::Limits;
@@ -38,4 +39,6 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Open dashboard sockets: their caps, and how revocations reach them.
     pub dashboards: Arc<DashboardRegistry>,
+    /// Artifact transfers at once, in all and per production line.
+    pub downloads: Arc<DownloadBudget>,
 }

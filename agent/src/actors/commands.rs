@@ -22,13 +22,14 @@ use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 use protocol::commands::{Command, CommandKind, CommandResult};
 use protocol::device::{DeviceEvent, LogLineEvent};
+use protocol::firmware::{KeyRotation, AGENT_PROJECT};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::actors::drain::{Drain, DrainNow};
 use crate::actors::queue::{ClearQueue, QueueActor, SetProduction};
 use crate::actors::shell::{RunProgram, RunTemplate, ShellActor};
-use crate::actors::store::{ApplyConfig, GetResult, PutResult, StoreActor};
+use crate::actors::store::{ApplyConfig, GetResult, PutResult, Rotate, StoreActor};
 use crate::actors::updater::{StageRelease, Updater};
 use crate::config::{Config, ConfigSource};
 use crate::firmware::{parse_running, UpdateRequest};
@@ -239,6 +240,9 @@ fn run(deps: Deps, runs: &AtomicU64, turn: Turn, command: Command) -> BoxFuture<
             signature_expires_at,
             deployment_id: _,
             allow_downgrade,
+            project,
+            manifest_allow_downgrade,
+            security_floor,
         } => update_firmware(
             deps,
             turn,
@@ -251,9 +255,27 @@ fn run(deps: Deps, runs: &AtomicU64, turn: Turn, command: Command) -> BoxFuture<
                 signature_base64,
                 signature_expires_at,
                 allow_downgrade,
+                project: project.unwrap_or_else(|| AGENT_PROJECT.to_owned()),
+                manifest_allow_downgrade,
+                security_floor,
             },
         )
         .boxed(),
+        CommandKind::RotateFirmwareKeys {
+            add,
+            retire,
+            sequence,
+            expires_at,
+            signature_base64,
+        } => {
+            let rotation = KeyRotation {
+                add,
+                retire,
+                sequence,
+                expires_unix: expires_at.timestamp(),
+            };
+            rotate_keys(deps, id, rotation, signature_base64).boxed()
+        }
         CommandKind::ExecShell { template, args } => exec_shell(deps, id, template, args).boxed(),
         CommandKind::EnableDevice => production(deps, id, true, None).boxed(),
         CommandKind::DisableDevice { reason } => production(deps, id, false, Some(reason)).boxed(),
@@ -524,6 +546,50 @@ async fn update_firmware(deps: Deps, turn: Turn, request: UpdateRequest) -> Answ
             CommandResult::failed(id, format!("{staged_text} but not activated: {e}"))
                 .with_data(data),
         ),
+    }
+}
+
+/// Applies a signed key rotation to the release keyring (checked and stored by the store
+/// actor, `trust::rotate`); answers the keys in force after it.
+async fn rotate_keys(
+    deps: Deps,
+    id: String,
+    rotation: KeyRotation,
+    signature_base64: String,
+) -> Answered {
+    let configured = deps.config.borrow().firmware_trusted_keys.clone();
+    let sequence = rotation.sequence;
+    let rotated = deps
+        .store
+        .send(Rotate {
+            configured,
+            rotation,
+            signature_base64,
+        })
+        .await;
+    match rotated {
+        Ok(Ok(keys)) => {
+            let keys: Vec<String> = keys
+                .iter()
+                .map(protocol::signing::encode_public_key)
+                .collect();
+            tracing::warn!(sequence, keys = ?keys, "firmware release keys rotated");
+            answer(
+                CommandResult::ok(
+                    id,
+                    format!(
+                        "release keys rotated (sequence {sequence}); {} key(s) trusted",
+                        keys.len()
+                    ),
+                )
+                .with_data(json!({"trustedKeys": keys, "sequence": sequence})),
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(sequence, "key rotation refused: {e}");
+            answer(CommandResult::failed(id, e.to_string()))
+        }
+        Err(e) => answer(CommandResult::failed(id, format!("store unavailable: {e}"))),
     }
 }
 

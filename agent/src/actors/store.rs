@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::config::{Config, ConfigSource};
 use crate::remote_config::{self, RemoteConfigError};
 use crate::store::{Shared, StoreError};
+use crate::trust::{self, RotationError, TrustState};
 
 /// The store as an actor on its own thread.
 pub struct StoreActor {
@@ -114,6 +115,73 @@ impl Handler<ApplyConfig> for StoreActor {
 
     fn handle(&mut self, msg: ApplyConfig, _: &mut Self::Context) -> Self::Result {
         remote_config::apply(&self.store.lock(), &msg.source, &msg.patch)
+    }
+}
+
+/// The firmware keyring and floors (`store/trust.rs`), for the updater's checks.
+#[derive(Message)]
+#[rtype(result = "Result<TrustState, StoreError>")]
+pub struct GetTrust;
+
+impl Handler<GetTrust> for StoreActor {
+    type Result = Result<TrustState, StoreError>;
+
+    fn handle(&mut self, _msg: GetTrust, _ctx: &mut Self::Context) -> Self::Result {
+        self.store.lock().trust()
+    }
+}
+
+/// Raises a project's security floor after a verified release was staged.
+#[derive(Message)]
+#[rtype(result = "Result<u64, StoreError>")]
+pub struct RaiseFloor {
+    pub project: String,
+    pub floor: u64,
+}
+
+impl Handler<RaiseFloor> for StoreActor {
+    type Result = Result<u64, StoreError>;
+
+    fn handle(&mut self, msg: RaiseFloor, _ctx: &mut Self::Context) -> Self::Result {
+        self.store.lock().raise_floor(&msg.project, msg.floor)
+    }
+}
+
+/// Applies a signed key rotation: read, check and write under one lock of the store, so two
+/// rotations can never both pass the sequence check.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<[u8; 32]>, RotateError>")]
+pub struct Rotate {
+    pub configured: Vec<[u8; 32]>,
+    pub rotation: protocol::firmware::KeyRotation,
+    pub signature_base64: String,
+}
+
+/// A rotation refused, or the store failing under it.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error(transparent)]
+    Refused(#[from] RotationError),
+    #[error("keyring not stored: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl Handler<Rotate> for StoreActor {
+    type Result = Result<Vec<[u8; 32]>, RotateError>;
+
+    /// Answers the keys in force after the rotation.
+    fn handle(&mut self, msg: Rotate, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.lock();
+        let state = store.trust()?;
+        let next = trust::rotate(
+            &msg.configured,
+            &state.keyring,
+            &msg.rotation,
+            &msg.signature_base64,
+            chrono::Utc::now(),
+        )?;
+        store.set_keyring(&next)?;
+        Ok(trust::keys_in_force(&msg.configured, &next))
     }
 }
 

@@ -8,6 +8,10 @@
 //! every failure removes the `.part` file. Earlier staged versions stay for rollback. The
 //! checks and file names are `firmware.rs`; this file is the download and the actor.
 //!
+//! A server whose download slots are all taken answers 429 or 503 with `Retry-After`: the
+//! updater waits that long (at most a minute at a time) and asks again, for up to an hour in
+//! all, without counting it as a failed attempt; waiting its turn is not a fault.
+//!
 //! A `url` that is a path (`/api/v1/firmware/releases/<id>/artifact`, as the server's deployer
 //! sends it) is fetched from the configured server. Installing the staged file (`current`,
 //! the trial, the restart) is `install.rs`'s job, run by the command handler after a stage.
@@ -25,12 +29,13 @@ use protocol::device::DeviceEvent;
 use ring::digest;
 use tokio::sync::watch;
 
-use crate::actors::store::{GetToken, StoreActor};
+use crate::actors::store::{GetToken, GetTrust, RaiseFloor, StoreActor};
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::firmware::{
-    check_signature, check_version, part_path, remove_partial_downloads, resolve_url, stage,
-    staged_path, verify_download, Policy, Staged, UpdateError, UpdateRequest,
+    check_floor, check_project, check_signature, check_version, part_path,
+    remove_partial_downloads, resolve_url, stage, staged_path, verify_download, Policy, Staged,
+    UpdateError, UpdateRequest,
 };
 use crate::messages::SendEvent;
 use protocol::hex::encode as hex;
@@ -43,6 +48,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes gathered before one write to disk, so a write is not a blocking call per packet.
 const WRITE_CHUNK: usize = 256 * 1024;
+/// The longest single wait a busy server's `Retry-After` may ask for.
+const MAX_BUSY_WAIT: Duration = Duration::from_secs(60);
+/// How long in all a download waits for a free slot before the command fails.
+const BUSY_WAIT_LIMIT: Duration = Duration::from_secs(3600);
 
 /// The download's open `.part` file, hash so far and length so far.
 struct Sink {
@@ -93,6 +102,21 @@ enum Attempt {
     Complete(Sink),
     /// The connection dropped; what arrived is kept and the next attempt resumes.
     Dropped(Sink, String),
+    /// Every download slot is taken: ask again after this long.
+    Busy(Sink, Duration),
+}
+
+/// The wait a 429 or 503 asks for in `Retry-After` (seconds), when it gives one.
+fn retry_after(response: &awc::ClientResponse<impl futures_util::Stream>) -> Option<Duration> {
+    let secs: u64 = response
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.max(1)).min(MAX_BUSY_WAIT))
 }
 
 /// The start offset of a `Content-Range: bytes <start>-<end>/<total>` header.
@@ -149,6 +173,10 @@ async fn attempt(
                     sink.have
                 )));
             }
+        }
+        429 | 503 if retry_after(&response).is_some() => {
+            let wait = retry_after(&response).unwrap_or(MAX_BUSY_WAIT);
+            return Ok(Attempt::Busy(sink, wait));
         }
         500..=599 => {
             return Ok(Attempt::Dropped(sink, format!("server answered {status}")));
@@ -247,9 +275,25 @@ async fn download(
         .map_err(|e| UpdateError::Io(std::io::Error::other(e)))??;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(8));
     let mut retries = 0;
+    let mut waited = Duration::ZERO;
     loop {
         match attempt(client, request, token, sink, progress).await? {
             Attempt::Complete(done) => return Ok(done),
+            Attempt::Busy(kept, wait) => {
+                if waited >= BUSY_WAIT_LIMIT {
+                    return Err(UpdateError::Download(format!(
+                        "the server had no free download slot for {} s",
+                        waited.as_secs()
+                    )));
+                }
+                tracing::info!(
+                    wait_secs = wait.as_secs(),
+                    "server's download slots are taken; waiting for a turn"
+                );
+                waited += wait;
+                sink = kept;
+                tokio::time::sleep(wait).await;
+            }
             Attempt::Dropped(kept, reason) => {
                 if retries == MAX_RETRIES {
                     return Err(UpdateError::Download(format!(
@@ -383,14 +427,27 @@ impl Handler<StageRelease> for Updater {
         StageRelease(mut request): StageRelease,
         _ctx: &mut Self::Context,
     ) -> Self::Result {
-        let policy = Policy::from_config(&self.config.borrow(), &self.running);
+        let config = self.config.borrow().clone();
+        let running = self.running.clone();
         let store = self.store.clone();
         let events = self.events.clone();
         let client = self.client.clone();
         let work = async move {
-            check_version(&policy, &request.version, request.allow_downgrade)?;
+            let trust = match store.send(GetTrust).await {
+                Ok(Ok(trust)) => trust,
+                Ok(Err(e)) => {
+                    return Err(UpdateError::Download(format!(
+                        "trust state unavailable: {e}"
+                    )))
+                }
+                Err(e) => return Err(UpdateError::Download(format!("store unavailable: {e}"))),
+            };
+            let policy = Policy::from_config(&config, &running, &trust);
+            check_project(&request)?;
             request.url = resolve_url(&policy.server_url, &request.url)?;
-            let signature_verified = check_signature(&policy, &request, Utc::now())?;
+            let verified = check_signature(&policy, &request, Utc::now())?;
+            check_version(&policy, &request.version, request.allow_downgrade, verified)?;
+            check_floor(&policy, &request, verified)?;
             let token = match store.send(GetToken).await {
                 Ok(Ok(Some(token))) => token,
                 Ok(Ok(None)) => {
@@ -400,12 +457,26 @@ impl Handler<StageRelease> for Updater {
                 Err(e) => return Err(UpdateError::Download(format!("store unavailable: {e}"))),
             };
             let size = request.size;
+            let project = request.project.clone();
             let (path, sha256) = fetch_and_stage(client, policy, request, token, events).await?;
+            // Only a floor a trusted key signed is kept; it is raised once the release is
+            // staged, so a refused or broken download never moves it.
+            if verified.verified && verified.floor > 0 {
+                let raised = store.send(RaiseFloor {
+                    project,
+                    floor: verified.floor,
+                });
+                match raised.await {
+                    Ok(Ok(floor)) => tracing::info!(floor, "firmware security floor accepted"),
+                    Ok(Err(e)) => tracing::error!("security floor not stored: {e}"),
+                    Err(e) => tracing::error!("security floor not stored: {e}"),
+                }
+            }
             Ok(Staged {
                 path,
                 sha256,
                 size,
-                signature_verified,
+                signature_verified: verified.verified,
             })
         };
         AtomicResponse::new(Box::pin(work.into_actor(self)))

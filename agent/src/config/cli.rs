@@ -251,10 +251,15 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firmware_trusted_keys: Option<Vec<String>>,
 
-    /// Refuse update_firmware commands without a valid signature [default: false]
+    /// Refuse unsigned releases even while no key is trusted [default: false; with a trusted key unsigned ones are refused anyway]
     #[arg(long, global = true, env = "EDGE_FIRMWARE_REQUIRE_SIGNATURE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firmware_require_signature: Option<bool>,
+
+    /// Stage unsigned releases although a key is trusted; warned at every start [default: false]
+    #[arg(long, global = true, env = "EDGE_FIRMWARE_ALLOW_UNSIGNED", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firmware_allow_unsigned: Option<bool>,
 
     /// Stage releases older than the running agent too [default: false]
     #[arg(long, global = true, env = "EDGE_ALLOW_FIRMWARE_DOWNGRADE", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]

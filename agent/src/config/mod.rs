@@ -53,6 +53,7 @@ struct Defaults {
     shutdown_command: [&'static str; 3],
     firmware_trusted_keys: [&'static str; 0],
     firmware_require_signature: bool,
+    firmware_allow_unsigned: bool,
     allow_firmware_downgrade: bool,
     firmware_activate: bool,
 }
@@ -68,6 +69,7 @@ const DEFAULTS: Defaults = Defaults {
     shutdown_command: DEFAULT_SHUTDOWN_COMMAND,
     firmware_trusted_keys: [],
     firmware_require_signature: false,
+    firmware_allow_unsigned: false,
     allow_firmware_downgrade: false,
     firmware_activate: true,
 };
@@ -101,6 +103,7 @@ struct Layered {
     firmware_staging_dir: Option<PathBuf>,
     firmware_trusted_keys: Vec<String>,
     firmware_require_signature: bool,
+    firmware_allow_unsigned: bool,
     allow_firmware_downgrade: bool,
     firmware_activate: bool,
 }
@@ -155,7 +158,13 @@ pub struct Config {
     pub firmware_staging_dir: PathBuf,
     /// Ed25519 public keys that may sign firmware releases.
     pub firmware_trusted_keys: Vec<[u8; 32]>,
+    /// Refuse unsigned releases even while no key is trusted (then nothing can be staged
+    /// until a key is configured). With a trusted key, unsigned releases are refused anyway
+    /// unless `firmware_allow_unsigned` is on.
     pub firmware_require_signature: bool,
+    /// Stage unsigned releases although a key is trusted: the explicit, logged way out of
+    /// the secure default.
+    pub firmware_allow_unsigned: bool,
     pub allow_firmware_downgrade: bool,
     /// Install a staged release (point `current` at it, exit 75 to be restarted on it).
     pub firmware_activate: bool,
@@ -345,12 +354,19 @@ impl Config {
                 "at least one key is required when firmware_require_signature is on",
             ));
         }
+        if l.firmware_require_signature && l.firmware_allow_unsigned {
+            return Err(invalid(
+                "firmware_allow_unsigned",
+                "contradicts firmware_require_signature; set one of them",
+            ));
+        }
 
         let name = non_empty(l.name).unwrap_or_else(|| device_id.clone());
         Ok(Config {
             firmware_staging_dir,
             firmware_trusted_keys,
             firmware_require_signature: l.firmware_require_signature,
+            firmware_allow_unsigned: l.firmware_allow_unsigned,
             allow_firmware_downgrade: l.allow_firmware_downgrade,
             firmware_activate: l.firmware_activate,
             log_file,

@@ -298,6 +298,14 @@ fn firmware_settings_have_defaults_and_are_checked() {
     ])
     .unwrap_err();
     assert!(err.to_string().contains("at least one key"), "{err}");
+    assert!(!with(&[]).unwrap().firmware_allow_unsigned);
+    assert!(
+        with(&["--firmware-allow-unsigned"])
+            .unwrap()
+            .firmware_allow_unsigned
+    );
+    let err = with(&["--firmware-allow-unsigned", "--firmware-require-signature"]).unwrap_err();
+    assert!(err.to_string().contains("contradicts"), "{err}");
 }
 
 #[test]

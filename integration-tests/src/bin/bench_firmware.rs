@@ -121,6 +121,9 @@ fn main() {
             "warn",
             "--firmware-max-bytes",
             &(2 * GIB).to_string(),
+            // Throughput of 100 transfers at once is measured, so the budget must hold them.
+            "--download-slots",
+            "1000",
         ],
     );
     let api = Api::admin(&server);

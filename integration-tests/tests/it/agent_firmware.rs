@@ -157,13 +157,16 @@ fn broken_releases_fail_on_the_device_and_stage_nothing(backend: Backend) {
     let signer = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).unwrap();
     let stranger = Ed25519KeyPair::from_seed_unchecked(&[9; 32]).unwrap();
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    // The server trusts the signer; the agents trust someone else.
+    // The server trusts the signer; the agents trust someone else. Both take unsigned
+    // releases: the wrong hash and the truncated download are the point here, not the
+    // secure default (`supply_chain` covers that).
     let server = ServerProcess::start_with(
         TestDb::new(backend),
         TempDir::new("factory-fw-broken"),
         &[
             "--firmware-trusted-keys",
             &b64(signer.public_key().as_ref()),
+            "--firmware-allow-unsigned",
         ],
     );
     let api = Api::admin(&server);
@@ -171,6 +174,7 @@ fn broken_releases_fail_on_the_device_and_stage_nothing(backend: Backend) {
         args: vec![
             "--firmware-trusted-keys".into(),
             b64(stranger.public_key().as_ref()),
+            "--firmware-allow-unsigned".into(),
         ],
         ..AgentOptions::default()
     };

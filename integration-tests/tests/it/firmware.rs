@@ -582,7 +582,9 @@ fn ota_tokens_and_board_downloads(backend: Backend) {
     let payload = &issued["payload"];
     assert_eq!(payload["sub"], "board-1");
     assert_eq!(payload["project"], "fan");
-    assert_eq!(payload["roles"], json!(["device", "ota_client"]));
+    assert_eq!(payload["roles"], json!(["device", "fw_download"]));
+    assert_eq!(payload["aud"], "ota_api");
+    assert_eq!(payload["iss"], "factory-server");
     assert_eq!(payload["fw_version"], "1.2.0");
     let (iat, exp) = (
         payload["iat"].as_i64().unwrap(),
@@ -616,14 +618,20 @@ fn ota_tokens_and_board_downloads(backend: Backend) {
     assert_eq!(latest["file"], "1.10.0-fan.bin");
     assert_eq!(latest["url"], "/firmware/fan/1.10.0-fan.bin");
 
-    // Downloads: header token, query token, resumed.
+    // Downloads: header token, query token, resumed; the board names itself and is listed.
+    let listed = admin.put(
+        "/api/v1/ota/projects/fan/devices/board-1",
+        &json!({"fwAccess": true}),
+    );
+    assert_eq!(listed.status, 200, "{}", listed.body);
     let (_, newest) = bodies.iter().find(|(v, _)| v == "1.10.0").unwrap();
-    let by_header = http.get("/firmware/fan/1.10.0-fan.bin", Some(&ota), &[]);
+    let board = [("X-Device-ID", "board-1")];
+    let by_header = http.get("/firmware/fan/1.10.0-fan.bin", Some(&ota), &board);
     assert_eq!(by_header.status, 200);
     assert_eq!(&by_header.bytes, newest);
     assert_eq!(latest["sha256"], sha256_hex(newest));
     let by_query = http.get(
-        &format!("/firmware/fan/1.10.0-fan.bin?token={ota}"),
+        &format!("/firmware/fan/1.10.0-fan.bin?token={ota}&device_id=board-1"),
         None,
         &[],
     );
@@ -632,7 +640,7 @@ fn ota_tokens_and_board_downloads(backend: Backend) {
     let resumed = http.get(
         &format!("/firmware/fan/1.10.0-fan.bin?token={ota}"),
         None,
-        &[("Range", "bytes=5000-")],
+        &[("Range", "bytes=5000-"), ("X-Device-ID", "board-1")],
     );
     assert_eq!(resumed.status, 206);
     assert_eq!(resumed.bytes, newest[5000..]);
@@ -648,7 +656,7 @@ fn ota_tokens_and_board_downloads(backend: Backend) {
         403
     );
     assert_eq!(
-        http.get("/firmware/fan/missing.bin", Some(&ota), &[])
+        http.get("/firmware/fan/missing.bin", Some(&ota), &board)
             .status,
         404
     );
@@ -682,7 +690,7 @@ fn ota_tokens_and_board_downloads(backend: Backend) {
     // Query tokens are hidden in the access log.
     let log = server.log();
     assert!(
-        log.contains("/firmware/fan/1.10.0-fan.bin?token=REDACTED"),
+        log.contains("/firmware/fan/1.10.0-fan.bin?token=REDACTED&device_id=board-1"),
         "{log}"
     );
     assert!(!log.contains(&ota), "the server log contains an OTA token");
@@ -699,6 +707,17 @@ fn ota_without_tokens_and_without_admin_secret(backend: Backend) {
         body.clone(),
     );
     assert_eq!(r.status, 201);
+    // The rollback fields belong to a signed manifest: without a signature they vouch for
+    // nothing, so they are refused rather than stored.
+    for field in ["securityFloor=3", "allowDowngrade=true"] {
+        let unsigned = http.upload(
+            admin.token().unwrap(),
+            &format!("version=0.1.1&filename=open.bin&project=open&{field}"),
+            body.clone(),
+        );
+        assert_eq!(unsigned.status, 400, "{field}");
+        assert_eq!(unsigned.code(), "invalid_parameter", "{field}");
+    }
     let open = http.get("/firmware/open/0.1.0-open.bin", None, &[]);
     assert_eq!(open.status, 200);
     assert_eq!(open.bytes, body);

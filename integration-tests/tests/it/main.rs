@@ -22,6 +22,7 @@ mod hostile;
 mod printer;
 mod rbac;
 mod security;
+mod supply_chain;
 mod sync_route;
 mod telemetry;
 mod testdb;

@@ -47,6 +47,10 @@ fn command_of(kind: CommandType, id: &str) -> Value {
                                 "sha256": "ab".repeat(32), "size": 10}),
         ExecShell => json!({"template": "disk_usage", "args": {"path": "/"}}),
         DisableDevice => json!({"reason": "rbac table"}),
+        // The server checks only the shape; the device checks the signature.
+        RotateFirmwareKeys => json!({"add": [protocol::signing::encode_public_key(&[3; 32])],
+                                    "sequence": 1, "expiresAt": "2030-01-01T00:00:00Z",
+                                    "signatureBase64": "c2ln"}),
     };
     command["type"] = json!(kind.as_str());
     command["id"] = json!(id);

@@ -252,7 +252,33 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
         };
         cases.insert(("POST", pattern), case(admin, 200));
     }
+    cases.insert(("GET", "/api/v1/firmware/transfers"), case(viewer, 200));
+    cases.insert(
+        ("GET", "/api/v1/ota/projects/{project}/devices"),
+        case(admin, 200),
+    );
+    cases.insert(
+        ("PUT", "/api/v1/ota/projects/{project}/devices/{device_id}"),
+        case(admin, 200),
+    );
+    cases.insert(
+        (
+            "DELETE",
+            "/api/v1/ota/projects/{project}/devices/{device_id}",
+        ),
+        case(admin, 200),
+    );
     cases.insert(("GET", "/status"), case(Access::Public, 200));
+    // No favicon in the data dir: a permitted call finds none.
+    cases.insert(("GET", "/favicon.ico"), case(Access::Public, 404));
+    cases.insert(
+        ("POST", "/admin/revoke_token"),
+        case(Access::AdminSecret, 200),
+    );
+    cases.insert(
+        ("HEAD", "/firmware/{project}/{file}"),
+        case(Access::OtaBoard, 200),
+    );
     cases.insert(
         ("POST", "/admin/generate_token"),
         case(Access::AdminSecret, 200),
@@ -581,10 +607,32 @@ impl World<'_> {
                 vec![],
             ),
             ("GET", "/assets/{path:.*}") => ("/assets/js/app.js".into(), None, vec![]),
-            ("GET", "/firmware/{project}/{file}") => (
-                format!("/firmware/table/0.0.1-table.bin?token={}", self.ota_token),
+            ("GET" | "HEAD", "/firmware/{project}/{file}") => (
+                format!(
+                    "/firmware/table/0.0.1-table.bin?token={}&device_id=board-table",
+                    self.ota_token
+                ),
                 None,
                 vec![],
+            ),
+            ("GET", "/api/v1/ota/projects/{project}/devices") => {
+                ("/api/v1/ota/projects/table/devices".into(), None, vec![])
+            }
+            ("PUT", "/api/v1/ota/projects/{project}/devices/{device_id}") => (
+                format!("/api/v1/ota/projects/table/devices/board-put-{n}"),
+                Some(json!({"fwAccess": true})),
+                vec![],
+            ),
+            ("DELETE", "/api/v1/ota/projects/{project}/devices/{device_id}") => {
+                let victim = format!("/api/v1/ota/projects/table/devices/board-victim-{n}");
+                let put = self.admin.put(&victim, &json!({"fwAccess": false}));
+                assert_eq!(put.status, 200, "{}", put.body);
+                (victim, None, vec![])
+            }
+            ("POST", "/admin/revoke_token") => (
+                pattern.into(),
+                Some(json!({"jti": format!("table-jti-{n}")})),
+                vec![("X-Admin-Secret", OTA_SECRET.to_owned())],
             ),
             _ => {
                 assert!(
@@ -673,6 +721,11 @@ fn every_route_as_every_caller(backend: Backend) {
     );
     assert_eq!(ota.status, 200, "{}", ota.body);
     let ota_token = ota.body["token"].as_str().unwrap().to_owned();
+    let listed = admin.put(
+        "/api/v1/ota/projects/table/devices/board-table",
+        &json!({"fwAccess": true}),
+    );
+    assert_eq!(listed.status, 200, "{}", listed.body);
 
     // Deployments to an offline device stay RUNNING (the update waits queued for it), so
     // pause, resume and cancel have something to act on.

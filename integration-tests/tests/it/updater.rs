@@ -31,7 +31,13 @@ fn update_firmware_stages_good_releases_and_refuses_bad_ones() {
     let server = ServerProcess::start_with(
         TestDb::new(Backend::Sqlite),
         TempDir::new("factory-upd"),
-        &["--firmware-trusted-keys", &trusted],
+        // Unsigned releases too: this test is about staging, not about the secure default
+        // (`supply_chain` is).
+        &[
+            "--firmware-trusted-keys",
+            &trusted,
+            "--firmware-allow-unsigned",
+        ],
     );
     let api = Api::admin(&server);
     let token = api.token().unwrap().to_owned();
@@ -45,6 +51,7 @@ fn update_firmware_stages_good_releases_and_refuses_bad_ones() {
             args: vec![
                 "--firmware-trusted-keys".into(),
                 trusted.clone(),
+                "--firmware-allow-unsigned".into(),
                 "--firmware-activate".into(),
                 "false".into(),
             ],

@@ -52,6 +52,9 @@ fn every_command() -> Vec<Command> {
                 signature_expires_at: None,
                 deployment_id: None,
                 allow_downgrade: false,
+                project: Some("edge".into()),
+                manifest_allow_downgrade: true,
+                security_floor: Some(3),
             },
         ),
         Command::new(
@@ -66,6 +69,16 @@ fn every_command() -> Vec<Command> {
             "c11",
             CommandKind::DisableDevice {
                 reason: "line stop".into(),
+            },
+        ),
+        Command::new(
+            "c12",
+            CommandKind::RotateFirmwareKeys {
+                add: vec![protocol::signing::encode_public_key(&[1; 32])],
+                retire: vec![protocol::signing::encode_public_key(&[2; 32])],
+                sequence: 1,
+                expires_at: "2030-01-01T00:00:00Z".parse().unwrap(),
+                signature_base64: "c2ln".into(),
             },
         ),
     ]
@@ -86,7 +99,7 @@ fn every_command_type_round_trips_with_its_contract_name() {
     seen.sort();
     let mut all = CommandType::ALL.to_vec();
     all.sort();
-    assert_eq!(seen, all, "the test must cover all eleven command types");
+    assert_eq!(seen, all, "the test must cover all twelve command types");
 }
 
 #[test]

@@ -17,9 +17,14 @@
 //! sha256=<64 lowercase hex digits>
 //! size=<bytes, decimal>
 //! expires=<unix seconds, decimal>
+//! downgrade=allowed          (only with allowDowngrade=true)
+//! security_floor=<decimal>   (only with securityFloor)
 //! ```
 //!
-//! `expires` is the upload's `signatureExpiresAt`; a manifest past it is refused.
+//! `expires` is the upload's `signatureExpiresAt`; a manifest past it is refused. The last two
+//! lines are the rollback fields (`protocol::firmware::Manifest`); without them the manifest is
+//! the original one. A server with trusted keys takes signed uploads only, unless it runs with
+//! `--firmware-allow-unsigned`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -85,6 +90,11 @@ pub struct UploadQuery {
     pub channel: Option<String>,
     pub signature_base64: Option<String>,
     pub signature_expires_at: Option<String>,
+    /// The signed manifest's downgrade permission.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// The signed manifest's security floor.
+    pub security_floor: Option<u64>,
 }
 
 fn agent_project() -> String {
@@ -94,21 +104,29 @@ fn agent_project() -> String {
 /// A signature asked for with an upload, checked once the hash and size are known.
 struct PendingSignature {
     encoded: String,
-    bytes: Vec<u8>,
     expires_at: DateTime<Utc>,
 }
 
 fn pending_signature(query: &UploadQuery, state: &AppState) -> ApiResult<Option<PendingSignature>> {
     let Some(encoded) = &query.signature_base64 else {
-        if state.config.firmware_require_signature {
+        if state.config.signatures_required() {
             return Err(ApiError::unprocessable(
                 ErrorCode::SignatureRequired,
                 "this server accepts signed releases only: give signatureBase64 and signatureExpiresAt",
             ));
         }
+        if query.allow_downgrade || query.security_floor.is_some() {
+            return Err(invalid(
+                "allowDowngrade and securityFloor are part of the signed manifest: give them with a signature",
+            ));
+        }
         return Ok(None);
     };
-    let bytes = base64::engine::general_purpose::STANDARD
+    if query.security_floor.is_some_and(|f| f > i64::MAX as u64) {
+        return Err(invalid("securityFloor is too large"));
+    }
+    // Decoded now only to refuse a malformed signature before the body is read.
+    base64::engine::general_purpose::STANDARD
         .decode(encoded)
         .ok()
         .filter(|b| b.len() == 64)
@@ -135,7 +153,6 @@ fn pending_signature(query: &UploadQuery, state: &AppState) -> ApiResult<Option<
     }
     Ok(Some(PendingSignature {
         encoded: encoded.clone(),
-        bytes,
         expires_at,
     }))
 }
@@ -145,19 +162,12 @@ fn verify_signature(
     manifest: &[u8],
     signature: &PendingSignature,
 ) -> ApiResult<()> {
-    use ring::signature::{UnparsedPublicKey, ED25519};
-    let trusted = keys.iter().any(|k| {
-        UnparsedPublicKey::new(&ED25519, k)
-            .verify(manifest, &signature.bytes)
-            .is_ok()
-    });
-    if trusted {
-        Ok(())
-    } else {
-        Err(ApiError::unprocessable(
+    match protocol::signing::verify(keys, manifest, &signature.encoded) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(ApiError::unprocessable(
             ErrorCode::InvalidSignature,
             "the signature does not verify against any trusted key",
-        ))
+        )),
     }
 }
 
@@ -285,14 +295,16 @@ pub async fn upload(
             .config
             .firmware_keys()
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let manifest = manifest_bytes(
-            &query.project,
-            &query.version,
-            &sha256,
+        let manifest = protocol::firmware::Manifest {
+            project: query.project.clone(),
+            version: query.version.clone(),
+            sha256: sha256.clone(),
             size,
-            signature.expires_at.timestamp(),
-        );
-        verify_signature(&keys, &manifest, signature)?;
+            expires_unix: signature.expires_at.timestamp(),
+            allow_downgrade: query.allow_downgrade,
+            security_floor: query.security_floor,
+        };
+        verify_signature(&keys, &manifest.bytes(), signature)?;
     }
 
     // A hard link never replaces an existing name, so two racing uploads cannot overwrite each
@@ -328,12 +340,15 @@ pub async fn upload(
         signature_expires_at: signature.as_ref().map(|s| s.expires_at.naive_utc()),
         uploaded_by: Some(user.username.clone()),
         created_at: Utc::now().naive_utc(),
+        allow_downgrade: query.allow_downgrade,
+        security_floor: query.security_floor.map(|f| f as i64),
     };
     let entry = by_user(&user, &req, "firmware.upload")
         .target(Some(row.id.clone()))
         .params(serde_json::json!({
             "project": row.project, "version": row.version, "filename": row.filename,
             "size": row.size_bytes, "sha256": row.sha256, "signed": row.signature_base64.is_some(),
+            "allowDowngrade": row.allow_downgrade, "securityFloor": row.security_floor,
         }));
     let inserted = {
         let row = row.clone();
@@ -417,18 +432,25 @@ pub async fn delete(
 }
 
 /// Who may download an artifact: any user (VIEWER and up) or an enrolled device, each with a
-/// valid bearer token.
-async fn authorize_reader(req: &HttpRequest, state: &AppState) -> ApiResult<()> {
+/// valid bearer token. Answers the device's production line, whose budget the transfer counts
+/// against (a user's counts in the total only).
+async fn authorize_reader(req: &HttpRequest, state: &AppState) -> ApiResult<Option<String>> {
     let token = auth::bearer_token(req)
         .ok_or_else(|| ApiError::unauthorized(ErrorCode::Unauthorized, "missing bearer token"))?;
     match state.jwt.verify(token, Scope::Device) {
-        Ok(_) => crate::auth::verify_device_token(state, token)
-            .await
-            .map(|_| ()),
+        Ok(_) => {
+            let device = crate::auth::verify_device_token(state, token).await?;
+            let line = state
+                .db
+                .run(move |conn| Ok(crate::store::devices::find(conn, &device.device_id)?))
+                .await?
+                .and_then(|row| row.production_line_id);
+            Ok(line)
+        }
         Err(auth::TokenError::WrongScope) => {
             let user = auth::authenticate_user(state, token).await?;
             if ViewDevices::allows(user.role) {
-                Ok(())
+                Ok(None)
             } else {
                 Err(ApiError::forbidden("this role may not download firmware"))
             }
@@ -445,23 +467,42 @@ pub async fn artifact(
 ) -> ApiResult<HttpResponse> {
     let checked = authorize_reader(&req, &state).await;
     let source = crate::auth::source_of(&req);
-    crate::refusals::count_token(&state, source.as_deref(), checked).await?;
+    let line = crate::refusals::count_token(&state, source.as_deref(), checked).await?;
     let id = path.into_inner();
     let row = state
         .db
         .run(move |conn| Ok(find(conn, &id)?))
         .await?
         .ok_or_else(not_found)?;
-    serve(&req, &state, &row).await
+    serve(&req, &state, &row, Downloader { line, board: false }).await
+}
+
+/// `GET /api/v1/firmware/transfers`: the download budget, its transfers now and its peaks.
+pub async fn transfers(
+    _user: Authorized<ViewDevices>,
+    state: web::Data<AppState>,
+) -> ApiResult<HttpResponse> {
+    Ok(HttpResponse::Ok().json(Envelope::ok(state.downloads.view())))
+}
+
+/// Who asks for an artifact, for the download budget and the form of its refusal.
+#[derive(Debug, Clone)]
+pub struct Downloader {
+    /// The production line whose budget the transfer counts against, besides the total.
+    pub line: Option<String>,
+    /// Boards get the seed's plain text and 429; agents and users the JSON body and 503.
+    pub board: bool,
 }
 
 /// Serves a release's file: `Range` (one range; 206 with `Content-Range`, 416 when it cannot
 /// be satisfied) and `HEAD` by `NamedFile`; the ETag is the quoted SHA-256, so it names the
-/// content whatever the file's inode or time, and `If-None-Match` with it answers 304.
+/// content whatever the file's inode or time, and `If-None-Match` with it answers 304. A body
+/// is sent only within the download budget: its slot is held until the body is dropped.
 pub async fn serve(
     req: &HttpRequest,
     state: &AppState,
     row: &ReleaseRow,
+    who: Downloader,
 ) -> ApiResult<HttpResponse> {
     let etag = EntityTag::new_strong(row.sha256.clone());
     let not_modified = match IfNoneMatch::parse(req) {
@@ -474,6 +515,26 @@ pub async fn serve(
             .insert_header(header::ETag(etag))
             .finish());
     }
+    let head = req.method() == actix_web::http::Method::HEAD;
+    let slot = if head {
+        None
+    } else {
+        match state.downloads.try_acquire(who.line.as_deref()) {
+            Ok(slot) => Some(slot),
+            Err(busy) if who.board => {
+                return Ok(HttpResponse::TooManyRequests()
+                    .insert_header((header::RETRY_AFTER, busy.retry_after_secs))
+                    .content_type("text/plain; charset=utf-8")
+                    .body(format!("Too many downloads: {}\n", busy.reason)))
+            }
+            Err(busy) => {
+                return Err(ApiError {
+                    code: ErrorCode::DownloadBusy,
+                    ..ApiError::busy(busy.retry_after_secs, busy.reason)
+                })
+            }
+        }
+    };
     let path = firmware_dir(&state.config.data_dir).join(&row.stored_name);
     let file = web::block(move || NamedFile::open(path))
         .await
@@ -494,7 +555,7 @@ pub async fn serve(
         header::ETAG,
         header::HeaderValue::from_str(&etag.to_string()).map_err(ApiError::internal)?,
     );
-    if req.method() == actix_web::http::Method::HEAD || !response.status().is_success() {
+    if head || !response.status().is_success() {
         return Ok(response);
     }
     let offset = response
@@ -515,6 +576,7 @@ pub async fn serve(
             offset,
             expected,
             sent: 0,
+            _slot: slot,
         })
     }))
 }
@@ -537,6 +599,8 @@ struct Counted {
     offset: u64,
     expected: u64,
     sent: u64,
+    /// The transfer's place in the download budget, given back when the body is dropped.
+    _slot: Option<crate::budget::Slot>,
 }
 
 impl MessageBody for Counted {
@@ -651,8 +715,7 @@ mod tests {
         let trusted: [u8; 32] = signer.public_key().as_ref().try_into().unwrap();
         let manifest = manifest_bytes("fan", "1.0.0", "00", 1, 2_000_000_000);
         let signed = |key: &Ed25519KeyPair, m: &[u8]| PendingSignature {
-            encoded: String::new(),
-            bytes: key.sign(m).as_ref().to_vec(),
+            encoded: base64::engine::general_purpose::STANDARD.encode(key.sign(m).as_ref()),
             expires_at: Utc::now(),
         };
         assert!(verify_signature(&[trusted], &manifest, &signed(&signer, &manifest)).is_ok());

@@ -2,6 +2,7 @@
 //! authorize, call the store or an actor, answer).
 
 pub mod audit;
+pub mod boards;
 pub mod cloud;
 pub mod commands;
 pub mod dashboard;
@@ -99,6 +100,7 @@ routes! {
     get "/api/v1/firmware/releases" => firmware::list,
     get "/api/v1/firmware/releases/{id}" => firmware::get,
     delete "/api/v1/firmware/releases/{id}" => firmware::delete,
+    get "/api/v1/firmware/transfers" => firmware::transfers,
     get "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
     head "/api/v1/firmware/releases/{id}/artifact" => firmware::artifact,
     post "/api/v1/firmware/deployments" => deployments::create,
@@ -107,11 +109,17 @@ routes! {
     post "/api/v1/firmware/deployments/{id}/pause" => deployments::pause,
     post "/api/v1/firmware/deployments/{id}/resume" => deployments::resume,
     post "/api/v1/firmware/deployments/{id}/cancel" => deployments::cancel,
+    get "/api/v1/ota/projects/{project}/devices" => boards::list_boards,
+    put "/api/v1/ota/projects/{project}/devices/{device_id}" => boards::put_board,
+    delete "/api/v1/ota/projects/{project}/devices/{device_id}" => boards::delete_board,
     get "/status" => ota::status,
+    get "/favicon.ico" => ota::favicon,
     post "/admin/generate_token" => ota::generate_token,
+    post "/admin/revoke_token" => ota::revoke_token,
     get "/firmware/{project}/latest" => ota::latest,
     get "/firmware/{project}/versions" => ota::versions,
     get "/firmware/{project}/{file}" => ota::file,
+    head "/firmware/{project}/{file}" => ota::file,
 }
 
 async fn healthz(state: web::Data<AppState>) -> ApiResult<HttpResponse> {

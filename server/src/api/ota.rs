@@ -3,25 +3,38 @@
 //!
 //! They serve the release store of `firmware.rs`: a release uploaded with `project=P` is
 //! `/firmware/P/<stored name>`. Boards get the seed's plain-text error bodies on `/firmware/…`
-//! (their HTTP clients look at the status and log the text); `/status` and
-//! `/admin/generate_token` are called by tools and answer the JSON error body.
+//! (their HTTP clients look at the status and log the text); `/status`, `/favicon.ico` and
+//! the `/admin/…` routes are called by tools and answer the JSON error body.
+//!
+//! Board identity, as in the OTA seed's latest version: a token carries `aud: ota_api`, this
+//! server's `iss` and the roles `device` and `fw_download`; a download names the board in
+//! `X-Device-ID` (or `?device_id=`), which must be the token's `sub`, and the board must be
+//! listed for the project with firmware access (`api/boards.rs`), else 403. A revoked token
+//! (`POST /admin/revoke_token`, kept in `revoked_tokens` as `ota:<jti>`) is 401 at once.
+//! `--ota-legacy-boards` keeps the seed document's behaviour for boards already in the field:
+//! its tokens (no audience, role `ota_client`), no device id, no list.
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use protocol::ota::{OtaTokenRequest, OtaTokenResponse};
+use protocol::ota::{OtaTokenRequest, OtaTokenResponse, RevokeTokenRequest, DEVICE_ID_HEADER};
 use serde::Serialize;
 
 use crate::api::audit::audited;
+use crate::api::firmware::Downloader;
 use crate::auth::{self, OtaClaims, Scope, TokenError};
 use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::jwt::{OTA_AUDIENCE, OTA_ISSUER, OTA_LEGACY_ROLES, OTA_ROLES};
 use crate::refusals;
 use crate::state::AppState;
 use crate::store::audit::AuditEntry;
 use crate::store::firmware::{is_safe_name, ReleaseRow};
 
-/// The roles the seed puts in every OTA token.
-const OTA_ROLES: [&str; 2] = ["device", "ota_client"];
+/// How OTA revocations are kept apart from user-token revocations in `revoked_tokens`: the
+/// OTA admin secret must not be able to log users out by naming their `jti`.
+fn revocation_key(jti: &str) -> String {
+    format!("ota:{jti}")
+}
 
 /// Longest lifetime a token request may ask for, in minutes (one week).
 const MAX_EXPIRY_MINUTES: u64 = 7 * 24 * 60;
@@ -46,48 +59,115 @@ fn board_token(req: &HttpRequest) -> Option<String> {
     }
 }
 
-/// The plain refusal of a board request for `project`, or `None` to let it through: 401
-/// without a valid OTA token, 403 when the token is for another project, 404 for a project
-/// name that cannot exist, 429 once the address has had too many tokens refused.
-async fn refusal(req: &HttpRequest, state: &AppState, project: &str) -> Option<HttpResponse> {
+/// The plain refusal of a board request for `project`, or the token's claims to let it
+/// through (`None` with `--ota-no-jwt`): 401 without a valid OTA token or with a revoked one,
+/// 403 when the token is for another project, 404 for a project name that cannot exist, 429
+/// once the address has had too many tokens refused.
+async fn admit(
+    req: &HttpRequest,
+    state: &AppState,
+    project: &str,
+) -> Result<Option<OtaClaims>, HttpResponse> {
     if !is_safe_name(project, 64) {
-        return Some(plain(StatusCode::NOT_FOUND, "Not Found"));
+        return Err(plain(StatusCode::NOT_FOUND, "Not Found"));
     }
     if state.config.ota_no_jwt {
-        return None;
+        return Ok(None);
     }
     let Some(token) = board_token(req) else {
-        return Some(plain(StatusCode::UNAUTHORIZED, "Missing token"));
+        return Err(plain(StatusCode::UNAUTHORIZED, "Missing token"));
     };
-    let text = match state.jwt.verify_ota(&token) {
-        Ok(claims) if claims.project == project => return None,
-        Ok(_) => {
-            return Some(plain(
-                StatusCode::FORBIDDEN,
-                "Token not valid for this project",
-            ))
+    let text = match state.jwt.verify_ota(&token, state.config.ota_legacy_boards) {
+        Ok(claims) => {
+            let key = revocation_key(&claims.jti);
+            let revoked = state
+                .db
+                .run(move |conn| Ok(crate::store::tokens::is_revoked(conn, &key)?))
+                .await;
+            match revoked {
+                Ok(false) if claims.project == project => return Ok(Some(claims)),
+                Ok(false) => {
+                    return Err(plain(
+                        StatusCode::FORBIDDEN,
+                        "Token not valid for this project",
+                    ))
+                }
+                Ok(true) => "Token revoked",
+                Err(e) => return Err(plain(e.status, "Service unavailable")),
+            }
         }
         Err(TokenError::Expired) => "Token expired",
         Err(_) => "Invalid token",
     };
     let refused = ApiError::unauthorized(ErrorCode::InvalidToken, text);
     let source = crate::auth::source_of(req);
-    match refusals::count_token::<()>(state, source.as_deref(), Err(refused)).await {
-        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
-            let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "Too many refused tokens");
-            if let Some(secs) = e.retry_after {
-                response.headers_mut().insert(
-                    actix_web::http::header::RETRY_AFTER,
-                    actix_web::http::header::HeaderValue::from(secs),
-                );
+    Err(
+        match refusals::count_token::<()>(state, source.as_deref(), Err(refused)).await {
+            Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+                let mut response = plain(StatusCode::TOO_MANY_REQUESTS, "Too many refused tokens");
+                if let Some(secs) = e.retry_after {
+                    response.headers_mut().insert(
+                        actix_web::http::header::RETRY_AFTER,
+                        actix_web::http::header::HeaderValue::from(secs),
+                    );
+                }
+                response
             }
-            Some(response)
-        }
-        // The audit row of a lock could not be written: the board gets the plain 503.
-        Err(e) if e.status != StatusCode::UNAUTHORIZED => {
-            Some(plain(e.status, "Service unavailable"))
-        }
-        _ => Some(plain(StatusCode::UNAUTHORIZED, text)),
+            // The audit row of a lock could not be written: the board gets the plain 503.
+            Err(e) if e.status != StatusCode::UNAUTHORIZED => {
+                plain(e.status, "Service unavailable")
+            }
+            _ => plain(StatusCode::UNAUTHORIZED, text),
+        },
+    )
+}
+
+/// The board a download names: `X-Device-ID`, else `?device_id=`.
+fn named_board(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req.headers().get(DEVICE_ID_HEADER) {
+        return value.to_str().ok().map(str::to_owned);
+    }
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("device_id").cloned())
+}
+
+/// Checks who downloads: the token allows downloads, the request names the token's board,
+/// and that board is listed for the project with firmware access (403 otherwise). Answers the
+/// board's production line, for the download budget. Legacy boards and `--ota-no-jwt` skip
+/// it, as the seed document did.
+async fn board_identity(
+    req: &HttpRequest,
+    state: &AppState,
+    project: &str,
+    claims: Option<&OtaClaims>,
+) -> Result<Option<String>, HttpResponse> {
+    let Some(claims) = claims else {
+        return Ok(None);
+    };
+    if state.config.ota_legacy_boards {
+        return Ok(None);
+    }
+    let forbidden = |text: &str| plain(StatusCode::FORBIDDEN, text);
+    if !claims.has_role("fw_download") {
+        return Err(forbidden("Token does not allow firmware downloads"));
+    }
+    let Some(named) = named_board(req) else {
+        return Err(forbidden("Missing X-Device-ID"));
+    };
+    if !auth::secrets_equal(&named, &claims.sub) {
+        return Err(forbidden("X-Device-ID does not match the token"));
+    }
+    let (p, d) = (project.to_owned(), claims.sub.clone());
+    let board = state
+        .db
+        .run(move |conn| Ok(crate::store::boards::find(conn, &p, &d)?))
+        .await
+        .map_err(|e| plain(e.status, "Service unavailable"))?;
+    match board {
+        Some(board) if board.fw_access => Ok(board.production_line_id),
+        Some(_) => Err(forbidden("Device has no firmware access for this project")),
+        None => Err(forbidden("Device not registered for this project")),
     }
 }
 
@@ -106,9 +186,14 @@ pub async fn file(
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (project, file) = path.into_inner();
-    if let Some(refused) = refusal(&req, &state, &project).await {
-        return Ok(refused);
-    }
+    let claims = match admit(&req, &state, &project).await {
+        Ok(claims) => claims,
+        Err(refused) => return Ok(refused),
+    };
+    let line = match board_identity(&req, &state, &project, claims.as_ref()).await {
+        Ok(line) => line,
+        Err(refused) => return Ok(refused),
+    };
     if !is_safe_name(&file, 200) {
         return Ok(plain(StatusCode::NOT_FOUND, "Not Found"));
     }
@@ -117,7 +202,10 @@ pub async fn file(
         .into_iter()
         .find(|r| r.stored_name == file);
     match row {
-        Some(row) => crate::api::firmware::serve(&req, &state, &row).await,
+        Some(row) => {
+            let who = Downloader { line, board: true };
+            crate::api::firmware::serve(&req, &state, &row, who).await
+        }
         None => Ok(plain(StatusCode::NOT_FOUND, "Not Found")),
     }
 }
@@ -146,7 +234,7 @@ pub async fn latest(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let project = path.into_inner();
-    if let Some(refused) = refusal(&req, &state, &project).await {
+    if let Err(refused) = admit(&req, &state, &project).await {
         return Ok(refused);
     }
     let rows = releases_of(&state, &project).await?;
@@ -178,7 +266,7 @@ pub async fn versions(
     path: web::Path<String>,
 ) -> ApiResult<HttpResponse> {
     let project = path.into_inner();
-    if let Some(refused) = refusal(&req, &state, &project).await {
+    if let Err(refused) = admit(&req, &state, &project).await {
         return Ok(refused);
     }
     let mut versions: Vec<(semver::Version, String)> = releases_of(&state, &project)
@@ -202,20 +290,14 @@ pub async fn status(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
-/// `POST /admin/generate_token` with `X-Admin-Secret`: an OTA token for one board and project.
-/// 403 while no secret is configured, 401 for a missing or wrong one, 429 with `Retry-After`
-/// once an address has had `source_max_failures` wrong ones (even the right secret, until the
-/// lock ends). Wrong secrets are audited up to the lock, the lock once, later refusals as
-/// summaries (`refusals.rs`); every token issued is audited.
-pub async fn generate_token(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> ApiResult<HttpResponse> {
-    let source = crate::auth::source_of(&req);
+/// Checks `X-Admin-Secret` for an `/admin/…` route: 403 while no secret is configured, 401
+/// for a missing or wrong one (audited as `action` denied, up to the lock), 429 with
+/// `Retry-After` once the address has had `source_max_failures` wrong ones.
+async fn check_admin_secret(state: &AppState, req: &HttpRequest, action: &str) -> ApiResult<()> {
+    let source = crate::auth::source_of(req);
     let Some(secret) = state.config.ota_admin_secret.as_deref() else {
         return Err(ApiError::forbidden(
-            "OTA token generation is disabled: no OTA admin secret is configured",
+            "the OTA admin routes are disabled: no OTA admin secret is configured",
         ));
     };
     let source_key = source.clone().unwrap_or_default();
@@ -231,7 +313,7 @@ pub async fn generate_token(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !auth::secrets_equal(given, secret) {
-        let mut entries = vec![AuditEntry::new("ota.token.generate", "denied")
+        let mut entries = vec![AuditEntry::new(action, "denied")
             .params(serde_json::json!({"reason": "wrong admin secret"}))
             .source(source)];
         entries.extend(slot.fail().as_ref().map(refusals::lockout_entry));
@@ -242,6 +324,21 @@ pub async fn generate_token(
         ));
     }
     slot.succeed(false);
+    Ok(())
+}
+
+/// `POST /admin/generate_token` with `X-Admin-Secret`: an OTA token for one board and project.
+/// 403 while no secret is configured, 401 for a missing or wrong one, 429 with `Retry-After`
+/// once an address has had `source_max_failures` wrong ones (even the right secret, until the
+/// lock ends). Wrong secrets are audited up to the lock, the lock once, later refusals as
+/// summaries (`refusals.rs`); every token issued is audited.
+pub async fn generate_token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    check_admin_secret(&state, &req, "ota.token.generate").await?;
+    let source = crate::auth::source_of(&req);
     let request: OtaTokenRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidBody, e.to_string()))?;
     if request.device_id.is_empty()
@@ -270,10 +367,16 @@ pub async fn generate_token(
     }
     let now = Utc::now();
     let expires_at = now + chrono::Duration::minutes(minutes as i64);
+    // Legacy mode issues the seed document's tokens, which its boards expect; otherwise the
+    // latest version's, with audience, issuer and the download role.
+    let legacy = state.config.ota_legacy_boards;
+    let roles = if legacy { OTA_LEGACY_ROLES } else { OTA_ROLES };
     let claims = OtaClaims {
+        aud: (!legacy).then(|| OTA_AUDIENCE.to_owned()),
+        iss: (!legacy).then(|| OTA_ISSUER.to_owned()),
         sub: request.device_id.clone(),
         project: request.project.clone(),
-        roles: OTA_ROLES.iter().map(|r| (*r).to_owned()).collect(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
         iat: now.timestamp(),
         exp: expires_at.timestamp(),
         jti: format!("{}-{}", request.device_id, uuid::Uuid::new_v4()),
@@ -297,4 +400,75 @@ pub async fn generate_token(
         expires_at: expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
         payload: serde_json::to_value(&claims).map_err(ApiError::internal)?,
     }))
+}
+
+/// `POST /admin/revoke_token` with `X-Admin-Secret` and `{"token"}` or `{"jti"}`: the token
+/// is refused on every board route from now on, across restarts (`revoked_tokens`, pruned once
+/// the token would have expired anyway). Audited as `ota.token.revoke`.
+pub async fn revoke_token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> ApiResult<HttpResponse> {
+    check_admin_secret(&state, &req, "ota.token.revoke").await?;
+    let request: RevokeTokenRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidBody, e.to_string()))?;
+    let (jti, subject, expires_at) = match (&request.token, &request.jti) {
+        (Some(token), None) => {
+            // Legacy tokens too: a board of the field must be revocable whatever the mode.
+            let claims = state.jwt.verify_ota(token, true).map_err(|e| {
+                ApiError::bad_request(
+                    ErrorCode::InvalidBody,
+                    format!("token is not a live OTA token of this server: {e}"),
+                )
+            })?;
+            let expires = chrono::DateTime::from_timestamp(claims.exp, 0).unwrap_or_else(|| {
+                Utc::now() + chrono::Duration::minutes(MAX_EXPIRY_MINUTES as i64)
+            });
+            (claims.jti, claims.sub, expires)
+        }
+        (None, Some(jti)) if !jti.is_empty() && jti.len() <= 256 => {
+            // The token's expiry is unknown: kept as long as any token can live.
+            let expires = Utc::now() + chrono::Duration::minutes(MAX_EXPIRY_MINUTES as i64);
+            (jti.clone(), "ota".to_owned(), expires)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidBody,
+                "give either token or jti (1-256 characters)",
+            ))
+        }
+    };
+    let entry = AuditEntry::new("ota.token.revoke", "success")
+        .target(Some(subject.clone()))
+        .params(serde_json::json!({ "jti": jti }))
+        .source(crate::auth::source_of(&req));
+    let key = revocation_key(&jti);
+    audited(&state.db, entry, move |conn| {
+        Ok(crate::store::tokens::revoke(
+            conn, &key, &subject, expires_at,
+        )?)
+    })
+    .await?;
+    tracing::info!(%jti, "OTA token revoked");
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "revoked": true,
+        "jti": jti,
+        "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+    })))
+}
+
+/// `GET /favicon.ico`: `<data dir>/www/favicon.ico` when there is one, as the seed served it
+/// from its `www/` directory; 404 otherwise.
+pub async fn favicon(state: web::Data<AppState>, req: HttpRequest) -> ApiResult<HttpResponse> {
+    let path = state.config.data_dir.join("www").join("favicon.ico");
+    let file = web::block(move || actix_files::NamedFile::open(path))
+        .await
+        .map_err(ApiError::internal)?;
+    match file {
+        Ok(file) => Ok(file
+            .set_content_type("image/x-icon".parse().map_err(ApiError::internal)?)
+            .into_response(&req)),
+        Err(_) => Err(ApiError::not_found(ErrorCode::NotFound, "no favicon.ico")),
+    }
 }

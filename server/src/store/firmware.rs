@@ -28,6 +28,10 @@ pub struct ReleaseRow {
     pub signature_expires_at: Option<NaiveDateTime>,
     pub uploaded_by: Option<String>,
     pub created_at: NaiveDateTime,
+    /// The signed manifest's `downgrade=allowed`.
+    pub allow_downgrade: bool,
+    /// The signed manifest's `security_floor`.
+    pub security_floor: Option<i64>,
 }
 
 impl ReleaseRow {
@@ -45,6 +49,8 @@ impl ReleaseRow {
             signature_expires_at: self.signature_expires_at.map(|t| t.and_utc()),
             uploaded_by: self.uploaded_by.clone(),
             created_at: self.created_at.and_utc(),
+            allow_downgrade: self.allow_downgrade,
+            security_floor: self.security_floor.map(|f| f.max(0) as u64),
             artifact_url: format!("/api/v1/firmware/releases/{}/artifact", self.id),
         }
     }
@@ -100,6 +106,21 @@ pub fn safe_version(version: &str) -> String {
 /// Lowercase hex, as SHA-256 digests are written everywhere here.
 pub fn hex(bytes: &[u8]) -> String {
     protocol::hex::encode(bytes)
+}
+
+impl ReleaseRow {
+    /// The manifest a release signature covers, rollback fields included.
+    pub fn manifest(&self, expires_unix: i64) -> protocol::firmware::Manifest {
+        protocol::firmware::Manifest {
+            project: self.project.clone(),
+            version: self.version.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size_bytes.max(0) as u64,
+            expires_unix,
+            allow_downgrade: self.allow_downgrade,
+            security_floor: self.security_floor.map(|f| f.max(0) as u64),
+        }
+    }
 }
 
 pub fn not_found() -> StoreError {

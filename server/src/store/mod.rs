@@ -2,6 +2,7 @@
 //! function takes a connection and answers with a `StoreError` the edge maps to its own error.
 
 pub mod audit;
+pub mod boards;
 pub mod commands;
 pub mod db;
 pub mod deployments;

@@ -143,6 +143,9 @@ pub fn update_command(
             signature_expires_at: release.signature_expires_at.map(|t| t.and_utc()),
             deployment_id: Some(deployment.id.clone()),
             allow_downgrade: deployment.allow_downgrade,
+            project: Some(release.project.clone()),
+            manifest_allow_downgrade: release.allow_downgrade,
+            security_floor: release.security_floor.map(|f| f.max(0) as u64),
         },
     )))
 }

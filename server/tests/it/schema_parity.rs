@@ -122,6 +122,10 @@ fn sqlite_and_postgres_migrations_define_the_same_columns() {
             schema::schema::firmware_releases::table::all_columns().names(),
         ),
         (
+            "ota_boards",
+            schema::schema::ota_boards::table::all_columns().names(),
+        ),
+        (
             "revoked_tokens",
             schema::schema::revoked_tokens::table::all_columns().names(),
         ),
@@ -171,6 +175,7 @@ column_names_for_tuples!(
     7: (A, B, C, D, E, F, G),
     11: (A, B, C, D, E, F, G, H, I, J, K),
     13: (A, B, C, D, E, F, G, H, I, J, K, L, M),
+    14: (A, B, C, D, E, F, G, H, I, J, K, L, M, N),
     12: (A, B, C, D, E, F, G, H, I, J, K, L),
     10: (A, B, C, D, E, F, G, H, I, J),
     15: (A, B, C, D, E, F, G, H, I, J, K, L, M, N, O),

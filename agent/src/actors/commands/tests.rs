@@ -196,6 +196,9 @@ fn update(version: &str, url: &str, body: &[u8]) -> CommandKind {
         signature_expires_at: None,
         deployment_id: Some("dep-1".into()),
         allow_downgrade: false,
+        project: None,
+        manifest_allow_downgrade: false,
+        security_floor: None,
     }
 }
 

@@ -180,6 +180,7 @@ fn test_config(port: u16) -> Config {
         firmware_staging_dir: crate::store::tests::temp_dir(),
         firmware_trusted_keys: Vec::new(),
         firmware_require_signature: false,
+        firmware_allow_unsigned: false,
         allow_firmware_downgrade: false,
         firmware_activate: true,
     }

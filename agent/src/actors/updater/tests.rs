@@ -22,7 +22,9 @@ fn policy(keys: Vec<[u8; 32]>) -> Policy {
         staging_dir: temp_dir(),
         trusted_keys: keys,
         require_signature: false,
+        allow_unsigned: false,
         allow_downgrade: false,
+        floor: 0,
         running: semver::Version::new(1, 0, 0),
         server_url: "http://factory:8080".into(),
     }
@@ -38,17 +40,14 @@ fn request(version: &str) -> UpdateRequest {
         signature_base64: None,
         signature_expires_at: None,
         allow_downgrade: false,
+        project: AGENT_PROJECT.into(),
+        manifest_allow_downgrade: false,
+        security_floor: None,
     }
 }
 
 fn signed(pair: &Ed25519KeyPair, mut r: UpdateRequest, expires: DateTime<Utc>) -> UpdateRequest {
-    let manifest = manifest_bytes(
-        AGENT_PROJECT,
-        &r.version,
-        &r.sha256,
-        r.size,
-        expires.timestamp(),
-    );
+    let manifest = manifest_of(&r, expires).bytes();
     r.signature_base64 =
         Some(base64::engine::general_purpose::STANDARD.encode(pair.sign(&manifest).as_ref()));
     r.signature_expires_at = Some(expires);
@@ -63,26 +62,69 @@ fn manifest_matches_the_server_layout() {
         );
 }
 
+const UNSIGNED: Verified = Verified {
+    verified: false,
+    allow_downgrade: false,
+    floor: 0,
+};
+
 #[test]
-fn downgrades_are_refused_unless_the_setting_or_the_command_allows_them() {
+fn downgrades_need_the_signed_permission_and_the_command_or_the_local_setting() {
     let mut p = policy(vec![]);
-    assert!(check_version(&p, "1.0.0", false).is_ok());
-    assert!(check_version(&p, "1.0.1", false).is_ok());
-    let err = check_version(&p, "0.9.9", false).unwrap_err();
+    assert!(check_version(&p, "1.0.0", false, UNSIGNED).is_ok());
+    assert!(check_version(&p, "1.0.1", false, UNSIGNED).is_ok());
+    let err = check_version(&p, "0.9.9", false, UNSIGNED).unwrap_err();
     assert!(err.to_string().contains("downgrade"), "{err}");
     assert!(matches!(
-        check_version(&p, "one", true),
+        check_version(&p, "one", true, UNSIGNED),
         Err(UpdateError::BadVersion(_))
     ));
-    // The command alone may allow it.
-    assert!(check_version(&p, "0.9.9", true).is_ok());
+    // The command alone no longer suffices: nothing signed says so.
+    let err = check_version(&p, "0.9.9", true, UNSIGNED).unwrap_err();
+    assert!(err.to_string().contains("alone does not suffice"), "{err}");
+    let permitted = Verified {
+        verified: true,
+        allow_downgrade: true,
+        floor: 0,
+    };
+    assert!(check_version(&p, "0.9.9", true, permitted).is_ok());
+    assert!(check_version(&p, "0.9.9", false, permitted).is_err());
     p.allow_downgrade = true;
-    assert!(check_version(&p, "0.9.9", false).is_ok());
+    assert!(check_version(&p, "0.9.9", false, UNSIGNED).is_ok());
     // The running version is the installed one, not the crate's.
     p.allow_downgrade = false;
     p.running = parse_running("7.0.0");
-    assert!(check_version(&p, "6.9.0", false).is_err());
-    assert!(check_version(&p, "6.9.0", true).is_ok());
+    assert!(check_version(&p, "6.9.0", true, UNSIGNED).is_err());
+    assert!(check_version(&p, "6.9.0", true, permitted).is_ok());
+}
+
+#[test]
+fn a_release_below_the_accepted_floor_or_of_another_project_is_refused() {
+    let mut p = policy(vec![]);
+    p.floor = 3;
+    let at = |floor| Verified {
+        verified: true,
+        allow_downgrade: false,
+        floor,
+    };
+    let r = request("1.1.0");
+    assert!(check_floor(&p, &r, at(3)).is_ok());
+    assert!(check_floor(&p, &r, at(4)).is_ok());
+    let err = check_floor(&p, &r, at(2)).unwrap_err();
+    assert!(
+        err.to_string().contains("security floor 2 is below 3"),
+        "{err}"
+    );
+    // Unsigned counts as floor 0, even with the local downgrade setting on.
+    p.allow_downgrade = true;
+    assert!(check_floor(&p, &r, UNSIGNED).is_err());
+    let mut other = request("1.1.0");
+    other.project = "fan".into();
+    assert!(matches!(
+        check_project(&other),
+        Err(UpdateError::OtherProject(_))
+    ));
+    assert!(check_project(&r).is_ok());
 }
 
 #[test]
@@ -120,7 +162,21 @@ fn signatures_verify_with_trusted_keys_only_and_before_expiry() {
     let later = now + chrono::Duration::hours(1);
     let p = policy(vec![public(&signer)]);
 
-    assert!(check_signature(&p, &signed(&signer, request("1.1.0"), later), now).unwrap());
+    assert!(
+        check_signature(&p, &signed(&signer, request("1.1.0"), later), now)
+            .unwrap()
+            .verified
+    );
+    // The rollback fields are read from the signed manifest only.
+    let mut floored = request("1.1.0");
+    floored.security_floor = Some(5);
+    floored.manifest_allow_downgrade = true;
+    let verified = check_signature(&p, &signed(&signer, floored.clone(), later), now).unwrap();
+    assert_eq!((verified.floor, verified.allow_downgrade), (5, true));
+    let raised = signed(&signer, floored, later);
+    let mut lowered = raised.clone();
+    lowered.security_floor = Some(1);
+    assert!(check_signature(&p, &lowered, now).is_err());
     let err = check_signature(&p, &signed(&stranger, request("1.1.0"), later), now);
     assert!(matches!(err, Err(UpdateError::BadSignature(_))));
     // Any change to what the manifest covers breaks the signature.
@@ -140,17 +196,29 @@ fn signatures_verify_with_trusted_keys_only_and_before_expiry() {
 }
 
 #[test]
-fn required_signatures_refuse_unsigned_releases() {
+fn unsigned_releases_are_refused_while_a_key_is_trusted_unless_allowed() {
     let signer = key_pair(1);
     let mut p = policy(vec![]);
-    assert!(!check_signature(&p, &request("1.1.0"), Utc::now()).unwrap());
+    assert!(
+        !check_signature(&p, &request("1.1.0"), Utc::now())
+            .unwrap()
+            .verified
+    );
     p.require_signature = true;
     assert!(matches!(
         check_signature(&p, &request("1.1.0"), Utc::now()),
-        Err(UpdateError::SignatureRequired)
+        Err(UpdateError::SignatureRequired(_))
     ));
     let later = Utc::now() + chrono::Duration::hours(1);
     assert!(check_signature(&p, &signed(&signer, request("1.1.0"), later), Utc::now()).is_err());
+    // Secure by default: a trusted key alone makes signatures required.
+    let mut p = policy(vec![public(&signer)]);
+    let err = check_signature(&p, &request("1.1.0"), Utc::now()).unwrap_err();
+    assert!(err.to_string().contains("unsigned"), "{err}");
+    p.allow_unsigned = true;
+    let unverified = check_signature(&p, &request("1.1.0"), Utc::now()).unwrap();
+    assert!(!unverified.verified);
+    assert_eq!(unverified.floor, 0);
 }
 
 #[test]
@@ -369,5 +437,75 @@ async fn a_wrong_hash_leaves_nothing_in_the_staging_dir() {
     assert!(matches!(err, UpdateError::WrongHash { .. }), "{err}");
     server.join().unwrap();
     assert!(staged_files(&p.staging_dir).is_empty());
+    std::fs::remove_dir_all(&p.staging_dir).unwrap();
+}
+
+/// A server whose slots are taken for the first `busy` requests (503 or 429 with
+/// `Retry-After: 1`), then serves the body.
+fn busy_server(body: Vec<u8>, busy: usize) -> (String, std::thread::JoinHandle<usize>) {
+    use std::io::{BufRead, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/artifact", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        for round in 0..=busy {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line.trim().is_empty() {
+                    break;
+                }
+            }
+            if round < busy {
+                let status = if round % 2 == 0 {
+                    "503 Service Unavailable"
+                } else {
+                    "429 Too Many Requests"
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                stream.write_all(head.as_bytes()).unwrap();
+                continue;
+            }
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&body).unwrap();
+        }
+        busy + 1
+    });
+    (url, handle)
+}
+
+#[actix::test]
+async fn a_busy_server_is_waited_for_without_failing_the_update() {
+    // More busy answers than the retries a dropped connection gets: waiting for a turn is
+    // not counted as a failure.
+    let busy = MAX_RETRIES as usize + 2;
+    let body = vec![9u8; 4096];
+    let sha = hex(digest::digest(&digest::SHA256, &body).as_ref());
+    let (url, server) = busy_server(body.clone(), busy);
+    let mut p = policy(vec![]);
+    p.staging_dir = temp_dir();
+    let mut r = request("1.1.0");
+    r.url = url;
+    r.sha256 = sha.clone();
+    r.size = body.len() as u64;
+    let frames = Frames(Default::default()).start().recipient();
+    let started = std::time::Instant::now();
+    let (path, got) = fetch_and_stage(awc::Client::default(), p.clone(), r, "t".into(), frames)
+        .await
+        .unwrap();
+    assert_eq!(got, sha);
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+    assert_eq!(server.join().unwrap(), busy + 1);
+    assert!(
+        started.elapsed() >= Duration::from_secs(busy as u64),
+        "each busy answer was waited out"
+    );
     std::fs::remove_dir_all(&p.staging_dir).unwrap();
 }

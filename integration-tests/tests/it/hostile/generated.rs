@@ -395,6 +395,11 @@ fn setup(server: &ServerProcess) -> World {
         &[("X-Admin-Secret", OTA_SECRET)],
     );
     assert_eq!(ota.status, 200, "{}", ota.body);
+    let listed = Api::admin(server).put(
+        "/api/v1/ota/projects/gen/devices/board-gen",
+        &json!({"fwAccess": true}),
+    );
+    assert_eq!(listed.status, 200, "{}", listed.body);
     World {
         addr: server.base_url.trim_start_matches("http://").to_owned(),
         tokens,
@@ -472,6 +477,7 @@ impl World {
                 self.deployment_id.clone()
             }
             (_, "project") => "gen".into(),
+            (_, "device_id") => format!("gen-board-{n}"),
             (_, "file") => self.release_file.clone(),
             (_, "path:.*") => "js/app.js".into(),
             _ => panic!("no value for {{{name}}} of {method} {pattern}"),
@@ -490,7 +496,10 @@ impl World {
                 ("name", format!("Enrolled%20{n}")),
                 ("companyId", "company-1".into()),
             ],
-            (_, p) if p.starts_with("/firmware/") => vec![("token", self.ota_token.clone())],
+            (_, p) if p.starts_with("/firmware/") => vec![
+                ("token", self.ota_token.clone()),
+                ("device_id", "board-gen".into()),
+            ],
             ("GET", p)
                 if !p.contains('{')
                     || p.ends_with("/logs")
@@ -510,7 +519,9 @@ impl World {
             "/api/v1/devices/{id}/token" => {
                 vec![("X-Enrollment-Key".into(), ENROLLMENT_KEY.into())]
             }
-            "/admin/generate_token" => vec![("X-Admin-Secret".into(), OTA_SECRET.into())],
+            "/admin/generate_token" | "/admin/revoke_token" => {
+                vec![("X-Admin-Secret".into(), OTA_SECRET.into())]
+            }
             _ => vec![],
         }
     }
@@ -593,6 +604,10 @@ impl World {
             }),
             ("POST", "/admin/generate_token") => {
                 json!({"device_id": format!("board-{n}"), "project": "gen", "expires_minutes": 30})
+            }
+            ("POST", "/admin/revoke_token") => json!({"jti": format!("gen-jti-{n}")}),
+            ("PUT", "/api/v1/ota/projects/{project}/devices/{device_id}") => {
+                json!({"fwAccess": n.is_multiple_of(2), "productionLineId": "line-gen"})
             }
             _ => return None,
         })

@@ -31,6 +31,7 @@ const COMMAND_TYPES = [
   { type: 'disable_device', label: 'Disable', form: true, danger: 'Disable', then: 'It stops production until it is enabled again.' },
   { type: 'reboot_os', label: 'Reboot OS', danger: 'Reboot the operating system of', then: 'Its station stops until the machine is back.' },
   { type: 'shutdown_os', label: 'Shut down OS', danger: 'Shut down', then: 'It stays off until someone powers it on at the line.' },
+  { type: 'rotate_firmware_keys', label: 'Rotate release keys', form: true },
 ];
 
 /** A fresh id, so a double click sends one command, not two (the server refuses a repeat). */
@@ -86,6 +87,8 @@ function formFor(type, user, templates) {
       return templateForm(user, templates);
     case 'update_firmware':
       return firmwareForm();
+    case 'rotate_firmware_keys':
+      return rotationForm();
     default:
       return null;
   }
@@ -168,8 +171,33 @@ function firmwareForm() {
       const fields = { version: r.version, url: url.value.trim(), sha256: r.sha256, size: r.size };
       if (r.signatureBase64) fields.signatureBase64 = r.signatureBase64;
       if (r.signatureExpiresAt) fields.signatureExpiresAt = r.signatureExpiresAt;
+      if (r.project) fields.project = r.project;
+      if (r.allowDowngrade) fields.manifestAllowDowngrade = true;
+      if (r.securityFloor !== undefined && r.securityFloor !== null) fields.securityFloor = r.securityFloor;
       if (downgrade.checked) fields.allowDowngrade = true;
       return fields;
+    },
+  };
+}
+
+/**
+ * The signed key rotation as the admin CLI prints it: JSON with `add`, `retire`, `sequence`,
+ * `expiresAt` and `signatureBase64`. The device checks the signature; the form only parses.
+ */
+function rotationForm() {
+  const text = h('textarea', { name: 'rotation', rows: 6, placeholder: '{"add": [...], "retire": [...], "sequence": 2, "expiresAt": "…", "signatureBase64": "…"}' });
+  return {
+    element: h('label', {}, 'Signed rotation (JSON from `factory-server firmware sign`)', text),
+    read: () => {
+      let value;
+      try {
+        value = JSON.parse(text.value);
+      } catch (e) {
+        throw new Error(`The rotation is not JSON: ${e.message}`);
+      }
+      if (!value || typeof value !== 'object' || Array.isArray(value)) throw new Error('The rotation must be a JSON object.');
+      const { add = [], retire = [], sequence, expiresAt, signatureBase64 } = value;
+      return { add, retire, sequence, expiresAt, signatureBase64 };
     },
   };
 }

@@ -17,7 +17,9 @@ export function render(ctx) {
 function uploadForm(onUploaded) {
   const file = h('input', { name: 'file', type: 'file', required: true });
   const version = h('input', { name: 'version', required: true, placeholder: '1.4.0', size: 10 });
-  const project = h('input', { name: 'project', required: true, value: 'edge-agent', size: 14 });
+  // `edge` is the project edge agents stage (their signed manifests name it); a release of
+  // any other project is for boards on the OTA routes, and agents refuse it.
+  const project = h('input', { name: 'project', required: true, value: 'edge', size: 14 });
   const channel = h('input', { name: 'channel', value: 'stable', size: 10 });
   const filename = h('input', { name: 'filename', required: true, size: 24 });
   const bar = h('progress', { max: 100, value: 0, hidden: true, id: 'upload-progress' });
