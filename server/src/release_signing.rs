@@ -35,6 +35,10 @@ pub struct ReleaseManifest {
     pub size: u64,
     /// The signature's `signatureExpiresAt`; whole seconds, as the manifest carries it.
     pub expires_at: DateTime<Utc>,
+    /// The signer lets this release replace a newer version (`downgrade=allowed`).
+    pub allow_downgrade: bool,
+    /// The release's security floor: a device that accepted it never stages a lower one.
+    pub security_floor: Option<u64>,
 }
 
 impl ReleaseManifest {
@@ -67,17 +71,22 @@ impl ReleaseManifest {
             sha256: protocol::hex::encode(digest.finish().as_ref()),
             size,
             expires_at: expires_at.trunc_subsecs(0),
+            allow_downgrade: false,
+            security_floor: None,
         })
     }
 
     pub fn bytes(&self) -> Vec<u8> {
-        protocol::firmware::manifest_bytes(
-            &self.project,
-            &self.version,
-            &self.sha256,
-            self.size,
-            self.expires_at.timestamp(),
-        )
+        protocol::firmware::Manifest {
+            project: self.project.clone(),
+            version: self.version.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            expires_unix: self.expires_at.timestamp(),
+            allow_downgrade: self.allow_downgrade,
+            security_floor: self.security_floor,
+        }
+        .bytes()
     }
 }
 
@@ -91,6 +100,11 @@ pub struct SignedRelease {
     pub size: u64,
     pub signature_base64: String,
     pub signature_expires_at: DateTime<Utc>,
+    /// Covered by the signature: the upload must name them as they were signed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_downgrade: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_floor: Option<u64>,
 }
 
 /// Signs a release's manifest.
@@ -103,6 +117,8 @@ pub fn sign_release(key: &Ed25519KeyPair, manifest: &ReleaseManifest) -> SignedR
         size: manifest.size,
         signature_base64: base64::engine::general_purpose::STANDARD.encode(signature.as_ref()),
         signature_expires_at: manifest.expires_at,
+        allow_downgrade: manifest.allow_downgrade,
+        security_floor: manifest.security_floor,
     }
 }
 

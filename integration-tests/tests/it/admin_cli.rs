@@ -208,12 +208,19 @@ fn a_release_signed_by_the_cli_is_staged_by_an_agent(backend: Backend) {
             .trim(),
         public
     );
+    // A second key, which the server trusts from the start and agents only after a rotation.
+    let out = Command::new(binary("factory-server"))
+        .args(["firmware", "keygen", "--out-dir", &dir, "--name", "next"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let next = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let server = ServerProcess::start_with(
         TestDb::new(backend),
         TempDir::new("factory-cli-fw"),
         &[
             "--firmware-trusted-keys",
-            &public,
+            &format!("{public},{next}"),
             "--firmware-require-signature",
         ],
     );
@@ -309,6 +316,71 @@ fn a_release_signed_by_the_cli_is_staged_by_an_agent(backend: Backend) {
         .join("staging")
         .join("edge-service-0.9.0");
     assert_eq!(std::fs::read(staged).unwrap(), body);
+
+    // The CLI signs a rotation with the key the agent trusts: the next key in, the old one out.
+    let rotation = ok(&admin(
+        &server,
+        &[
+            "firmware",
+            "rotate-keys",
+            "--key",
+            key.to_str().unwrap(),
+            "--add",
+            &next,
+            "--retire",
+            &public,
+            "--sequence",
+            "1",
+        ],
+        None,
+    ));
+    let mut rotation: Value = serde_json::from_str(&rotation).unwrap();
+    rotation["id"] = json!("cli-rotate");
+    let r = command(&api, "cli-fw-1", rotation, false);
+    assert_eq!(r["status"], "SUCCESS", "{r}\n{}", agent.log());
+    // A release signed with the next key, with a security floor, is staged; one signed with
+    // the retired key is refused.
+    let next_key = keys.path().join("next.pem");
+    let update = |version: &str, key: &std::path::Path, id: &str, floor: Option<&str>| {
+        let mut args = vec![
+            "firmware",
+            "upload",
+            "--version",
+            version,
+            "--url",
+            &server.base_url,
+            "--key",
+            key.to_str().unwrap(),
+        ];
+        if let Some(floor) = floor {
+            args.extend(["--security-floor", floor]);
+        }
+        args.push(art);
+        let uploaded: Value = serde_json::from_str(&ok(&admin(&server, &args, None))).unwrap();
+        let release = uploaded["data"].clone();
+        command(
+            &api,
+            "cli-fw-1",
+            json!({"type": "update_firmware", "id": id, "version": version,
+                   "url": release["artifactUrl"], "sha256": release["sha256"],
+                   "size": body.len(), "signatureBase64": release["signatureBase64"],
+                   "signatureExpiresAt": release["signatureExpiresAt"],
+                   "securityFloor": release["securityFloor"]}),
+            true,
+        )
+    };
+    let r = update("0.9.1", &next_key, "cli-fw-next", Some("2"));
+    assert_eq!(r["status"], "SUCCESS", "{r}\n{}", agent.log());
+    let r = update("0.9.2", &key, "cli-fw-retired", None);
+    assert_eq!(r["status"], "FAILED", "{r}");
+    assert!(
+        !agent
+            .data_dir
+            .path()
+            .join("staging/edge-service-0.9.2")
+            .exists(),
+        "a release of a retired key was staged"
+    );
 
     // The agent's own command lines read the same database it runs on.
     let status = Command::new(binary("edge-agent"))

@@ -1,12 +1,13 @@
-//! `factory-server firmware keygen|sign|upload`: a release signing key, a release's signature
-//! (through `release_signing::sign_release`, the one manifest builder), and its upload to the
-//! running server's REST route, whose checks are the server's own.
+//! `factory-server firmware keygen|sign|upload|rotate-keys`: a release signing key, a
+//! release's signature (through `release_signing::sign_release`, the one manifest builder),
+//! its upload to the running server's REST route, whose checks are the server's own, and a
+//! signed change of the keys agents trust.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
@@ -50,6 +51,25 @@ pub enum FirmwareCommand {
         #[arg(long = "as", default_value = crate::api::users::FIRST_ADMIN)]
         as_user: String,
     },
+    /// Signs a change of the keys agents trust with a key they trust now, and prints the
+    /// `rotate_firmware_keys` command to dispatch (to a device, a group or every device).
+    RotateKeys {
+        /// A key the agents trust today (`firmware keygen`'s `.pem`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Public keys to trust from now on (base64, as `firmware keygen` prints them).
+        #[arg(long)]
+        add: Vec<String>,
+        /// Public keys to stop trusting.
+        #[arg(long)]
+        retire: Vec<String>,
+        /// Above every rotation sent before: agents apply only a higher sequence.
+        #[arg(long)]
+        sequence: u64,
+        /// How long the signed message may still be applied.
+        #[arg(long, default_value_t = 30)]
+        expires_in_days: i64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +88,13 @@ pub struct SignArgs {
     /// How long the signature stays valid.
     #[arg(long, default_value_t = 90)]
     pub expires_in_days: i64,
+    /// Let this release replace a newer version on devices (signed; a deployment must also
+    /// ask for the downgrade).
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// The release's security floor: devices that accept it never stage a lower one again.
+    #[arg(long)]
+    pub security_floor: Option<u64>,
 }
 
 impl SignArgs {
@@ -77,8 +104,11 @@ impl SignArgs {
         };
         let key = release_signing::load_key(key_file)?;
         let expires_at = Utc::now() + chrono::Duration::days(self.expires_in_days);
-        let manifest =
-            ReleaseManifest::of_file(&self.project, &self.version, &self.artifact, expires_at)?;
+        let manifest = ReleaseManifest {
+            allow_downgrade: self.allow_downgrade,
+            security_floor: self.security_floor,
+            ..ReleaseManifest::of_file(&self.project, &self.version, &self.artifact, expires_at)?
+        };
         Ok(Some(release_signing::sign_release(&key, &manifest)))
     }
 }
@@ -120,9 +150,12 @@ pub fn run(command: FirmwareCommand, config: &Config) -> anyhow::Result<()> {
         } => {
             let signature = match signature_file {
                 Some(file) => Some(read_signature(&file)?),
-                None => release
-                    .sign()?
-                    .map(|s| (s.signature_base64, s.signature_expires_at)),
+                None => release.sign()?.map(|s| Signature {
+                    base64: s.signature_base64,
+                    expires_at: s.signature_expires_at,
+                    allow_downgrade: s.allow_downgrade,
+                    security_floor: s.security_floor,
+                }),
             };
             let filename = match filename {
                 Some(name) => name,
@@ -136,15 +169,76 @@ pub fn run(command: FirmwareCommand, config: &Config) -> anyhow::Result<()> {
                 ("filename", filename),
                 ("channel", channel),
             ];
-            if let Some((signature, expires_at)) = signature {
-                query.push(("signatureBase64", signature));
-                query.push(("signatureExpiresAt", expires_at.to_rfc3339()));
+            if let Some(signature) = signature {
+                query.push(("signatureBase64", signature.base64));
+                query.push(("signatureExpiresAt", signature.expires_at.to_rfc3339()));
+                if signature.allow_downgrade {
+                    query.push(("allowDowngrade", "true".to_owned()));
+                }
+                if let Some(floor) = signature.security_floor {
+                    query.push(("securityFloor", floor.to_string()));
+                }
             }
             let answer = upload(&base, ca_file.as_deref(), &token, &query, &release.artifact)?;
             println!("{answer}");
         }
+        FirmwareCommand::RotateKeys {
+            key,
+            add,
+            retire,
+            sequence,
+            expires_in_days,
+        } => {
+            let command = rotation_command(&key, add, retire, sequence, expires_in_days)?;
+            println!("{}", serde_json::to_string_pretty(&command)?);
+        }
     }
     Ok(())
+}
+
+/// The `rotate_firmware_keys` command, signed with `key`.
+fn rotation_command(
+    key: &Path,
+    add: Vec<String>,
+    retire: Vec<String>,
+    sequence: u64,
+    expires_in_days: i64,
+) -> anyhow::Result<serde_json::Value> {
+    for public in add.iter().chain(&retire) {
+        protocol::signing::parse_public_key(public)
+            .map_err(|e| anyhow::anyhow!("`{public}`: {e}"))?;
+    }
+    if add.is_empty() && retire.is_empty() {
+        anyhow::bail!("name a key to --add or to --retire");
+    }
+    let key = release_signing::load_key(key)?;
+    let expires_at = (Utc::now() + chrono::Duration::days(expires_in_days)).trunc_subsecs(0);
+    let rotation = protocol::firmware::KeyRotation {
+        add,
+        retire,
+        sequence,
+        expires_unix: expires_at.timestamp(),
+    };
+    let signature = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        key.sign(&rotation.bytes()).as_ref(),
+    );
+    Ok(serde_json::json!({
+        "type": "rotate_firmware_keys",
+        "add": rotation.add,
+        "retire": rotation.retire,
+        "sequence": rotation.sequence,
+        "expiresAt": expires_at,
+        "signatureBase64": signature,
+    }))
+}
+
+/// A release signature and what it covers besides the artifact.
+struct Signature {
+    base64: String,
+    expires_at: DateTime<Utc>,
+    allow_downgrade: bool,
+    security_floor: Option<u64>,
 }
 
 fn file_name(path: &Path) -> anyhow::Result<String> {
@@ -154,18 +248,27 @@ fn file_name(path: &Path) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("{}: no file name", path.display()))
 }
 
-fn read_signature(file: &Path) -> anyhow::Result<(String, DateTime<Utc>)> {
+fn read_signature(file: &Path) -> anyhow::Result<Signature> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
-    struct Signature {
+    struct Signed {
         signature_base64: String,
         signature_expires_at: DateTime<Utc>,
+        #[serde(default)]
+        allow_downgrade: bool,
+        #[serde(default)]
+        security_floor: Option<u64>,
     }
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let s: Signature = serde_json::from_str(&text)
+    let s: Signed = serde_json::from_str(&text)
         .with_context(|| format!("{}: not `firmware sign` output", file.display()))?;
-    Ok((s.signature_base64, s.signature_expires_at))
+    Ok(Signature {
+        base64: s.signature_base64,
+        expires_at: s.signature_expires_at,
+        allow_downgrade: s.allow_downgrade,
+        security_floor: s.security_floor,
+    })
 }
 
 /// A five-minute token of an enabled ADMIN, issued with the server's own JWT secret: this
