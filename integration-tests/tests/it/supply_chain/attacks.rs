@@ -332,8 +332,20 @@ fn every_attack_is_refused_with_its_reason_and_stages_nothing(backend: Backend) 
         &agent,
         &after_good,
     );
-    // The floor is on disk: a restarted agent still refuses.
+    // The floor is on disk: a restarted agent still refuses. The server may still list the
+    // old process ONLINE for a moment, so the wait is for the new run's id.
+    let device = format!("/api/v1/devices/{}", agent.device_id);
+    let run_id = |api: &Api| api.get(&device).body["data"]["runId"].clone();
+    let before = run_id(&api);
     let agent = agent.restart();
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted agent's session",
+        || {
+            let now = run_id(&api);
+            !now.is_null() && now != before
+        },
+    );
     crate::agent_firmware::online(&api, &[&agent]);
     let result = send(&api, update_of("floor-2-again", &low));
     refused(
