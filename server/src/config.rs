@@ -54,6 +54,10 @@ pub struct Config {
     pub audit_summary_secs: u64,
     /// Device logs and events older than this many days are deleted.
     pub log_retention_days: u32,
+    /// Hours raw metric samples are kept, and days their minute and hour buckets are.
+    pub metrics_raw_retention_hours: u32,
+    pub metrics_minute_retention_days: u32,
+    pub metrics_hour_retention_days: u32,
     /// Seconds a device has to come back with a new run id after `restart_service`.
     pub restart_confirm_secs: u64,
     /// Seconds a device has to come back with a new boot id after `reboot_os`.
@@ -120,6 +124,9 @@ impl Default for Config {
             lockout_secs: 900,
             audit_summary_secs: 60,
             log_retention_days: 30,
+            metrics_raw_retention_hours: 24,
+            metrics_minute_retention_days: 30,
+            metrics_hour_retention_days: 365,
             restart_confirm_secs: 120,
             reboot_confirm_secs: 600,
             deployment_stage_timeout_secs: 1800,
@@ -242,6 +249,21 @@ pub struct Cli {
     #[arg(long, env = "FACTORY_LOG_RETENTION_DAYS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_retention_days: Option<u32>,
+
+    /// Hours raw metric samples (every status) are kept [default: 24].
+    #[arg(long, env = "FACTORY_METRICS_RAW_RETENTION_HOURS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_raw_retention_hours: Option<u32>,
+
+    /// Days one-minute metric buckets are kept [default: 30].
+    #[arg(long, env = "FACTORY_METRICS_MINUTE_RETENTION_DAYS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_minute_retention_days: Option<u32>,
+
+    /// Days one-hour metric buckets are kept [default: 365].
+    #[arg(long, env = "FACTORY_METRICS_HOUR_RETENTION_DAYS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_hour_retention_days: Option<u32>,
 
     /// Seconds a device has to come back after restart_service [default: 120].
     #[arg(long, env = "FACTORY_RESTART_CONFIRM_SECS")]
@@ -494,6 +516,7 @@ impl Config {
         if self.log_retention_days == 0 {
             return Err(ConfigError("log_retention_days must be at least 1".into()));
         }
+        self.check_metrics_retention()?;
         if self.user_token_ttl_secs == 0 || self.device_token_ttl_secs == 0 {
             return Err(ConfigError("token lifetimes must be positive".into()));
         }
@@ -542,6 +565,28 @@ impl Config {
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level: {e}")))?;
         Policy::from_settings(&self.rights).map_err(ConfigError)?;
+        Ok(())
+    }
+
+    /// Each metrics resolution is kept at least as long as the finer one it is rolled up from
+    /// (a chart reads the coarser one past the finer one's end), and within `MAX_RETENTION_DAYS`.
+    fn check_metrics_retention(&self) -> Result<(), ConfigError> {
+        let raw = self.metrics_raw_retention_hours;
+        let (minutes, hours) = (
+            self.metrics_minute_retention_days,
+            self.metrics_hour_retention_days,
+        );
+        if raw == 0 || minutes == 0 || hours == 0 || hours > MAX_RETENTION_DAYS {
+            return Err(ConfigError(format!(
+                "metrics retentions must be positive, and the hour retention at most {MAX_RETENTION_DAYS} days"
+            )));
+        }
+        if u64::from(raw) > u64::from(minutes) * 24 || minutes > hours {
+            return Err(ConfigError(
+                "metrics retentions must not shrink from raw (hours) to minutes to hours (days)"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 

@@ -3,12 +3,14 @@
 
 pub mod audit;
 pub mod commands;
+pub mod counters;
 pub mod db;
 pub mod deployments;
 pub mod devices;
 pub mod error;
 pub mod firmware;
 pub mod groups;
+pub mod metrics;
 pub mod outbox;
 pub mod rollout;
 pub mod sync;

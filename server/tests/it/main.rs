@@ -5,6 +5,7 @@
 
 mod common;
 
+mod charts_db;
 mod db_faults;
 mod fuzz;
 mod revocations;
