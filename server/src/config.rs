@@ -58,6 +58,8 @@ pub struct Config {
     pub metrics_raw_retention_hours: u32,
     pub metrics_minute_retention_days: u32,
     pub metrics_hour_retention_days: u32,
+    /// Seconds between two metric rollups: how old a chart's newest minute may be.
+    pub metrics_rollup_secs: u64,
     /// Seconds a device has to come back with a new run id after `restart_service`.
     pub restart_confirm_secs: u64,
     /// Seconds a device has to come back with a new boot id after `reboot_os`.
@@ -127,6 +129,7 @@ impl Default for Config {
             metrics_raw_retention_hours: 24,
             metrics_minute_retention_days: 30,
             metrics_hour_retention_days: 365,
+            metrics_rollup_secs: 60,
             restart_confirm_secs: 120,
             reboot_confirm_secs: 600,
             deployment_stage_timeout_secs: 1800,
@@ -264,6 +267,11 @@ pub struct Cli {
     #[arg(long, env = "FACTORY_METRICS_HOUR_RETENTION_DAYS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_hour_retention_days: Option<u32>,
+
+    /// Seconds between two metric rollups into minute and hour buckets (1-3600) [default: 60].
+    #[arg(long, env = "FACTORY_METRICS_ROLLUP_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_rollup_secs: Option<u64>,
 
     /// Seconds a device has to come back after restart_service [default: 120].
     #[arg(long, env = "FACTORY_RESTART_CONFIRM_SECS")]
@@ -580,6 +588,9 @@ impl Config {
             return Err(ConfigError(format!(
                 "metrics retentions must be positive, and the hour retention at most {MAX_RETENTION_DAYS} days"
             )));
+        }
+        if !(1..=3600).contains(&self.metrics_rollup_secs) {
+            return Err(ConfigError("metrics_rollup_secs must be 1-3600".into()));
         }
         if u64::from(raw) > u64::from(minutes) * 24 || minutes > hours {
             return Err(ConfigError(

@@ -10,19 +10,11 @@
 //! PostgreSQL is covered by the other tests. The browser sessions take turns (one at a time)
 //! because CI has two cores.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use integration_tests::browser::Browser;
+use integration_tests::browser::{take_turn, Browser};
 use integration_tests::*;
 use serde_json::json;
-
-/// One browser at a time.
-static BROWSER_TURN: Mutex<()> = Mutex::new(());
-
-fn take_turn() -> std::sync::MutexGuard<'static, ()> {
-    BROWSER_TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const DEVICE: &str = "edge-dash-1";
 const VIEWER_PASSWORD: &str = "viewer-password-1";

@@ -10,6 +10,7 @@ mod common;
 mod agent_commands;
 mod agent_firmware;
 mod benchmark;
+mod charts_e2e;
 mod cloud;
 mod commands;
 mod dashboard_e2e;

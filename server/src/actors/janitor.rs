@@ -17,9 +17,6 @@ use crate::{store::telemetry, store::tokens};
 /// How often housekeeping runs.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(600);
 
-/// How often metrics are rolled up: a chart's newest minute is at most this old.
-pub const ROLLUP_INTERVAL: Duration = Duration::from_secs(60);
-
 /// Rows deleted per statement by the retention job.
 pub const RETENTION_BATCH: i64 = 1000;
 
@@ -29,6 +26,8 @@ pub struct Janitor {
     retention: chrono::Duration,
     summary_every: Duration,
     metrics: Retention,
+    /// How often metrics are rolled up: a chart's newest minute is at most this old.
+    rollup_every: Duration,
     /// A rollup still running; the next tick skips rather than overlap it.
     rolling: bool,
 }
@@ -39,7 +38,7 @@ impl Janitor {
         limits: Arc<Limits>,
         retention_days: u32,
         summary_every: Duration,
-        metrics: Retention,
+        (metrics, rollup_every): (Retention, Duration),
     ) -> Self {
         Janitor {
             db,
@@ -47,6 +46,7 @@ impl Janitor {
             retention: chrono::Duration::days(i64::from(retention_days)),
             summary_every,
             metrics,
+            rollup_every,
             rolling: false,
         }
     }
@@ -75,7 +75,7 @@ impl Actor for Janitor {
         ctx.run_interval(JANITOR_INTERVAL, |_, ctx| ctx.notify(Sweep));
         ctx.run_interval(self.summary_every, |_, ctx| ctx.notify(FlushRefusals));
         ctx.notify(RollUp);
-        ctx.run_interval(ROLLUP_INTERVAL, |_, ctx| ctx.notify(RollUp));
+        ctx.run_interval(self.rollup_every, |_, ctx| ctx.notify(RollUp));
     }
 }
 
