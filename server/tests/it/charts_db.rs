@@ -109,7 +109,10 @@ fn hours(db: &ServerDb) -> Vec<Bucket> {
         .unwrap()
 }
 
-fn online(db: &ServerDb) -> (Vec<(i64, i64)>, Vec<(i64, i64)>) {
+/// (bucket, devices) rows of the online minutes and hours.
+type Online = Vec<(i64, i64)>;
+
+fn online(db: &ServerDb) -> (Online, Online) {
     db.db
         .run_blocking(|conn| {
             let m = online_minutes::table
