@@ -200,12 +200,12 @@ fn an_agents_statuses_and_scans_draw_the_charts() {
     let metrics_text = browser.text("#device-metrics");
     assert!(metrics_text.contains("iB"), "{metrics_text}");
     // The numbers one click away.
-    browser.click("#chart-uptimeSecs button[data-action=table]");
+    browser.click("#chart-uptimeSecs button[data-chart-action=table]");
     browser.wait_until("the uptime table", || {
         browser.count("#chart-uptimeSecs .chart-table tbody tr") > 0
     });
     assert_eq!(
-        browser.count("#chart-uptimeSecs button[data-action=csv]"),
+        browser.count("#chart-uptimeSecs button[data-chart-action=csv]"),
         1
     );
     scroll_to(&browser, "#device-charts");
@@ -226,7 +226,7 @@ fn an_agents_statuses_and_scans_draw_the_charts() {
     });
     let latest = browser.text(&format!("{line_chart} .chart-latest"));
     assert!(latest.contains("valid scans"), "{latest}");
-    browser.click(&format!("{line_chart} button[data-action=table]"));
+    browser.click(&format!("{line_chart} button[data-chart-action=table]"));
     browser.wait_until("the throughput table", || {
         browser.count(&format!("{line_chart} .chart-table tbody tr")) > 0
     });

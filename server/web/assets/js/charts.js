@@ -88,7 +88,7 @@ export class Chart {
     const tableButton = h('button', {
       class: 'secondary small',
       type: 'button',
-      dataset: { action: 'table' },
+      dataset: { chartAction: 'table' },
       text: 'Table',
       onclick: () => {
         this.tableEl.hidden = !this.tableEl.hidden;
@@ -100,7 +100,7 @@ export class Chart {
       ? h('button', {
           class: 'secondary small',
           type: 'button',
-          dataset: { action: 'csv' },
+          dataset: { chartAction: 'csv' },
           text: 'CSV',
           onclick: () => downloadCsv(csv.path, csv.query, csv.filename).catch((e) => replace(this.tableEl, String(e.message))),
         })
