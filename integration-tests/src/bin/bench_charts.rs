@@ -20,12 +20,20 @@ const DEVICES: usize = 1000;
 /// Devices whose full day of raw samples is written to measure the cost per device-day.
 const DAY_DEVICES: usize = 10;
 const STATUS_EVERY_MS: i64 = 5000;
-const METRICS: [&str; 4] = ["diskFreeBytes", "uptimeSecs", "queueDepth", "labelQueueDepth"];
+const METRICS: [&str; 4] = [
+    "diskFreeBytes",
+    "uptimeSecs",
+    "queueDepth",
+    "labelQueueDepth",
+];
 /// Statuses per telemetry batch, about what the sink flushes at (500 records).
 const STATUSES_PER_BATCH: usize = 500;
 
 fn main() {
-    for backend in [integration_tests::Backend::Sqlite, integration_tests::Backend::Postgres] {
+    for backend in [
+        integration_tests::Backend::Sqlite,
+        integration_tests::Backend::Postgres,
+    ] {
         run(backend);
     }
 }
@@ -109,7 +117,13 @@ fn run(backend: integration_tests::Backend) {
     // One day of statuses for DAY_DEVICES devices, written the way the telemetry writer does.
     let now = Utc::now().timestamp_millis();
     let day_start = (now - DAY_MS - HOUR_MS) / HOUR_MS * HOUR_MS;
-    let tables = ["metric_samples", "metric_minutes", "metric_hours", "online_minutes", "online_hours"];
+    let tables = [
+        "metric_samples",
+        "metric_minutes",
+        "metric_hours",
+        "online_minutes",
+        "online_hours",
+    ];
     let empty = native.bytes(&tables);
     let statuses = (DAY_MS / STATUS_EVERY_MS) as usize;
     let started = Instant::now();
@@ -144,8 +158,13 @@ fn run(backend: integration_tests::Backend) {
     let raw = native.bytes(&tables) - empty;
     let started = Instant::now();
     let rollup_now = day_start + DAY_MS;
-    db.run_blocking(move |conn| Ok(metrics::rollup(conn, chrono::DateTime::from_timestamp_millis(rollup_now).unwrap())?))
-        .expect("rollup");
+    db.run_blocking(move |conn| {
+        Ok(metrics::rollup(
+            conn,
+            chrono::DateTime::from_timestamp_millis(rollup_now).unwrap(),
+        )?)
+    })
+    .expect("rollup");
     let rollup_day = started.elapsed();
     let rolled = native.bytes(&tables) - empty - raw;
     let per_day = |bytes: i64| bytes as f64 / DAY_DEVICES as f64 / 1024.0 / 1024.0;
@@ -171,8 +190,20 @@ fn run(backend: integration_tests::Backend) {
     let hours_from = (now - 7 * DAY_MS) / HOUR_MS * HOUR_MS;
     let minutes_from = (now - DAY_MS) / MINUTE_MS * MINUTE_MS;
     let started = Instant::now();
-    native.execute(&fill_sql(&native.target, "metric_hours", hours_from, HOUR_MS, 7 * 24 + 1));
-    native.execute(&fill_sql(&native.target, "metric_minutes", minutes_from, MINUTE_MS, 24 * 60 + 1));
+    native.execute(&fill_sql(
+        &native.target,
+        "metric_hours",
+        hours_from,
+        HOUR_MS,
+        7 * 24 + 1,
+    ));
+    native.execute(&fill_sql(
+        &native.target,
+        "metric_minutes",
+        minutes_from,
+        MINUTE_MS,
+        24 * 60 + 1,
+    ));
     let (hours, minutes) = (
         native.int("SELECT COUNT(*) FROM metric_hours"),
         native.int("SELECT COUNT(*) FROM metric_minutes"),
@@ -255,7 +286,12 @@ fn run(backend: integration_tests::Backend) {
     }
     let t = Instant::now();
     let report = db
-        .run_blocking(move |conn| Ok(metrics::rollup(conn, chrono::DateTime::from_timestamp_millis(minute + 59_000).unwrap())?))
+        .run_blocking(move |conn| {
+            Ok(metrics::rollup(
+                conn,
+                chrono::DateTime::from_timestamp_millis(minute + 59_000).unwrap(),
+            )?)
+        })
         .expect("rollup");
     println!(
         "one rollup pass at {DEVICES} devices: {:.0} ms ({} minute rows, {} hour rows written)",
