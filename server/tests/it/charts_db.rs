@@ -519,3 +519,41 @@ fn a_query_reads_the_finest_resolution_its_range_and_step_allow() {
     // A step of exactly the points limit is accepted.
     assert!(new(2000 * MINUTE_MS, Some(MINUTE_MS)).is_ok());
 }
+
+#[test]
+fn a_status_gives_a_sample_per_finite_number_at_a_believable_time() {
+    let now = at(1_800_000_000_000);
+    let metrics = serde_json::json!({
+        "diskFreeBytes": 38962409472u64,
+        "uptimeSecs": 12,
+        "cpuPercent": 3.5,
+        "version": "1.2.3",
+        "productionEnabled": true,
+        "labelQueueDepth": null,
+        "shellTemplates": ["disk_usage"],
+        "x".repeat(65): 1,
+    });
+    let mut rows = metrics::samples_of("edge-a", at(1_800_000_000_000 - 2_000), now, &metrics);
+    rows.sort_by(|a, b| a.metric.cmp(&b.metric));
+    let got: Vec<(&str, i64, f64)> = rows
+        .iter()
+        .map(|r| (r.metric.as_str(), r.ts, r.value))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("cpuPercent", 1_800_000_000_000 - 2_000, 3.5),
+            ("diskFreeBytes", 1_800_000_000_000 - 2_000, 38962409472.0),
+            ("uptimeSecs", 1_800_000_000_000 - 2_000, 12.0),
+        ]
+    );
+    // A clock an hour off: the server's time instead.
+    let skewed = metrics::samples_of("edge-a", at(1_800_000_000_000 + HOUR_MS), now, &metrics);
+    assert!(skewed.iter().all(|r| r.ts == 1_800_000_000_000));
+    // At most 32 series per status, whatever the device sends.
+    let many: serde_json::Map<String, serde_json::Value> = (0..100)
+        .map(|i| (format!("m{i}"), serde_json::json!(i)))
+        .collect();
+    let capped = metrics::samples_of("edge-a", now, now, &serde_json::Value::Object(many));
+    assert_eq!(capped.len(), metrics::MAX_METRICS_PER_STATUS);
+}
