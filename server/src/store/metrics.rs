@@ -119,9 +119,9 @@ pub struct RollupReport {
     pub hour_rows: usize,
 }
 
-/// Rolls raw samples up into minutes and minutes into hours, from a little before the newest
-/// bucket stored up to the minute (and hour) that holds `now`, which is stored partial and
-/// completed by later passes.
+/// Rolls raw samples up into minutes, from a little before the newest minute stored up to the
+/// minute that holds `now` (stored partial, completed by later passes), and those minutes'
+/// hours up from their minutes.
 pub fn rollup(conn: &mut DbConnection, now: DateTime<Utc>) -> StoreResult<RollupReport> {
     let now = now.timestamp_millis();
     let mut report = RollupReport::default();
@@ -133,26 +133,31 @@ pub fn rollup(conn: &mut DbConnection, now: DateTime<Utc>) -> StoreResult<Rollup
         .filter(metric_samples::ts.ge(newest_minute.map_or(i64::MIN, |b| b - REROLL_MS)))
         .select(diesel::dsl::min(metric_samples::ts))
         .first(conn)?;
+    let mut touched = None;
     if let Some(first) = oldest_sample {
         let end = floor_to(now, MINUTE_MS) + MINUTE_MS;
         let mut from = floor_to(first, MINUTE_MS);
+        touched = Some(floor_to(from, HOUR_MS));
         while from < end {
             let to = (from + ROLLUP_CHUNK_MINUTES_MS).min(end);
             report.minute_rows += roll_minutes(conn, from, to)?;
             from = to;
         }
     }
-    let newest_hour: Option<i64> = metric_hours::table
+    // Hours change only where minutes did: the hours of the minutes just recomputed; while no
+    // hour is stored yet (a first pass over kept minutes), from the oldest minute.
+    let any_hour: Option<i64> = metric_hours::table
         .select(diesel::dsl::max(metric_hours::bucket))
         .first(conn)?;
-    let newest_hour = newest_hour.map(|b| b.min(floor_to(now, HOUR_MS)));
-    let oldest_minute: Option<i64> = metric_minutes::table
-        .filter(metric_minutes::bucket.ge(newest_hour.map_or(i64::MIN, |b| b - HOUR_MS)))
-        .select(diesel::dsl::min(metric_minutes::bucket))
-        .first(conn)?;
-    if let Some(first) = oldest_minute {
+    let first_hour = match any_hour {
+        Some(_) => touched,
+        None => metric_minutes::table
+            .select(diesel::dsl::min(metric_minutes::bucket))
+            .first::<Option<i64>>(conn)?
+            .map(|b| floor_to(b, HOUR_MS)),
+    };
+    if let Some(mut from) = first_hour {
         let end = floor_to(now, HOUR_MS) + HOUR_MS;
-        let mut from = floor_to(first, HOUR_MS);
         while from < end {
             let to = (from + ROLLUP_CHUNK_HOURS_MS).min(end);
             report.hour_rows += roll_hours(conn, from, to)?;
