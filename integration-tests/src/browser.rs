@@ -70,6 +70,14 @@ fn start_driver() -> (Child, u16) {
     panic!("chromedriver did not start listening");
 }
 
+/// One browser at a time in the whole test binary: CI has two cores.
+static BROWSER_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits for the turn to drive a browser; the turn ends when the guard is dropped.
+pub fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    BROWSER_TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Browser {
     /// Starts chromedriver and a headless Chromium session with a 1440×1000 window.
     pub fn start() -> Browser {

@@ -5,6 +5,7 @@
 //! so a change to a field name is a protocol break, not a refactoring. This crate depends on
 //! neither actix nor diesel, so the agent, the server and test clients share it freely.
 
+pub mod charts;
 pub mod codes;
 pub mod commands;
 pub mod dashboard;

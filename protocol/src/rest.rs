@@ -35,6 +35,8 @@ pub struct ErrorEnvelope {
 pub enum ErrorCode {
     InvalidBody,
     InvalidParameter,
+    /// A chart query asked for more points, or a longer range, than one answer holds.
+    RangeTooLarge,
     UnknownCommandType,
     InvalidCommand,
     ConfirmationRequired,
@@ -97,6 +99,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidBody => "invalid_body",
             ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::RangeTooLarge => "range_too_large",
             ErrorCode::UnknownCommandType => "unknown_command_type",
             ErrorCode::InvalidCommand => "invalid_command",
             ErrorCode::ConfirmationRequired => "confirmation_required",

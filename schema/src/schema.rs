@@ -275,3 +275,82 @@ diesel::allow_tables_to_appear_in_same_query!(
     firmware_deployment_devices,
     audit_log
 );
+
+// Charts: metric time series (epoch milliseconds), their rollups and the online counts.
+
+diesel::table! {
+    metric_samples (device_id, metric, ts) {
+        device_id -> Text,
+        metric -> Text,
+        ts -> BigInt,
+        value -> Double,
+    }
+}
+
+diesel::table! {
+    metric_minutes (device_id, metric, bucket) {
+        device_id -> Text,
+        metric -> Text,
+        bucket -> BigInt,
+        min_value -> Double,
+        max_value -> Double,
+        sum_value -> Double,
+        sample_count -> BigInt,
+    }
+}
+
+diesel::table! {
+    metric_hours (device_id, metric, bucket) {
+        device_id -> Text,
+        metric -> Text,
+        bucket -> BigInt,
+        min_value -> Double,
+        max_value -> Double,
+        sum_value -> Double,
+        sample_count -> BigInt,
+    }
+}
+
+diesel::table! {
+    online_minutes (bucket) {
+        bucket -> BigInt,
+        devices -> BigInt,
+    }
+}
+
+diesel::table! {
+    online_hours (bucket) {
+        bucket -> BigInt,
+        devices -> BigInt,
+    }
+}
+
+// Views (read only): the rows the production and fleet counters read, each with its minute as
+// epoch milliseconds. diesel needs a key; these name a column, not a unique one.
+
+diesel::table! {
+    production_events (device_id, ts) {
+        device_id -> Nullable<Text>,
+        company_id -> Nullable<Text>,
+        production_line_id -> Nullable<Text>,
+        kind -> Nullable<Text>,
+        ts -> Nullable<Timestamp>,
+        minute -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    command_minutes (ts) {
+        status -> Nullable<Text>,
+        ts -> Nullable<Timestamp>,
+        minute -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    deployment_device_minutes (ts) {
+        status -> Nullable<Text>,
+        ts -> Nullable<Timestamp>,
+        minute -> Nullable<BigInt>,
+    }
+}

@@ -2,6 +2,7 @@
 //! the example shipped in `deploy/`.
 
 use super::*;
+use clap::Parser as _;
 
 fn cli(args: &[&str]) -> Cli {
     let mut argv = vec!["factory-server"];
@@ -272,4 +273,49 @@ fn rights_come_from_the_file_and_the_flags() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("rights_templates:"), "{err}");
+}
+
+#[test]
+fn metrics_retentions_have_flags_and_must_not_shrink() {
+    let config = Config::load(cli(&[])).unwrap();
+    assert_eq!(
+        (
+            config.metrics_raw_retention_hours,
+            config.metrics_minute_retention_days,
+            config.metrics_hour_retention_days,
+            config.metrics_rollup_secs
+        ),
+        (24, 30, 365, 60)
+    );
+    let config = Config::load(cli(&[
+        "--metrics-raw-retention-hours",
+        "48",
+        "--metrics-minute-retention-days",
+        "7",
+        "--metrics-hour-retention-days",
+        "730",
+        "--metrics-rollup-secs",
+        "5",
+    ]))
+    .unwrap();
+    assert_eq!(config.metrics_raw_retention_hours, 48);
+    assert_eq!(config.metrics_minute_retention_days, 7);
+    assert_eq!(config.metrics_hour_retention_days, 730);
+    assert_eq!(config.metrics_rollup_secs, 5);
+    for args in [
+        &["--metrics-raw-retention-hours", "0"][..],
+        &[
+            "--metrics-raw-retention-hours",
+            "100",
+            "--metrics-minute-retention-days",
+            "4",
+        ],
+        &["--metrics-minute-retention-days", "400"],
+        &["--metrics-hour-retention-days", "4294967295"],
+        &["--metrics-rollup-secs", "0"],
+    ] {
+        let err = Config::load(cli(args)).unwrap_err().to_string();
+        assert!(err.contains("metrics"), "{args:?}: {err}");
+        assert!(!err.contains('\n'));
+    }
 }

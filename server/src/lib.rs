@@ -313,6 +313,14 @@ impl Prepared {
             limits.clone(),
             config.log_retention_days,
             std::time::Duration::from_secs(config.audit_summary_secs),
+            (
+                crate::store::metrics::Retention::new(
+                    config.metrics_raw_retention_hours,
+                    config.metrics_minute_retention_days,
+                    config.metrics_hour_retention_days,
+                ),
+                std::time::Duration::from_secs(config.metrics_rollup_secs),
+            ),
         )
         .start();
         let state = web::Data::new(AppState {

@@ -11,6 +11,7 @@ mod admin_cli;
 mod agent_commands;
 mod agent_firmware;
 mod benchmark;
+mod charts_e2e;
 mod cloud;
 mod commands;
 mod dashboard_e2e;

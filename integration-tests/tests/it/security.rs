@@ -180,6 +180,9 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
     cases.insert(("DELETE", "/api/v1/devices/{id}"), case(admin, 200));
     cases.insert(("GET", "/api/v1/devices/{id}/logs"), case(viewer, 200));
     cases.insert(("GET", "/api/v1/devices/{id}/events"), case(viewer, 200));
+    cases.insert(("GET", "/api/v1/devices/{id}/metrics"), case(viewer, 200));
+    cases.insert(("GET", "/api/v1/production/throughput"), case(viewer, 200));
+    cases.insert(("GET", "/api/v1/fleet/summary"), case(viewer, 200));
     cases.insert(
         ("POST", "/api/v1/devices/{id}/token"),
         case(Access::Enrollment, 200),
@@ -521,6 +524,9 @@ impl World<'_> {
             }
             ("GET", "/api/v1/devices/{id}/events") => {
                 ("/api/v1/devices/edge-t/events".into(), None, vec![])
+            }
+            ("GET", "/api/v1/devices/{id}/metrics") => {
+                ("/api/v1/devices/edge-t/metrics".into(), None, vec![])
             }
             ("POST", "/api/v1/devices/{id}/token") => (
                 "/api/v1/devices/edge-enroll/token".into(),

@@ -1,6 +1,7 @@
 //! The `Janitor` actor: periodic housekeeping that must not wait for a request to happen.
 //! It prunes expired token revocations, stale rate-limit counters, and device logs and events
-//! past their retention, and writes the audit summaries of refused attempts.
+//! past their retention, writes the audit summaries of refused attempts, and every minute rolls
+//! device metrics up into minute and hour buckets and deletes those past their retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use chrono::Utc;
 
 use crate::limits::{self, Limits};
 use crate::store::db::Db;
+use crate::store::metrics::{self, Retention};
 use crate::{store::telemetry, store::tokens};
 
 /// How often housekeeping runs.
@@ -23,15 +25,29 @@ pub struct Janitor {
     limits: Arc<Limits>,
     retention: chrono::Duration,
     summary_every: Duration,
+    metrics: Retention,
+    /// How often metrics are rolled up: a chart's newest minute is at most this old.
+    rollup_every: Duration,
+    /// A rollup still running; the next tick skips rather than overlap it.
+    rolling: bool,
 }
 
 impl Janitor {
-    pub fn new(db: Db, limits: Arc<Limits>, retention_days: u32, summary_every: Duration) -> Self {
+    pub fn new(
+        db: Db,
+        limits: Arc<Limits>,
+        retention_days: u32,
+        summary_every: Duration,
+        (metrics, rollup_every): (Retention, Duration),
+    ) -> Self {
         Janitor {
             db,
             limits,
             retention: chrono::Duration::days(i64::from(retention_days)),
             summary_every,
+            metrics,
+            rollup_every,
+            rolling: false,
         }
     }
 }
@@ -40,6 +56,11 @@ impl Janitor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct FlushRefusals;
+
+/// Rolls metrics up and applies their retention now; the interval sends it too.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RollUp;
 
 /// Runs one round now; the interval sends it too.
 #[derive(Message)]
@@ -53,6 +74,36 @@ impl Actor for Janitor {
         ctx.notify(Sweep);
         ctx.run_interval(JANITOR_INTERVAL, |_, ctx| ctx.notify(Sweep));
         ctx.run_interval(self.summary_every, |_, ctx| ctx.notify(FlushRefusals));
+        ctx.notify(RollUp);
+        ctx.run_interval(self.rollup_every, |_, ctx| ctx.notify(RollUp));
+    }
+}
+
+impl Handler<RollUp> for Janitor {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: RollUp, _: &mut Context<Self>) -> Self::Result {
+        if self.rolling {
+            return Box::pin(actix::fut::ready(()));
+        }
+        self.rolling = true;
+        let (db, keep) = (self.db.clone(), self.metrics);
+        let work = async move {
+            let now = Utc::now();
+            match db.run(move |conn| Ok(metrics::rollup(conn, now)?)).await {
+                Ok(report) => tracing::debug!(?report, "metrics rolled up"),
+                Err(e) => tracing::warn!(error = %e, "metrics rollup failed"),
+            }
+            match db
+                .run(move |conn| Ok(metrics::prune(conn, now, keep)?))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "metrics past their retention deleted"),
+                Err(e) => tracing::warn!(error = %e, "metrics retention failed"),
+            }
+        };
+        Box::pin(work.into_actor(self).map(|_, act, _| act.rolling = false))
     }
 }
 

@@ -29,6 +29,7 @@ use crate::actors::registry::{Connect, DeviceRegistry, Disconnect, FrameRefused}
 use crate::actors::telemetry::TelemetrySink;
 use crate::error::ApiResult;
 use crate::store::devices::StatusUpdate;
+use crate::store::metrics::samples_of;
 use crate::store::telemetry::Telemetry;
 
 /// How often the server pings a device.
@@ -507,6 +508,13 @@ impl DeviceSession {
                 {
                     Self::send_error(ctx, ws_error::INVALID_FRAME, "status metrics are too large");
                     return;
+                }
+                // The numeric metrics also become samples of the device's time series.
+                if let Some(all) = &status.metrics {
+                    let samples = samples_of(&device_id, status.ts, Utc::now(), all);
+                    if !samples.is_empty() {
+                        telemetry.do_send(Telemetry::Metrics(samples));
+                    }
                 }
                 let connection_mode = status
                     .metrics

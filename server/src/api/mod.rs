@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod boards;
+pub mod charts;
 pub mod cloud;
 pub mod commands;
 pub mod dashboard;
@@ -78,6 +79,7 @@ routes! {
     delete "/api/v1/devices/{id}" => devices::delete_device,
     get "/api/v1/devices/{id}/logs" => telemetry::device_logs,
     get "/api/v1/devices/{id}/events" => telemetry::device_events,
+    get "/api/v1/devices/{id}/metrics" => charts::device_metrics,
     post "/api/v1/devices/{id}/token" => devices::issue_token,
     post "/api/v1/devices/{id}/commands" => commands::dispatch,
     get "/api/v1/devices/{id}/commands" => commands::history,
@@ -91,6 +93,8 @@ routes! {
     post "/api/v1/device-groups/{id}/members" => groups::add_members,
     delete "/api/v1/device-groups/{id}/members" => groups::remove_members,
     post "/api/v1/device-groups/{id}/commands" => groups::dispatch_to_group,
+    get "/api/v1/production/throughput" => charts::throughput,
+    get "/api/v1/fleet/summary" => charts::fleet_summary,
     post "/api/v1/sync" => sync::ingest,
     get "/api/v1/sync/status" => cloud::status,
     get "/api/v1/sync/dead-letters" => cloud::dead_letters,

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod boards;
 pub mod commands;
+pub mod counters;
 pub mod db;
 pub mod deployments;
 pub mod devices;
@@ -11,6 +12,7 @@ pub mod error;
 pub mod executor;
 pub mod firmware;
 pub mod groups;
+pub mod metrics;
 pub mod outbox;
 pub mod rollout;
 pub mod sync;

@@ -1,4 +1,5 @@
-//! Device telemetry rows: log lines and events, written in batches and pruned by age.
+//! Device telemetry rows: log lines, events and metric samples, written in batches; log lines
+//! and events are pruned by age here, samples by `metrics::prune`.
 
 use crate::store::db::DbConnection;
 use crate::store::error::StoreResult;
@@ -6,6 +7,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 use protocol::rest::{DeviceEventRecord, DeviceLogLine, Page};
 use schema::schema::{device_events, device_logs};
+
+use crate::store::metrics::{insert_samples, SampleRow};
 
 /// Longest log line or event payload stored; longer ones are cut.
 pub const MAX_STORED_TEXT: usize = 8 * 1024;
@@ -35,6 +38,8 @@ pub struct EventRow {
 pub enum Telemetry {
     Log(LogRow),
     Event(EventRow),
+    /// The numeric metrics of one status (`metrics::samples_of`).
+    Metrics(Vec<SampleRow>),
 }
 
 impl Telemetry {
@@ -81,21 +86,30 @@ pub fn write_batch(conn: &mut DbConnection, batch: &[Telemetry]) -> StoreResult<
             Telemetry::Event(row) => diesel::insert_into(device_events::table)
                 .values(row)
                 .execute(conn),
+            Telemetry::Metrics(rows) => insert_samples(conn, rows),
         }
     }
     let logs: Vec<&LogRow> = batch
         .iter()
         .filter_map(|r| match r {
             Telemetry::Log(row) => Some(row),
-            Telemetry::Event(_) => None,
+            _ => None,
         })
         .collect();
     let events: Vec<&EventRow> = batch
         .iter()
         .filter_map(|r| match r {
             Telemetry::Event(row) => Some(row),
-            Telemetry::Log(_) => None,
+            _ => None,
         })
+        .collect();
+    let samples: Vec<SampleRow> = batch
+        .iter()
+        .flat_map(|r| match r {
+            Telemetry::Metrics(rows) => rows.as_slice(),
+            _ => &[],
+        })
+        .cloned()
         .collect();
     let all = conn.transaction(|conn| {
         for chunk in logs.chunks(INSERT_CHUNK) {
@@ -108,6 +122,7 @@ pub fn write_batch(conn: &mut DbConnection, batch: &[Telemetry]) -> StoreResult<
                 .values(chunk.to_vec())
                 .execute(c))?;
         }
+        insert_samples(conn, &samples)?;
         QueryResult::Ok(batch.len())
     });
     match all {

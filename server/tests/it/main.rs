@@ -6,6 +6,7 @@
 #[macro_use]
 mod common;
 
+mod charts_db;
 mod db_faults;
 mod db_threads;
 mod fuzz;

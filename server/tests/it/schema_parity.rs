@@ -1,4 +1,4 @@
-//! Both migration trees must produce the same tables and columns (name and nullability), and
+//! Both migration trees must produce the same tables, views and columns (name and nullability), and
 //! both must match the diesel schema module, or one backend would fail at run time only.
 
 use diesel::prelude::*;
@@ -29,7 +29,7 @@ fn columns(db: &Db) -> Vec<Column> {
                     "SELECT m.name AS table_name, p.name AS column_name, \
                      CASE WHEN p.\"notnull\" = 1 OR p.pk > 0 THEN 0 ELSE 1 END AS nullable \
                      FROM sqlite_master m JOIN pragma_table_info(m.name) p \
-                     WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' \
+                     WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite_%' \
                      AND m.name <> '__diesel_schema_migrations'"
                 }
             };
@@ -86,8 +86,16 @@ fn sqlite_and_postgres_migrations_define_the_same_columns() {
             schema::schema::cloud_sync_queue::table::all_columns().names(),
         ),
         (
+            "command_minutes",
+            schema::schema::command_minutes::table::all_columns().names(),
+        ),
+        (
             "commands",
             schema::schema::commands::table::all_columns().names(),
+        ),
+        (
+            "deployment_device_minutes",
+            schema::schema::deployment_device_minutes::table::all_columns().names(),
         ),
         (
             "device_events",
@@ -122,8 +130,32 @@ fn sqlite_and_postgres_migrations_define_the_same_columns() {
             schema::schema::firmware_releases::table::all_columns().names(),
         ),
         (
+            "metric_hours",
+            schema::schema::metric_hours::table::all_columns().names(),
+        ),
+        (
+            "metric_minutes",
+            schema::schema::metric_minutes::table::all_columns().names(),
+        ),
+        (
+            "metric_samples",
+            schema::schema::metric_samples::table::all_columns().names(),
+        ),
+        (
+            "online_hours",
+            schema::schema::online_hours::table::all_columns().names(),
+        ),
+        (
+            "online_minutes",
+            schema::schema::online_minutes::table::all_columns().names(),
+        ),
+        (
             "ota_boards",
             schema::schema::ota_boards::table::all_columns().names(),
+        ),
+        (
+            "production_events",
+            schema::schema::production_events::table::all_columns().names(),
         ),
         (
             "revoked_tokens",
@@ -165,6 +197,7 @@ macro_rules! column_names_for_tuples {
 
 column_names_for_tuples!(
     2: (A, B),
+    3: (A, B, C),
     4: (A, B, C, D),
     5: (A, B, C, D, E),
     6: (A, B, C, D, E, F),

@@ -123,3 +123,28 @@ export function upload(path, file, onProgress) {
     xhr.send(file);
   });
 }
+
+/** A GET answered as text in the format `accept` names (CSV); a refusal throws an ApiError. */
+export async function fetchText(path, accept) {
+  const headers = { Accept: accept };
+  const current = session();
+  if (current) headers.Authorization = `Bearer ${current.token}`;
+  let response;
+  try {
+    response = await fetch(path, { headers });
+  } catch (e) {
+    throw new ApiError(0, 'network', `cannot reach the server: ${e.message}`);
+  }
+  if (!response.ok) {
+    let json = null;
+    try {
+      json = await response.json();
+    } catch {
+      // Reported by status below.
+    }
+    const error = errorFrom(response.status, json, response.statusText);
+    if (response.status === 401 && current) onUnauthorized(error);
+    throw error;
+  }
+  return response.text();
+}

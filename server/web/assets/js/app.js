@@ -10,6 +10,7 @@ import * as login from './pages/login.js';
 import * as devices from './pages/devices.js';
 import * as device from './pages/device.js';
 import * as groups from './pages/groups.js';
+import * as production from './pages/production.js';
 import * as firmware from './pages/firmware.js';
 import * as sync from './pages/sync.js';
 import * as audit from './pages/audit.js';
@@ -19,6 +20,7 @@ import * as users from './pages/users.js';
 const ROUTES = [
   ['devices', devices],
   ['devices/:id', device],
+  ['production', production],
   ['groups', groups],
   ['groups/:id', groups],
   ['firmware', firmware],
@@ -30,6 +32,7 @@ const ROUTES = [
 
 const NAV = [
   ['devices', 'Devices'],
+  ['production', 'Production'],
   ['groups', 'Groups'],
   ['firmware', 'Firmware'],
   ['sync', 'Sync'],

@@ -1,10 +1,13 @@
-// One device: its details and latest metrics (live from `status` events), the command buttons
+// One device: its details and latest metrics (live from `status` events) in their units, its
+// metrics over time (`device_charts.js`), the command buttons
 // its viewer's role allows, the command history with progress (refreshed on `command_result`
 // and `command_progress` events), and its log lines, live, with a level filter.
 
 import * as api from '../api.js';
 import { h, replace, errorBox, badge, table, pager, timeEl, progressBar, debounce } from '../dom.js';
 import { commandPanel, resultView } from '../commands.js';
+import { fmtValue, unitOf } from '../charts.js';
+import { metricCharts } from './device_charts.js';
 
 const HISTORY_PAGE = 20;
 const LOG_LINES = 200;
@@ -15,8 +18,9 @@ function kv(pairs) {
   return h('dl', { class: 'kv' }, pairs.map(([k, v]) => [h('dt', { text: k }), h('dd', {}, v === null || v === undefined || v === '' ? '–' : v)]));
 }
 
-/** A metric value as text: numbers as they are, lists joined, objects as JSON. */
-function metricText(value) {
+/** A metric value as text: numbers in their unit, lists joined, objects as JSON. */
+function metricText(name, value) {
+  if (typeof value === 'number') return fmtValue(value, unitOf(name));
   if (Array.isArray(value)) return value.join(', ');
   if (value && typeof value === 'object') return JSON.stringify(value);
   return String(value);
@@ -39,6 +43,7 @@ export function render(ctx) {
   const history = h('div', { id: 'command-history' });
   const logs = h('div', { class: 'logs', id: 'device-logs' });
   const error = h('div');
+  const charts = metricCharts(id);
 
   function showDevice() {
     replace(
@@ -70,7 +75,7 @@ export function render(ctx) {
     const entries = Object.entries(m).filter(([k]) => k !== 'shellTemplates');
     replace(
       metrics,
-      entries.length ? kv(entries.map(([k, v]) => [k, metricText(v)])) : h('p', { class: 'muted', text: 'No metrics reported yet.' }),
+      entries.length ? kv(entries.map(([k, v]) => [k, metricText(k, v)])) : h('p', { class: 'muted', text: 'No metrics reported yet.' }),
       device.statusAt ? h('p', { class: 'muted' }, 'Reported ', timeEl(device.statusAt)) : null,
     );
   }
@@ -158,9 +163,11 @@ export function render(ctx) {
       loadDevice();
       loadHistory();
       loadLogs();
+      if (frame.type === 'dropped') charts.reload();
       return;
     }
     if (frame.deviceId !== id) return;
+    if (frame.type === 'status') charts.onStatus(frame);
     if (frame.type === 'status' && device) {
       device.status = frame.status;
       device.statusAt = frame.ts;
@@ -209,6 +216,7 @@ export function render(ctx) {
       h('div', { class: 'card' }, h('h2', { text: 'Details' }), details),
       h('div', { class: 'card' }, h('h2', { text: 'Metrics' }), metrics),
     ),
+    charts.el,
     commands,
     h('div', { class: 'card' }, h('div', { class: 'row spread' }, h('h2', { text: 'Command history' }), statusSelect), history),
     h('div', { class: 'card' }, h('div', { class: 'row spread' }, h('h2', { text: 'Logs (live)' }), levelSelect), logs),
@@ -216,5 +224,8 @@ export function render(ctx) {
   loadDevice();
   loadHistory();
   loadLogs();
-  return stopListening;
+  return () => {
+    stopListening();
+    charts.destroy();
+  };
 }

@@ -1,9 +1,11 @@
 // The device list: server-side search, filters and paging (only one page is ever fetched, so
 // 10,000 devices cost what 50 do), the online/offline counts, and live status from the
-// dashboard socket for the devices on screen.
+// dashboard socket for the devices on screen; above them, the fleet over time
+// (`fleet_charts.js`).
 
 import * as api from '../api.js';
 import { h, replace, errorBox, badge, table, pager, timeEl, fmtNumber, debounce, throttle } from '../dom.js';
+import { fleetCharts } from './fleet_charts.js';
 
 const PAGE_SIZE = 50;
 
@@ -162,7 +164,13 @@ export function render(ctx) {
     error,
     listArea,
   );
+  // After the list, so the list's first page is not held up by the charts' queries.
+  const fleet = fleetCharts();
+  root.insertBefore(fleet.el, root.children[1]);
   load();
   loadCounts();
-  return stopListening;
+  return () => {
+    stopListening();
+    fleet.destroy();
+  };
 }

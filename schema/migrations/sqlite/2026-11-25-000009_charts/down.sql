@@ -1,0 +1,12 @@
+DROP VIEW deployment_device_minutes;
+DROP VIEW command_minutes;
+DROP VIEW production_events;
+DROP INDEX firmware_deployment_devices_updated_idx;
+DROP INDEX commands_created_idx;
+DROP INDEX aggregated_pallets_created_idx;
+DROP INDEX aggregated_batches_created_idx;
+DROP TABLE online_hours;
+DROP TABLE online_minutes;
+DROP TABLE metric_hours;
+DROP TABLE metric_minutes;
+DROP TABLE metric_samples;
