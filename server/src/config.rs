@@ -89,6 +89,9 @@ pub struct Config {
     pub ota_jwt_expiry_minutes: u64,
     /// Serve `/firmware/…` without OTA tokens.
     pub ota_no_jwt: bool,
+    /// Bearer token a Prometheus scraper presents on `GET /metrics`; without it the route is
+    /// off (403), so a plant network learns nothing from it by default.
+    pub metrics_token: Option<String>,
     /// Seconds a dashboard socket has to take a frame before it is closed as stalled.
     pub dashboard_send_timeout_secs: u64,
     /// Dashboard sockets one user may hold at once.
@@ -140,6 +143,7 @@ impl Default for Config {
             ota_admin_secret: None,
             ota_jwt_expiry_minutes: 30,
             ota_no_jwt: false,
+            metrics_token: None,
             dashboard_send_timeout_secs: SEND_TIMEOUT.as_secs(),
             dashboard_max_per_user: MAX_DASHBOARDS_PER_USER,
             dashboard_max_total: MAX_DASHBOARDS,
@@ -368,6 +372,16 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ota_no_jwt: Option<bool>,
 
+    /// Bearer token a Prometheus scraper presents on GET /metrics, at least 16 characters [default: none, the route answers 403].
+    #[arg(
+        long,
+        global = true,
+        env = "FACTORY_METRICS_TOKEN",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<String>,
+
     /// Seconds a dashboard socket has to take a frame before it is closed as stalled [default: 10].
     #[arg(long, global = true, env = "FACTORY_DASHBOARD_SEND_TIMEOUT_SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -542,6 +556,11 @@ impl Config {
         if self.firmware_require_signature && keys.is_empty() {
             return Err(ConfigError(
                 "firmware_require_signature needs firmware_trusted_keys".into(),
+            ));
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError(
+                "metrics_token: must be at least 16 characters".into(),
             ));
         }
         if let Some(secret) = &self.ota_admin_secret {
