@@ -67,6 +67,13 @@ if grep -E '^\s*(log_format|access_log)' deploy/proxy/nginx-factory.conf | grep 
     exit 1
 fi
 
+# /metrics is refused at the proxy to all but the monitoring hosts (the server wants its
+# token too); a location that lost its `deny all` would open it to the whole plant network.
+if ! sed -n '/location = \/metrics {/,/}/p' deploy/proxy/nginx-factory.conf | grep -q 'deny all;'; then
+    echo "check-deploy: the proxy's /metrics location does not end in deny all" >&2
+    exit 1
+fi
+
 echo "check-deploy: container"
 if ! grep -q '^HEALTHCHECK .*/healthz' deploy/container/Containerfile; then
     echo "check-deploy: the Containerfile's HEALTHCHECK does not ask /healthz" >&2

@@ -109,6 +109,9 @@ pub struct Config {
     pub ota_legacy_boards: bool,
     /// `HS256` or `HS512`, for OTA tokens only.
     pub ota_jwt_algorithm: String,
+    /// Bearer token a Prometheus scraper presents on `GET /metrics`; without it the route is
+    /// off (403), so a plant network learns nothing from it by default.
+    pub metrics_token: Option<String>,
     /// Seconds a dashboard socket has to take a frame before it is closed as stalled.
     pub dashboard_send_timeout_secs: u64,
     /// Dashboard sockets one user may hold at once.
@@ -169,6 +172,7 @@ impl Default for Config {
             ota_no_jwt: false,
             ota_legacy_boards: false,
             ota_jwt_algorithm: "HS256".into(),
+            metrics_token: None,
             dashboard_send_timeout_secs: SEND_TIMEOUT.as_secs(),
             dashboard_max_per_user: MAX_DASHBOARDS_PER_USER,
             dashboard_max_total: MAX_DASHBOARDS,
@@ -341,6 +345,11 @@ impl Config {
                 "ota_jwt_algorithm: `{}` is neither HS256 nor HS512",
                 self.ota_jwt_algorithm
             )));
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError(
+                "metrics_token: must be at least 16 characters".into(),
+            ));
         }
         if let Some(secret) = &self.ota_admin_secret {
             if secret.len() < 16 {

@@ -261,6 +261,16 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ota_no_jwt: Option<bool>,
 
+    /// Bearer token a Prometheus scraper presents on GET /metrics, at least 16 characters [default: none, the route answers 403].
+    #[arg(
+        long,
+        global = true,
+        env = "FACTORY_METRICS_TOKEN",
+        hide_env_values = true
+    )]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<String>,
+
     /// Boards of the seed document: OTA tokens without audience, no X-Device-ID, no registration [default: false].
     #[arg(long, env = "FACTORY_OTA_LEGACY_BOARDS", num_args = 0..=1, default_missing_value = "true", value_parser = BoolishValueParser::new())]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -122,6 +122,13 @@ fn firmware_and_ota_settings_are_checked() {
     assert!(err.to_string().contains("32-byte"), "{err}");
     let err = Config::load(cli(&["--ota-admin-secret", "short"])).unwrap_err();
     assert!(err.to_string().contains("ota_admin_secret"), "{err}");
+    let err = Config::load(cli(&["--metrics-token", "short"])).unwrap_err();
+    assert!(err.to_string().contains("metrics_token"), "{err}");
+    let config = Config::load(cli(&["--metrics-token", "a-scraper-token-0123"])).unwrap();
+    assert_eq!(
+        config.metrics_token.as_deref(),
+        Some("a-scraper-token-0123")
+    );
     let err = Config::load(cli(&["--firmware-max-bytes", "0"])).unwrap_err();
     assert!(err.to_string().contains("firmware_max_bytes"), "{err}");
 }

@@ -2,7 +2,10 @@
 //! (`store::executor`), `run_blocking` on an actor's own thread. Both answer with the REST
 //! error, so handlers use `?` on them.
 
+use std::time::Instant;
+
 use crate::error::{ApiError, ApiResult};
+use crate::metrics;
 pub use crate::store::db::*;
 
 impl Db {
@@ -14,19 +17,32 @@ impl Db {
         T: Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = Instant::now();
         self.executor
             .submit(Box::new(move |pool| {
-                let result = pool
-                    .get()
+                let started = Instant::now();
+                metrics::db_queue_waited(started - queued);
+                let conn = pool.get();
+                metrics::db_connection_waited(started.elapsed());
+                let result = conn
                     .map_err(ApiError::from)
                     .and_then(|mut conn| f(&mut conn));
                 // The caller may have gone (a dropped request); the work is done either way.
                 let _ = reply.send(result);
             }))
-            .map_err(|_| ApiError::busy(1, "the database is busy; try again shortly"))?;
+            .map_err(|_| {
+                metrics::db_job_refused();
+                ApiError::busy(1, "the database is busy; try again shortly")
+            })?;
         answer
             .await
             .map_err(|_| ApiError::internal("a database job ended without an answer"))?
+    }
+
+    /// The pool's connections and how many of them are idle, for the metrics.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = self.pool.state();
+        (state.connections, state.idle_connections)
     }
 
     /// How many database threads `run` uses.

@@ -17,6 +17,7 @@ pub mod hashing;
 pub mod input;
 pub mod jwt;
 pub mod limits;
+pub mod metrics;
 pub mod passwords;
 pub mod policy;
 pub mod private_files;

@@ -20,6 +20,7 @@ mod edge_agent;
 mod firmware;
 mod first_run;
 mod hostile;
+mod metrics;
 mod printer;
 mod rbac;
 mod security;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 const USER_PASSWORD: &str = "role-user-password";
 const OTA_SECRET: &str = "route-table-ota-admin-secret";
+const METRICS_TOKEN: &str = "route-table-metrics-token";
 
 fn start(backend: Backend, extra: &[&str]) -> ServerProcess {
     let mut args = vec!["--jwt-secret", JWT_SECRET];
@@ -83,6 +84,9 @@ enum Access {
     UserOrDevice,
     /// `X-Admin-Secret`, not a bearer token: the OTA token route.
     AdminSecret,
+    /// The metrics token as a bearer: no caller of the table holds it, so every one is
+    /// refused (`metrics.rs` scrapes with it).
+    MetricsToken,
     /// A board route: an OTA token, sent as `?token=`. A bearer header takes precedence, and no
     /// user or device token is an OTA token, so every caller that sends one is refused.
     OtaBoard,
@@ -113,6 +117,7 @@ fn expected(case: &Case, caller: Caller) -> u16 {
             _ if caller.role().is_some() => case.ok,
             _ => 401,
         },
+        Access::MetricsToken => 401,
         Access::OtaBoard => match caller {
             Caller::Anonymous => case.ok,
             _ => 401,
@@ -148,6 +153,7 @@ fn cases() -> BTreeMap<(&'static str, &'static str), Case> {
     cases.insert(("GET", "/"), case(Access::Public, 200));
     cases.insert(("GET", "/assets/{path:.*}"), case(Access::Public, 200));
     cases.insert(("GET", "/healthz"), case(Access::Public, 200));
+    cases.insert(("GET", "/metrics"), case(Access::MetricsToken, 200));
     cases.insert(("GET", "/ws/device"), case(Access::DeviceSocket, 400));
     cases.insert(("GET", "/ws/dashboard"), case(Access::DashboardSocket, 400));
     cases.insert(("POST", "/api/v1/auth/login"), case(Access::Public, 200));
@@ -652,7 +658,15 @@ impl World<'_> {
 }
 
 fn every_route_as_every_caller(backend: Backend) {
-    let server = start(backend, &["--ota-admin-secret", OTA_SECRET]);
+    let server = start(
+        backend,
+        &[
+            "--ota-admin-secret",
+            OTA_SECRET,
+            "--metrics-token",
+            METRICS_TOKEN,
+        ],
+    );
     let admin = Api::admin(&server);
     let admin_id = admin.get("/api/v1/auth/me").data()["id"]
         .as_str()

@@ -15,7 +15,7 @@
 //! Each dispatch runs in its own future, so one slow device never holds up another.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -353,11 +353,19 @@ impl CommandDispatcher {
             me: ctx.address(),
             windows: self.windows,
         };
+        let (kind, started) = (msg.command.command_type(), Instant::now());
         Box::pin(
             async move { run_dispatch(&ctx_, msg, new, rx).await }
                 .into_actor(self)
                 .map(move |outcome, act, _| {
                     act.waiting.remove(&command_id);
+                    // A dispatch that failed before any outcome (the database refused it)
+                    // counts as `ERROR`, so every dispatch is counted once.
+                    let status = match &outcome {
+                        Ok(r) => r.status.as_str(),
+                        Err(_) => "ERROR",
+                    };
+                    crate::metrics::command_finished(kind.as_str(), status, started.elapsed());
                     outcome
                 }),
         )

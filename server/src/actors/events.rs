@@ -145,6 +145,7 @@ impl Handler<Publish> for EventBus {
             let len = msg.json.len();
             if sub.queued_bytes.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
                 sub.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::dashboard_event_dropped();
                 continue;
             }
             match sub.tx.try_send(msg.json.clone()) {
@@ -153,6 +154,7 @@ impl Handler<Publish> for EventBus {
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     sub.dropped.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::dashboard_event_dropped();
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => closed.push(*id),
             }

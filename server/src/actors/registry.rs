@@ -137,6 +137,7 @@ impl Handler<Connect> for DeviceRegistry {
         } else {
             tracing::info!(device = %msg.device_id, session = msg.session_id, "device connected");
         }
+        crate::metrics::set_connected_devices(self.sessions.len());
         self.presence.do_send(MarkOnline {
             device_id: msg.device_id,
             remote_addr: msg.remote_addr,
@@ -154,6 +155,7 @@ impl Handler<Disconnect> for DeviceRegistry {
             .is_some_and(|e| e.session_id == msg.session_id);
         if current {
             self.sessions.remove(&msg.device_id);
+            crate::metrics::set_connected_devices(self.sessions.len());
             tracing::info!(device = %msg.device_id, session = msg.session_id, "device disconnected");
             self.presence.do_send(MarkOffline {
                 device_id: msg.device_id.clone(),

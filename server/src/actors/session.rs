@@ -135,6 +135,18 @@ pub enum Refusal {
     TooManyEvents,
 }
 
+impl Refusal {
+    /// The refusal's name, the `reason` label of the refused-frames metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::TooLarge => "too_large",
+            Refusal::TooFast => "too_fast",
+            Refusal::BatchTooLarge => "batch_too_large",
+            Refusal::TooManyEvents => "too_many_events",
+        }
+    }
+}
+
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug)]
 struct TokenBucket {
@@ -309,6 +321,7 @@ impl DeviceSession {
     /// Registers with the registry and greets the device.
     fn on_authenticated(&mut self, ctx: &mut ws::WebsocketContext<Self>, identity: DeviceIdentity) {
         let addr = ctx.address();
+        crate::metrics::session_opened();
         self.peers.registry.do_send(Connect {
             device_id: identity.device_id.clone(),
             session_id: self.session_id,
@@ -599,6 +612,7 @@ impl DeviceSession {
     /// Counts a refusal with the registry, cuts a flooding device off, and otherwise tells
     /// the device why (at most once per `REFUSAL_NOTICE_INTERVAL`).
     fn refused(&mut self, ctx: &mut ws::WebsocketContext<Self>, refusal: Refusal, now: Instant) {
+        crate::metrics::frame_refused(refusal.name());
         if let Some(identity) = &self.identity {
             self.peers.registry.do_send(FrameRefused {
                 device_id: identity.device_id.clone(),
@@ -672,6 +686,7 @@ impl Actor for DeviceSession {
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
         if let Some(identity) = &self.identity {
+            crate::metrics::session_closed();
             tracing::debug!(
                 device = %identity.device_id,
                 session = self.session_id,

@@ -68,7 +68,8 @@ pub async fn issue_token(
         ],
         "too many failed enrollments from this address or for this device; try again later",
     )
-    .await?;
+    .await
+    .inspect_err(|_| crate::metrics::enrollment_failed("locked"))?;
     let (Some(by_device), Some(by_source)) = (slots.pop(), slots.pop()) else {
         return Err(ApiError::internal("enrollment admission lost a slot"));
     };
@@ -86,6 +87,7 @@ pub async fn issue_token(
         ];
         entries.extend(by_source.fail().as_ref().map(refusals::lockout_entry));
         entries.extend(by_device.fail().as_ref().map(refusals::lockout_entry));
+        crate::metrics::enrollment_failed("key");
         refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
             ErrorCode::InvalidEnrollmentKey,

@@ -11,6 +11,7 @@ pub mod deployments;
 pub mod devices;
 pub mod firmware;
 pub mod groups;
+pub mod metrics;
 pub mod ota;
 pub mod paging;
 pub mod sockets;
@@ -58,6 +59,7 @@ routes! {
     get "/" => ui::index,
     get "/assets/{path:.*}" => ui::asset,
     get "/healthz" => healthz,
+    get "/metrics" => metrics::scrape,
     get "/ws/device" => sockets::device_socket,
     get "/ws/dashboard" => dashboard::dashboard_socket,
     post "/api/v1/auth/login" => users::login,

@@ -185,6 +185,7 @@ pub async fn ingest(
             Ok(store(conn, &device_id, records)?)
         })
         .await?;
+    crate::metrics::sync_ingested(stored.accepted, stored.duplicates);
     tracing::debug!(
         device_id = %device.device_id,
         records = total,

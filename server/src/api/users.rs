@@ -142,7 +142,8 @@ pub async fn login(
         ],
         "too many failed logins; try again later",
     )
-    .await?;
+    .await
+    .inspect_err(|_| crate::metrics::login_failed("locked"))?;
     let (Some(by_account), Some(by_source)) = (slots.pop(), slots.pop()) else {
         return Err(ApiError::internal("login admission lost a slot"));
     };
@@ -161,6 +162,7 @@ pub async fn login(
             .source(source)];
         entries.extend(by_source.fail().as_ref().map(refusals::lockout_entry));
         entries.extend(by_account.fail().as_ref().map(refusals::lockout_entry));
+        crate::metrics::login_failed("credentials");
         refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
             ErrorCode::InvalidCredentials,

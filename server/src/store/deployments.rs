@@ -230,6 +230,14 @@ pub fn wave_of(conn: &mut DbConnection, id: &str, wave: i32) -> StoreResult<Vec<
         .load(conn)?)
 }
 
+/// Deployments per status, for the metrics; a status no deployment has is absent.
+pub fn counts_by_status(conn: &mut DbConnection) -> StoreResult<Vec<(String, i64)>> {
+    Ok(deployments::table
+        .group_by(deployments::status)
+        .select((deployments::status, diesel::dsl::count_star()))
+        .load(conn)?)
+}
+
 /// Deployments that may still change: the actor looks at these on every tick.
 pub fn unfinished(conn: &mut DbConnection) -> StoreResult<Vec<String>> {
     Ok(deployments::table

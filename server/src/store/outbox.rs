@@ -136,6 +136,14 @@ pub fn counts_by_company(conn: &mut DbConnection) -> StoreResult<Vec<(String, St
         .load(conn)?)
 }
 
+/// Rows of the queue per state, whatever the company: what the metrics show.
+pub fn counts_by_state(conn: &mut DbConnection) -> StoreResult<Vec<(String, i64)>> {
+    Ok(queue::table
+        .group_by(queue::state)
+        .select((queue::state, diesel::dsl::count_star()))
+        .load(conn)?)
+}
+
 /// The creation time of each company's oldest PENDING record.
 pub fn oldest_pending_by_company(
     conn: &mut DbConnection,
