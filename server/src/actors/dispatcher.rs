@@ -239,6 +239,13 @@ pub struct Dispatch {
     pub queue_ttl: Option<Duration>,
 }
 
+/// Send `0.command`, whose row was stored as SENT already because its device's session was
+/// open (bulk dispatch), and answer with its outcome: no write before the frame goes out.
+/// Only for commands whose outcome needs nothing read first (not a restart or reboot).
+#[derive(Message)]
+#[rtype(result = "ApiResult<DispatchResponse>")]
+pub struct DispatchSent(pub Dispatch);
+
 /// Store `dispatch.command` with its audit row (in one transaction, before anything is sent),
 /// tell `accepted` once it is stored (or refused), then send it like `Dispatch` and answer
 /// with its outcome.
@@ -254,6 +261,16 @@ pub struct StoreAndDispatch {
 struct NewCommand {
     accepted: oneshot::Sender<ApiResult<()>>,
     audit: AuditEntry,
+}
+
+/// Where a command's row stands when its dispatch starts.
+enum Stored {
+    /// Not written yet.
+    Not(NewCommand),
+    /// PENDING or QUEUED: it becomes SENT before the frame goes out.
+    Waiting,
+    /// SENT already.
+    Sent,
 }
 
 /// A device answered a command.
@@ -302,7 +319,15 @@ impl Handler<Dispatch> for CommandDispatcher {
     type Result = ResponseActFuture<Self, ApiResult<DispatchResponse>>;
 
     fn handle(&mut self, msg: Dispatch, ctx: &mut Context<Self>) -> Self::Result {
-        self.start(msg, None, ctx)
+        self.start(msg, Stored::Waiting, ctx)
+    }
+}
+
+impl Handler<DispatchSent> for CommandDispatcher {
+    type Result = ResponseActFuture<Self, ApiResult<DispatchResponse>>;
+
+    fn handle(&mut self, msg: DispatchSent, ctx: &mut Context<Self>) -> Self::Result {
+        self.start(msg.0, Stored::Sent, ctx)
     }
 }
 
@@ -314,17 +339,17 @@ impl Handler<StoreAndDispatch> for CommandDispatcher {
             accepted: msg.accepted,
             audit: msg.audit,
         };
-        self.start(msg.dispatch, Some(new), ctx)
+        self.start(msg.dispatch, Stored::Not(new), ctx)
     }
 }
 
 impl CommandDispatcher {
-    /// Registers the command's reply slot and runs its dispatch; `new` is set when the row
-    /// is still to be written. The slot is freed when the dispatch ends, back on the actor.
+    /// Registers the command's reply slot and runs its dispatch from where its row stands.
+    /// The slot is freed when the dispatch ends, back on the actor.
     fn start(
         &mut self,
         msg: Dispatch,
-        mut new: Option<NewCommand>,
+        stored: Stored,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, ApiResult<DispatchResponse>> {
         let command_id = msg.command.id.clone();
@@ -333,7 +358,7 @@ impl CommandDispatcher {
                 ErrorCode::CommandInFlight,
                 format!("command {command_id} is already in flight"),
             );
-            if let Some(new) = new.take() {
+            if let Stored::Not(new) = stored {
                 let _ = new.accepted.send(Err(err.clone()));
             }
             return Box::pin(actix::fut::ready(Err(err)));
@@ -355,7 +380,7 @@ impl CommandDispatcher {
         };
         let (kind, started) = (msg.command.command_type(), Instant::now());
         Box::pin(
-            async move { run_dispatch(&ctx_, msg, new, rx).await }
+            async move { run_dispatch(&ctx_, msg, stored, rx).await }
                 .into_actor(self)
                 .map(move |outcome, act, _| {
                     act.waiting.remove(&command_id);
@@ -437,7 +462,7 @@ impl Handler<PublishOutcome> for CommandDispatcher {
 async fn run_dispatch(
     ctx: &Ctx,
     msg: Dispatch,
-    new: Option<NewCommand>,
+    stored: Stored,
     rx: oneshot::Receiver<CommandResult>,
 ) -> ApiResult<DispatchResponse> {
     let command_id = msg.command.id.clone();
@@ -455,8 +480,8 @@ async fn run_dispatch(
     // What must change for a restart or reboot to count, read before the command can act,
     // in the transaction that stores or sends it.
     let watch = commands::Watch::for_command(kind);
-    let (sent, previous) = match new {
-        Some(NewCommand { accepted, audit }) => {
+    let (sent, previous) = match stored {
+        Stored::Not(NewCommand { accepted, audit }) => {
             let (d, c, by) = (
                 device_id.clone(),
                 msg.command.clone(),
@@ -480,7 +505,8 @@ async fn run_dispatch(
             let _ = accepted.send(stored.as_ref().map(|_| ()).map_err(Clone::clone));
             (online, stored?)
         }
-        None => (false, None),
+        Stored::Waiting => (false, None),
+        Stored::Sent => (true, None),
     };
     let Some(session) = session else {
         return offline(ctx, &msg).await;

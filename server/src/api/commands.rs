@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::future::join_all;
+use futures_util::future::{join_all, Either};
 use protocol::commands::{Command, CommandResult, CommandType};
 use protocol::rest::{
     BulkDispatchRequest, CommandStatus, DispatchRequest, DispatchResponse, Envelope,
@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::actors::dispatcher::{Dispatch, StoreAndDispatch};
+use crate::actors::dispatcher::{Dispatch, DispatchSent, StoreAndDispatch};
+use crate::actors::registry::Lookup;
 use crate::api::audit::by_user;
 use crate::api::paging::Paging;
 use crate::auth::{AuthUser, Authorized, DispatchCommands, ViewCommands};
@@ -273,7 +274,27 @@ pub async fn fan_out(
         .iter()
         .map(|(d, c)| dispatch_entry(user, req, d, c, request.confirm))
         .collect();
+    // Rows of devices whose session is open are written SENT at once (a restart or reboot
+    // reads the device's run or boot id first, so it takes the usual way).
+    let sent: HashSet<String> = if commands::Watch::for_command(request.command.command_type())
+        == commands::Watch::Nothing
+    {
+        let lookups = planned.iter().map(|(d, _)| {
+            let lookup = state.registry.send(Lookup {
+                device_id: d.clone(),
+            });
+            async move { (d.clone(), matches!(lookup.await, Ok(Some(_)))) }
+        });
+        join_all(lookups)
+            .await
+            .into_iter()
+            .filter_map(|(d, online)| online.then_some(d))
+            .collect()
+    } else {
+        HashSet::new()
+    };
     let rows = planned.clone();
+    let sent_rows = sent.clone();
     let (by, timeout_ms) = (user.username.clone(), checked.timeout.as_millis() as i64);
     state
         .db
@@ -284,6 +305,7 @@ pub async fn fan_out(
                 &entries,
                 timeout_ms,
                 Some(&by),
+                &sent_rows,
             )?)
         })
         .await?;
@@ -298,13 +320,18 @@ pub async fn fan_out(
     let sends: Vec<_> = planned
         .into_iter()
         .map(|(device_id, command)| {
-            let send = state.dispatcher.send(Dispatch {
+            let dispatch = Dispatch {
                 device_id: device_id.clone(),
                 command: command.clone(),
                 timeout: checked.timeout,
                 issued_by: Some(user.username.clone()),
                 queue_ttl: checked.queue_ttl,
-            });
+            };
+            let send = if sent.contains(&device_id) {
+                Either::Left(state.dispatcher.send(DispatchSent(dispatch)))
+            } else {
+                Either::Right(state.dispatcher.send(dispatch))
+            };
             (device_id, command.id, send)
         })
         .collect();

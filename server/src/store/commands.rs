@@ -597,11 +597,18 @@ pub fn insert_pending_audited(
     entries: &[crate::store::audit::AuditEntry],
     timeout_ms: i64,
     issued_by: Option<&str>,
+    sent: &std::collections::HashSet<String>,
 ) -> StoreResult<()> {
     crate::store::db::write_transaction(conn, |conn| {
         for ((device_id, command), entry) in planned.iter().zip(entries) {
             crate::store::audit::record(conn, entry)?;
-            insert_pending(conn, device_id, command, timeout_ms, issued_by)?;
+            // A device whose session is open gets its row as SENT at once (see `insert_sent`).
+            let status = if sent.contains(device_id) {
+                CommandStatus::Sent
+            } else {
+                CommandStatus::Pending
+            };
+            insert(conn, device_id, command, timeout_ms, issued_by, status)?;
         }
         Ok(())
     })
