@@ -18,8 +18,9 @@ impl Db {
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let queued = Instant::now();
+        let pool = self.pool.clone();
         self.executor
-            .submit(Box::new(move |pool| {
+            .submit(Box::new(move || {
                 let started = Instant::now();
                 metrics::db_queue_waited(started - queued);
                 let conn = pool.get();

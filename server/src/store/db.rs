@@ -178,7 +178,11 @@ impl Db {
         })?;
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
-            .min_idle(Some(1))
+            // No idle minimum: keeping one would make r2d2 open connections from its own threads
+            // whenever the idle count drops, and a process ending meanwhile (a one-shot admin
+            // command) would tear OpenSSL down under a TLS handshake to PostgreSQL, which crashes.
+            // Connections are opened on demand and kept until their idle timeout.
+            .min_idle(Some(0))
             .connection_timeout(POOL_CONNECTION_TIMEOUT)
             // Failures surface where a connection is asked for (ApiError's From<r2d2::Error>).
             .error_handler(Box::new(r2d2::NopErrorHandler))
@@ -187,8 +191,8 @@ impl Db {
                 url: shown.clone(),
                 source,
             })?;
-        let executor = super::executor::Executor::start(pool.clone(), max_size as usize)
-            .map_err(DbInitError::Threads)?;
+        let executor =
+            super::executor::Executor::start(max_size as usize).map_err(DbInitError::Threads)?;
         let db = Db {
             pool,
             backend,

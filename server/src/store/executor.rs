@@ -10,10 +10,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use super::db::Pool;
-
-/// Work for a database thread: it gets the pool and takes its own connection.
-pub type Job = Box<dyn FnOnce(&Pool) + Send>;
+/// Work for a database thread. A job brings its own handle on the pool: the threads hold
+/// none, so the pool and its connections close with the last `Db`, not at process exit (where
+/// closing a TLS connection to PostgreSQL after OpenSSL's own exit handlers have run crashes).
+pub type Job = Box<dyn FnOnce() + Send>;
 
 /// Jobs that may wait per database thread before new ones are refused. At a few hundred
 /// microseconds a query this is well under a second of queue.
@@ -32,16 +32,16 @@ pub struct Executor {
 pub struct Busy;
 
 impl Executor {
-    /// Starts `threads` threads over `pool`, with room for `threads * QUEUE_PER_THREAD` jobs.
-    pub fn start(pool: Pool, threads: usize) -> std::io::Result<Executor> {
+    /// Starts `threads` threads, with room for `threads * QUEUE_PER_THREAD` jobs.
+    pub fn start(threads: usize) -> std::io::Result<Executor> {
         let threads = threads.max(1);
         let (jobs, queue) = sync_channel::<Job>(threads * QUEUE_PER_THREAD);
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..threads {
-            let (pool, queue) = (pool.clone(), queue.clone());
+            let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("db-{n}"))
-                .spawn(move || work(&pool, &queue))?;
+                .spawn(move || work(&queue))?;
         }
         Ok(Executor { jobs, threads })
     }
@@ -61,7 +61,7 @@ impl Executor {
     }
 }
 
-fn work(pool: &Pool, queue: &Mutex<Receiver<Job>>) {
+fn work(queue: &Mutex<Receiver<Job>>) {
     loop {
         // The lock is held only while waiting for the next job, never while running one.
         let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
@@ -70,7 +70,7 @@ fn work(pool: &Pool, queue: &Mutex<Receiver<Job>>) {
         };
         // A panicking job drops its reply channel (its caller sees an internal error); the
         // thread stays, so the set never shrinks.
-        if catch_unwind(AssertUnwindSafe(|| job(pool))).is_err() {
+        if catch_unwind(AssertUnwindSafe(job)).is_err() {
             tracing::error!("a database job panicked");
         }
     }
