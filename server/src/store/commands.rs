@@ -142,26 +142,6 @@ pub fn insert_pending(
     )
 }
 
-/// A new command stored as SENT, for a device whose session is open: one write instead of a
-/// PENDING insert and its SENT update. It must be stored before its frame goes out, so the
-/// device's answer always finds it.
-pub fn insert_sent(
-    conn: &mut DbConnection,
-    device_id: &str,
-    command: &Command,
-    timeout_ms: i64,
-    issued_by: Option<&str>,
-) -> StoreResult<()> {
-    insert(
-        conn,
-        device_id,
-        command,
-        timeout_ms,
-        issued_by,
-        CommandStatus::Sent,
-    )
-}
-
 /// The identity a restart or reboot must change before it counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Watch {
@@ -224,7 +204,16 @@ pub fn store_new(
             return Ok(None);
         }
         let previous = watch.read(conn, device_id)?;
-        insert_sent(conn, device_id, command, timeout_ms, issued_by)?;
+        // One write instead of a PENDING insert and its SENT update; it is stored before the
+        // frame goes out, so the device's answer always finds it.
+        insert(
+            conn,
+            device_id,
+            command,
+            timeout_ms,
+            issued_by,
+            CommandStatus::Sent,
+        )?;
         Ok(previous)
     })
 }
@@ -602,7 +591,7 @@ pub fn insert_pending_audited(
     crate::store::db::write_transaction(conn, |conn| {
         for ((device_id, command), entry) in planned.iter().zip(entries) {
             crate::store::audit::record(conn, entry)?;
-            // A device whose session is open gets its row as SENT at once (see `insert_sent`).
+            // A device whose session is open gets its row as SENT at once (see `store_new`).
             let status = if sent.contains(device_id) {
                 CommandStatus::Sent
             } else {
