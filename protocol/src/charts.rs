@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// The stored resolution an answer was computed from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Resolution {
     /// Every status as the device sent it.
@@ -30,6 +31,7 @@ impl Resolution {
 
 /// One step of a metric: the samples that fell into it, summed up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct MetricPoint {
     pub ts: DateTime<Utc>,
@@ -41,6 +43,7 @@ pub struct MetricPoint {
 
 /// One metric's points, oldest first; steps without samples are left out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct MetricSeries {
     pub metric: String,
@@ -49,6 +52,7 @@ pub struct MetricSeries {
 
 /// `GET /api/v1/devices/{id}/metrics`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceMetrics {
     pub device_id: String,
@@ -62,6 +66,7 @@ pub struct DeviceMetrics {
 
 /// Production counts of one step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ThroughputPoint {
     pub ts: DateTime<Utc>,
@@ -74,6 +79,7 @@ pub struct ThroughputPoint {
 
 /// One production line of one company; every step of the range, zeros included.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ThroughputSeries {
     pub production_line_id: Option<String>,
@@ -83,6 +89,7 @@ pub struct ThroughputSeries {
 
 /// `GET /api/v1/production/throughput`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Throughput {
     pub from: DateTime<Utc>,
@@ -93,6 +100,7 @@ pub struct Throughput {
 
 /// The fleet in one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FleetPoint {
     pub ts: DateTime<Utc>,
@@ -106,6 +114,7 @@ pub struct FleetPoint {
 
 /// `GET /api/v1/fleet/summary`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FleetSummary {
     pub from: DateTime<Utc>,

@@ -10,6 +10,7 @@ use serde_json::Value;
 /// A command as it travels in a REST body and in a `command` frame: always a `type` and an
 /// `id`, plus the fields of its type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Command {
     pub id: String,
     #[serde(flatten)]
@@ -18,6 +19,7 @@ pub struct Command {
 
 /// The fields of each command type, tagged by `type` as `contract.md` names them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CommandKind {
     ForceSync,
@@ -96,6 +98,7 @@ fn default_log_lines() -> u32 {
 
 /// The name of a command type without its fields, for tables, filters and permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommandType {
     ForceSync,
@@ -320,6 +323,7 @@ impl Command {
 
 /// What a device answers to a command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommandResult {
     pub command_id: String,

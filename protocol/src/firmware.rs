@@ -2,11 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Timestamp;
+use chrono::{DateTime, Utc};
 
 /// One stored artifact. `storedName` is the file name under `<data dir>/firmware/` and under
 /// `/firmware/<project>/` for boards.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FirmwareRelease {
     pub id: String,
@@ -20,10 +21,10 @@ pub struct FirmwareRelease {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature_base64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature_expires_at: Option<Timestamp>,
+    pub signature_expires_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploaded_by: Option<String>,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
     /// Path of the artifact route, for a device or a script to download it.
     pub artifact_url: String,
     /// The signed manifest permits this release to replace a newer version.
@@ -36,6 +37,7 @@ pub struct FirmwareRelease {
 
 /// `POST /api/v1/firmware/deployments`: a release to a list of devices or to a group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentRequest {
     pub release_id: String,
@@ -64,6 +66,7 @@ pub struct DeploymentRequest {
 
 /// A deployment as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeploymentStatus {
     Running,
@@ -99,6 +102,7 @@ impl std::str::FromStr for DeploymentStatus {
 /// One device's part: PENDING → IN_PROGRESS (downloading) → STAGED (verified and staged,
 /// restarting) → ACTIVE (back on the new version), or FAILED with a reason, or CANCELLED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeviceDeploymentStatus {
     Pending,
@@ -143,6 +147,7 @@ impl std::str::FromStr for DeviceDeploymentStatus {
 
 /// One device in a deployment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceDeployment {
     pub device_id: String,
@@ -160,15 +165,16 @@ pub struct DeviceDeployment {
     pub progress_message: Option<String>,
     /// Set while the device soaks on the new version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub soak_until: Option<Timestamp>,
+    pub soak_until: Option<DateTime<Utc>>,
     /// Set when it stayed healthy for the whole soak.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verified_at: Option<Timestamp>,
-    pub updated_at: Timestamp,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A deployment, with per-status counts; `devices` only on `GET …/deployments/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Deployment {
     pub id: String,
@@ -189,8 +195,8 @@ pub struct Deployment {
     pub counts: std::collections::BTreeMap<DeviceDeploymentStatus, u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<DeviceDeployment>>,
 }

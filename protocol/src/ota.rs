@@ -1,10 +1,12 @@
 //! Bodies of the OTA routes for boards that run no agent (`ota-firmware-server.md`).
 //! These keep the seed's snake_case names, which boards in the field already send.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OtaTokenRequest {
     pub device_id: String,
     pub project: String,
@@ -15,6 +17,7 @@ pub struct OtaTokenRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OtaTokenResponse {
     pub token: String,
     pub expires_at: String,
@@ -24,6 +27,7 @@ pub struct OtaTokenResponse {
 /// A board listed for a project (`/api/v1/ota/projects/{project}/devices`): only a listed board
 /// with `fwAccess` downloads the project's firmware, naming itself in `X-Device-ID`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct OtaBoard {
     pub project: String,
@@ -32,12 +36,13 @@ pub struct OtaBoard {
     /// The production line whose download budget the board's downloads count against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub production_line_id: Option<String>,
-    pub created_at: crate::Timestamp,
-    pub updated_at: crate::Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// `PUT /api/v1/ota/projects/{project}/devices/{deviceId}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OtaBoardRequest {
     pub fw_access: bool,
@@ -48,6 +53,7 @@ pub struct OtaBoardRequest {
 /// `POST /admin/revoke_token`: the token itself, or its `jti` (one of the two). The seed's
 /// snake_case, like `/admin/generate_token`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RevokeTokenRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]

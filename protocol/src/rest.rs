@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::commands::{Command, CommandResult, CommandType};
-use crate::Timestamp;
+use chrono::{DateTime, Utc};
 
 /// `{"success": true, "data": …}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +24,7 @@ impl<T> Envelope<T> {
 
 /// `{"success": false, "error": {"code": …, "message": …}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorEnvelope {
     pub success: bool,
     pub error: ErrorBody,
@@ -31,6 +32,7 @@ pub struct ErrorEnvelope {
 
 /// Codes scripts can match on; renaming one is an API break.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     InvalidBody,
@@ -157,7 +159,10 @@ impl std::fmt::Display for ErrorCode {
 /// The error of a REST answer. `code` stays a string so that a client reads codes newer than
 /// itself; a server writes it from `ErrorCode::as_str`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
+    /// Documented as the `ErrorCode` names this server writes; read as any string.
+    #[cfg_attr(feature = "openapi", schema(value_type = ErrorCode))]
     pub code: String,
     pub message: String,
 }
@@ -170,6 +175,7 @@ pub struct Page<T> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Role {
     Viewer,
@@ -196,6 +202,7 @@ impl Role {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
@@ -203,22 +210,25 @@ pub struct LoginRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LoginResponse {
     pub token: String,
-    pub expires_at: Timestamp,
+    pub expires_at: DateTime<Utc>,
     pub role: Role,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceTokenResponse {
     pub token: String,
     pub device_id: String,
-    pub expires_at: Timestamp,
+    pub expires_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum DeviceStatus {
     Online,
@@ -237,6 +247,7 @@ impl DeviceStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Device {
     pub id: String,
@@ -245,9 +256,9 @@ pub struct Device {
     pub production_line_id: Option<String>,
     pub status: DeviceStatus,
     pub version: Option<String>,
-    pub last_seen: Option<Timestamp>,
+    pub last_seen: Option<DateTime<Utc>>,
     pub remote_addr: Option<String>,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
     /// From the device's latest `status` frame.
     #[serde(default)]
     pub connection_mode: Option<String>,
@@ -258,13 +269,14 @@ pub struct Device {
     #[serde(default)]
     pub metrics: Option<Value>,
     #[serde(default)]
-    pub status_at: Option<Timestamp>,
+    pub status_at: Option<DateTime<Utc>>,
 }
 
 /// `PATCH /api/v1/devices/{id}`: rename or move a device; absent fields stay as they are,
 /// `POST /api/v1/devices`: registers a device before it is switched on, so it may enroll
 /// while auto-enrollment is off.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterDeviceRequest {
     pub id: String,
@@ -282,6 +294,7 @@ pub struct RegisterDeviceRequest {
 
 /// `null` clears an optional one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateDeviceRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,22 +336,24 @@ mod double_option {
 
 /// A log line a device sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceLogLine {
     pub id: String,
     pub device_id: String,
-    pub ts: Timestamp,
+    pub ts: DateTime<Utc>,
     pub level: String,
     pub line: String,
 }
 
 /// A `scan`, `print` or `alert` event a device sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceEventRecord {
     pub id: String,
     pub device_id: String,
-    pub ts: Timestamp,
+    pub ts: DateTime<Utc>,
     #[serde(rename = "type")]
     pub event_type: String,
     pub payload: Value,
@@ -346,6 +361,7 @@ pub struct DeviceEventRecord {
 
 /// `POST /api/v1/devices/{id}/commands`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DispatchRequest {
     pub command: Command,
@@ -373,6 +389,7 @@ fn yes() -> bool {
 /// refuse unknown fields through `flatten`; the server takes `deviceIds` out and reads the
 /// rest as a `DispatchRequest`, which refuses them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BulkDispatchRequest {
     pub device_ids: Vec<String>,
@@ -385,6 +402,7 @@ pub struct BulkDispatchRequest {
 /// queue time ran out). `restart_service` and `reboot_os` go from the device's answer to
 /// CONFIRMING, and to CONFIRMED only when the device comes back with a new run or boot id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "UPPERCASE")]
 pub enum CommandStatus {
     Pending,
@@ -446,14 +464,15 @@ impl CommandStatus {
 
 /// A device group with its member count.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceGroup {
     pub id: String,
     pub name: String,
     pub description: Option<String>,
     pub member_count: i64,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
     /// Present on `GET /api/v1/device-groups/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_ids: Option<Vec<String>>,
@@ -461,6 +480,7 @@ pub struct DeviceGroup {
 
 /// `POST /api/v1/device-groups` and `PUT /api/v1/device-groups/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct GroupRequest {
     pub name: Option<String>,
@@ -470,6 +490,7 @@ pub struct GroupRequest {
 
 /// `POST`/`DELETE /api/v1/device-groups/{id}/members`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MembersRequest {
     pub device_ids: Vec<String>,
@@ -477,6 +498,7 @@ pub struct MembersRequest {
 
 /// The answer of a dispatch: the device's result and the state the command ended in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DispatchResponse {
     #[serde(flatten)]
@@ -486,6 +508,7 @@ pub struct DispatchResponse {
 
 /// A command in a device's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommandRecord {
     pub id: String,
@@ -499,9 +522,9 @@ pub struct CommandRecord {
     pub data: Option<Value>,
     pub issued_by: Option<String>,
     pub timeout_ms: i64,
-    pub created_at: Timestamp,
-    pub sent_at: Option<Timestamp>,
-    pub completed_at: Option<Timestamp>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
     /// Latest progress the device reported, 0-100.
     #[serde(default)]
     pub progress: Option<i64>,
@@ -509,24 +532,26 @@ pub struct CommandRecord {
     pub progress_message: Option<String>,
     /// When a queued command stops being deliverable.
     #[serde(default)]
-    pub expires_at: Option<Timestamp>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// A user as the API shows it; never with its password hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct UserInfo {
     pub id: String,
     pub username: String,
     pub role: Role,
     pub disabled: bool,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// `GET /api/v1/auth/me`: the caller, and what the caller's role may do, so a dashboard shows
 /// only the actions that will be allowed without keeping its own copy of the rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Me {
     #[serde(flatten)]
@@ -537,6 +562,7 @@ pub struct Me {
 /// Permission names (`devices.manage`, `firmware.manage`, …), the command types the role may
 /// send, and the `exec_shell` templates it may run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Rights {
     pub permissions: Vec<String>,
@@ -548,6 +574,7 @@ pub struct Rights {
 
 /// `POST /api/v1/users`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     pub username: String,
@@ -557,6 +584,7 @@ pub struct CreateUserRequest {
 
 /// `PATCH /api/v1/users/{id}`: absent fields stay as they are.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -569,6 +597,7 @@ pub struct UpdateUserRequest {
 
 /// `POST /api/v1/auth/password`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
@@ -577,10 +606,11 @@ pub struct ChangePasswordRequest {
 
 /// A row of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     pub id: String,
-    pub ts: Timestamp,
+    pub ts: DateTime<Utc>,
     pub actor: Option<String>,
     pub role: Option<String>,
     pub action: String,

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::Timestamp;
+use chrono::{DateTime, Utc};
 
 /// Most records one `POST /api/v1/sync` may carry; a larger batch is refused whole (413).
 pub const MAX_SYNC_BATCH_RECORDS: usize = 1000;
@@ -15,6 +15,7 @@ pub const MAX_SYNC_BATCH_RECORDS: usize = 1000;
 pub const MAX_SYNC_RECORD_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     Bottle,
@@ -33,21 +34,24 @@ impl RecordKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SyncRecord {
     pub id: String,
     pub kind: RecordKind,
     pub company_id: String,
     pub payload: Value,
-    pub created_at: Timestamp,
+    pub created_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncRequest {
     pub records: Vec<SyncRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncResponse {
     pub accepted: u64,
     pub duplicates: u64,

@@ -31,7 +31,7 @@ struct Counts {
     refused: u64,
 }
 
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct LineCounts {
     pub active: usize,
     pub peak: usize,
@@ -61,7 +61,7 @@ pub struct Busy {
 }
 
 /// What `GET /api/v1/firmware/transfers` shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetView {
     pub slots: usize,

@@ -21,6 +21,7 @@ mod firmware;
 mod first_run;
 mod hostile;
 mod metrics;
+mod openapi;
 mod printer;
 mod rbac;
 mod security;

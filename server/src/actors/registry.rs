@@ -100,7 +100,7 @@ pub struct TokenRotated {
     pub token_id: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectedDevice {
     pub device_id: String,

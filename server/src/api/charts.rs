@@ -17,7 +17,7 @@ use crate::store::counters;
 use crate::store::metrics::{self, Plan, Retention};
 
 /// The range of a chart query; absent bounds mean the last 24 hours.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
 pub struct RangeQuery {
     pub from: Option<DateTime<Utc>>,

@@ -408,7 +408,7 @@ pub async fn bulk_dispatch(
     fan_out(&state, &user, &req, bulk.device_ids, bulk.request).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct HistoryQuery {
     pub status: Option<String>,
     #[serde(rename = "type")]

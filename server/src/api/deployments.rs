@@ -59,7 +59,7 @@ pub async fn create(
     Ok(HttpResponse::Created().json(Envelope::ok(row.to_api(&rows, true))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     pub status: Option<String>,
     #[serde(rename = "releaseId")]

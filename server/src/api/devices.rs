@@ -29,7 +29,7 @@ pub fn validate_device_id(id: &str) -> ApiResult<()> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
 pub struct EnrollQuery {
     pub name: Option<String>,

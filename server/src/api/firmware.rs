@@ -79,7 +79,7 @@ fn validate_release(project: &str, version: &str, channel: &str, filename: &str)
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadQuery {
     pub version: String,
@@ -365,7 +365,7 @@ pub async fn upload(
     Ok(HttpResponse::Created().json(Envelope::ok(row.to_api())))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     pub project: Option<String>,
     pub channel: Option<String>,

@@ -12,6 +12,7 @@ pub mod devices;
 pub mod firmware;
 pub mod groups;
 pub mod metrics;
+pub mod openapi;
 pub mod ota;
 pub mod paging;
 pub mod sockets;
@@ -41,6 +42,10 @@ macro_rules! routes {
         /// Every route of the server as (method, path pattern).
         pub const ROUTES: &[(&str, &str)] = &[$((routes!(@name $method), $path)),*];
 
+        /// The handler of each route of `ROUTES`, in the same order, as written here
+        /// (`users::login`): the OpenAPI document's operation ids.
+        pub const HANDLERS: &[&str] = &[$(stringify!($handler)),*];
+
         /// Registers every route of the server.
         pub fn routes(cfg: &mut web::ServiceConfig) {
             $(cfg.route($path, web::$method().to($handler));)*
@@ -60,6 +65,7 @@ routes! {
     get "/assets/{path:.*}" => ui::asset,
     get "/healthz" => healthz,
     get "/metrics" => metrics::scrape,
+    get "/api/v1/openapi.json" => openapi::serve,
     get "/ws/device" => sockets::device_socket,
     get "/ws/dashboard" => dashboard::dashboard_socket,
     post "/api/v1/auth/login" => users::login,

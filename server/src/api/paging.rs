@@ -31,7 +31,7 @@ pub fn paging(limit: Option<i64>, offset: Option<i64>) -> ApiResult<(i64, i64)> 
 }
 
 /// A list route's `limit` and `offset` as the query string gave them.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::IntoParams)]
 pub struct Paging {
     pub limit: Option<i64>,
     pub offset: Option<i64>,

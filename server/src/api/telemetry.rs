@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use protocol::rest::Envelope;
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct LogQuery {
     pub level: Option<String>,
     pub since: Option<DateTime<Utc>>,
@@ -40,7 +40,7 @@ pub async fn device_logs(
     Ok(HttpResponse::Ok().json(Envelope::ok(page)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct EventQuery {
     #[serde(rename = "type")]
     pub event_type: Option<String>,

@@ -100,7 +100,7 @@ pub fn record(conn: &mut DbConnection, entry: &AuditEntry) -> StoreResult<()> {
 
 /// Filters of `GET /api/v1/audit`. `action` matches a whole action or, ending in `.`, a family
 /// (`command.` finds every command action).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub struct AuditQuery {
     pub limit: Option<i64>,
     pub offset: Option<i64>,

@@ -117,7 +117,7 @@ pub fn backoff(attempts: i64, max: Duration) -> Duration {
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 
 /// A record the drain gave up on, as `GET /api/v1/sync/dead-letters` lists it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadLetter {
     pub id: String,
