@@ -114,7 +114,8 @@ pub const ERROR_STATUSES: &[(u16, &str, &str)] = &[
         "BadRequest",
         "Bad input: `invalid_body` (malformed JSON, a missing field, an unknown field named in \
          the message, a NUL character), `invalid_parameter` (a path or query value), \
-         `invalid_command`, `unknown_command_type`, `range_too_large`, `bad_request`.",
+         `invalid_command`, `unknown_command_type`, `range_too_large`, `invalid_signature` (an \
+         unreadable signature), `bad_request`.",
     ),
     (
         401,
@@ -127,7 +128,8 @@ pub const ERROR_STATUSES: &[(u16, &str, &str)] = &[
         403,
         "Forbidden",
         "A valid credential without the right (`forbidden`, with the permission the role \
-         lacks), or a feature switched off (`enrollment_disabled`).",
+         lacks), a feature switched off (`enrollment_disabled`), or a device syncing another \
+         company's records (`company_mismatch`).",
     ),
     (
         404,
@@ -162,7 +164,7 @@ pub const ERROR_STATUSES: &[(u16, &str, &str)] = &[
         "Unprocessable",
         "Well-formed but not allowed: `confirmation_required` (a dangerous command without \
          `\"confirm\": true`), `invalid_signature`, `signature_required`, \
-         `signature_expired`, `company_mismatch`.",
+         `signature_expired`.",
     ),
     (
         429,
