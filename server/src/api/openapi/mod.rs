@@ -101,6 +101,9 @@ pub fn min_role<P: Permission>() -> Role {
         .unwrap_or(Role::Admin)
 }
 
+/// A body in each content type it may take, as (content type, schema).
+type Contents = Vec<(String, RefOr<Schema>)>;
+
 /// One operation as the table declares it: a route of `ROUTES` by its method and actix
 /// pattern, and what the document says of it.
 pub struct Doc {
@@ -113,7 +116,7 @@ pub struct Doc {
     params: Vec<Parameter>,
     body: Option<(String, RefOr<Schema>, bool)>,
     /// By status: the description and the body in each content type it may take.
-    responses: BTreeMap<u16, (String, Vec<(String, RefOr<Schema>)>)>,
+    responses: BTreeMap<u16, (String, Contents)>,
     errors: Vec<u16>,
     schemas: Vec<(String, RefOr<Schema>)>,
 }
