@@ -15,6 +15,7 @@ use integration_tests::{fleet, Backend, ServerProcess};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
+/// Single commands per second unless `--rate=N` says otherwise.
 const SINGLE_RATE_PER_SEC: u64 = 50;
 const SINGLE_DURATION: Duration = Duration::from_secs(10);
 
@@ -35,6 +36,11 @@ fn main() {
         "postgres" => Backend::Postgres,
         _ => Backend::Sqlite,
     };
+    let rate: u64 = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--rate="))
+        .map(|r| r.parse().expect("--rate=N"))
+        .unwrap_or(SINGLE_RATE_PER_SEC);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -48,11 +54,11 @@ fn main() {
             integration_tests::TempDir::new("bench-data"),
             &["--log-level", "warn"],
         );
-        runtime.block_on(run(n, backend, &server));
+        runtime.block_on(run(n, rate, backend, &server));
     }
 }
 
-async fn run(n: usize, backend: Backend, server: &ServerProcess) {
+async fn run(n: usize, rate: u64, backend: Backend, server: &ServerProcess) {
     let base = server.base_url.clone();
     let ws_url = server.ws_url("/ws/device");
     let answered = Arc::new(AtomicU64::new(0));
@@ -103,8 +109,8 @@ async fn run(n: usize, backend: Backend, server: &ServerProcess) {
         );
     }
     // Single commands at a fixed rate.
-    let interval = Duration::from_micros(1_000_000 / SINGLE_RATE_PER_SEC);
-    let total = (SINGLE_DURATION.as_secs() * SINGLE_RATE_PER_SEC) as usize;
+    let interval = Duration::from_micros(1_000_000 / rate.max(1));
+    let total = (SINGLE_DURATION.as_secs() * rate.max(1)) as usize;
     let mut ticker = tokio::time::interval(interval);
     let mut pending = Vec::with_capacity(total);
     for i in 0..total {
@@ -135,7 +141,7 @@ async fn run(n: usize, backend: Backend, server: &ServerProcess) {
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
     println!(
-        "[{backend:?}] single commands at {SINGLE_RATE_PER_SEC}/s for {SINGLE_DURATION:?} over {n} devices: p50 {:?} p99 {:?} max {:?}",
+        "[{backend:?}] single commands at {rate}/s for {SINGLE_DURATION:?} over {n} devices: p50 {:?} p99 {:?} max {:?}",
         pct(0.5),
         pct(0.99),
         pct(1.0)

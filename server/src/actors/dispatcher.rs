@@ -12,7 +12,9 @@
 //! leave its command PENDING or SENT forever; the sweep ends such a command TIMEOUT once its
 //! timeout has passed and no dispatch of this process awaits it.
 //!
-//! Each dispatch runs in its own future, so one slow device never holds up another.
+//! Each dispatch runs in its own future, so one slow device never holds up another. Every
+//! state change it stores goes through the `CommandWriter`, which shares one commit among
+//! the changes of all commands in flight and answers each only after that commit.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -24,11 +26,13 @@ use protocol::device::{DeviceEvent, ServerFrame};
 use protocol::rest::{CommandStatus, DispatchResponse};
 use tokio::sync::oneshot;
 
+use crate::actors::command_writer::CommandWriter;
 use crate::actors::events::{EventBus, Publish};
 use crate::actors::registry::{DeviceRegistry, Lookup};
 use crate::actors::session::DeliverCommand;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::store::audit::AuditEntry;
+use crate::store::command_batch::NewCommand as NewRow;
 use crate::store::commands;
 use crate::store::db::Db;
 
@@ -57,6 +61,8 @@ pub struct ConfirmWindows {
 
 pub struct CommandDispatcher {
     db: Db,
+    /// Every command state change goes through it, to share a commit with others.
+    writer: CommandWriter,
     registry: Addr<DeviceRegistry>,
     bus: Addr<EventBus>,
     windows: ConfirmWindows,
@@ -73,6 +79,7 @@ impl CommandDispatcher {
         windows: ConfirmWindows,
     ) -> Self {
         CommandDispatcher {
+            writer: CommandWriter::start(db.clone()),
             db,
             registry,
             bus,
@@ -142,13 +149,9 @@ impl CommandDispatcher {
                     format!("the device did not come back with a new {what} in time"),
                 );
                 self.publish(&c.device_id, result.clone());
-                let db = self.db.clone();
+                let writer = self.writer.clone();
                 actix::spawn(async move {
-                    let _ = db
-                        .run(move |conn| {
-                            Ok(commands::complete(conn, &result, CommandStatus::Failed)?)
-                        })
-                        .await;
+                    let _ = writer.complete(result, CommandStatus::Failed).await;
                 });
             }
         }
@@ -374,6 +377,7 @@ impl CommandDispatcher {
         );
         let ctx_ = Ctx {
             db: self.db.clone(),
+            writer: self.writer.clone(),
             registry: self.registry.clone(),
             me: ctx.address(),
             windows: self.windows,
@@ -399,6 +403,7 @@ impl CommandDispatcher {
 
 struct Ctx {
     db: Db,
+    writer: CommandWriter,
     registry: Addr<DeviceRegistry>,
     me: Addr<CommandDispatcher>,
     windows: ConfirmWindows,
@@ -417,11 +422,7 @@ async fn finish(
     status: CommandStatus,
     announce: bool,
 ) -> ApiResult<DispatchResponse> {
-    let stored = result.clone();
-    let changed = ctx
-        .db
-        .run(move |conn| Ok(commands::complete(conn, &stored, status)?))
-        .await?;
+    let changed = ctx.writer.complete(result.clone(), status).await?;
     if !changed {
         // Someone else ended it first (a cancel); answer with what is stored.
         return stored_outcome(ctx, &result.command_id).await;
@@ -482,24 +483,17 @@ async fn run_dispatch(
     let watch = commands::Watch::for_command(kind);
     let (sent, previous) = match stored {
         Stored::Not(NewCommand { accepted, audit }) => {
-            let (d, c, by) = (
-                device_id.clone(),
-                msg.command.clone(),
-                msg.issued_by.clone(),
-            );
-            let timeout_ms = msg.timeout.as_millis() as i64;
             let online = session.is_some();
             let stored = ctx
-                .db
-                .run(move |conn| {
-                    let new = commands::NewCommand {
-                        device_id: &d,
-                        command: &c,
-                        timeout_ms,
-                        issued_by: by.as_deref(),
-                        audit: &audit,
-                    };
-                    Ok(commands::store_new(conn, &new, online, watch)?)
+                .writer
+                .store_new(NewRow {
+                    device_id: device_id.clone(),
+                    command: msg.command.clone(),
+                    timeout_ms: msg.timeout.as_millis() as i64,
+                    issued_by: msg.issued_by.clone(),
+                    audit,
+                    online,
+                    watch,
                 })
                 .await;
             let _ = accepted.send(stored.as_ref().map(|_| ()).map_err(Clone::clone));
@@ -514,10 +508,9 @@ async fn run_dispatch(
     let previous = if sent {
         previous
     } else {
-        let (d, id) = (device_id.clone(), command_id.clone());
         let marked = ctx
-            .db
-            .run(move |conn| Ok(commands::send_stored(conn, &id, &d, watch)?))
+            .writer
+            .send_stored(command_id.clone(), device_id.clone(), watch)
             .await?;
         match marked {
             Some(previous) => previous,
@@ -545,16 +538,8 @@ async fn run_dispatch(
                 ctx.windows.restart
             };
             let deadline = Utc::now() + chrono::Duration::from_std(window).unwrap_or_default();
-            let (stored, prev) = (result.clone(), previous.clone());
-            ctx.db
-                .run(move |conn| {
-                    Ok(commands::start_confirming(
-                        conn,
-                        &stored,
-                        prev.as_deref(),
-                        deadline,
-                    )?)
-                })
+            ctx.writer
+                .start_confirming(result.clone(), previous.clone(), deadline)
                 .await?;
             ctx.me.do_send(StartConfirming {
                 command_id,
@@ -592,10 +577,9 @@ async fn offline(ctx: &Ctx, msg: &Dispatch) -> ApiResult<DispatchResponse> {
     let command_id = msg.command.id.clone();
     if let Some(ttl) = msg.queue_ttl {
         let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
-        let id = command_id.clone();
         if ctx
-            .db
-            .run(move |conn| Ok(commands::mark_queued(conn, &id, expires_at)?))
+            .writer
+            .mark_queued(command_id.clone(), expires_at)
             .await?
         {
             let result = CommandResult::failed(
@@ -692,13 +676,9 @@ impl Handler<StatusSeen> for CommandDispatcher {
                 format!("confirmed: the device came back with a new {what}"),
             );
             self.publish(&c.device_id, result.clone());
-            let db = self.db.clone();
+            let writer = self.writer.clone();
             actix::spawn(async move {
-                let _ = db
-                    .run(move |conn| {
-                        Ok(commands::complete(conn, &result, CommandStatus::Confirmed)?)
-                    })
-                    .await;
+                let _ = writer.complete(result, CommandStatus::Confirmed).await;
             });
         }
     }

@@ -81,7 +81,15 @@ impl AuditEntry {
 }
 
 pub fn record(conn: &mut DbConnection, entry: &AuditEntry) -> StoreResult<()> {
-    let row = AuditRow {
+    diesel::insert_into(audit_log::table)
+        .values(&row_of(entry))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The row `entry` becomes, stamped now with a fresh id.
+pub fn row_of(entry: &AuditEntry) -> AuditRow {
+    AuditRow {
         id: uuid::Uuid::new_v4().to_string(),
         ts: Utc::now().naive_utc(),
         actor: entry.actor.clone(),
@@ -91,11 +99,15 @@ pub fn record(conn: &mut DbConnection, entry: &AuditEntry) -> StoreResult<()> {
         params: entry.params.as_ref().map(|p| p.to_string()),
         source: entry.source.clone(),
         outcome: entry.outcome.clone(),
-    };
-    diesel::insert_into(audit_log::table)
-        .values(&row)
-        .execute(conn)?;
-    Ok(())
+    }
+}
+
+/// Writes `rows` with one multi-row statement (the caller keeps them within the backends'
+/// bind-parameter limits).
+pub fn insert_rows(conn: &mut DbConnection, rows: &[AuditRow]) -> diesel::QueryResult<usize> {
+    crate::on_backend!(conn, |c| diesel::insert_into(audit_log::table)
+        .values(rows)
+        .execute(c))
 }
 
 /// Filters of `GET /api/v1/audit`. `action` matches a whole action or, ending in `.`, a family

@@ -160,7 +160,11 @@ impl Watch {
     }
 
     /// The device's watched id as it is now.
-    fn read(self, conn: &mut DbConnection, device_id: &str) -> StoreResult<Option<String>> {
+    pub(crate) fn read(
+        self,
+        conn: &mut DbConnection,
+        device_id: &str,
+    ) -> StoreResult<Option<String>> {
         if self == Watch::Nothing {
             return Ok(None);
         }
@@ -172,66 +176,6 @@ impl Watch {
     }
 }
 
-/// A command to store, with its audit row.
-#[derive(Debug)]
-pub struct NewCommand<'a> {
-    pub device_id: &'a str,
-    pub command: &'a Command,
-    pub timeout_ms: i64,
-    pub issued_by: Option<&'a str>,
-    pub audit: &'a crate::store::audit::AuditEntry,
-}
-
-/// Stores a new command and its audit row in one transaction: SENT when its device's session
-/// is open (`online`), else PENDING. Answers the watched id, read before the command can act.
-pub fn store_new(
-    conn: &mut DbConnection,
-    new: &NewCommand<'_>,
-    online: bool,
-    watch: Watch,
-) -> StoreResult<Option<String>> {
-    let NewCommand {
-        device_id,
-        command,
-        timeout_ms,
-        issued_by,
-        audit,
-    } = *new;
-    crate::store::db::write_transaction(conn, |conn| {
-        crate::store::audit::record(conn, audit)?;
-        if !online {
-            insert_pending(conn, device_id, command, timeout_ms, issued_by)?;
-            return Ok(None);
-        }
-        let previous = watch.read(conn, device_id)?;
-        // One write instead of a PENDING insert and its SENT update; it is stored before the
-        // frame goes out, so the device's answer always finds it.
-        insert(
-            conn,
-            device_id,
-            command,
-            timeout_ms,
-            issued_by,
-            CommandStatus::Sent,
-        )?;
-        Ok(previous)
-    })
-}
-
-/// A stored command (PENDING or QUEUED) → SENT, with the watched id read in the same
-/// transaction. `None` when it was cancelled or expired meanwhile.
-pub fn send_stored(
-    conn: &mut DbConnection,
-    id: &str,
-    device_id: &str,
-    watch: Watch,
-) -> StoreResult<Option<Option<String>>> {
-    crate::store::db::write_transaction(conn, |conn| {
-        let previous = watch.read(conn, device_id)?;
-        Ok(mark_sent(conn, id)?.then_some(previous))
-    })
-}
-
 fn insert(
     conn: &mut DbConnection,
     device_id: &str,
@@ -240,8 +184,24 @@ fn insert(
     issued_by: Option<&str>,
     status: CommandStatus,
 ) -> StoreResult<()> {
+    let row = new_row(device_id, command, timeout_ms, issued_by, status)?;
+    diesel::insert_into(commands::table)
+        .values(&row)
+        .execute(conn)
+        .map_err(|e| unique_violation(e, &command.id))?;
+    Ok(())
+}
+
+/// The row a new command becomes, stamped now (and sent now when `status` is SENT).
+pub fn new_row(
+    device_id: &str,
+    command: &Command,
+    timeout_ms: i64,
+    issued_by: Option<&str>,
+    status: CommandStatus,
+) -> StoreResult<CommandRow> {
     let now = Utc::now().naive_utc();
-    let row = CommandRow {
+    Ok(CommandRow {
         id: command.id.clone(),
         device_id: device_id.to_owned(),
         command_type: command.command_type().as_str().to_owned(),
@@ -260,12 +220,7 @@ fn insert(
         expires_at: None,
         confirm_previous: None,
         confirm_deadline: None,
-    };
-    diesel::insert_into(commands::table)
-        .values(&row)
-        .execute(conn)
-        .map_err(|e| unique_violation(e, &command.id))?;
-    Ok(())
+    })
 }
 
 pub fn names(states: &[CommandStatus]) -> Vec<&'static str> {
@@ -579,7 +534,8 @@ pub fn list_for_device(
 }
 
 /// Stores PENDING commands with their audit rows, all in one write transaction, before any
-/// is sent; `planned` and `entries` pair up by position.
+/// is sent; `planned` and `entries` pair up by position. One multi-row statement per table
+/// and chunk, not two statements per command: a bulk dispatch to 10,000 devices is 40.
 pub fn insert_pending_audited(
     conn: &mut DbConnection,
     planned: &[(String, Command)],
@@ -588,16 +544,27 @@ pub fn insert_pending_audited(
     issued_by: Option<&str>,
     sent: &std::collections::HashSet<String>,
 ) -> StoreResult<()> {
+    let mut rows = Vec::with_capacity(planned.len());
+    for (device_id, command) in planned {
+        // A device whose session is open gets its row as SENT at once (see `command_batch`).
+        let status = if sent.contains(device_id) {
+            CommandStatus::Sent
+        } else {
+            CommandStatus::Pending
+        };
+        rows.push(new_row(device_id, command, timeout_ms, issued_by, status)?);
+    }
+    let audits: Vec<_> = entries.iter().map(crate::store::audit::row_of).collect();
     crate::store::db::write_transaction(conn, |conn| {
-        for ((device_id, command), entry) in planned.iter().zip(entries) {
-            crate::store::audit::record(conn, entry)?;
-            // A device whose session is open gets its row as SENT at once (see `store_new`).
-            let status = if sent.contains(device_id) {
-                CommandStatus::Sent
-            } else {
-                CommandStatus::Pending
-            };
-            insert(conn, device_id, command, timeout_ms, issued_by, status)?;
+        for (commands, audits) in rows
+            .chunks(crate::store::command_batch::CHUNK)
+            .zip(audits.chunks(crate::store::command_batch::CHUNK))
+        {
+            crate::store::audit::insert_rows(conn, audits)?;
+            crate::store::command_batch::insert_commands(conn, commands).map_err(|e| {
+                let id = commands.first().map(|c| c.id.as_str()).unwrap_or_default();
+                unique_violation(e, id)
+            })?;
         }
         Ok(())
     })

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod boards;
+pub mod command_batch;
 pub mod commands;
 pub mod counters;
 pub mod db;
