@@ -18,9 +18,12 @@ done
 bash scripts/ensure-postgres.sh
 # Every simulated device is a socket on both ends: both processes get the hard fd limit.
 ulimit -n "$(ulimit -Hn)"
-cargo build --release -p server --bin factory-server
-cargo build --release -p integration-tests --bin bench_fleet --bin bare-ws-server \
-    --bin fleet-sim --bin bench_sync --bin bench_firmware
+# One build of both packages, so the server library is compiled once with one feature set.
+# BENCH_NO_BUILD=1 runs the binaries already in target/release (another build's server).
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+    cargo build --release -p server --bin factory-server -p integration-tests --bin bench_fleet \
+        --bin bare-ws-server --bin fleet-sim --bin bench_sync --bin bench_firmware
+fi
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT

@@ -273,8 +273,10 @@ async fn connect(
         .map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     // Small buffers: thousands of simulated devices share this process's memory.
-    let mut config = WebSocketConfig::default();
-    config.write_buffer_size = 0;
+    let config = WebSocketConfig {
+        write_buffer_size: 0,
+        ..WebSocketConfig::default()
+    };
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
     let (socket, _) = tokio::time::timeout(
         Duration::from_secs(10),
