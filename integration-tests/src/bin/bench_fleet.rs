@@ -342,11 +342,21 @@ async fn at_rate(
     let total = (rate * seconds) as usize;
     let gate = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let start = tokio::time::Instant::now();
+    // A server far slower than the rate would keep the run going for many times its window:
+    // what is not sent by half a window past its end is counted as failed, unsent.
+    let last_send = start + Duration::from_secs(seconds + seconds / 2);
     let mut pending = Vec::with_capacity(total);
+    let mut unsent = 0;
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
         tokio::time::sleep_until(due).await;
-        let permit = gate.clone().acquire_owned().await.expect("semaphore");
+        let permit = match tokio::time::timeout_at(last_send, gate.clone().acquire_owned()).await {
+            Ok(permit) => permit.expect("semaphore"),
+            Err(_) => {
+                unsent = total - i;
+                break;
+            }
+        };
         let (client, url, token) = (
             client.clone(),
             format!(
@@ -360,7 +370,7 @@ async fn at_rate(
                 .post(url)
                 .bearer_auth(token)
                 .json(&json!({"command": {"type": "force_sync"}}))
-                .timeout(Duration::from_secs(60))
+                .timeout(Duration::from_secs(30))
                 .send()
                 .await;
             let ok = match reply {
@@ -375,7 +385,7 @@ async fn at_rate(
         }));
     }
     let mut latencies = Vec::with_capacity(total);
-    let mut failed = 0;
+    let mut failed = unsent;
     for p in pending {
         match p.await {
             Ok((latency, true)) => latencies.push(latency),
