@@ -9,15 +9,18 @@
 //! that is the only moment actix-web lends out the socket.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use actix_web::dev::Extensions;
 
 /// The socket of the connection a request came on (`HttpRequest::conn_data`). actix drops it
-/// with the connection.
+/// with the connection. A route that never cuts its connections releases the duplicate
+/// (`release`), so that its sockets cost one descriptor each, not two: the device sockets,
+/// of which one process holds as many as its descriptor limit allows.
 #[derive(Clone)]
-pub struct ConnectionSocket(Rc<socket2::Socket>);
+pub struct ConnectionSocket(Rc<RefCell<Option<socket2::Socket>>>);
 
 /// `HttpServer::on_connect`: keeps a handle on every connection, plain or TLS.
 pub fn remember(connection: &dyn Any, data: &mut Extensions) {
@@ -32,7 +35,7 @@ pub fn remember(connection: &dyn Any, data: &mut Extensions) {
     };
     match socket2::SockRef::from(stream).try_clone() {
         Ok(socket) => {
-            data.insert(ConnectionSocket(Rc::new(socket)));
+            data.insert(ConnectionSocket(Rc::new(RefCell::new(Some(socket)))));
         }
         Err(e) => {
             tracing::warn!(error = %e, "no handle on a new connection; it cannot be cut if it stalls")
@@ -45,11 +48,17 @@ impl ConnectionSocket {
     pub fn watch(&self) -> Connection {
         Connection(Rc::downgrade(&self.0))
     }
+
+    /// Closes the duplicate now: the connection can no longer be cut, and holds one
+    /// descriptor instead of two.
+    pub fn release(&self) {
+        self.0.borrow_mut().take();
+    }
 }
 
 /// A connection seen from a task that outlives a request: it tells whether actix has let the
 /// connection go, and cuts it if not.
-pub struct Connection(Weak<socket2::Socket>);
+pub struct Connection(Weak<RefCell<Option<socket2::Socket>>>);
 
 /// How often `gone_within` looks.
 const GONE_POLL: Duration = Duration::from_millis(50);
@@ -76,7 +85,12 @@ impl Connection {
     /// will never read). The socket stays open while this runs (the upgraded handle holds it),
     /// so it cannot be another connection's by then.
     pub fn abort(&self) {
-        let Some(socket) = self.0.upgrade() else {
+        let Some(held) = self.0.upgrade() else {
+            return;
+        };
+        let held = held.borrow();
+        // Released: the route said it never cuts this connection.
+        let Some(socket) = held.as_ref() else {
             return;
         };
         if let Err(e) = socket.set_linger(Some(Duration::ZERO)) {

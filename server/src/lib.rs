@@ -352,6 +352,8 @@ impl Prepared {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // Built here, once per worker: the device sessions of a worker share it.
+                .app_data(api::sockets::SharedPeers::new(&state))
                 .app_data(
                     web::JsonConfig::default()
                         .limit(MAX_JSON_BODY)

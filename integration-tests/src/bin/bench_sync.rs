@@ -1,7 +1,8 @@
 //! Benchmark: records/s that `POST /api/v1/sync` ingests on SQLite and PostgreSQL with batches
 //! of 1, 100 and 1,000 records, and the rate the cloud sync drains them to a (simulated) OKTO
 //! cloud. Prints figures; asserts only that every record was taken and delivered once.
-//! Run with `bash scripts/bench-sync.sh`.
+//! Run with `bash scripts/bench-sync.sh`. `--table` (for `scripts/bench.sh`) sends only batches
+//! of 1,000 (50,000 records, 10,000 with `--quick`), skips the drain and prints `ROW` lines.
 
 use std::time::{Duration, Instant};
 
@@ -15,12 +16,19 @@ const PLAN: [(usize, usize); 3] = [(1, 2_000), (100, 20_000), (1000, 50_000)];
 const CLIENTS: usize = 4;
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let table = args.iter().any(|a| a == "--table");
+    let plan: &[(usize, usize)] = match (table, args.iter().any(|a| a == "--quick")) {
+        (false, _) => &PLAN,
+        (true, false) => &[(1000, 50_000)],
+        (true, true) => &[(1000, 10_000)],
+    };
     for backend in [Backend::Sqlite, Backend::Postgres] {
-        run(backend);
+        run(backend, plan, !table);
     }
 }
 
-fn run(backend: Backend) {
+fn run(backend: Backend, plan: &[(usize, usize)], drain: bool) {
     let server = ServerProcess::start_with(
         TestDb::new(backend),
         TempDir::new("bench-sync"),
@@ -28,7 +36,7 @@ fn run(backend: Backend) {
     );
     let api = Api::admin(&server);
     let mut total = 0usize;
-    for (batch, records) in PLAN {
+    for &(batch, records) in plan {
         let per_client = records / CLIENTS;
         let start = Instant::now();
         let threads: Vec<_> = (0..CLIENTS)
@@ -71,6 +79,20 @@ fn run(backend: Backend) {
             "[{backend:?}] /api/v1/sync, batches of {batch:>4}, {CLIENTS} devices: {sent} records in {took:.2?} = {:.0} records/s",
             sent as f64 / took.as_secs_f64()
         );
+        if batch == 1000 {
+            let tag = if backend == Backend::Postgres {
+                "pg"
+            } else {
+                "sqlite"
+            };
+            println!(
+                "ROW {tag} sync {:.0} records/s",
+                sent as f64 / took.as_secs_f64()
+            );
+        }
+    }
+    if !drain {
+        return;
     }
 
     // Drain: point the server at the cloud only now, so the whole backlog is measured.

@@ -5,6 +5,7 @@
 //! one, so the older session's late goodbye never marks a connected device offline.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use actix::{Actor, Addr, Context, Handler, Message, MessageResult, Recipient};
 use chrono::{DateTime, Utc};
@@ -12,17 +13,20 @@ use serde::Serialize;
 
 use crate::actors::events::{EventBus, Publish};
 use crate::actors::presence::{MarkOffline, MarkOnline, PresenceWriter};
-use crate::actors::session::{CloseSession, DeliverCommand, CLOSE_REPLACED, CLOSE_TOKEN_REVOKED};
+use crate::actors::session::{
+    CloseSession, DeliverCommand, DeviceSession, CLOSE_REPLACED, CLOSE_TOKEN_REVOKED,
+};
 use protocol::device::{DeviceEvent, StatusEvent};
 use protocol::rest::DeviceStatus;
 
+/// One per connected device, so kept small: the session's one address (a recipient is made
+/// from it when asked for), its peer's address as an address rather than text.
 struct SessionEntry {
     session_id: u64,
     token_id: String,
     connected_at: DateTime<Utc>,
-    remote_addr: Option<String>,
-    deliver: Recipient<DeliverCommand>,
-    close: Recipient<CloseSession>,
+    remote_addr: Option<IpAddr>,
+    session: Addr<DeviceSession>,
     refused_frames: u64,
 }
 
@@ -72,9 +76,8 @@ pub struct Connect {
     pub device_id: String,
     pub session_id: u64,
     pub token_id: String,
-    pub remote_addr: Option<String>,
-    pub deliver: Recipient<DeliverCommand>,
-    pub close: Recipient<CloseSession>,
+    pub remote_addr: Option<IpAddr>,
+    pub session: Addr<DeviceSession>,
 }
 
 /// A session ended, for whatever reason.
@@ -123,14 +126,13 @@ impl Handler<Connect> for DeviceRegistry {
             session_id: msg.session_id,
             token_id: msg.token_id,
             connected_at: Utc::now(),
-            remote_addr: msg.remote_addr.clone(),
-            deliver: msg.deliver,
-            close: msg.close,
+            remote_addr: msg.remote_addr,
+            session: msg.session,
             refused_frames: 0,
         };
         if let Some(old) = self.sessions.insert(msg.device_id.clone(), entry) {
             tracing::info!(device = %msg.device_id, old = old.session_id, new = msg.session_id, "session replaced");
-            old.close.do_send(CloseSession {
+            old.session.do_send(CloseSession {
                 code: CLOSE_REPLACED,
                 reason: "replaced by a newer session of this device".into(),
             });
@@ -140,7 +142,7 @@ impl Handler<Connect> for DeviceRegistry {
         crate::metrics::set_connected_devices(self.sessions.len());
         self.presence.do_send(MarkOnline {
             device_id: msg.device_id,
-            remote_addr: msg.remote_addr,
+            remote_addr: msg.remote_addr.map(|a| a.to_string()),
         });
     }
 }
@@ -180,7 +182,9 @@ impl Handler<Lookup> for DeviceRegistry {
     type Result = Option<Recipient<DeliverCommand>>;
 
     fn handle(&mut self, msg: Lookup, _: &mut Context<Self>) -> Self::Result {
-        self.sessions.get(&msg.device_id).map(|e| e.deliver.clone())
+        self.sessions
+            .get(&msg.device_id)
+            .map(|e| e.session.clone().recipient())
     }
 }
 
@@ -190,7 +194,7 @@ impl Handler<TokenRotated> for DeviceRegistry {
     fn handle(&mut self, msg: TokenRotated, _: &mut Context<Self>) {
         if let Some(entry) = self.sessions.get(&msg.device_id) {
             if entry.token_id != msg.token_id {
-                entry.close.do_send(CloseSession {
+                entry.session.do_send(CloseSession {
                     code: CLOSE_TOKEN_REVOKED,
                     reason: "device token was rotated".into(),
                 });
@@ -210,7 +214,7 @@ impl Handler<ListConnected> for DeviceRegistry {
                 device_id: id.clone(),
                 session_id: e.session_id,
                 connected_at: e.connected_at,
-                remote_addr: e.remote_addr.clone(),
+                remote_addr: e.remote_addr.map(|a| a.to_string()),
                 refused_frames: e.refused_frames,
             })
             .collect();

@@ -5,6 +5,7 @@
 //! is the session registered with the `DeviceRegistry`. A frame that cannot be read gets an
 //! `error` frame back and the session stays open.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,7 @@ pub type TokenCheck =
     Rc<dyn Fn(String, Option<String>) -> LocalBoxFuture<'static, ApiResult<DeviceIdentity>>>;
 
 /// The actors a device session sends to, and its token check: all it knows of the server.
-#[derive(Clone)]
+/// One per worker, shared by its sessions (`api::sockets::SharedPeers`).
 pub struct Peers {
     pub registry: Addr<DeviceRegistry>,
     pub dispatcher: Addr<CommandDispatcher>,
@@ -113,10 +114,11 @@ pub struct CloseSession {
 pub struct DeviceSession {
     session_id: u64,
     identity: Option<DeviceIdentity>,
-    remote_addr: Option<String>,
+    /// An address, not its text: the text is made only where it is written or checked.
+    remote_addr: Option<IpAddr>,
     last_heard: Instant,
     opened: Instant,
-    peers: Peers,
+    peers: Rc<Peers>,
     /// An `auth` frame is being verified; further frames wait for the answer.
     authenticating: bool,
     limiter: FrameLimiter,
@@ -277,9 +279,9 @@ fn batch_len(text: &str) -> Option<usize> {
 
 impl DeviceSession {
     pub fn new(
-        peers: Peers,
+        peers: Rc<Peers>,
         identity: Option<DeviceIdentity>,
-        remote_addr: Option<String>,
+        remote_addr: Option<IpAddr>,
     ) -> Self {
         DeviceSession {
             session_id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
@@ -326,9 +328,8 @@ impl DeviceSession {
             device_id: identity.device_id.clone(),
             session_id: self.session_id,
             token_id: identity.token_id.clone(),
-            remote_addr: self.remote_addr.clone(),
-            deliver: addr.clone().recipient(),
-            close: addr.recipient(),
+            remote_addr: self.remote_addr,
+            session: addr,
         });
         // Sent after Connect, so the dispatcher's lookup finds this session registered.
         self.peers.dispatcher.do_send(DeviceConnected {
@@ -413,7 +414,8 @@ impl DeviceSession {
                     return;
                 }
                 self.authenticating = true;
-                let fut = (self.peers.verify)(token, self.remote_addr.clone());
+                let source = self.remote_addr.map(|a| a.to_string());
+                let fut = (self.peers.verify)(token, source);
                 ctx.spawn(fut.into_actor(self).map(|result, act, ctx| {
                     act.authenticating = false;
                     match result {
