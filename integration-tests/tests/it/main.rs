@@ -23,6 +23,7 @@ mod hostile;
 mod metrics;
 mod printer;
 mod rbac;
+mod scaleout;
 mod security;
 mod supply_chain;
 mod sync_route;
