@@ -145,7 +145,7 @@ fn listen(url: &str, replica: &str, me: &Addr<Cluster>) {
         leases::EVENTS_CHANNEL.to_owned(),
     ];
     while me.connected() {
-        let mut conn = match leases::connect(url).and_then(|mut c| {
+        let mut conn = match leases::connect(url, replica).and_then(|mut c| {
             leases::listen(&mut c, &channels)?;
             Ok(c)
         }) {

@@ -28,16 +28,17 @@ use super::{CommandDispatcher, Confirming, Ctx, Dispatch, Stored};
 /// timeout ends it first, and its final write and the notification need a moment.
 const ANNOUNCE_GRACE: Duration = Duration::from_secs(5);
 
-/// The replica, other than `me`, whose lease holds `device_id` now.
+/// The replica, other than `me`, whose lease holds `device_id` now and which is alive: a
+/// killed replica's lease outlives it by up to `presence_lease_secs`, but its LISTEN
+/// connection is gone at once, and a command handed to it would wait for nothing.
 async fn holder(db: &Db, me: &str, device_id: &str) -> ApiResult<Option<String>> {
     let (me, device_id) = (me.to_owned(), device_id.to_owned());
     db.run(move |conn| {
-        Ok(presence::holder_other_than(
-            conn,
-            &device_id,
-            &me,
-            Utc::now(),
-        )?)
+        let holder = presence::holder_other_than(conn, &device_id, &me, Utc::now())?;
+        match holder {
+            Some(replica) if leases::alive(conn, &replica)? => Ok(Some(replica)),
+            _ => Ok(None),
+        }
     })
     .await
 }

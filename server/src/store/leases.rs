@@ -30,11 +30,36 @@ pub fn commands_channel(replica: &str) -> String {
     format!("factory_commands_{replica}")
 }
 
-/// A connection of its own, outside the pool: its session holds the LISTENs and the lock.
-pub fn connect(url: &str) -> StoreResult<PgConnection> {
-    PgConnection::establish(url).map_err(|e| {
+/// The `application_name` of a replica's LISTEN connection: while PostgreSQL lists it in
+/// `pg_stat_activity`, the replica is alive (a killed process's connection goes at once).
+pub fn session_name(replica: &str) -> String {
+    format!("factory-replica-{replica}")
+}
+
+/// A connection of its own, outside the pool: its session holds the LISTENs and the lock, and
+/// carries the replica's name.
+pub fn connect(url: &str, replica: &str) -> StoreResult<PgConnection> {
+    let mut conn = PgConnection::establish(url).map_err(|e| {
         crate::store::StoreError::unavailable(format!("cannot connect for LISTEN: {e}"))
-    })
+    })?;
+    diesel::sql_query("SELECT set_config('application_name', $1, false)")
+        .bind::<Text, _>(session_name(replica))
+        .execute(&mut conn)?;
+    Ok(conn)
+}
+
+/// Whether `replica`'s LISTEN connection is open, so that a command handed to it would be
+/// heard. Always true on SQLite, where there is one process.
+pub fn alive(conn: &mut DbConnection, replica: &str) -> StoreResult<bool> {
+    let Some(pg) = as_postgres(conn) else {
+        return Ok(true);
+    };
+    let row: Taken = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1) AS taken",
+    )
+    .bind::<Text, _>(session_name(replica))
+    .get_result(pg)?;
+    Ok(row.taken)
 }
 
 /// LISTENs on each channel. Channel names are the constants above and `commands_channel`,
