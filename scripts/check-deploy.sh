@@ -60,17 +60,44 @@ http {
 }
 EOF
 nginx -t -q -c "$work/nginx.conf" -p "$work"
-# Tokens sent as ?token= must not reach the access log: the log format writes \$uri, never
-# \$request or \$args.
-if grep -E '^\s*(log_format|access_log)' deploy/proxy/nginx-factory.conf | grep -qE '\$(request|args|query_string|request_uri)\b'; then
-    echo "check-deploy: the proxy's access log would record query strings (tokens)" >&2
+# The configuration for several replicas (issue 17), checked the same way on its own.
+sed -e "s#/etc/ssl/factory/#$work/#g" -e "s#/var/log/nginx/#$work/#g" \
+    deploy/proxy/nginx-replicas.conf >"$work/replicas.conf"
+sed -e "s#$work/site.conf#$work/replicas.conf#" "$work/nginx.conf" >"$work/nginx-replicas.conf"
+nginx -t -q -c "$work/nginx-replicas.conf" -p "$work"
+for conf in deploy/proxy/nginx-factory.conf deploy/proxy/nginx-replicas.conf; do
+    # Tokens sent as ?token= must not reach the access log: the log format writes \$uri, never
+    # \$request or \$args.
+    if grep -E '^\s*(log_format|access_log)' "$conf" | grep -qE '\$(request|args|query_string|request_uri)\b'; then
+        echo "check-deploy: $conf: the access log would record query strings (tokens)" >&2
+        exit 1
+    fi
+    # /metrics is refused at the proxy to all but the monitoring hosts (the server wants its
+    # token too); a location that lost its `deny all` would open it to the whole plant network.
+    if ! sed -n '/location = \/metrics {/,/}/p' "$conf" | grep -q 'deny all;'; then
+        echo "check-deploy: $conf: the /metrics location does not end in deny all" >&2
+        exit 1
+    fi
+done
+# Several replicas: an upstream of at least two, WebSocket upgrades passed on, and a POST
+# never retried on another replica (a command must not be sent twice).
+if [ "$(sed -n '/^upstream factory_replicas {/,/}/p' deploy/proxy/nginx-replicas.conf | grep -c '^\s*server ')" -lt 2 ]; then
+    echo "check-deploy: nginx-replicas.conf's upstream has fewer than two replicas" >&2
     exit 1
 fi
-
-# /metrics is refused at the proxy to all but the monitoring hosts (the server wants its
-# token too); a location that lost its `deny all` would open it to the whole plant network.
-if ! sed -n '/location = \/metrics {/,/}/p' deploy/proxy/nginx-factory.conf | grep -q 'deny all;'; then
-    echo "check-deploy: the proxy's /metrics location does not end in deny all" >&2
+if ! sed -n '/location ~ \^\/ws\//,/}/p' deploy/proxy/nginx-replicas.conf | grep -q 'proxy_set_header Upgrade'; then
+    echo "check-deploy: nginx-replicas.conf does not pass WebSocket upgrades on" >&2
+    exit 1
+fi
+if grep -qE 'proxy_next_upstream[^;]*non_idempotent' deploy/proxy/nginx-replicas.conf; then
+    echo "check-deploy: nginx-replicas.conf would send a POST to a second replica" >&2
+    exit 1
+fi
+# The replicas' compose file: two replicas with distinct ids on one database and one volume.
+compose=deploy/container/compose-replicas.yaml
+if [ "$(grep -c 'FACTORY_REPLICA_ID:' "$compose")" -lt 2 ] ||
+    [ "$(grep 'FACTORY_REPLICA_ID:' "$compose" | sort -u | wc -l)" -lt 2 ]; then
+    echo "check-deploy: $compose does not start two replicas with distinct ids" >&2
     exit 1
 fi
 

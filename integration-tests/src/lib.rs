@@ -25,6 +25,7 @@ pub mod cloud_sim;
 pub mod cut_proxy;
 pub mod fleet;
 pub mod pki;
+pub mod replicas;
 pub mod sim;
 
 use std::io::{BufRead, BufReader};

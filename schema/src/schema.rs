@@ -45,6 +45,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    device_presence (device_id) {
+        device_id -> Text,
+        replica_id -> Text,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::joinable!(device_presence -> devices (device_id));
+
+diesel::table! {
     device_logs (id) {
         id -> Text,
         device_id -> Text,
@@ -126,6 +136,7 @@ diesel::joinable!(device_group_members -> device_groups (group_id));
 diesel::allow_tables_to_appear_in_same_query!(
     users,
     devices,
+    device_presence,
     commands,
     audit_log,
     revoked_tokens,

@@ -119,6 +119,12 @@ pub struct Config {
     /// Dashboard sockets the server holds at once, authenticated or not.
     pub dashboard_max_total: usize,
     pub log_level: String,
+    /// This process's name among the replicas on one database (letters, digits, `_`, `-`, at
+    /// most 40); without it a fresh one is drawn at each start.
+    pub replica_id: Option<String>,
+    /// Seconds a replica's hold on a device lasts without a heartbeat: how long the devices of
+    /// a killed replica stay ONLINE, and commands for them are sent its way, at most.
+    pub presence_lease_secs: u64,
     /// The lowest role per command type and per `exec_shell` template, over the seed's RBAC
     /// table (`[rights.commands]`, `[rights.templates]`; checked by `policy`).
     pub rights: RightsSettings,
@@ -177,6 +183,8 @@ impl Default for Config {
             dashboard_max_per_user: MAX_DASHBOARDS_PER_USER,
             dashboard_max_total: MAX_DASHBOARDS,
             log_level: "info".into(),
+            replica_id: None,
+            presence_lease_secs: 15,
             rights: RightsSettings::default(),
         }
     }
@@ -307,6 +315,7 @@ impl Config {
             return Err(ConfigError("token lifetimes must be positive".into()));
         }
         self.check_periods()?;
+        self.check_replica()?;
         if let Some(url) = &self.database_url {
             if url.contains("://")
                 && !(url.starts_with("postgres://")
@@ -436,6 +445,34 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// A replica id names a PostgreSQL channel (`store::leases`), so it is kept to characters
+    /// that need no quoting; the lease must outlast a few heartbeats (a third of it each).
+    fn check_replica(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.replica_id {
+            let ok = !id.is_empty()
+                && id.len() <= 40
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(ConfigError(format!(
+                    "replica_id: `{id}` must be 1-40 letters, digits, `_` or `-`"
+                )));
+            }
+        }
+        if !(3..=3600).contains(&self.presence_lease_secs) {
+            return Err(ConfigError("presence_lease_secs must be 3-3600".into()));
+        }
+        Ok(())
+    }
+
+    /// The replica id given, or a fresh one.
+    pub fn replica(&self) -> String {
+        self.replica_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned())
     }
 
     /// The cloud URL and token, the token read from its file when one is configured.

@@ -141,6 +141,16 @@ pub struct Cli {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_confirm_secs: Option<u64>,
 
+    /// This replica's id among several on one PostgreSQL (letters, digits, `_`, `-`) [default: a fresh one at each start].
+    #[arg(long, global = true, env = "FACTORY_REPLICA_ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_id: Option<String>,
+
+    /// Seconds a replica's hold on a device lasts without a heartbeat (3-3600) [default: 15].
+    #[arg(long, global = true, env = "FACTORY_PRESENCE_LEASE_SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_lease_secs: Option<u64>,
+
     /// Seconds a device has to come back after reboot_os [default: 600].
     #[arg(long, global = true, env = "FACTORY_REBOOT_CONFIRM_SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -37,6 +37,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context as _;
 
 use crate::actors::cloud_sync::{CloudSync, CloudTarget, SharedStats, UpdateTarget};
+use crate::actors::cluster::{Cluster, Peers as ClusterPeers};
 use crate::actors::dashboard_registry::DashboardRegistry;
 use crate::actors::deployer::FirmwareDeployer;
 use crate::actors::dispatcher::{CommandDispatcher, ConfirmWindows};
@@ -164,6 +165,36 @@ pub struct Prepared {
     limits: Arc<Limits>,
     cloud_target: Option<CloudTarget>,
     listener: std::net::TcpListener,
+    /// This process's id among the replicas on its database.
+    replica: String,
+    /// The lock that keeps a second process off a SQLite file, held for the whole run.
+    sqlite_lock: Option<std::fs::File>,
+}
+
+/// Takes an exclusive lock on a file beside the SQLite database, so that a second server on
+/// the same file is refused at start: two processes would each believe they hold every
+/// device, and each start would mark the other's devices OFFLINE.
+fn lock_sqlite(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = std::path::PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another factory-server is using the SQLite database {} (it holds {}); a SQLite database serves one server process, run replicas on PostgreSQL",
+            path.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", lock_path.display()))
+        }
+    }
 }
 
 /// Does every fallible step of a start (see `Prepared`); a failure is the one-line reason
@@ -192,18 +223,47 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
     for warning in policy.ineffective_templates() {
         tracing::warn!("{warning}");
     }
+    let sqlite_lock = match config.database() {
+        config::DatabaseTarget::Sqlite(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                private_files::create_private_dir(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            Some(lock_sqlite(&path)?)
+        }
+        config::DatabaseTarget::Postgres(_) => None,
+    };
     let db = Db::open(config.database())?;
     api::users::bootstrap_admin(&db, config.admin_password.as_deref(), &config.data_dir)?;
-    let reset = db
-        .run_blocking(|conn| Ok(store::devices::mark_all_offline(conn)?))
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let replica = config.replica();
+    // Only this replica's rows and expired ones: other replicas' devices are still connected.
+    let reset = {
+        let (replica, sole) = (replica.clone(), !db.shared());
+        db.run_blocking(move |conn| {
+            Ok(store::presence::start(
+                conn,
+                &replica,
+                chrono::Utc::now(),
+                sole,
+            )?)
+        })
+        .map_err(|e| anyhow::anyhow!(e.message))?
+    };
+    tracing::info!(replica = %replica, "replica id");
     if reset > 0 {
         tracing::info!(
             devices = reset,
-            "devices left ONLINE by the previous run marked OFFLINE"
+            "devices left ONLINE that no live replica holds marked OFFLINE"
         );
     }
-    let swept = store::firmware::remove_partial_uploads(&config.data_dir)
+    // Replicas share the data dir's firmware files: a part file may be another replica's
+    // upload under way, so on a shared database only day-old ones are a dead run's.
+    let part_age = if db.shared() {
+        std::time::Duration::from_secs(24 * 3600)
+    } else {
+        std::time::Duration::ZERO
+    };
+    let swept = store::firmware::remove_stale_partial_uploads(&config.data_dir, part_age)
         .context("cannot clean the firmware directory")?;
     if swept > 0 {
         tracing::info!(
@@ -242,6 +302,8 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
         limits,
         cloud_target,
         listener,
+        replica,
+        sqlite_lock,
     })
 }
 
@@ -267,10 +329,15 @@ impl Prepared {
             limits,
             cloud_target,
             listener,
+            replica,
+            sqlite_lock,
         } = self;
+        let lease = std::time::Duration::from_secs(config.presence_lease_secs);
         let presence = {
-            let db = db.clone();
-            SyncArbiter::start(1, move || PresenceWriter::new(db.clone()))
+            let (db, replica) = (db.clone(), replica.clone());
+            SyncArbiter::start(1, move || {
+                PresenceWriter::new(db.clone(), replica.clone(), lease)
+            })
         };
         let bus = EventBus::default().start();
         let telemetry = {
@@ -309,7 +376,7 @@ impl Prepared {
         .start();
         let cloud_target = Arc::new(std::sync::Mutex::new(cloud_target));
         reload_cloud_on_sighup(cloud.clone(), cloud_target.clone());
-        Janitor::new(
+        let janitor = Janitor::new(
             db.clone(),
             limits.clone(),
             config.log_retention_days,
@@ -322,6 +389,23 @@ impl Prepared {
                 ),
                 std::time::Duration::from_secs(config.metrics_rollup_secs),
             ),
+        )
+        .start();
+        Cluster::new(
+            db.clone(),
+            replica,
+            lease,
+            ClusterPeers {
+                dispatcher: dispatcher.clone(),
+                registry: registry.clone(),
+                bus: bus.clone(),
+                followers: vec![
+                    deployer.clone().recipient(),
+                    cloud.clone().recipient(),
+                    janitor.recipient(),
+                ],
+            },
+            sqlite_lock,
         )
         .start();
         let state = web::Data::new(AppState {

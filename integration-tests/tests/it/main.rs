@@ -24,6 +24,7 @@ mod metrics;
 mod openapi;
 mod printer;
 mod rbac;
+mod scaleout;
 mod security;
 mod supply_chain;
 mod sync_route;

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use protocol::sync::{RecordKind, SyncRecord};
 use serde::Serialize;
 
+use crate::actors::cluster::SetLeader;
 use crate::error::ApiError;
 use crate::store::db::Db;
 use crate::store::outbox::*;
@@ -104,6 +105,8 @@ pub struct CloudSync {
     tls: Option<Arc<rustls::ClientConfig>>,
     http: Option<awc::Client>,
     busy: bool,
+    /// Only the leader among replicas drains, so no record is sent twice.
+    leader: bool,
 }
 
 impl CloudSync {
@@ -122,6 +125,7 @@ impl CloudSync {
             tls,
             http: None,
             busy: false,
+            leader: false,
         }
     }
 
@@ -146,6 +150,13 @@ impl Actor for CloudSync {
     }
 }
 
+impl Handler<SetLeader> for CloudSync {
+    type Result = ();
+    fn handle(&mut self, msg: SetLeader, _: &mut Context<Self>) {
+        self.leader = msg.0;
+    }
+}
+
 /// Points the drain at another cloud URL or token, at once.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -165,7 +176,7 @@ impl Handler<UpdateTarget> for CloudSync {
 
 impl CloudSync {
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        if self.busy {
+        if self.busy || !self.leader {
             return;
         }
         let (Some(target), Some(http)) = (self.target.clone(), self.http.clone()) else {

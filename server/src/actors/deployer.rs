@@ -21,6 +21,7 @@ use protocol::firmware::DeploymentStatus;
 use protocol::rest::CommandStatus;
 use serde_json::Value;
 
+use crate::actors::cluster::SetLeader;
 use crate::actors::dispatcher::{CommandDispatcher, Dispatch};
 use crate::actors::events::{EventBus, Publish};
 use crate::store::db::Db;
@@ -46,6 +47,8 @@ pub struct FirmwareDeployer {
     inbox: Inbox,
     running: bool,
     again: bool,
+    /// Only the leader among replicas runs passes (`actors::cluster`).
+    leader: bool,
 }
 
 impl FirmwareDeployer {
@@ -70,10 +73,16 @@ impl FirmwareDeployer {
             inbox: Inbox::default(),
             running: false,
             again: false,
+            leader: false,
         }
     }
 
     fn pass(&mut self, ctx: &mut Context<Self>) {
+        if !self.leader {
+            // The leader's passes reconcile with the stored rows; what came in here is not kept.
+            self.inbox = Inbox::default();
+            return;
+        }
         if self.running {
             self.again = true;
             return;
@@ -236,6 +245,17 @@ impl Actor for FirmwareDeployer {
         // The first pass also settles downloads a previous run left IN_PROGRESS.
         self.pass(ctx);
         ctx.run_interval(TICK_INTERVAL, |act, ctx| act.pass(ctx));
+    }
+}
+
+impl Handler<SetLeader> for FirmwareDeployer {
+    type Result = ();
+    fn handle(&mut self, msg: SetLeader, ctx: &mut Context<Self>) {
+        let became = msg.0 && !self.leader;
+        self.leader = msg.0;
+        if became {
+            self.pass(ctx);
+        }
     }
 }
 

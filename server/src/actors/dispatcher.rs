@@ -36,6 +36,10 @@ use crate::store::command_batch::NewCommand as NewRow;
 use crate::store::commands;
 use crate::store::db::Db;
 
+#[path = "dispatcher_forward.rs"]
+mod forward;
+pub use forward::{JoinCluster, RemoteEnded};
+
 pub const DEVICE_OFFLINE: &str = "Device offline";
 /// How often queue expiry and confirmation deadlines are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -69,6 +73,8 @@ pub struct CommandDispatcher {
     waiting: HashMap<String, Waiting>,
     confirming: HashMap<String, Confirming>,
     sweeping: bool,
+    /// This replica's id when several share the database (`forward`).
+    replica: Option<String>,
 }
 
 impl CommandDispatcher {
@@ -87,6 +93,7 @@ impl CommandDispatcher {
             waiting: HashMap::new(),
             confirming: HashMap::new(),
             sweeping: false,
+            replica: None,
         }
     }
 
@@ -381,6 +388,7 @@ impl CommandDispatcher {
             registry: self.registry.clone(),
             me: ctx.address(),
             windows: self.windows,
+            replica: self.replica.clone(),
         };
         let (kind, started) = (msg.command.command_type(), Instant::now());
         Box::pin(
@@ -407,6 +415,7 @@ struct Ctx {
     registry: Addr<DeviceRegistry>,
     me: Addr<CommandDispatcher>,
     windows: ConfirmWindows,
+    replica: Option<String>,
 }
 
 fn response(result: CommandResult, status: CommandStatus) -> DispatchResponse {
@@ -478,6 +487,12 @@ async fn run_dispatch(
         })
         .await
         .map_err(ApiError::internal)?;
+    // A device another replica holds is reached through it (dispatcher_forward.rs).
+    let (msg, stored, rx) = match forward::elsewhere(ctx, session.is_some(), msg, stored, rx).await
+    {
+        Ok(outcome) => return outcome,
+        Err(here) => here,
+    };
     // What must change for a restart or reboot to count, read before the command can act,
     // in the transaction that stores or sends it.
     let watch = commands::Watch::for_command(kind);
@@ -688,6 +703,7 @@ impl Handler<DeviceConnected> for CommandDispatcher {
     type Result = ();
 
     fn handle(&mut self, msg: DeviceConnected, ctx: &mut Context<Self>) {
+        self.adopt_confirming(&msg.device_id, ctx);
         let db = self.db.clone();
         let me = ctx.address();
         actix::spawn(async move {

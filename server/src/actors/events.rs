@@ -4,6 +4,11 @@
 //! channel is full the event is dropped for that dashboard alone and counted, and the
 //! dashboard later reports the count in a `dropped` frame. So one slow browser can neither
 //! slow a device nor grow the server's memory.
+//!
+//! With several replicas, every event published here is also handed to the relay
+//! (`actors::cluster`), which sends it to the other replicas' buses; what they send arrives as
+//! `PublishRemote`, which reaches this replica's dashboards alone, through the same filters and
+//! bounded channels, and is never relayed again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +52,37 @@ pub const MAX_QUEUED_BYTES: usize = 1024 * 1024;
 #[derive(Default)]
 pub struct EventBus {
     subscribers: HashMap<u64, Subscriber>,
+    /// Where events published here go to reach other replicas' dashboards.
+    relay: Option<Recipient<Relay>>,
+}
+
+/// An event published on this replica, for the other replicas.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Relay(pub Publish);
+
+/// From now on, hand every event published here to `0` too.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRelay(pub Recipient<Relay>);
+
+/// An event another replica published: for this replica's dashboards only.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PublishRemote(pub Publish);
+
+impl Handler<SetRelay> for EventBus {
+    type Result = ();
+    fn handle(&mut self, msg: SetRelay, _: &mut Context<Self>) {
+        self.relay = Some(msg.0);
+    }
+}
+
+impl Handler<PublishRemote> for EventBus {
+    type Result = ();
+    fn handle(&mut self, msg: PublishRemote, _: &mut Context<Self>) {
+        self.fan_out(&msg.0);
+    }
 }
 
 impl Actor for EventBus {
@@ -137,6 +173,16 @@ impl Handler<Unsubscribe> for EventBus {
 impl Handler<Publish> for EventBus {
     type Result = ();
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
+        self.fan_out(&msg);
+        if let Some(relay) = &self.relay {
+            relay.do_send(Relay(msg));
+        }
+    }
+}
+
+impl EventBus {
+    /// Hands `msg` to every local dashboard whose filter wants it, without waiting on any.
+    fn fan_out(&mut self, msg: &Publish) {
         let mut closed = Vec::new();
         for (id, sub) in &self.subscribers {
             if !sub.filter.matches(&msg.device_id, &msg.event_type) {

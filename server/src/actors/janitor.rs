@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 
+use crate::actors::cluster::SetLeader;
 use crate::limits::{self, Limits};
 use crate::store::db::Db;
 use crate::store::metrics::{self, Retention};
@@ -30,6 +31,9 @@ pub struct Janitor {
     rollup_every: Duration,
     /// A rollup still running; the next tick skips rather than overlap it.
     rolling: bool,
+    /// Only the leader among replicas deletes and rolls up rows; every replica sums up and
+    /// prunes its own limiters, which live in its memory.
+    leader: bool,
 }
 
 impl Janitor {
@@ -48,6 +52,7 @@ impl Janitor {
             metrics,
             rollup_every,
             rolling: false,
+            leader: false,
         }
     }
 }
@@ -79,11 +84,23 @@ impl Actor for Janitor {
     }
 }
 
+impl Handler<SetLeader> for Janitor {
+    type Result = ();
+    fn handle(&mut self, msg: SetLeader, ctx: &mut Context<Self>) {
+        let became = msg.0 && !self.leader;
+        self.leader = msg.0;
+        if became {
+            ctx.notify(Sweep);
+            ctx.notify(RollUp);
+        }
+    }
+}
+
 impl Handler<RollUp> for Janitor {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: RollUp, _: &mut Context<Self>) -> Self::Result {
-        if self.rolling {
+        if self.rolling || !self.leader {
             return Box::pin(actix::fut::ready(()));
         }
         self.rolling = true;
@@ -128,6 +145,9 @@ impl Handler<Sweep> for Janitor {
 
     fn handle(&mut self, _: Sweep, _: &mut Context<Self>) -> Self::Result {
         self.limits.prune();
+        if !self.leader {
+            return Box::pin(async {});
+        }
         let db = self.db.clone();
         let cutoff = Utc::now() - self.retention;
         Box::pin(async move {

@@ -2,6 +2,7 @@
 //! connected devices, the command dispatcher, the firmware deployer, ...).
 
 pub mod cloud_sync;
+pub mod cluster;
 pub mod command_writer;
 pub mod dashboard_registry;
 pub mod deployer;

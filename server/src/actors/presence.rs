@@ -3,19 +3,27 @@
 //! It is a `SyncArbiter` actor with one thread: its mailbox keeps the order in which the
 //! registry reported a device's connect and disconnect, so a quick reconnect can never leave a
 //! connected device stored as OFFLINE, and no blocking query runs on an event loop.
+//!
+//! ONLINE and OFFLINE go with this replica's presence row (`store::presence`): a device that
+//! left this replica for another is not marked OFFLINE by the one it left.
+
+use std::time::Duration;
 
 use actix::{Actor, Handler, Message, SyncContext};
+use chrono::Utc;
 
 use crate::store::db::Db;
-use crate::store::devices;
+use crate::store::{devices, presence};
 
 pub struct PresenceWriter {
     db: Db,
+    replica: String,
+    lease: Duration,
 }
 
 impl PresenceWriter {
-    pub fn new(db: Db) -> Self {
-        PresenceWriter { db }
+    pub fn new(db: Db, replica: String, lease: Duration) -> Self {
+        PresenceWriter { db, replica, lease }
     }
 }
 
@@ -51,11 +59,14 @@ pub struct Flush;
 impl Handler<MarkOnline> for PresenceWriter {
     type Result = ();
     fn handle(&mut self, msg: MarkOnline, _: &mut SyncContext<Self>) {
+        let until = Utc::now() + chrono::Duration::from_std(self.lease).unwrap_or_default();
         if let Err(e) = self.db.run_blocking(|c| {
-            Ok(devices::mark_online(
+            Ok(presence::claim(
                 c,
                 &msg.device_id,
+                &self.replica,
                 msg.remote_addr.as_deref(),
+                until,
             )?)
         }) {
             tracing::warn!(device = %msg.device_id, error = %e, "could not store ONLINE");
@@ -68,7 +79,7 @@ impl Handler<MarkOffline> for PresenceWriter {
     fn handle(&mut self, msg: MarkOffline, _: &mut SyncContext<Self>) {
         if let Err(e) = self
             .db
-            .run_blocking(|c| Ok(devices::mark_offline(c, &msg.device_id)?))
+            .run_blocking(|c| Ok(presence::release(c, &msg.device_id, &self.replica)?))
         {
             tracing::warn!(device = %msg.device_id, error = %e, "could not store OFFLINE");
         }

@@ -222,3 +222,23 @@ impl Handler<ListConnected> for DeviceRegistry {
         MessageResult(list)
     }
 }
+
+/// Writes the presence of every connected device again: a heartbeat found fewer rows of this
+/// replica than devices it holds (a lease expired while it was too slow to renew it). Sent
+/// through the registry so the writes keep their order with connects and disconnects.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reclaim;
+
+impl Handler<Reclaim> for DeviceRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _: Reclaim, _: &mut Context<Self>) {
+        for (device_id, entry) in &self.sessions {
+            self.presence.do_send(MarkOnline {
+                device_id: device_id.clone(),
+                remote_addr: entry.remote_addr.map(|a| a.to_string()),
+            });
+        }
+    }
+}

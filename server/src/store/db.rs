@@ -115,6 +115,8 @@ pub type Pool = r2d2::Pool<DbManager>;
 pub struct Db {
     pub(crate) pool: Pool,
     backend: Backend,
+    /// The URL of a PostgreSQL database, for `postgres_url`.
+    postgres_url: Option<String>,
     /// The fixed set of threads `Db::run` hands work to, one per pooled connection.
     pub(crate) executor: super::executor::Executor,
 }
@@ -165,6 +167,10 @@ impl Db {
                 )
             }
         };
+        let postgres_url = match &target {
+            DatabaseTarget::Postgres(url) => Some(url.clone()),
+            DatabaseTarget::Sqlite(_) => None,
+        };
         let manager = DbManager { target };
         // One direct attempt first: a wrong URL fails at once with one clear reason instead of
         // a pool retrying (and logging) until its timeout.
@@ -196,6 +202,7 @@ impl Db {
         let db = Db {
             pool,
             backend,
+            postgres_url,
             executor,
         };
         db.migrate()?;
@@ -225,6 +232,27 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Whether other server processes may use this database at once: PostgreSQL takes any
+    /// number of replicas, a SQLite file one process (which `lib.rs` holds a lock for).
+    pub fn shared(&self) -> bool {
+        self.backend == Backend::Postgres
+    }
+
+    /// The PostgreSQL URL, for the one connection a replica keeps outside the pool (LISTEN and
+    /// the leader's advisory lock, `store::leases`); `None` on SQLite.
+    pub fn postgres_url(&self) -> Option<String> {
+        self.postgres_url.clone()
+    }
+}
+
+/// The PostgreSQL connection under a pooled one, for the statements only PostgreSQL has
+/// (`pg_notify`); `None` on SQLite, where there is no other process to tell.
+pub fn as_postgres(conn: &mut DbConnection) -> Option<&mut diesel::PgConnection> {
+    match conn {
+        DbConnection::Postgresql(c) => Some(c),
+        DbConnection::Sqlite(_) => None,
     }
 }
 

@@ -178,15 +178,6 @@ pub fn list(
     })
 }
 
-/// Sessions do not survive a restart, so at start every device is offline until it connects.
-pub fn mark_all_offline(conn: &mut DbConnection) -> StoreResult<usize> {
-    Ok(
-        diesel::update(devices::table.filter(devices::status.ne(DeviceStatus::Offline.as_str())))
-            .set(devices::status.eq(DeviceStatus::Offline.as_str()))
-            .execute(conn)?,
-    )
-}
-
 pub fn mark_online(
     conn: &mut DbConnection,
     id: &str,

@@ -65,6 +65,15 @@ pub fn firmware_dir(data_dir: &Path) -> PathBuf {
 /// crash runs no destructor). Called at start, before any upload can begin; answers how many
 /// went.
 pub fn remove_partial_uploads(data_dir: &Path) -> std::io::Result<usize> {
+    remove_stale_partial_uploads(data_dir, std::time::Duration::ZERO)
+}
+
+/// Like `remove_partial_uploads`, for the part files last written at least `min_age` ago:
+/// replicas share the firmware directory, and a younger one may be another's upload.
+pub fn remove_stale_partial_uploads(
+    data_dir: &Path,
+    min_age: std::time::Duration,
+) -> std::io::Result<usize> {
     let dir = firmware_dir(data_dir);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -76,7 +85,14 @@ pub fn remove_partial_uploads(data_dir: &Path) -> std::io::Result<usize> {
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(PART_PREFIX) && name.ends_with(PART_SUFFIX) {
+        let old_enough = min_age.is_zero()
+            || entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+        if name.starts_with(PART_PREFIX) && name.ends_with(PART_SUFFIX) && old_enough {
             std::fs::remove_file(entry.path())?;
             removed += 1;
         }

@@ -114,6 +114,10 @@ fn sqlite_and_postgres_migrations_define_the_same_columns() {
             schema::schema::device_logs::table::all_columns().names(),
         ),
         (
+            "device_presence",
+            schema::schema::device_presence::table::all_columns().names(),
+        ),
+        (
             "devices",
             schema::schema::devices::table::all_columns().names(),
         ),

@@ -1,0 +1,220 @@
+//! A command for a device another replica holds: how the `CommandDispatcher` hands it over.
+//!
+//! The command's row is stored PENDING here (with its audit row, when it is new), then its id
+//! goes to the holder's channel (`store::leases`). The holder's `Cluster` reads the row and
+//! dispatches it like any other stored command, to the device's socket, and when that dispatch
+//! has stored its outcome, it announces the id on the channel of ended commands; the `Cluster`
+//! here hands that to the dispatcher (`RemoteEnded`), whose waiting future then answers what
+//! the row says. A holder that dies meanwhile never announces: past the command's timeout and
+//! a grace, the row is ended TIMEOUT here (conditional on it still being in flight), so no
+//! command is left PENDING or SENT.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use protocol::commands::{CommandResult, CommandType};
+use protocol::rest::DispatchResponse;
+use tokio::sync::oneshot;
+
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::store::audit::AuditEntry;
+use crate::store::db::Db;
+use crate::store::{command_batch, commands, leases, presence};
+
+use super::{CommandDispatcher, Confirming, Ctx, Dispatch, Stored};
+
+/// How long past its timeout a handed-over command may take to be announced: the holder's own
+/// timeout ends it first, and its final write and the notification need a moment.
+const ANNOUNCE_GRACE: Duration = Duration::from_secs(5);
+
+/// The replica, other than `me`, whose lease holds `device_id` now and which is alive: a
+/// killed replica's lease outlives it by up to `presence_lease_secs`, but its LISTEN
+/// connection is gone at once, and a command handed to it would wait for nothing.
+async fn holder(db: &Db, me: &str, device_id: &str) -> ApiResult<Option<String>> {
+    let (me, device_id) = (me.to_owned(), device_id.to_owned());
+    db.run(move |conn| {
+        let holder = presence::holder_other_than(conn, &device_id, &me, Utc::now())?;
+        match holder {
+            Some(replica) if leases::alive(conn, &replica)? => Ok(Some(replica)),
+            _ => Ok(None),
+        }
+    })
+    .await
+}
+
+/// A command not stored yet: whom to tell it is stored, and its audit row.
+struct Unstored {
+    accepted: oneshot::Sender<ApiResult<()>>,
+    audit: AuditEntry,
+    issued_by: Option<String>,
+}
+
+/// A dispatch handed back to be run here.
+type Here = (Dispatch, Stored, oneshot::Receiver<CommandResult>);
+
+/// Runs the dispatch through the replica holding its device when that is another one (and
+/// this dispatcher is one of several, and the row is not SENT already); else hands it back.
+/// A failed lookup hands it back too: the store that follows reports the database's trouble.
+pub(super) async fn elsewhere(
+    ctx: &Ctx,
+    connected_here: bool,
+    msg: Dispatch,
+    stored: Stored,
+    rx: oneshot::Receiver<CommandResult>,
+) -> Result<ApiResult<DispatchResponse>, Here> {
+    let me = match (&ctx.replica, connected_here, &stored) {
+        (Some(me), false, Stored::Not(_) | Stored::Waiting) => me,
+        _ => return Err((msg, stored, rx)),
+    };
+    let Ok(Some(holder)) = holder(&ctx.db, me, &msg.device_id).await else {
+        return Err((msg, stored, rx));
+    };
+    let unstored = match stored {
+        Stored::Not(new) => Some(Unstored {
+            accepted: new.accepted,
+            audit: new.audit,
+            issued_by: msg.issued_by.clone(),
+        }),
+        _ => None,
+    };
+    Ok(run(
+        ctx,
+        &holder,
+        &msg.device_id,
+        &msg.command,
+        msg.timeout,
+        unstored,
+        rx,
+    )
+    .await)
+}
+
+/// Hands `command` (for `device_id`, held by `holder`) over and answers its outcome once the
+/// holder announces it, or TIMEOUT when nobody does.
+async fn run(
+    ctx: &Ctx,
+    holder: &str,
+    device_id: &str,
+    command: &protocol::commands::Command,
+    timeout: Duration,
+    unstored: Option<Unstored>,
+    ended: oneshot::Receiver<CommandResult>,
+) -> ApiResult<DispatchResponse> {
+    let db = &ctx.db;
+    let command_id = command.id.clone();
+    if let Some(Unstored {
+        accepted,
+        audit,
+        issued_by,
+    }) = unstored
+    {
+        // Stored as for an offline device: PENDING, sent by the holder.
+        let stored = ctx
+            .writer
+            .store_new(command_batch::NewCommand {
+                device_id: device_id.to_owned(),
+                command: command.clone(),
+                timeout_ms: timeout.as_millis() as i64,
+                issued_by,
+                audit,
+                online: false,
+                watch: commands::Watch::Nothing,
+            })
+            .await;
+        let _ = accepted.send(stored.as_ref().map(|_| ()).map_err(Clone::clone));
+        stored?;
+    }
+    let (channel, id) = (leases::commands_channel(holder), command_id.clone());
+    db.run(move |conn| Ok(leases::notify(conn, &channel, &id)?))
+        .await?;
+    // The value is not read: the row is what the holder stored.
+    let _ = tokio::time::timeout(timeout + ANNOUNCE_GRACE, ended).await;
+    let id = command_id.clone();
+    db.run(move |conn| {
+        commands::abandon(conn, &id, Utc::now())?;
+        Ok(())
+    })
+    .await?;
+    stored(db, &command_id).await
+}
+
+/// What the row of `id` says now.
+async fn stored(db: &Db, id: &str) -> ApiResult<DispatchResponse> {
+    let id = id.to_owned();
+    let row = db
+        .run(move |conn| Ok(commands::find_by_id(conn, &id)?))
+        .await?
+        .ok_or_else(|| ApiError::not_found(ErrorCode::CommandNotFound, "command vanished"))?;
+    Ok(DispatchResponse {
+        result: row.result(),
+        status: row.status()?,
+    })
+}
+
+/// This dispatcher is one of several replicas on one database, named `0`: a device it does not
+/// hold may be held by another, and is reached through it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JoinCluster(pub String);
+
+/// The replica that ran a handed-over command announced that its outcome is stored.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteEnded {
+    pub command_id: String,
+}
+
+impl Handler<JoinCluster> for CommandDispatcher {
+    type Result = ();
+    fn handle(&mut self, msg: JoinCluster, _: &mut Context<Self>) {
+        self.replica = Some(msg.0);
+    }
+}
+
+impl Handler<RemoteEnded> for CommandDispatcher {
+    type Result = ();
+    fn handle(&mut self, msg: RemoteEnded, _: &mut Context<Self>) {
+        // Only a hand-over waits for an announcement; a local dispatch of the same id has
+        // ended before its replica announces it.
+        if let Some(w) = self.waiting.remove(&msg.command_id) {
+            let _ = w
+                .reply
+                .send(CommandResult::failed(&msg.command_id, "announced"));
+        }
+    }
+}
+
+impl CommandDispatcher {
+    /// A device that connected here may have been told to restart or reboot through another
+    /// replica: its CONFIRMING commands are watched here too (the first to see the new id, or
+    /// the deadline, ends them; both writes are conditional).
+    pub(super) fn adopt_confirming(&mut self, device_id: &str, ctx: &mut Context<Self>) {
+        if self.replica.is_none() {
+            return;
+        }
+        let (db, device_id) = (self.db.clone(), device_id.to_owned());
+        async move { db.run(|conn| Ok(commands::confirming(conn)?)).await }
+            .into_actor(self)
+            .map(move |rows, act, _| {
+                for row in rows.unwrap_or_default() {
+                    if row.device_id != device_id || act.confirming.contains_key(&row.id) {
+                        continue;
+                    }
+                    let kind = row.command_type.parse::<CommandType>();
+                    if let (Ok(kind), Some(deadline)) = (kind, row.confirm_deadline) {
+                        act.confirming.insert(
+                            row.id.clone(),
+                            Confirming {
+                                device_id: row.device_id.clone(),
+                                kind,
+                                previous: row.confirm_previous.clone(),
+                                deadline: deadline.and_utc(),
+                            },
+                        );
+                    }
+                }
+            })
+            .spawn(ctx);
+    }
+}

@@ -1,0 +1,134 @@
+//! What replicas on one PostgreSQL tell each other, and which of them leads.
+//!
+//! One connection per replica, outside the pool, LISTENs on the replica's own channel (commands
+//! another replica hands it), on the channel of ended commands and on the dashboard events'
+//! channel; the same connection takes the leader's advisory lock, a session lock that
+//! PostgreSQL lets go of when the connection dies, so a killed leader's successor takes over
+//! at its next try. Payloads are short: a command's row id, or a batch of serialized events.
+//! On SQLite there is nothing to tell: `notify` does nothing there.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Text};
+
+use crate::store::db::{as_postgres, DbConnection};
+use crate::store::error::StoreResult;
+
+/// The advisory lock whose holder runs the work that must run once (the deployer's passes,
+/// the cloud drain, the janitor's retention and rollups, presence expiry): "factory" in ASCII.
+pub const LEADER_LOCK: i64 = 0x0066_6163_746f_7279;
+
+/// Commands whose dispatch ended on the replica that ran them: payload the command id.
+pub const ENDED_CHANNEL: &str = "factory_command_ended";
+/// Dashboard events of every replica, in batches (`actors::cluster`).
+pub const EVENTS_CHANNEL: &str = "factory_events";
+/// The longest payload PostgreSQL accepts is 8000 bytes; this leaves room for the framing.
+pub const MAX_PAYLOAD: usize = 7900;
+
+/// The channel of commands handed to `replica`. Replica ids are letters, digits, `_` and `-`
+/// (checked by the settings), so the name needs no escaping inside double quotes.
+pub fn commands_channel(replica: &str) -> String {
+    format!("factory_commands_{replica}")
+}
+
+/// The `application_name` of a replica's LISTEN connection: while PostgreSQL lists it in
+/// `pg_stat_activity`, the replica is alive (a killed process's connection goes at once).
+pub fn session_name(replica: &str) -> String {
+    format!("factory-replica-{replica}")
+}
+
+/// A connection of its own, outside the pool: its session holds the LISTENs and the lock, and
+/// carries the replica's name.
+pub fn connect(url: &str, replica: &str) -> StoreResult<PgConnection> {
+    let mut conn = PgConnection::establish(url).map_err(|e| {
+        crate::store::StoreError::unavailable(format!("cannot connect for LISTEN: {e}"))
+    })?;
+    diesel::sql_query("SELECT set_config('application_name', $1, false)")
+        .bind::<Text, _>(session_name(replica))
+        .execute(&mut conn)?;
+    Ok(conn)
+}
+
+/// Whether `replica`'s LISTEN connection is open, so that a command handed to it would be
+/// heard. Always true on SQLite, where there is one process.
+pub fn alive(conn: &mut DbConnection, replica: &str) -> StoreResult<bool> {
+    let Some(pg) = as_postgres(conn) else {
+        return Ok(true);
+    };
+    let row: Taken = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1) AS taken",
+    )
+    .bind::<Text, _>(session_name(replica))
+    .get_result(pg)?;
+    Ok(row.taken)
+}
+
+/// LISTENs on each channel. Channel names are the constants above and `commands_channel`,
+/// never a request's value.
+pub fn listen(conn: &mut PgConnection, channels: &[String]) -> StoreResult<()> {
+    for channel in channels {
+        diesel::sql_query(format!("LISTEN \"{channel}\"")).execute(conn)?;
+    }
+    Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Taken {
+    #[diesel(sql_type = Bool)]
+    taken: bool,
+}
+
+/// Tries the leader's lock without waiting; true when this connection holds it now.
+pub fn try_lead(conn: &mut PgConnection) -> StoreResult<bool> {
+    let row: Taken = diesel::sql_query("SELECT pg_try_advisory_lock($1) AS taken")
+        .bind::<BigInt, _>(LEADER_LOCK)
+        .get_result(conn)?;
+    Ok(row.taken)
+}
+
+/// A round trip, to learn that the connection (and with it the lock) is still there.
+pub fn ping(conn: &mut PgConnection) -> StoreResult<()> {
+    diesel::sql_query("SELECT 1").execute(conn)?;
+    Ok(())
+}
+
+/// The notifications that arrived since the last call, as (channel, payload), without
+/// waiting for any; an error means the connection is gone.
+pub fn notifications(conn: &mut PgConnection) -> StoreResult<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for n in conn.notifications_iter() {
+        let n = n?;
+        out.push((n.channel, n.payload));
+    }
+    Ok(out)
+}
+
+/// Sends `payload` to whoever LISTENs on `channel`, when the transaction commits (at once
+/// outside one). Nothing on SQLite.
+pub fn notify(conn: &mut DbConnection, channel: &str, payload: &str) -> StoreResult<()> {
+    let Some(pg) = as_postgres(conn) else {
+        return Ok(());
+    };
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(channel)
+        .bind::<Text, _>(payload)
+        .execute(pg)?;
+    Ok(())
+}
+
+/// Sends several payloads on `channel` in one transaction: one round trip of the pool's
+/// connection for a batch of dashboard events.
+pub fn notify_all(conn: &mut DbConnection, channel: &str, payloads: &[String]) -> StoreResult<()> {
+    let Some(pg) = as_postgres(conn) else {
+        return Ok(());
+    };
+    pg.transaction(|pg| {
+        for payload in payloads {
+            diesel::sql_query("SELECT pg_notify($1, $2)")
+                .bind::<Text, _>(channel)
+                .bind::<Text, _>(payload)
+                .execute(pg)?;
+        }
+        Ok::<_, diesel::result::Error>(())
+    })?;
+    Ok(())
+}
