@@ -114,28 +114,36 @@ impl Actor for CommandDispatcher {
         let db = self.db.clone();
         async move { db.run(|conn| Ok(commands::confirming(conn)?)).await }
             .into_actor(self)
-            .map(|rows, act, _| {
-                for row in rows.unwrap_or_default() {
-                    let kind = row.command_type.parse::<CommandType>();
-                    if let (Ok(kind), Some(deadline)) = (kind, row.confirm_deadline) {
-                        act.confirming.insert(
-                            row.id.clone(),
-                            Confirming {
-                                device_id: row.device_id.clone(),
-                                kind,
-                                previous: row.confirm_previous.clone(),
-                                deadline: deadline.and_utc(),
-                            },
-                        );
-                    }
-                }
-            })
+            .map(|rows, act, _| act.watch_confirming(rows.unwrap_or_default(), None))
             .spawn(ctx);
         ctx.run_interval(SWEEP_INTERVAL, |act, ctx| act.sweep(ctx));
     }
 }
 
 impl CommandDispatcher {
+    /// Watches the CONFIRMING commands among `rows` (those of `only_device` when given) that
+    /// are not watched yet, each until its new run or boot id or its deadline.
+    fn watch_confirming(&mut self, rows: Vec<commands::CommandRow>, only_device: Option<&str>) {
+        for row in rows {
+            let other_device = only_device.is_some_and(|d| d != row.device_id);
+            if other_device || self.confirming.contains_key(&row.id) {
+                continue;
+            }
+            let kind = row.command_type.parse::<CommandType>();
+            if let (Ok(kind), Some(deadline)) = (kind, row.confirm_deadline) {
+                self.confirming.insert(
+                    row.id.clone(),
+                    Confirming {
+                        device_id: row.device_id.clone(),
+                        kind,
+                        previous: row.confirm_previous.clone(),
+                        deadline: deadline.and_utc(),
+                    },
+                );
+            }
+        }
+    }
+
     fn sweep(&mut self, ctx: &mut Context<Self>) {
         let now = Utc::now();
         let overdue: Vec<String> = self

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use protocol::commands::{CommandResult, CommandType};
+use protocol::commands::CommandResult;
 use protocol::rest::DispatchResponse;
 use tokio::sync::oneshot;
 
@@ -22,7 +22,7 @@ use crate::store::audit::AuditEntry;
 use crate::store::db::Db;
 use crate::store::{command_batch, commands, leases, presence};
 
-use super::{CommandDispatcher, Confirming, Ctx, Dispatch, Stored};
+use super::{CommandDispatcher, Ctx, Dispatch, Stored};
 
 /// How long past its timeout a handed-over command may take to be announced: the holder's own
 /// timeout ends it first, and its final write and the notification need a moment.
@@ -197,23 +197,7 @@ impl CommandDispatcher {
         async move { db.run(|conn| Ok(commands::confirming(conn)?)).await }
             .into_actor(self)
             .map(move |rows, act, _| {
-                for row in rows.unwrap_or_default() {
-                    if row.device_id != device_id || act.confirming.contains_key(&row.id) {
-                        continue;
-                    }
-                    let kind = row.command_type.parse::<CommandType>();
-                    if let (Ok(kind), Some(deadline)) = (kind, row.confirm_deadline) {
-                        act.confirming.insert(
-                            row.id.clone(),
-                            Confirming {
-                                device_id: row.device_id.clone(),
-                                kind,
-                                previous: row.confirm_previous.clone(),
-                                deadline: deadline.and_utc(),
-                            },
-                        );
-                    }
-                }
+                act.watch_confirming(rows.unwrap_or_default(), Some(&device_id))
             })
             .spawn(ctx);
     }
