@@ -1,10 +1,15 @@
 //! Many simulated devices for the benchmarks: enrolled over REST and connected over real
 //! WebSockets from tokio tasks, and the admin calls the benchmarks make around them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
 
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::{ADMIN_PASSWORD, ENROLLMENT_KEY};
 
@@ -109,5 +114,26 @@ pub async fn wait_connected(client: &reqwest::Client, base: &str, token: &str, n
             "{total} of {n} devices registered"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One simulated device: answers every command at once with success, counting its answers in
+/// `answered` when given, until the socket closes.
+pub async fn answer_every_command(socket: Socket, answered: Option<Arc<AtomicU64>>) {
+    let (mut tx, mut rx) = socket.split();
+    while let Some(Ok(msg)) = rx.next().await {
+        let Message::Text(text) = msg else { continue };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if frame["type"] == "command" {
+            let reply = json!({"type": "command_result", "commandId": frame["command"]["id"], "success": true, "output": "ok"});
+            if tx.send(Message::Text(reply.to_string())).await.is_err() {
+                break;
+            }
+            if let Some(answered) = &answered {
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }

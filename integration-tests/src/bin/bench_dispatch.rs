@@ -10,10 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use integration_tests::{fleet, Backend, ServerProcess};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Single commands per second unless `--rate=N` says otherwise.
 const SINGLE_RATE_PER_SEC: u64 = 50;
@@ -68,7 +66,7 @@ async fn run(n: usize, rate: u64, backend: Backend, server: &ServerProcess) {
     let ids: Vec<String> = (0..n).map(|i| format!("sim-{i:05}")).collect();
     let client = reqwest::Client::new();
     let tasks = fleet::connect(&base, &ws_url, &ids, |_, socket| {
-        device(socket, answered.clone())
+        fleet::answer_every_command(socket, Some(answered.clone()))
     })
     .await;
     let connect_time = start.elapsed();
@@ -158,24 +156,6 @@ async fn run(n: usize, rate: u64, backend: Backend, server: &ServerProcess) {
     );
     for t in tasks {
         t.abort();
-    }
-}
-
-/// One simulated device: answers every command with success.
-async fn device(socket: fleet::Socket, answered: Arc<AtomicU64>) {
-    let (mut tx, mut rx) = socket.split();
-    while let Some(Ok(msg)) = rx.next().await {
-        let Message::Text(text) = msg else { continue };
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        if frame["type"] == "command" {
-            let reply = json!({"type": "command_result", "commandId": frame["command"]["id"], "success": true, "output": "ok"});
-            if tx.send(Message::Text(reply.to_string())).await.is_err() {
-                break;
-            }
-            answered.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 

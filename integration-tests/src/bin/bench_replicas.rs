@@ -9,11 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use integration_tests::replicas::Replica;
 use integration_tests::{fleet, TempDir, TestDb};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 const DEVICES: usize = 200;
 const DURATION: Duration = Duration::from_secs(5);
@@ -46,7 +44,10 @@ async fn run(sender: &Replica, holder: &Replica, rates: &[u64]) {
         "{}/ws/device",
         holder.base_url.replacen("http://", "ws://", 1)
     );
-    let tasks = fleet::connect(&holder.base_url, &ws_url, &ids, |_, socket| device(socket)).await;
+    let tasks = fleet::connect(&holder.base_url, &ws_url, &ids, |_, socket| {
+        fleet::answer_every_command(socket, None)
+    })
+    .await;
     let client = reqwest::Client::new();
     let token = fleet::admin_token(&client, &holder.base_url).await;
     fleet::wait_connected(&client, &holder.base_url, &token, DEVICES).await;
@@ -116,21 +117,4 @@ async fn round_trips(
     }
     latencies.sort();
     (latencies, failed)
-}
-
-/// One simulated device: answers every command with success.
-async fn device(socket: fleet::Socket) {
-    let (mut tx, mut rx) = socket.split();
-    while let Some(Ok(msg)) = rx.next().await {
-        let Message::Text(text) = msg else { continue };
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        if frame["type"] == "command" {
-            let reply = json!({"type": "command_result", "commandId": frame["command"]["id"], "success": true, "output": "ok"});
-            if tx.send(Message::Text(reply.to_string())).await.is_err() {
-                break;
-            }
-        }
-    }
 }
