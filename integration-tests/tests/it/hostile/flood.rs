@@ -96,7 +96,8 @@ fn a_scanner_backlog_reaches_the_server_on_one_session(backend: Backend) {
     assert_eq!(refused, 0, "frames were refused");
     assert!(!server.log().contains("disconnecting a flooding device"));
     let log = agent.log();
-    assert!(!log.contains("4429"), "{log}");
+    // Any close from the server, 4429 among them, logs this line; a bare "4429" would also
+    // match a timestamp's digits.
     assert!(!log.contains("server closed the socket"), "{log}");
     assert!(!log.contains("telemetry dropped"), "{log}");
     eprintln!("{BACKLOG} scan events stored in {took:?}");
