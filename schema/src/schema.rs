@@ -128,6 +128,17 @@ diesel::table! {
     }
 }
 
+// Failure counts of unauthenticated attempts, shared by the replicas on PostgreSQL.
+diesel::table! {
+    failure_counts (limiter, subject) {
+        limiter -> Text,
+        subject -> Text,
+        failures -> Integer,
+        in_flight -> Integer,
+        window_ends -> Timestamp,
+    }
+}
+
 diesel::joinable!(commands -> devices (device_id));
 diesel::joinable!(device_logs -> devices (device_id));
 diesel::joinable!(device_events -> devices (device_id));

@@ -16,6 +16,7 @@ pub mod error;
 pub mod hashing;
 pub mod input;
 pub mod jwt;
+pub mod limiter;
 pub mod limits;
 pub mod metrics;
 pub mod passwords;
@@ -285,7 +286,7 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
     let secret = auth::load_or_create_secret(config.jwt_secret.as_deref(), &config.data_dir)
         .context("cannot load or create the JWT secret")?;
     let limits = Arc::new(
-        Limits::from_config(&config).context("cannot start the password-hashing threads")?,
+        Limits::from_config(&config, &db).context("cannot start the password-hashing threads")?,
     );
     let cloud_target = config
         .cloud_target()

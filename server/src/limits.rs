@@ -1,12 +1,18 @@
 //! The failure limiters of unauthenticated attempts, and the audit rows they are summed up
 //! into. Kept apart from `refusals` (which answers requests) so that the janitor, an actor,
 //! can flush the summaries without reaching the handlers' shared state.
+//!
+//! The limiters of guessable secrets (passwords, the enrollment key, the OTA admin secret)
+//! count in the database on PostgreSQL, shared by every replica (`limiter.rs`). Refused tokens
+//! are counted per process: a token cannot be guessed, so that limit only bounds the audit
+//! rows, and counting it in the database would add a write to every refused request.
 
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::ApiResult;
 use crate::hashing::HashGate;
+use crate::limiter::Limiter;
 use crate::ratelimit::{retry_after_secs, FailureLimiter, Label, Lockout, Summary};
 use crate::store::audit::{self, AuditEntry};
 use crate::store::db::Db;
@@ -14,43 +20,47 @@ use crate::store::db::Db;
 /// The failure counters of every unauthenticated attempt, and the gate password checks pass.
 #[derive(Debug)]
 pub struct Limits {
-    pub login_by_account: FailureLimiter,
-    pub login_by_source: FailureLimiter,
-    pub enroll_by_source: FailureLimiter,
-    pub enroll_by_device: FailureLimiter,
+    pub login_by_account: Limiter,
+    pub login_by_source: Limiter,
+    pub enroll_by_source: Limiter,
+    pub enroll_by_device: Limiter,
     /// Wrong `X-Admin-Secret`s on `POST /admin/generate_token`.
-    pub ota_by_source: FailureLimiter,
+    pub ota_by_source: Limiter,
     /// Refused user, device and OTA tokens, on every route that takes one.
     pub token_by_source: FailureLimiter,
     pub hashing: HashGate,
 }
 
 impl Limits {
-    pub fn from_config(config: &Config) -> std::io::Result<Self> {
+    /// The limits of `config`, counted in `db` when other replicas share it.
+    pub fn from_config(config: &Config, db: &Db) -> std::io::Result<Self> {
         let window = Duration::from_secs(config.lockout_secs);
-        let limiter = |action, key, max| FailureLimiter::new(Label { action, key }, max, window);
+        let local = |action, key, max| FailureLimiter::new(Label { action, key }, max, window);
+        let limiter = |action, key, max| Limiter::new(local(action, key, max), db);
         Ok(Limits {
             login_by_account: limiter("auth.login", "account", config.login_max_failures),
             login_by_source: limiter("auth.login", "source", config.source_max_failures),
             enroll_by_source: limiter("device.token", "source", config.source_max_failures),
             enroll_by_device: limiter("device.token", "device", config.login_max_failures),
             ota_by_source: limiter("ota.token.generate", "source", config.source_max_failures),
-            token_by_source: limiter("auth.token", "source", config.token_max_failures),
+            token_by_source: local("auth.token", "source", config.token_max_failures),
             hashing: HashGate::per_core()?,
         })
     }
 
     fn all(&self) -> [&FailureLimiter; 6] {
         [
-            &self.login_by_account,
-            &self.login_by_source,
-            &self.enroll_by_source,
-            &self.enroll_by_device,
-            &self.ota_by_source,
+            self.login_by_account.local(),
+            self.login_by_source.local(),
+            self.enroll_by_source.local(),
+            self.enroll_by_device.local(),
+            self.ota_by_source.local(),
             &self.token_by_source,
         ]
     }
 
+    /// Drops the in-memory entries with nothing left to remember (the shared rows are the
+    /// leader's to prune, `store::failures::prune`).
     pub fn prune(&self) {
         for limiter in self.all() {
             limiter.prune();

@@ -113,6 +113,9 @@ pub enum Refusal {
     Locked(Duration),
     /// As many attempts of the key are in flight as it has failures left.
     Busy,
+    /// The counts shared with the other replicas could not be read (`limiter.rs`): the
+    /// attempt is refused rather than admitted uncounted.
+    Unavailable,
 }
 
 /// A key that has just reached its limit, for the one audit row of its lock.
@@ -226,6 +229,14 @@ impl FailureLimiter {
 
     pub fn label(&self) -> Label {
         self.label
+    }
+
+    pub fn max_failures(&self) -> u32 {
+        self.max_failures
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {

@@ -13,7 +13,8 @@ use actix_web::http::StatusCode;
 
 use crate::error::{ApiError, ApiResult, ErrorCode};
 pub use crate::limits::{flush_summaries, lockout_entry, record_all};
-use crate::ratelimit::{retry_after_secs, FailureLimiter, Refusal, Reservation};
+use crate::limiter::{Limiter, Slot};
+use crate::ratelimit::{retry_after_secs, Refusal};
 use crate::state::AppState;
 
 /// How long an attempt waits while its key's remaining attempts are all being checked.
@@ -26,15 +27,18 @@ pub fn refusal_error(refusal: Refusal, locked: &str) -> ApiError {
         Refusal::Busy => {
             ApiError::too_many_requests(1, "too many attempts at once for this key; try again")
         }
+        Refusal::Unavailable => ApiError::unavailable(
+            "the failure counts the replicas share cannot be read; try again shortly",
+        ),
     }
 }
 
 /// Admits one attempt for each `(limiter, key)` in order, or answers why not. Slots already
 /// taken are given back when a later key refuses.
 pub async fn admit<'a>(
-    keys: &[(&'a FailureLimiter, &str)],
+    keys: &[(&'a Limiter, &str)],
     locked: &str,
-) -> ApiResult<Vec<Reservation<'a>>> {
+) -> ApiResult<Vec<Slot<'a>>> {
     let mut taken = Vec::with_capacity(keys.len());
     for &(limiter, key) in keys {
         let slot = limiter

@@ -1,7 +1,8 @@
 //! The `Janitor` actor: periodic housekeeping that must not wait for a request to happen.
-//! It prunes expired token revocations, stale rate-limit counters, and device logs and events
-//! past their retention, writes the audit summaries of refused attempts, and every minute rolls
-//! device metrics up into minute and hour buckets and deletes those past their retention.
+//! It prunes expired token revocations, stale rate-limit counters (its own in memory, and as
+//! leader the shared ones in the database), and device logs and events past their retention,
+//! writes the audit summaries of refused attempts, and every minute rolls device metrics up
+//! into minute and hour buckets and deletes those past their retention.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use crate::actors::cluster::SetLeader;
 use crate::limits::{self, Limits};
 use crate::store::db::Db;
 use crate::store::metrics::{self, Retention};
-use crate::{store::telemetry, store::tokens};
+use crate::{store::failures, store::telemetry, store::tokens};
 
 /// How often housekeeping runs.
 pub const JANITOR_INTERVAL: Duration = Duration::from_secs(600);
@@ -163,6 +164,11 @@ impl Handler<Sweep> for Janitor {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "expired token revocations pruned"),
                 Err(e) => tracing::warn!(error = %e, "pruning token revocations failed"),
+            }
+            match db.run(|conn| Ok(failures::prune(conn)?)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pruned = n, "shared failure counts past their window pruned"),
+                Err(e) => tracing::warn!(error = %e, "pruning shared failure counts failed"),
             }
         })
     }

@@ -85,8 +85,8 @@ pub async fn issue_token(
                 .target(Some(device_id.clone()))
                 .source(source),
         ];
-        entries.extend(by_source.fail().as_ref().map(refusals::lockout_entry));
-        entries.extend(by_device.fail().as_ref().map(refusals::lockout_entry));
+        entries.extend(by_source.fail().await.as_ref().map(refusals::lockout_entry));
+        entries.extend(by_device.fail().await.as_ref().map(refusals::lockout_entry));
         crate::metrics::enrollment_failed("key");
         refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
@@ -94,8 +94,8 @@ pub async fn issue_token(
             "missing or wrong X-Enrollment-Key",
         ));
     }
-    by_device.succeed(false);
-    by_source.succeed(false);
+    by_device.succeed(false).await;
+    by_source.succeed(false).await;
     let query = query.into_inner();
     for (field, value) in [
         ("name", &query.name),

@@ -316,14 +316,14 @@ async fn check_admin_secret(state: &AppState, req: &HttpRequest, action: &str) -
         let mut entries = vec![AuditEntry::new(action, "denied")
             .params(serde_json::json!({"reason": "wrong admin secret"}))
             .source(source)];
-        entries.extend(slot.fail().as_ref().map(refusals::lockout_entry));
+        entries.extend(slot.fail().await.as_ref().map(refusals::lockout_entry));
         refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
             ErrorCode::InvalidAdminSecret,
             "missing or wrong X-Admin-Secret",
         ));
     }
-    slot.succeed(false);
+    slot.succeed(false).await;
     Ok(())
 }
 

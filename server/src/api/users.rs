@@ -160,8 +160,8 @@ pub async fn login(
             .actor(Some(username.clone()), None)
             .target(Some(username))
             .source(source)];
-        entries.extend(by_source.fail().as_ref().map(refusals::lockout_entry));
-        entries.extend(by_account.fail().as_ref().map(refusals::lockout_entry));
+        entries.extend(by_source.fail().await.as_ref().map(refusals::lockout_entry));
+        entries.extend(by_account.fail().await.as_ref().map(refusals::lockout_entry));
         crate::metrics::login_failed("credentials");
         refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
@@ -169,8 +169,8 @@ pub async fn login(
             "wrong username or password",
         ));
     };
-    by_account.succeed(true);
-    by_source.succeed(false);
+    by_account.succeed(true).await;
+    by_source.succeed(false).await;
     let response = login_response(&state, &user)?;
     let entry = AuditEntry::new("auth.login", "success")
         .actor(Some(user.username.clone()), Some(response.role))
@@ -247,14 +247,14 @@ pub async fn change_password(
     let entry = by_user(&user, &req, "user.password").target(Some(user.username.clone()));
     if !current_ok {
         let mut entries = vec![entry.outcome("failure: wrong current password")];
-        entries.extend(slot.fail().as_ref().map(refusals::lockout_entry));
+        entries.extend(slot.fail().await.as_ref().map(refusals::lockout_entry));
         refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
             ErrorCode::InvalidCredentials,
             "current password is wrong",
         ));
     }
-    slot.succeed(false);
+    slot.succeed(false).await;
     let hash = state.limits.hashing.hash(new_password).await?;
     let id = user.id.clone();
     let updated = audited(&state.db, entry, move |conn| {

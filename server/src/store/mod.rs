@@ -11,6 +11,7 @@ pub mod deployments;
 pub mod devices;
 pub mod error;
 pub mod executor;
+pub mod failures;
 pub mod firmware;
 pub mod groups;
 pub mod leases;

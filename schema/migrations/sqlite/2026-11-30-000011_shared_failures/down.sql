@@ -1,0 +1,2 @@
+DROP INDEX failure_counts_window_ends_idx;
+DROP TABLE failure_counts;
