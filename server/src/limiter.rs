@@ -20,8 +20,8 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 
 use crate::db::Db;
-use crate::ratelimit::{FailureLimiter, Label, Lockout, Refusal, Reservation, DEFAULT_MAX_KEYS};
 use crate::ratelimit::OVERFLOW_KEY;
+use crate::ratelimit::{FailureLimiter, Label, Lockout, Refusal, Reservation, DEFAULT_MAX_KEYS};
 use crate::store::failures::{self, Reserved};
 
 /// How often an attempt whose key's remaining failures are all in flight, on this replica or
@@ -185,9 +185,21 @@ impl Slot<'_> {
             return gate.and_then(Reservation::fail);
         };
         let limiter = self.limiter;
-        let (name, subject, window) = (limiter.name.clone(), held.subject.clone(), limiter.window_secs());
+        let (name, subject, window) = (
+            limiter.name.clone(),
+            held.subject.clone(),
+            limiter.window_secs(),
+        );
         let counted = db
-            .run(move |conn| Ok(failures::fail(conn, &name, &subject, held.window_ends, window)?))
+            .run(move |conn| {
+                Ok(failures::fail(
+                    conn,
+                    &name,
+                    &subject,
+                    held.window_ends,
+                    window,
+                )?)
+            })
             .await;
         // Given back only now, so an attempt waiting on this one reads its outcome.
         drop(gate);
@@ -233,7 +245,9 @@ impl Drop for Slot<'_> {
             Ok(runtime) => {
                 runtime.spawn(give_back(db, name, held, false));
             }
-            Err(_) => tracing::warn!(limiter = %name, "an abandoned slot stays counted until its window ends"),
+            Err(_) => {
+                tracing::warn!(limiter = %name, "an abandoned slot stays counted until its window ends")
+            }
         }
     }
 }

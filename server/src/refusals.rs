@@ -12,8 +12,8 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 
 use crate::error::{ApiError, ApiResult, ErrorCode};
-pub use crate::limits::{flush_summaries, lockout_entry, record_all};
 use crate::limiter::{Limiter, Slot};
+pub use crate::limits::{flush_summaries, lockout_entry, record_all};
 use crate::ratelimit::{retry_after_secs, Refusal};
 use crate::state::AppState;
 
@@ -35,10 +35,7 @@ pub fn refusal_error(refusal: Refusal, locked: &str) -> ApiError {
 
 /// Admits one attempt for each `(limiter, key)` in order, or answers why not. Slots already
 /// taken are given back when a later key refuses.
-pub async fn admit<'a>(
-    keys: &[(&'a Limiter, &str)],
-    locked: &str,
-) -> ApiResult<Vec<Slot<'a>>> {
+pub async fn admit<'a>(keys: &[(&'a Limiter, &str)], locked: &str) -> ApiResult<Vec<Slot<'a>>> {
     let mut taken = Vec::with_capacity(keys.len());
     for &(limiter, key) in keys {
         let slot = limiter

@@ -105,7 +105,13 @@ fn two_replicas_share_login_and_enrollment_limits() {
     // account for both replicas (counted per replica, r2 would still have two to go).
     for i in 0..MAX {
         let reply = login(&replicas[i % 2], "target", "wrong-password");
-        assert_eq!(reply.status, 401, "failure {} of {MAX}: {}", i + 1, reply.body);
+        assert_eq!(
+            reply.status,
+            401,
+            "failure {} of {MAX}: {}",
+            i + 1,
+            reply.body
+        );
     }
     let other = &replicas[MAX % 2];
     assert_locked(
@@ -127,7 +133,13 @@ fn two_replicas_share_login_and_enrollment_limits() {
     // The same for one device id's enrollment with a wrong key.
     for i in 0..MAX {
         let reply = enroll(&replicas[i % 2], "edge-shared", "wrong-key-123");
-        assert_eq!(reply.status, 401, "failure {} of {MAX}: {}", i + 1, reply.body);
+        assert_eq!(
+            reply.status,
+            401,
+            "failure {} of {MAX}: {}",
+            i + 1,
+            reply.body
+        );
     }
     assert_locked(
         &enroll(other, "edge-shared", ENROLLMENT_KEY),
@@ -176,7 +188,9 @@ fn a_burst_over_two_replicas_gets_no_more_checks_than_the_limit() {
         .collect();
     let checked = statuses.iter().filter(|s| **s == 401).count();
     let refused = statuses.iter().filter(|s| **s == 429).count();
-    eprintln!("burst of {BURST} over two replicas: {checked} checked (401), {refused} refused (429)");
+    eprintln!(
+        "burst of {BURST} over two replicas: {checked} checked (401), {refused} refused (429)"
+    );
     assert_eq!(
         checked, MAX,
         "exactly the limit's guesses are checked, over both replicas: {statuses:?}"

@@ -167,7 +167,9 @@ impl Handler<Sweep> for Janitor {
             }
             match db.run(|conn| Ok(failures::prune(conn)?)).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(pruned = n, "shared failure counts past their window pruned"),
+                Ok(n) => {
+                    tracing::info!(pruned = n, "shared failure counts past their window pruned")
+                }
                 Err(e) => tracing::warn!(error = %e, "pruning shared failure counts failed"),
             }
         })

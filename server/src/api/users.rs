@@ -161,7 +161,13 @@ pub async fn login(
             .target(Some(username))
             .source(source)];
         entries.extend(by_source.fail().await.as_ref().map(refusals::lockout_entry));
-        entries.extend(by_account.fail().await.as_ref().map(refusals::lockout_entry));
+        entries.extend(
+            by_account
+                .fail()
+                .await
+                .as_ref()
+                .map(refusals::lockout_entry),
+        );
         crate::metrics::login_failed("credentials");
         refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
