@@ -215,3 +215,86 @@ fn a_burst_over_two_replicas_gets_no_more_checks_than_the_limit() {
     });
     assert_eq!(summed, expected, "each refusal is counted once");
 }
+
+/// The keys tracked per limiter (the server's `ratelimit::DEFAULT_MAX_KEYS`).
+const MAX_KEYS: i64 = 10_000;
+
+fn count(client: &mut postgres::Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).expect("count").get(0)
+}
+
+#[test]
+fn shared_counts_keep_a_bounded_number_of_keys() {
+    let db = TestDb::postgres();
+    let url = db.url().expect("a PostgreSQL database");
+    let data = TempDir::new("shared-keys-data");
+    let replica = Replica::start(
+        &url,
+        data.path(),
+        "r1",
+        &["--login-max-failures", "3", "--source-max-failures", "1000"],
+    );
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    const ALL: &str = "SELECT count(*) FROM failure_counts";
+
+    // A success gives its slots back, and a key with nothing counted keeps no row.
+    assert_eq!(login(&replica, "admin", ADMIN_PASSWORD).status, 200);
+    assert_eq!(count(&mut client, ALL), 0, "no row left by a success");
+
+    // The table full of live keys, as an attacker with many names would fill it: a new name
+    // is counted under the overflow key, and the table does not grow.
+    client
+        .execute(
+            "INSERT INTO failure_counts (limiter, subject, failures, in_flight, window_ends) \
+             SELECT 'auth.login:account', 'name-' || i, 1, 0, \
+                    (now() AT TIME ZONE 'UTC') + interval '10 minutes' \
+             FROM generate_series(1, $1::BIGINT) AS i",
+            &[&MAX_KEYS],
+        )
+        .expect("fill the table");
+    assert_eq!(login(&replica, "newcomer", "wrong-password").status, 401);
+    let account = "SELECT count(*) FROM failure_counts WHERE limiter = 'auth.login:account'";
+    assert_eq!(
+        count(&mut client, account),
+        MAX_KEYS + 1,
+        "the keys and the overflow key"
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT count(*) FROM failure_counts WHERE subject = 'newcomer'"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT failures::BIGINT FROM failure_counts \
+             WHERE limiter = 'auth.login:account' AND subject = '*'"
+        ),
+        1,
+        "the new name's failure counts under the overflow key"
+    );
+
+    // Keys whose window has passed make room: the next new name deletes them and gets its own.
+    client
+        .execute(
+            "UPDATE failure_counts SET window_ends = (now() AT TIME ZONE 'UTC') - interval '1 second' \
+             WHERE subject LIKE 'name-%' AND split_part(subject, '-', 2)::INT <= $1::INT",
+            &[&((MAX_KEYS / 2) as i32)],
+        )
+        .expect("expire half");
+    assert_eq!(login(&replica, "latecomer", "wrong-password").status, 401);
+    assert_eq!(
+        count(&mut client, account),
+        MAX_KEYS / 2 + 2,
+        "the live keys, the overflow key and the new one"
+    );
+    assert_eq!(
+        count(
+            &mut client,
+            "SELECT failures::BIGINT FROM failure_counts WHERE subject = 'latecomer'"
+        ),
+        1
+    );
+}
