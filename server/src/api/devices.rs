@@ -85,8 +85,9 @@ pub async fn issue_token(
                 .target(Some(device_id.clone()))
                 .source(source),
         ];
-        entries.extend(by_source.fail().await.as_ref().map(refusals::lockout_entry));
-        entries.extend(by_device.fail().await.as_ref().map(refusals::lockout_entry));
+        let (source_lock, device_lock) = tokio::join!(by_source.fail(), by_device.fail());
+        entries.extend(source_lock.as_ref().map(refusals::lockout_entry));
+        entries.extend(device_lock.as_ref().map(refusals::lockout_entry));
         crate::metrics::enrollment_failed("key");
         refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
@@ -94,8 +95,7 @@ pub async fn issue_token(
             "missing or wrong X-Enrollment-Key",
         ));
     }
-    by_device.succeed(false).await;
-    by_source.succeed(false).await;
+    tokio::join!(by_device.succeed(false), by_source.succeed(false));
     let query = query.into_inner();
     for (field, value) in [
         ("name", &query.name),

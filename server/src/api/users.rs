@@ -160,14 +160,9 @@ pub async fn login(
             .actor(Some(username.clone()), None)
             .target(Some(username))
             .source(source)];
-        entries.extend(by_source.fail().await.as_ref().map(refusals::lockout_entry));
-        entries.extend(
-            by_account
-                .fail()
-                .await
-                .as_ref()
-                .map(refusals::lockout_entry),
-        );
+        let (source_lock, account_lock) = tokio::join!(by_source.fail(), by_account.fail());
+        entries.extend(source_lock.as_ref().map(refusals::lockout_entry));
+        entries.extend(account_lock.as_ref().map(refusals::lockout_entry));
         crate::metrics::login_failed("credentials");
         refusals::record_all(&state.db, entries).await?;
         return Err(ApiError::unauthorized(
@@ -175,8 +170,7 @@ pub async fn login(
             "wrong username or password",
         ));
     };
-    by_account.succeed(true).await;
-    by_source.succeed(false).await;
+    tokio::join!(by_account.succeed(true), by_source.succeed(false));
     let response = login_response(&state, &user)?;
     let entry = AuditEntry::new("auth.login", "success")
         .actor(Some(user.username.clone()), Some(response.role))

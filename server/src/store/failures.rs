@@ -15,6 +15,12 @@
 //! the count, so the cap can be passed by the attempts running at once, no more. The leader
 //! deletes rows whose window has passed (`prune`); a key given back to zero is deleted at once.
 //!
+//! `reserve` commits as every write does: the failure it counts up front is what the limit
+//! rests on. `fail` and `give_back` commit without waiting for the WAL flush
+//! (`synchronous_commit = off`, this transaction only): if PostgreSQL itself crashes, the
+//! last of them (well under a second's worth) may be lost, which leaves slots counted as
+//! failures until their window ends: an over-count, never an attempt admitted uncounted.
+//!
 //! PostgreSQL only: on SQLite, one process, the counts stay in memory (`ratelimit.rs`) and
 //! these functions answer an internal error.
 
@@ -206,8 +212,10 @@ pub fn fail(
     window_secs: f64,
 ) -> StoreResult<Counted> {
     let pg = postgres(conn)?;
-    let row: Settled = diesel::sql_query(format!(
-        "INSERT INTO failure_counts AS f (limiter, subject, failures, in_flight, window_ends) \
+    pg.transaction(|pg| {
+        unflushed(pg)?;
+        let row: Settled = diesel::sql_query(format!(
+            "INSERT INTO failure_counts AS f (limiter, subject, failures, in_flight, window_ends) \
          VALUES ($1, $2, 1, 0, {NOW} + make_interval(secs => $4)) \
          ON CONFLICT (limiter, subject) DO UPDATE SET \
            failures = CASE WHEN f.window_ends <= {NOW} THEN 1 \
@@ -219,16 +227,17 @@ pub fn fail(
            window_ends = CASE WHEN f.window_ends <= {NOW} THEN EXCLUDED.window_ends \
                               ELSE f.window_ends END \
          RETURNING failures - in_flight AS settled, {}",
-        remaining_ms()
-    ))
-    .bind::<Text, _>(limiter)
-    .bind::<Text, _>(subject)
-    .bind::<Timestamp, _>(mine)
-    .bind::<Double, _>(window_secs)
-    .get_result(pg)?;
-    Ok(Counted {
-        settled: row.settled,
-        remaining_ms: row.remaining_ms,
+            remaining_ms()
+        ))
+        .bind::<Text, _>(limiter)
+        .bind::<Text, _>(subject)
+        .bind::<Timestamp, _>(mine)
+        .bind::<Double, _>(window_secs)
+        .get_result(pg)?;
+        Ok(Counted {
+            settled: row.settled,
+            remaining_ms: row.remaining_ms,
+        })
     })
 }
 
@@ -244,27 +253,43 @@ pub fn give_back(
     forget: bool,
 ) -> StoreResult<()> {
     let pg = postgres(conn)?;
-    diesel::sql_query(
-        "UPDATE failure_counts SET \
-           in_flight = CASE WHEN window_ends = $3 THEN GREATEST(in_flight - 1, 0) \
-                            ELSE in_flight END, \
-           failures = CASE WHEN $4 AND window_ends = $3 THEN GREATEST(in_flight - 1, 0) \
-                           WHEN $4 THEN in_flight \
-                           WHEN window_ends = $3 THEN GREATEST(failures - 1, 0) \
-                           ELSE failures END \
-         WHERE limiter = $1 AND subject = $2",
-    )
-    .bind::<Text, _>(limiter)
-    .bind::<Text, _>(subject)
-    .bind::<Timestamp, _>(mine)
-    .bind::<Bool, _>(forget)
-    .execute(pg)?;
-    diesel::sql_query(
-        "DELETE FROM failure_counts WHERE limiter = $1 AND subject = $2 AND failures = 0",
-    )
-    .bind::<Text, _>(limiter)
-    .bind::<Text, _>(subject)
-    .execute(pg)?;
+    // The count after giving back: the attempts still in flight and, unless forgotten, the
+    // settled failures (minus this slot when it is of the current window).
+    let after = "CASE WHEN $4 AND window_ends = $3 THEN GREATEST(in_flight - 1, 0) \
+                      WHEN $4 THEN in_flight \
+                      WHEN window_ends = $3 THEN GREATEST(failures - 1, 0) \
+                      ELSE failures END";
+    pg.transaction(|pg| {
+        unflushed(pg)?;
+        // Most often nothing is left (a success, alone): one statement deletes the row.
+        let deleted = diesel::sql_query(format!(
+            "DELETE FROM failure_counts WHERE limiter = $1 AND subject = $2 AND {after} = 0"
+        ))
+        .bind::<Text, _>(limiter)
+        .bind::<Text, _>(subject)
+        .bind::<Timestamp, _>(mine)
+        .bind::<Bool, _>(forget)
+        .execute(pg)?;
+        if deleted == 0 {
+            diesel::sql_query(format!(
+                "UPDATE failure_counts SET failures = {after}, \
+                   in_flight = CASE WHEN window_ends = $3 THEN GREATEST(in_flight - 1, 0) \
+                                    ELSE in_flight END \
+                 WHERE limiter = $1 AND subject = $2"
+            ))
+            .bind::<Text, _>(limiter)
+            .bind::<Text, _>(subject)
+            .bind::<Timestamp, _>(mine)
+            .bind::<Bool, _>(forget)
+            .execute(pg)?;
+        }
+        Ok(())
+    })
+}
+
+/// Lets the current transaction commit without waiting for its WAL to reach the disk.
+fn unflushed(pg: &mut PgConnection) -> StoreResult<()> {
+    diesel::sql_query("SET LOCAL synchronous_commit = off").execute(pg)?;
     Ok(())
 }
 
