@@ -21,6 +21,11 @@ const BURST: usize = 16;
 
 /// Two replicas on one new database; r1 creates the admin and leads before r2 starts.
 fn two_replicas(url: &str, data: &TempDir) -> Vec<Replica> {
+    two_replicas_locking_for(url, data, LOCKOUT_SECS)
+}
+
+fn two_replicas_locking_for(url: &str, data: &TempDir, lockout_secs: u64) -> Vec<Replica> {
+    let lockout = lockout_secs.to_string();
     let flags = [
         "--login-max-failures",
         "3",
@@ -28,7 +33,7 @@ fn two_replicas(url: &str, data: &TempDir) -> Vec<Replica> {
         "--source-max-failures",
         "1000",
         "--lockout-secs",
-        "900",
+        &lockout,
         "--audit-summary-secs",
         "1",
     ];
@@ -86,20 +91,24 @@ fn audit_params(url: &str, action: &str, outcome: &str, target: &str) -> Vec<Val
         .collect()
 }
 
+/// Creates the user `target` through `replica`.
+fn create_target(replica: &Replica) {
+    let token = login(replica, "admin", ADMIN_PASSWORD).data()["token"]
+        .as_str()
+        .expect("admin token")
+        .to_owned();
+    Api::with_base(&replica.base_url, None)
+        .with_token(&token)
+        .create_user("target", USER_PASSWORD, "VIEWER");
+}
+
 #[test]
 fn two_replicas_share_login_and_enrollment_limits() {
     let db = TestDb::postgres();
     let url = db.url().expect("a PostgreSQL database");
     let data = TempDir::new("shared-limits-data");
     let replicas = two_replicas(&url, &data);
-    let admin = Api::with_base(&replicas[0].base_url, None);
-    let token = login(&replicas[0], "admin", ADMIN_PASSWORD).data()["token"]
-        .as_str()
-        .expect("admin token")
-        .to_owned();
-    admin
-        .with_token(&token)
-        .create_user("target", USER_PASSWORD, "VIEWER");
+    create_target(&replicas[0]);
 
     // Wrong passwords in turn on r1, r2, r1: each is checked, and the third locks the
     // account for both replicas (counted per replica, r2 would still have two to go).
@@ -214,6 +223,45 @@ fn a_burst_over_two_replicas_gets_no_more_checks_than_the_limit() {
         summed >= expected
     });
     assert_eq!(summed, expected, "each refusal is counted once");
+}
+
+#[test]
+fn a_shared_lock_ends_with_its_window_on_every_replica() {
+    const SHORT_LOCKOUT: u64 = 3;
+    let db = TestDb::postgres();
+    let url = db.url().expect("a PostgreSQL database");
+    let data = TempDir::new("shared-window-data");
+    let replicas = two_replicas_locking_for(&url, &data, SHORT_LOCKOUT);
+    create_target(&replicas[0]);
+    for round in 0..2 {
+        for i in 0..MAX {
+            let reply = login(&replicas[i % 2], "target", "wrong-password");
+            assert_eq!(
+                reply.status,
+                401,
+                "round {round}, failure {}: {}",
+                i + 1,
+                reply.body
+            );
+        }
+        let locked = login(&replicas[MAX % 2], "target", USER_PASSWORD);
+        assert_eq!(locked.status, 429, "round {round}: {}", locked.body);
+        let retry: u64 = locked.headers["retry-after"]
+            .to_str()
+            .expect("Retry-After text")
+            .parse()
+            .expect("Retry-After seconds");
+        assert!(retry <= SHORT_LOCKOUT, "Retry-After {retry}");
+        // The window ends for both replicas at once; the right password then gets in, and
+        // forgets the failures, so the next round starts a count of its own.
+        wait_until(Duration::from_secs(15), "the lock ends", || {
+            login(&replicas[MAX % 2], "target", USER_PASSWORD).status == 200
+        });
+        assert_eq!(
+            login(&replicas[(MAX + 1) % 2], "target", USER_PASSWORD).status,
+            200
+        );
+    }
 }
 
 /// The keys tracked per limiter (the server's `ratelimit::DEFAULT_MAX_KEYS`).
