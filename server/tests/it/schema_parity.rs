@@ -122,6 +122,10 @@ fn sqlite_and_postgres_migrations_define_the_same_columns() {
             schema::schema::devices::table::all_columns().names(),
         ),
         (
+            "failure_counts",
+            schema::schema::failure_counts::table::all_columns().names(),
+        ),
+        (
             "firmware_deployment_devices",
             schema::schema::firmware_deployment_devices::table::all_columns().names(),
         ),
