@@ -20,8 +20,9 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 
 use crate::db::Db;
-use crate::ratelimit::OVERFLOW_KEY;
-use crate::ratelimit::{FailureLimiter, Label, Lockout, Refusal, Reservation, DEFAULT_MAX_KEYS};
+use crate::ratelimit::{
+    FailureLimiter, Label, Lockout, Refusal, Reservation, DEFAULT_MAX_KEYS, OVERFLOW_KEY,
+};
 use crate::store::failures::{self, Reserved};
 
 /// How often an attempt whose key's remaining failures are all in flight, on this replica or
@@ -43,7 +44,8 @@ impl Limiter {
         Self::with(local, shared)
     }
 
-    /// Counts in this process's memory only.
+    /// Counts in this process's memory only, whatever the database (one replica's own
+    /// counts: what a shared limiter's test compares with).
     pub fn in_memory(local: FailureLimiter) -> Self {
         Self::with(local, None)
     }
@@ -65,11 +67,6 @@ impl Limiter {
     /// PostgreSQL.
     pub fn local(&self) -> &FailureLimiter {
         &self.local
-    }
-
-    /// Whether the counts are in the database.
-    pub fn shared(&self) -> bool {
-        self.shared.is_some()
     }
 
     fn max(&self) -> u32 {
