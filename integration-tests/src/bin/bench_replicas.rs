@@ -27,7 +27,8 @@ fn main() {
     let db = TestDb::postgres();
     let url = db.url().expect("PostgreSQL");
     let data = TempDir::new("bench-replicas");
-    let quiet = ["--log-level", "warn"];
+    let level = std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
+    let quiet = ["--log-level", level.as_str()];
     let sender = Replica::start(&url, data.path(), "bench-a", &quiet);
     let holder = Replica::start(&url, data.path(), "bench-b", &quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -36,6 +37,11 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(run(&sender, &holder, &rates));
+    if let Ok(dir) = std::env::var("BENCH_LOG_DIR") {
+        for r in [&sender, &holder] {
+            let _ = std::fs::write(format!("{dir}/{}.log", r.id), r.log());
+        }
+    }
 }
 
 async fn run(sender: &Replica, holder: &Replica, rates: &[u64]) {

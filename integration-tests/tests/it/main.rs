@@ -25,6 +25,7 @@ mod openapi;
 mod printer;
 mod rbac;
 mod scaleout;
+mod scaleout_gaps;
 mod security;
 mod supply_chain;
 mod sync_route;

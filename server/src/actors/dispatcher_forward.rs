@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::Utc;
 use protocol::commands::CommandResult;
-use protocol::rest::DispatchResponse;
+use protocol::rest::{CommandStatus, DispatchResponse};
 use tokio::sync::oneshot;
 
 use crate::error::{ApiError, ApiResult, ErrorCode};
@@ -78,72 +78,71 @@ pub(super) async fn elsewhere(
         }),
         _ => None,
     };
-    Ok(run(
-        ctx,
-        &holder,
-        &msg.device_id,
-        &msg.command,
-        msg.timeout,
-        unstored,
-        rx,
-    )
-    .await)
+    Ok(run(ctx, &holder, &msg, unstored, rx).await)
 }
 
-/// Hands `command` (for `device_id`, held by `holder`) over and answers its outcome once the
+/// Hands `msg.command` (for a device held by `holder`) over and answers its outcome once the
 /// holder announces it, or TIMEOUT when nobody does.
 async fn run(
     ctx: &Ctx,
     holder: &str,
-    device_id: &str,
-    command: &protocol::commands::Command,
-    timeout: Duration,
+    msg: &Dispatch,
     unstored: Option<Unstored>,
     ended: oneshot::Receiver<CommandResult>,
 ) -> ApiResult<DispatchResponse> {
-    let db = &ctx.db;
-    let command_id = command.id.clone();
+    let (command_id, began) = (msg.command.id.clone(), std::time::Instant::now());
+    // The holder hears of it through the commit that stores it (or, for a row stored
+    // already, through a commit of its own): no separate round trip for the NOTIFY.
+    let notify = ctx.writer.notify(
+        leases::commands_channel(holder),
+        leases::handover_payload(&command_id, msg.queue_ttl),
+    );
     if let Some(Unstored {
         accepted,
         audit,
         issued_by,
     }) = unstored
     {
-        // Stored as for an offline device: PENDING, sent by the holder.
-        let stored = ctx
-            .writer
-            .store_new(command_batch::NewCommand {
-                device_id: device_id.to_owned(),
-                command: command.clone(),
-                timeout_ms: timeout.as_millis() as i64,
-                issued_by,
-                audit,
-                online: false,
-                watch: commands::Watch::Nothing,
-            })
-            .await;
+        // Stored as for an offline device: PENDING, sent by the holder. Both writes are
+        // queued before either is awaited, so they share one commit; when the store fails
+        // the holder finds no PENDING row and only announces the id.
+        let store = ctx.writer.store_new(command_batch::NewCommand {
+            device_id: msg.device_id.clone(),
+            command: msg.command.clone(),
+            timeout_ms: msg.timeout.as_millis() as i64,
+            issued_by,
+            audit,
+            online: false,
+            watch: commands::Watch::Nothing,
+        });
+        let (stored, notified) = tokio::join!(store, notify);
         let _ = accepted.send(stored.as_ref().map(|_| ()).map_err(Clone::clone));
         stored?;
+        notified?;
+    } else {
+        notify.await?;
     }
-    let (channel, id) = (leases::commands_channel(holder), command_id.clone());
-    db.run(move |conn| Ok(leases::notify(conn, &channel, &id)?))
-        .await?;
+    let handed = began.elapsed();
     // The value is not read: the row is what the holder stored.
-    let _ = tokio::time::timeout(timeout + ANNOUNCE_GRACE, ended).await;
-    let id = command_id.clone();
-    db.run(move |conn| {
-        commands::abandon(conn, &id, Utc::now())?;
-        Ok(())
-    })
-    .await?;
-    stored(db, &command_id).await
+    let announced = matches!(
+        tokio::time::timeout(msg.timeout + ANNOUNCE_GRACE, ended).await,
+        Ok(Ok(_))
+    );
+    tracing::debug!(command_id = %command_id, holder, ?handed, announced, waited = ?began.elapsed(), "hand-over ended");
+    outcome(&ctx.db, &command_id, !announced).await
 }
 
-/// What the row of `id` says now.
-async fn stored(db: &Db, id: &str) -> ApiResult<DispatchResponse> {
+/// What the row of `id` says now; `abandon` first: nobody announced it, so it is ended
+/// TIMEOUT unless it has an outcome already (the write is conditional).
+async fn outcome(db: &Db, id: &str, abandon: bool) -> ApiResult<DispatchResponse> {
     let id = id.to_owned();
     let row = db
-        .run(move |conn| Ok(commands::find_by_id(conn, &id)?))
+        .run(move |conn| {
+            if abandon {
+                commands::abandon(conn, &id, Utc::now())?;
+            }
+            Ok(commands::find_by_id(conn, &id)?)
+        })
         .await?
         .ok_or_else(|| ApiError::not_found(ErrorCode::CommandNotFound, "command vanished"))?;
     Ok(DispatchResponse {
@@ -186,6 +185,25 @@ impl Handler<RemoteEnded> for CommandDispatcher {
 }
 
 impl CommandDispatcher {
+    /// Ends a CONFIRMING command as `status`, and tells dashboards only when this write ended
+    /// it: several replicas may watch one command (the one that sent it, the one its device
+    /// came back to), and only the first to end it speaks, so a confirmation is never
+    /// followed by another replica's "did not come back" failure.
+    pub(super) fn end_confirming(
+        &self,
+        device_id: String,
+        result: CommandResult,
+        status: CommandStatus,
+        ctx: &mut Context<Self>,
+    ) {
+        let (writer, me) = (self.writer.clone(), ctx.address());
+        actix::spawn(async move {
+            if let Ok(true) = writer.complete(result.clone(), status).await {
+                me.do_send(super::PublishOutcome { device_id, result });
+            }
+        });
+    }
+
     /// A device that connected here may have been told to restart or reboot through another
     /// replica: its CONFIRMING commands are watched here too (the first to see the new id, or
     /// the deadline, ends them; both writes are conditional).

@@ -30,6 +30,29 @@ pub fn commands_channel(replica: &str) -> String {
     format!("factory_commands_{replica}")
 }
 
+/// What goes on a replica's commands channel: the command's id, after how long it may stay
+/// QUEUED should its device be gone from the holder too (`queueIfOffline`), in milliseconds,
+/// or nothing when it may not: `<ttl ms or empty> TAB <id>`. The id goes last because it may
+/// hold any character.
+pub fn handover_payload(command_id: &str, queue_ttl: Option<std::time::Duration>) -> String {
+    let ttl = queue_ttl
+        .map(|t| t.as_millis().to_string())
+        .unwrap_or_default();
+    format!("{ttl}\t{command_id}")
+}
+
+/// Reads `handover_payload`; a bare id (a replica of an older version) has no queue time.
+pub fn parse_handover(payload: &str) -> (String, Option<std::time::Duration>) {
+    match payload.split_once('\t') {
+        Some((ttl, id)) if ttl.is_empty() => (id.to_owned(), None),
+        Some((ttl, id)) => match ttl.parse::<u64>() {
+            Ok(ms) => (id.to_owned(), Some(std::time::Duration::from_millis(ms))),
+            Err(_) => (payload.to_owned(), None),
+        },
+        None => (payload.to_owned(), None),
+    }
+}
+
 /// The `application_name` of a replica's LISTEN connection: while PostgreSQL lists it in
 /// `pg_stat_activity`, the replica is alive (a killed process's connection goes at once).
 pub fn session_name(replica: &str) -> String {
@@ -131,4 +154,26 @@ pub fn notify_all(conn: &mut DbConnection, channel: &str, payloads: &[String]) -
         Ok::<_, diesel::result::Error>(())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_handover_payload_reads_back_whatever_the_id_holds() {
+        for id in ["plain", "with\ttab", "1234\tx", ""] {
+            for ttl in [None, Some(Duration::from_millis(90_000))] {
+                assert_eq!(
+                    parse_handover(&handover_payload(id, ttl)),
+                    (id.to_owned(), ttl)
+                );
+            }
+        }
+        // An older replica sends the bare id.
+        assert_eq!(parse_handover("abc"), ("abc".to_owned(), None));
+        assert_eq!(parse_handover("x\ty"), ("x\ty".to_owned(), None));
+    }
 }
