@@ -161,10 +161,7 @@ fn listen(url: &str, replica: &str, me: &Addr<Cluster>) {
         leases::EVENTS_CHANNEL.to_owned(),
     ];
     while me.connected() {
-        let mut conn = match leases::connect(url, replica).and_then(|mut c| {
-            leases::listen(&mut c, &channels)?;
-            Ok(c)
-        }) {
+        let mut conn = match leases::connect(url, replica, &channels) {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e.message, "LISTEN connection failed; trying again");

@@ -59,12 +59,18 @@ pub fn session_name(replica: &str) -> String {
     format!("factory-replica-{replica}")
 }
 
-/// A connection of its own, outside the pool: its session holds the LISTENs and the lock, and
-/// carries the replica's name.
-pub fn connect(url: &str, replica: &str) -> StoreResult<PgConnection> {
+/// A connection of its own, outside the pool: its session holds the LISTENs on `channels` and
+/// the lock, and carries the replica's name. The name is set after the LISTENs, so a replica
+/// counts as alive (`alive`) only once it hears its channel: a command handed to it in between
+/// would be lost, and its sender would wait its whole timeout.
+pub fn connect(url: &str, replica: &str, channels: &[String]) -> StoreResult<PgConnection> {
     let mut conn = PgConnection::establish(url).map_err(|e| {
         crate::store::StoreError::unavailable(format!("cannot connect for LISTEN: {e}"))
     })?;
+    for channel in channels {
+        // Channel names are the constants above and `commands_channel`, never a request's value.
+        diesel::sql_query(format!("LISTEN \"{channel}\"")).execute(&mut conn)?;
+    }
     diesel::sql_query("SELECT set_config('application_name', $1, false)")
         .bind::<Text, _>(session_name(replica))
         .execute(&mut conn)?;
@@ -72,26 +78,19 @@ pub fn connect(url: &str, replica: &str) -> StoreResult<PgConnection> {
 }
 
 /// Whether `replica`'s LISTEN connection is open, so that a command handed to it would be
-/// heard. Always true on SQLite, where there is one process.
+/// heard. On this database only: replicas of another cluster on the same server may have the
+/// same ids. Always true on SQLite, where there is one process.
 pub fn alive(conn: &mut DbConnection, replica: &str) -> StoreResult<bool> {
     let Some(pg) = as_postgres(conn) else {
         return Ok(true);
     };
     let row: Taken = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1) AS taken",
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = current_database()) AS taken",
     )
     .bind::<Text, _>(session_name(replica))
     .get_result(pg)?;
     Ok(row.taken)
-}
-
-/// LISTENs on each channel. Channel names are the constants above and `commands_channel`,
-/// never a request's value.
-pub fn listen(conn: &mut PgConnection, channels: &[String]) -> StoreResult<()> {
-    for channel in channels {
-        diesel::sql_query(format!("LISTEN \"{channel}\"")).execute(conn)?;
-    }
-    Ok(())
 }
 
 #[derive(QueryableByName)]

@@ -146,7 +146,7 @@ pub fn silent_holders(conn: &mut DbConnection, me: &str) -> StoreResult<Vec<Stri
     let rows: Vec<Holder> = diesel::sql_query(
         "SELECT DISTINCT p.replica_id FROM device_presence p \
          WHERE p.replica_id <> $1 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a \
-         WHERE a.application_name = $2 || p.replica_id)",
+         WHERE a.application_name = ($2 || p.replica_id) AND a.datname = current_database())",
     )
     .bind::<diesel::sql_types::Text, _>(me)
     .bind::<diesel::sql_types::Text, _>(crate::store::leases::session_name(""))
