@@ -44,7 +44,7 @@ pub fn handover_payload(command_id: &str, queue_ttl: Option<std::time::Duration>
 /// Reads `handover_payload`; a bare id (a replica of an older version) has no queue time.
 pub fn parse_handover(payload: &str) -> (String, Option<std::time::Duration>) {
     match payload.split_once('\t') {
-        Some((ttl, id)) if ttl.is_empty() => (id.to_owned(), None),
+        Some(("", id)) => (id.to_owned(), None),
         Some((ttl, id)) => match ttl.parse::<u64>() {
             Ok(ms) => (id.to_owned(), Some(std::time::Duration::from_millis(ms))),
             Err(_) => (payload.to_owned(), None),
