@@ -6,6 +6,10 @@
 //! Two `factory-server` processes share a fresh PostgreSQL database; the simulated devices
 //! (tokio tasks on real WebSockets, answering every command at once) all connect to the second,
 //! so a command through the first always crosses.
+//!
+//! `BENCH_LOG_LEVEL` sets the replicas' log filter (default `warn`); with
+//! `server::actors::dispatcher=debug,server::actors::cluster=debug` each hand-over logs its
+//! phases on both sides, and `BENCH_LOG_DIR` keeps both replicas' logs there.
 
 use std::time::{Duration, Instant};
 
