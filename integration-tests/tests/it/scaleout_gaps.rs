@@ -171,9 +171,10 @@ fn a_confirmed_restart_is_not_reported_failed_by_another_replica() {
     wait_until(WAIT, "restarter ONLINE", || {
         api.device_status("restarter").as_deref() == Some("ONLINE")
     });
-    std::thread::sleep(Duration::from_millis(300)); // its run id stored
-                                                    // Answers the restart, then goes away (the socket closes with the thread): r2 sees the
-                                                    // device leave, as a real restart would.
+    // Its run id stored before the restart reads it.
+    std::thread::sleep(Duration::from_millis(300));
+    // Answers the restart; the socket closes once the answer is stored (closed at once, with
+    // a frame of the server's unread, it would be reset and the answer could be lost).
     let handle = std::thread::spawn(move || {
         while let Some(frame) = ws_next_json(&mut dev.socket) {
             if frame["type"] == "command" {
@@ -181,9 +182,10 @@ fn a_confirmed_restart_is_not_reported_failed_by_another_replica() {
                     &mut dev.socket,
                     &result_frame(&frame["command"], true, "restarting"),
                 );
-                return;
+                break;
             }
         }
+        dev
     });
     let reply = command(
         &api,
@@ -192,7 +194,7 @@ fn a_confirmed_restart_is_not_reported_failed_by_another_replica() {
         false,
     );
     assert_eq!(reply["status"], "CONFIRMING", "{reply}");
-    handle.join().unwrap();
+    drop(handle.join().unwrap()); // r2 sees the device leave, as after a real restart
     let mut back = device_on(&r1, "restarter", &token);
     back.send(&status_frame("1.0.0", "run-2"));
     let mut row = Value::Null;

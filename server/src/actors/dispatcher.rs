@@ -73,8 +73,8 @@ pub struct CommandDispatcher {
     waiting: HashMap<String, Waiting>,
     confirming: HashMap<String, Confirming>,
     sweeping: bool,
-    /// This replica's id when several share the database (`forward`).
-    replica: Option<String>,
+    /// This replica when several share the database (`forward`).
+    replica: Option<forward::Member>,
 }
 
 impl CommandDispatcher {
@@ -419,7 +419,7 @@ struct Ctx {
     registry: Addr<DeviceRegistry>,
     me: Addr<CommandDispatcher>,
     windows: ConfirmWindows,
-    replica: Option<String>,
+    replica: Option<forward::Member>,
 }
 
 fn response(result: CommandResult, status: CommandStatus) -> DispatchResponse {

@@ -9,7 +9,9 @@
 //! a grace, the row is ended TIMEOUT here (conditional on it still being in flight), so no
 //! command is left PENDING or SENT.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -28,19 +30,51 @@ use super::{CommandDispatcher, Ctx, Dispatch, Stored};
 /// timeout ends it first, and its final write and the notification need a moment.
 const ANNOUNCE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a replica seen alive counts as alive without asking PostgreSQL again: the
+/// `pg_stat_activity` query is the dearest part of the lookup, and at a thousand hand-overs a
+/// second it queued in front of every one. A replica killed within this second gets the
+/// commands of that second, which end TIMEOUT as for a holder that dies mid-flight; the
+/// leader ends its leases within about two seconds (`actors::cluster`).
+const ALIVE_FOR: Duration = Duration::from_secs(1);
+
+/// This replica among several: its id, and when each other replica was last seen alive.
+#[derive(Clone)]
+pub(super) struct Member {
+    id: String,
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+impl Member {
+    fn recently_alive(&self, replica: &str) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(replica).is_some_and(|t| t.elapsed() < ALIVE_FOR)
+    }
+
+    fn saw_alive(&self, replica: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.insert(replica.to_owned(), Instant::now());
+    }
+}
+
 /// The replica, other than `me`, whose lease holds `device_id` now and which is alive: a
 /// killed replica's lease outlives it by up to `presence_lease_secs`, but its LISTEN
 /// connection is gone at once, and a command handed to it would wait for nothing.
-async fn holder(db: &Db, me: &str, device_id: &str) -> ApiResult<Option<String>> {
-    let (me, device_id) = (me.to_owned(), device_id.to_owned());
-    db.run(move |conn| {
-        let holder = presence::holder_other_than(conn, &device_id, &me, Utc::now())?;
-        match holder {
-            Some(replica) if leases::alive(conn, &replica)? => Ok(Some(replica)),
-            _ => Ok(None),
-        }
-    })
-    .await
+async fn holder(db: &Db, me: &Member, device_id: &str) -> ApiResult<Option<String>> {
+    let (member, device_id) = (me.clone(), device_id.to_owned());
+    let found = db
+        .run(move |conn| {
+            let holder = presence::holder_other_than(conn, &device_id, &member.id, Utc::now())?;
+            match holder {
+                Some(replica) if member.recently_alive(&replica) => Ok(Some(replica)),
+                Some(replica) if leases::alive(conn, &replica)? => {
+                    member.saw_alive(&replica);
+                    Ok(Some(replica))
+                }
+                _ => Ok(None),
+            }
+        })
+        .await?;
+    Ok(found)
 }
 
 /// A command not stored yet: whom to tell it is stored, and its audit row.
@@ -90,7 +124,7 @@ async fn run(
     unstored: Option<Unstored>,
     ended: oneshot::Receiver<CommandResult>,
 ) -> ApiResult<DispatchResponse> {
-    let (command_id, began) = (msg.command.id.clone(), std::time::Instant::now());
+    let (command_id, began) = (msg.command.id.clone(), Instant::now());
     // The holder hears of it through the commit that stores it (or, for a row stored
     // already, through a commit of its own): no separate round trip for the NOTIFY.
     let notify = ctx.writer.notify(
@@ -167,7 +201,10 @@ pub struct RemoteEnded {
 impl Handler<JoinCluster> for CommandDispatcher {
     type Result = ();
     fn handle(&mut self, msg: JoinCluster, _: &mut Context<Self>) {
-        self.replica = Some(msg.0);
+        self.replica = Some(Member {
+            id: msg.0,
+            seen: Arc::default(),
+        });
     }
 }
 
