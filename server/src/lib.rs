@@ -400,6 +400,7 @@ impl Prepared {
                 dispatcher: dispatcher.clone(),
                 registry: registry.clone(),
                 bus: bus.clone(),
+                deployer: deployer.clone(),
                 followers: vec![
                     deployer.clone().recipient(),
                     cloud.clone().recipient(),

@@ -6,6 +6,10 @@
 //! Two `factory-server` processes share a fresh PostgreSQL database; the simulated devices
 //! (tokio tasks on real WebSockets, answering every command at once) all connect to the second,
 //! so a command through the first always crosses.
+//!
+//! `BENCH_LOG_LEVEL` sets the replicas' log filter (default `warn`); with
+//! `server::actors::dispatcher=debug,server::actors::cluster=debug` each hand-over logs its
+//! phases on both sides, and `BENCH_LOG_DIR` keeps both replicas' logs there.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +31,8 @@ fn main() {
     let db = TestDb::postgres();
     let url = db.url().expect("PostgreSQL");
     let data = TempDir::new("bench-replicas");
-    let quiet = ["--log-level", "warn"];
+    let level = std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
+    let quiet = ["--log-level", level.as_str()];
     let sender = Replica::start(&url, data.path(), "bench-a", &quiet);
     let holder = Replica::start(&url, data.path(), "bench-b", &quiet);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -36,6 +41,11 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(run(&sender, &holder, &rates));
+    if let Ok(dir) = std::env::var("BENCH_LOG_DIR") {
+        for r in [&sender, &holder] {
+            let _ = std::fs::write(format!("{dir}/{}.log", r.id), r.log());
+        }
+    }
 }
 
 async fn run(sender: &Replica, holder: &Replica, rates: &[u64]) {

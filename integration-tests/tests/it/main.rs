@@ -25,6 +25,7 @@ mod openapi;
 mod printer;
 mod rbac;
 mod scaleout;
+mod scaleout_gaps;
 mod scaleout_limits;
 mod security;
 mod supply_chain;

@@ -17,13 +17,16 @@
 //!
 //! On SQLite there is one process: it leads from the start and no thread is started.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
+use protocol::dashboard::DashboardEvent;
 use protocol::device::{DeviceEvent, StatusEvent};
 use protocol::rest::{CommandStatus, DeviceStatus};
 
+use crate::actors::deployer::{DeviceAlert, DeviceReported, FirmwareDeployer};
 use crate::actors::dispatcher::{CommandDispatcher, Dispatch, JoinCluster, RemoteEnded};
 use crate::actors::events::{EventBus, Publish, PublishRemote, Relay, SetRelay};
 use crate::actors::registry::{DeviceRegistry, ListConnected, Reclaim};
@@ -36,6 +39,10 @@ pub const LEAD_RETRY: Duration = Duration::from_secs(2);
 /// How long the listening thread sleeps when no notification came; a cross-replica command
 /// waits this long at most to be seen.
 const POLL_IDLE: Duration = Duration::from_millis(2);
+/// How often the leader looks for replicas whose LISTEN connection is gone. One silent at two
+/// looks in a row is dead (a connection being replaced is back well within one), and its
+/// devices go OFFLINE then, not when their leases pass.
+const DEAD_CHECK: Duration = Duration::from_secs(1);
 /// Events waiting to go to the other replicas; past this, new ones are dropped (and counted
 /// as dropped dashboard events), so a database that cannot keep up costs bounded memory.
 const MAX_OUTGOING: usize = 10_000;
@@ -63,6 +70,9 @@ pub struct Peers {
     pub dispatcher: Addr<CommandDispatcher>,
     pub registry: Addr<DeviceRegistry>,
     pub bus: Addr<EventBus>,
+    /// Hears the alerts and status reports of devices held by the other replicas, which only
+    /// the leader's deployer acts on (an error alert during a soak fails the device).
+    pub deployer: Addr<FirmwareDeployer>,
     /// Told by `SetLeader` whether they lead.
     pub followers: Vec<Recipient<SetLeader>>,
 }
@@ -76,6 +86,9 @@ pub struct Cluster {
     outgoing: Vec<Publish>,
     flushing: bool,
     beating: bool,
+    /// The replicas holding devices whose LISTEN connection was gone at the last look.
+    silent: HashSet<String>,
+    checking: bool,
     /// The SQLite file's lock (`lib.rs`), held as long as this actor lives: the whole run.
     _sqlite_lock: Option<std::fs::File>,
 }
@@ -97,6 +110,8 @@ impl Cluster {
             outgoing: Vec::new(),
             flushing: false,
             beating: false,
+            silent: HashSet::new(),
+            checking: false,
             _sqlite_lock: sqlite_lock,
         }
     }
@@ -129,6 +144,7 @@ impl Actor for Cluster {
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "cannot start the LISTEN thread: this replica never leads");
                 }
+                ctx.run_interval(DEAD_CHECK, |act, ctx| act.find_dead(ctx));
             }
             _ => self.set_leader(true),
         }
@@ -145,10 +161,7 @@ fn listen(url: &str, replica: &str, me: &Addr<Cluster>) {
         leases::EVENTS_CHANNEL.to_owned(),
     ];
     while me.connected() {
-        let mut conn = match leases::connect(url, replica).and_then(|mut c| {
-            leases::listen(&mut c, &channels)?;
-            Ok(c)
-        }) {
+        let mut conn = match leases::connect(url, replica, &channels) {
             Ok(conn) => conn,
             Err(e) => {
                 tracing::warn!(error = %e.message, "LISTEN connection failed; trying again");
@@ -215,7 +228,7 @@ impl Handler<Notified> for Cluster {
         } else if msg.channel == leases::EVENTS_CHANNEL {
             self.receive_events(&msg.payload);
         } else if msg.channel == leases::commands_channel(&self.replica) {
-            self.run_handed(msg.payload);
+            self.run_handed(&msg.payload);
         }
     }
 }
@@ -223,9 +236,11 @@ impl Handler<Notified> for Cluster {
 impl Cluster {
     /// Dispatches a command another replica handed over, then announces that its outcome is
     /// stored (whatever it is: even one that was no longer PENDING has an outcome to read).
-    fn run_handed(&self, command_id: String) {
+    fn run_handed(&self, payload: &str) {
+        let (command_id, queue_ttl) = leases::parse_handover(payload);
         let (db, dispatcher) = (self.db.clone(), self.peers.dispatcher.clone());
         actix::spawn(async move {
+            let began = Instant::now();
             let id = command_id.clone();
             let row = db
                 .run(move |conn| Ok(commands::find_by_id(conn, &id)?))
@@ -233,22 +248,32 @@ impl Cluster {
             if let Ok(Some(row)) = row {
                 let pending = row.status().ok() == Some(CommandStatus::Pending);
                 if let (true, Ok(command)) = (pending, row.command()) {
+                    // With the queue time the request asked for: a device that left this
+                    // replica meanwhile gets the command queued (or handed on to the replica
+                    // it went to), not failed.
                     let _ = dispatcher
                         .send(Dispatch {
                             device_id: row.device_id.clone(),
                             command,
                             timeout: Duration::from_millis(row.timeout_ms.max(1) as u64),
                             issued_by: row.issued_by.clone(),
-                            queue_ttl: None,
+                            queue_ttl,
                         })
                         .await;
                 }
             }
+            let dispatched = began.elapsed();
+            let id = command_id.clone();
             let announced = db
-                .run(move |conn| Ok(leases::notify(conn, leases::ENDED_CHANNEL, &command_id)?))
+                .run(move |conn| Ok(leases::notify(conn, leases::ENDED_CHANNEL, &id)?))
                 .await;
-            if let Err(e) = announced {
-                tracing::warn!(error = %e.message, "a handed-over command's end was not announced");
+            match announced {
+                Ok(()) => {
+                    tracing::debug!(command_id = %command_id, ?dispatched, announced = ?began.elapsed(), "handed-over command ended")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "a handed-over command's end was not announced")
+                }
             }
         });
     }
@@ -265,12 +290,38 @@ impl Cluster {
             if let (Some(device_id), Some(event_type), Some(json)) =
                 (parts.next(), parts.next(), parts.next())
             {
+                self.to_deployer(device_id, event_type, json);
                 self.peers.bus.do_send(PublishRemote(Publish {
                     device_id: device_id.to_owned(),
                     event_type: event_type.to_owned(),
                     json: json.into(),
                 }));
             }
+        }
+    }
+
+    /// The deployer runs on the leader only, but a device's alerts and status reports reach
+    /// the replica that holds it: those of the others come here with the dashboard events.
+    /// A replica that does not lead watches no device, and its deployer drops them.
+    fn to_deployer(&self, device_id: &str, event_type: &str, json: &str) {
+        match event_type {
+            "alert" => {
+                if let Ok(DashboardEvent {
+                    event: DeviceEvent::Alert(alert),
+                    ..
+                }) = serde_json::from_str::<DashboardEvent>(json)
+                {
+                    self.peers.deployer.do_send(DeviceAlert {
+                        device_id: device_id.to_owned(),
+                        severity: alert.severity,
+                        message: alert.message,
+                    });
+                }
+            }
+            "status" => self.peers.deployer.do_send(DeviceReported {
+                device_id: device_id.to_owned(),
+            }),
+            _ => {}
         }
     }
 
@@ -356,20 +407,75 @@ impl Cluster {
                 tracing::warn!("leases of this replica went missing; writing them again");
                 act.peers.registry.do_send(Reclaim);
             }
-            for device_id in expired {
-                tracing::info!(device = %device_id, "lease of a dead replica expired: OFFLINE");
-                let offline = DeviceEvent::Status(StatusEvent {
-                    status: DeviceStatus::Offline.as_str().to_owned(),
-                    version: None,
-                    boot_id: None,
-                    run_id: None,
-                    metrics: None,
-                    ts: Utc::now(),
-                });
-                if let Some(publish) = Publish::device_event(&device_id, offline) {
-                    act.peers.bus.do_send(publish);
-                }
+            act.went_offline(expired, "lease of a dead replica expired: OFFLINE");
+        })
+        .spawn(ctx);
+    }
+
+    /// Tells dashboards that `devices`, held by a dead replica, are OFFLINE.
+    fn went_offline(&self, devices: Vec<String>, why: &str) {
+        for device_id in devices {
+            tracing::info!(device = %device_id, "{why}");
+            let offline = DeviceEvent::Status(StatusEvent {
+                status: DeviceStatus::Offline.as_str().to_owned(),
+                version: None,
+                boot_id: None,
+                run_id: None,
+                metrics: None,
+                ts: Utc::now(),
+            });
+            if let Some(publish) = Publish::device_event(&device_id, offline) {
+                self.peers.bus.do_send(publish);
             }
+        }
+    }
+
+    /// The leader's look for dead replicas: one whose LISTEN connection PostgreSQL no longer
+    /// lists at two looks in a row has its devices' leases ended at once (a killed process's
+    /// connection goes with it, long before its leases pass).
+    fn find_dead(&mut self, ctx: &mut Context<Self>) {
+        if !self.leader {
+            self.silent.clear();
+            return;
+        }
+        if self.checking {
+            return;
+        }
+        self.checking = true;
+        let (db, me) = (self.db.clone(), self.replica.clone());
+        async move {
+            let silent: HashSet<String> = db
+                .run(move |conn| Ok(presence::silent_holders(conn, &me)?))
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            silent
+        }
+        .into_actor(self)
+        .then(|silent, act, _| {
+            let dead: Vec<String> = silent.intersection(&act.silent).cloned().collect();
+            act.silent = silent;
+            let db = act.db.clone();
+            async move {
+                if dead.is_empty() {
+                    return (dead, Vec::new());
+                }
+                let d = dead.clone();
+                let expired = db
+                    .run(move |conn| Ok(presence::expire_replicas(conn, &d)?))
+                    .await
+                    .unwrap_or_default();
+                (dead, expired)
+            }
+            .into_actor(act)
+        })
+        .map(|(dead, expired), act, _| {
+            act.checking = false;
+            if !dead.is_empty() {
+                tracing::warn!(replicas = ?dead, devices = expired.len(), "replicas gone from the database: their devices OFFLINE");
+            }
+            act.went_offline(expired, "its replica is gone: OFFLINE");
         })
         .spawn(ctx);
     }

@@ -133,6 +133,12 @@ impl CommandWriter {
         .await
     }
 
+    /// `leases::notify`, delivered when the group's commit is: after every change queued
+    /// before it.
+    pub async fn notify(&self, channel: String, payload: String) -> ApiResult<bool> {
+        self.changed(Write::Notify { channel, payload }).await
+    }
+
     async fn changed(&self, write: Write) -> ApiResult<bool> {
         match self.write(write).await? {
             Done::Changed(changed) => Ok(changed),

@@ -73,8 +73,8 @@ pub struct CommandDispatcher {
     waiting: HashMap<String, Waiting>,
     confirming: HashMap<String, Confirming>,
     sweeping: bool,
-    /// This replica's id when several share the database (`forward`).
-    replica: Option<String>,
+    /// This replica when several share the database (`forward`).
+    replica: Option<forward::Member>,
 }
 
 impl CommandDispatcher {
@@ -163,11 +163,7 @@ impl CommandDispatcher {
                     &id,
                     format!("the device did not come back with a new {what} in time"),
                 );
-                self.publish(&c.device_id, result.clone());
-                let writer = self.writer.clone();
-                actix::spawn(async move {
-                    let _ = writer.complete(result, CommandStatus::Failed).await;
-                });
+                self.end_confirming(c.device_id, result, CommandStatus::Failed, ctx);
             }
         }
         if self.sweeping {
@@ -423,7 +419,7 @@ struct Ctx {
     registry: Addr<DeviceRegistry>,
     me: Addr<CommandDispatcher>,
     windows: ConfirmWindows,
-    replica: Option<String>,
+    replica: Option<forward::Member>,
 }
 
 fn response(result: CommandResult, status: CommandStatus) -> DispatchResponse {
@@ -670,7 +666,7 @@ impl Handler<ProgressReceived> for CommandDispatcher {
 impl Handler<StatusSeen> for CommandDispatcher {
     type Result = ();
 
-    fn handle(&mut self, msg: StatusSeen, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: StatusSeen, ctx: &mut Context<Self>) {
         let done: Vec<String> = self
             .confirming
             .iter()
@@ -698,11 +694,7 @@ impl Handler<StatusSeen> for CommandDispatcher {
                 &id,
                 format!("confirmed: the device came back with a new {what}"),
             );
-            self.publish(&c.device_id, result.clone());
-            let writer = self.writer.clone();
-            actix::spawn(async move {
-                let _ = writer.complete(result, CommandStatus::Confirmed).await;
-            });
+            self.end_confirming(c.device_id, result, CommandStatus::Confirmed, ctx);
         }
     }
 }

@@ -66,6 +66,10 @@ pub enum Write {
         previous: Option<String>,
         deadline: DateTime<Utc>,
     },
+    /// `pg_notify` sent by the group's commit, after the changes queued before it: a command
+    /// handed to another replica is announced by the commit that stores it, with no round trip
+    /// of its own (`leases::notify`; nothing on SQLite).
+    Notify { channel: String, payload: String },
 }
 
 /// What a change answers, as its single-row form would.
@@ -100,6 +104,10 @@ pub fn apply(conn: &mut DbConnection, writes: &[Write]) -> StoreResult<Vec<Store
                     let changed =
                         cmds::start_confirming(conn, result, previous.as_deref(), *deadline)?;
                     *slot = Some(Ok(Done::Changed(changed)));
+                }
+                Write::Notify { channel, payload } => {
+                    crate::store::leases::notify(conn, channel, payload)?;
+                    *slot = Some(Ok(Done::Changed(true)));
                 }
                 _ => {}
             }

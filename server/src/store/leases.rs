@@ -30,18 +30,47 @@ pub fn commands_channel(replica: &str) -> String {
     format!("factory_commands_{replica}")
 }
 
+/// What goes on a replica's commands channel: the command's id, after how long it may stay
+/// QUEUED should its device be gone from the holder too (`queueIfOffline`), in milliseconds,
+/// or nothing when it may not: `<ttl ms or empty> TAB <id>`. The id goes last because it may
+/// hold any character.
+pub fn handover_payload(command_id: &str, queue_ttl: Option<std::time::Duration>) -> String {
+    let ttl = queue_ttl
+        .map(|t| t.as_millis().to_string())
+        .unwrap_or_default();
+    format!("{ttl}\t{command_id}")
+}
+
+/// Reads `handover_payload`; a bare id (a replica of an older version) has no queue time.
+pub fn parse_handover(payload: &str) -> (String, Option<std::time::Duration>) {
+    match payload.split_once('\t') {
+        Some(("", id)) => (id.to_owned(), None),
+        Some((ttl, id)) => match ttl.parse::<u64>() {
+            Ok(ms) => (id.to_owned(), Some(std::time::Duration::from_millis(ms))),
+            Err(_) => (payload.to_owned(), None),
+        },
+        None => (payload.to_owned(), None),
+    }
+}
+
 /// The `application_name` of a replica's LISTEN connection: while PostgreSQL lists it in
 /// `pg_stat_activity`, the replica is alive (a killed process's connection goes at once).
 pub fn session_name(replica: &str) -> String {
     format!("factory-replica-{replica}")
 }
 
-/// A connection of its own, outside the pool: its session holds the LISTENs and the lock, and
-/// carries the replica's name.
-pub fn connect(url: &str, replica: &str) -> StoreResult<PgConnection> {
+/// A connection of its own, outside the pool: its session holds the LISTENs on `channels` and
+/// the lock, and carries the replica's name. The name is set after the LISTENs, so a replica
+/// counts as alive (`alive`) only once it hears its channel: a command handed to it in between
+/// would be lost, and its sender would wait its whole timeout.
+pub fn connect(url: &str, replica: &str, channels: &[String]) -> StoreResult<PgConnection> {
     let mut conn = PgConnection::establish(url).map_err(|e| {
         crate::store::StoreError::unavailable(format!("cannot connect for LISTEN: {e}"))
     })?;
+    for channel in channels {
+        // Channel names are the constants above and `commands_channel`, never a request's value.
+        diesel::sql_query(format!("LISTEN \"{channel}\"")).execute(&mut conn)?;
+    }
     diesel::sql_query("SELECT set_config('application_name', $1, false)")
         .bind::<Text, _>(session_name(replica))
         .execute(&mut conn)?;
@@ -49,26 +78,19 @@ pub fn connect(url: &str, replica: &str) -> StoreResult<PgConnection> {
 }
 
 /// Whether `replica`'s LISTEN connection is open, so that a command handed to it would be
-/// heard. Always true on SQLite, where there is one process.
+/// heard. On this database only: replicas of another cluster on the same server may have the
+/// same ids. Always true on SQLite, where there is one process.
 pub fn alive(conn: &mut DbConnection, replica: &str) -> StoreResult<bool> {
     let Some(pg) = as_postgres(conn) else {
         return Ok(true);
     };
     let row: Taken = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = $1) AS taken",
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+         WHERE application_name = $1 AND datname = current_database()) AS taken",
     )
     .bind::<Text, _>(session_name(replica))
     .get_result(pg)?;
     Ok(row.taken)
-}
-
-/// LISTENs on each channel. Channel names are the constants above and `commands_channel`,
-/// never a request's value.
-pub fn listen(conn: &mut PgConnection, channels: &[String]) -> StoreResult<()> {
-    for channel in channels {
-        diesel::sql_query(format!("LISTEN \"{channel}\"")).execute(conn)?;
-    }
-    Ok(())
 }
 
 #[derive(QueryableByName)]
@@ -131,4 +153,26 @@ pub fn notify_all(conn: &mut DbConnection, channel: &str, payloads: &[String]) -
         Ok::<_, diesel::result::Error>(())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_handover_payload_reads_back_whatever_the_id_holds() {
+        for id in ["plain", "with\ttab", "1234\tx", ""] {
+            for ttl in [None, Some(Duration::from_millis(90_000))] {
+                assert_eq!(
+                    parse_handover(&handover_payload(id, ttl)),
+                    (id.to_owned(), ttl)
+                );
+            }
+        }
+        // An older replica sends the bare id.
+        assert_eq!(parse_handover("abc"), ("abc".to_owned(), None));
+        assert_eq!(parse_handover("x\ty"), ("x\ty".to_owned(), None));
+    }
 }

@@ -130,6 +130,54 @@ pub fn expire(conn: &mut DbConnection, now: DateTime<Utc>) -> StoreResult<Vec<St
     })
 }
 
+#[derive(QueryableByName)]
+struct Holder {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    replica_id: String,
+}
+
+/// The replicas other than `me` that hold devices but whose LISTEN connection PostgreSQL no
+/// longer lists (`leases::session_name`): killed, or cut off from the database. Their leases
+/// would hold the devices ONLINE until they pass. Nothing on SQLite, where there is one process.
+pub fn silent_holders(conn: &mut DbConnection, me: &str) -> StoreResult<Vec<String>> {
+    let Some(pg) = crate::store::db::as_postgres(conn) else {
+        return Ok(Vec::new());
+    };
+    let rows: Vec<Holder> = diesel::sql_query(
+        "SELECT DISTINCT p.replica_id FROM device_presence p \
+         WHERE p.replica_id <> $1 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a \
+         WHERE a.application_name = ($2 || p.replica_id) AND a.datname = current_database())",
+    )
+    .bind::<diesel::sql_types::Text, _>(me)
+    .bind::<diesel::sql_types::Text, _>(crate::store::leases::session_name(""))
+    .load(pg)?;
+    Ok(rows.into_iter().map(|r| r.replica_id).collect())
+}
+
+/// Deletes every row of `replicas` (dead ones) and marks their devices OFFLINE, at once rather
+/// than when the leases pass; answers those devices. A device that moved to a live replica
+/// meanwhile has that replica's row, which stays.
+pub fn expire_replicas(conn: &mut DbConnection, replicas: &[String]) -> StoreResult<Vec<String>> {
+    if crate::store::db::as_postgres(conn).is_none() {
+        return Ok(Vec::new());
+    }
+    write_transaction(conn, |conn| {
+        // The rows deleted, not those read first: a device that moved meanwhile is not one.
+        let gone: Vec<String> = match crate::store::db::as_postgres(conn) {
+            Some(pg) => diesel::delete(
+                device_presence::table.filter(device_presence::replica_id.eq_any(replicas)),
+            )
+            .returning(device_presence::device_id)
+            .get_results(pg)?,
+            None => Vec::new(),
+        };
+        for device in &gone {
+            device_rows::mark_offline(conn, device)?;
+        }
+        Ok::<_, StoreError>(gone)
+    })
+}
+
 /// What a replica does at start instead of marking every device OFFLINE: deletes its own rows
 /// (a replica id given again after a crash) and expired ones, then marks OFFLINE the devices
 /// left ONLINE that no live row holds. `sole`: no other process can use this database (SQLite),
