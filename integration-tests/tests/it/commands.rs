@@ -537,7 +537,7 @@ fn connections_the_database_ended_fail_once_and_are_replaced() {
         assert_eq!(api.get("/api/v1/devices").status, 200);
     }
     let url = server.db.url().expect("a PostgreSQL URL");
-    let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
     // The pool's connections carry no application name; the replica's LISTEN connection,
     // outside the pool, does, and is left alone.
     let ended = client
