@@ -21,7 +21,7 @@ pub use crate::passwords::{
 };
 use crate::state::AppState;
 use crate::store::audit::{self, AuditEntry};
-use crate::store::{tokens, users};
+use crate::store::users;
 
 /// Compares two secrets in time independent of where they differ.
 pub fn secrets_equal(a: &str, b: &str) -> bool {
@@ -174,15 +174,9 @@ pub async fn authenticate_user(state: &AppState, token: &str) -> ApiResult<AuthU
     let (user_id, jti) = (claims.sub.clone(), claims.jti.clone());
     let (user, revoked) = state
         .db
-        .run(move |conn| {
-            Ok((
-                users::find_by_id(conn, &user_id)?,
-                tokens::is_revoked(conn, &jti)?,
-            ))
-        })
-        .await?;
-    let user =
-        user.ok_or_else(|| ApiError::unauthorized(ErrorCode::InvalidToken, "unknown user"))?;
+        .run(move |conn| Ok(users::find_for_token(conn, &user_id, &jti)?))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized(ErrorCode::InvalidToken, "unknown user"))?;
     let role = Role::parse(&user.role).ok_or_else(|| ApiError::internal("bad role in database"))?;
     if revoked
         || user.disabled

@@ -27,7 +27,7 @@ impl Db {
                 metrics::db_connection_waited(started.elapsed());
                 let result = conn
                     .map_err(ApiError::from)
-                    .and_then(|mut conn| f(&mut conn));
+                    .and_then(|mut conn| checked(&mut conn, f));
                 // The caller may have gone (a dropped request); the work is done either way.
                 let _ = reply.send(result);
             }))
@@ -58,6 +58,22 @@ impl Db {
         F: FnOnce(&mut DbConnection) -> ApiResult<T>,
     {
         let mut conn = self.pool.get()?;
-        f(&mut conn)
+        checked(&mut conn, f)
     }
+}
+
+/// Runs `f` on `conn`, and after a server-side failure checks that the connection still
+/// answers (`check_after_error`): the pool no longer tests connections at checkout. A refusal
+/// of the request itself (4xx) says nothing about the connection.
+fn checked<F, T>(conn: &mut DbConnection, f: F) -> ApiResult<T>
+where
+    F: FnOnce(&mut DbConnection) -> ApiResult<T>,
+{
+    let result = f(conn);
+    if let Err(e) = &result {
+        if e.status.is_server_error() {
+            check_after_error(conn);
+        }
+    }
+    result
 }

@@ -524,3 +524,50 @@ fn shell_templates_have_their_own_roles(backend: Backend) {
     assert_eq!(row["actor"], "op");
     drop(device);
 }
+
+/// The pool hands out its connections without a `SELECT 1` before each (that test was a round
+/// trip, and on PostgreSQL a transaction, for every connection a request took). A connection
+/// the database ended (a restart, a failover, an idle cut) must then cost at most the one
+/// request that finds it dead, and never be handed out again.
+#[test]
+fn connections_the_database_ended_fail_once_and_are_replaced() {
+    let server = ServerProcess::start(Backend::Postgres);
+    let api = Api::admin(&server);
+    for _ in 0..5 {
+        assert_eq!(api.get("/api/v1/devices").status, 200);
+    }
+    let url = server.db.url().expect("a PostgreSQL URL");
+    let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).expect("connect");
+    // The pool's connections carry no application name; the replica's LISTEN connection,
+    // outside the pool, does, and is left alone.
+    let ended = client
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND application_name = ''",
+            &[],
+        )
+        .expect("end the server's pooled connections")
+        .len();
+    assert!(ended >= 1, "no pooled connection of the server was found");
+    let (mut failed, mut in_a_row, mut tries) = (0, 0, 0);
+    while in_a_row < 30 {
+        tries += 1;
+        assert!(
+            tries < 200,
+            "{failed} of {tries} requests failed after {ended} connections were ended: \
+             a dead connection is handed out again"
+        );
+        let r = api.get("/api/v1/devices");
+        if r.status == 200 {
+            in_a_row += 1;
+        } else {
+            assert_eq!(r.status, 503, "{}", r.body);
+            (failed, in_a_row) = (failed + 1, 0);
+        }
+    }
+    assert!(
+        failed <= ended,
+        "{failed} requests failed for {ended} ended connections"
+    );
+}

@@ -174,10 +174,7 @@ pub async fn dispatch(
     // the outcome it missed.
     let existing = state
         .db
-        .run(move |conn| {
-            crate::store::devices::require(conn, &id)?;
-            Ok(commands::find_by_id(conn, &command_id)?)
-        })
+        .run(move |conn| Ok(commands::device_and_command(conn, &id, &command_id)?))
         .await?;
     if let Some(row) = existing {
         if row.device_id != device_id {

@@ -484,6 +484,24 @@ pub fn find_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<Option<Comma
         .optional()?)
 }
 
+/// What a single dispatch checks before storing a command, in one statement (one round trip,
+/// one transaction): that the device `device_id` exists (else the 404 `device_not_found`), and
+/// the command already stored under `id`, if any, for answering a retry from the record.
+pub fn device_and_command(
+    conn: &mut DbConnection,
+    device_id: &str,
+    id: &str,
+) -> StoreResult<Option<CommandRow>> {
+    use schema::schema::devices;
+    devices::table
+        .left_join(commands::table.on(commands::id.eq(id)))
+        .filter(devices::id.eq(device_id))
+        .select(Option::<CommandRow>::as_select())
+        .first::<Option<CommandRow>>(conn)
+        .optional()?
+        .ok_or_else(crate::store::devices::not_found)
+}
+
 pub fn find(conn: &mut DbConnection, device_id: &str, id: &str) -> StoreResult<Option<CommandRow>> {
     Ok(commands::table
         .filter(commands::device_id.eq(device_id))

@@ -50,9 +50,15 @@ impl Backend {
 
 /// SQLite waits this long for a writer to finish before answering "database is locked".
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
-const POOL_MAX_SIZE_POSTGRES: u32 = 16;
-/// SQLite allows one writer at a time; more connections only add lock contention.
-const POOL_MAX_SIZE_SQLITE: u32 = 8;
+/// Database threads `Db::run` hands work to on PostgreSQL.
+const DB_THREADS_POSTGRES: u32 = 16;
+/// SQLite allows one writer at a time; more threads only add lock contention.
+const DB_THREADS_SQLITE: u32 = 8;
+/// Threads outside the executor that hold a pooled connection while they work: the command
+/// writer (`actors::command_writer`), the presence writer and the telemetry writer (one
+/// `SyncArbiter` thread each). The pool has a connection for each of them on top of one per
+/// database thread, so none of them ever waits for a connection a database thread holds.
+const DEDICATED_CONNECTIONS: u32 = 3;
 const POOL_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
@@ -141,9 +147,9 @@ pub enum DbInitError {
 impl Db {
     /// Opens the pool, checks one connection can be made, and runs pending migrations.
     pub fn open(target: DatabaseTarget) -> Result<Db, DbInitError> {
-        let (backend, max_size, shown) = match &target {
+        let (backend, threads, shown) = match &target {
             DatabaseTarget::Postgres(url) => {
-                (Backend::Postgres, POOL_MAX_SIZE_POSTGRES, redact_url(url))
+                (Backend::Postgres, DB_THREADS_POSTGRES, redact_url(url))
             }
             DatabaseTarget::Sqlite(path) => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -162,7 +168,7 @@ impl Db {
                 })?;
                 (
                     Backend::Sqlite,
-                    POOL_MAX_SIZE_SQLITE,
+                    DB_THREADS_SQLITE,
                     path.display().to_string(),
                 )
             }
@@ -183,7 +189,12 @@ impl Db {
                 .join(" "),
         })?;
         let pool = r2d2::Pool::builder()
-            .max_size(max_size)
+            .max_size(threads + DEDICATED_CONNECTIONS)
+            // No `SELECT 1` before every checkout: it was a round trip (and on PostgreSQL a
+            // transaction) for each of a request's connections, four for a single command. A
+            // connection is checked after a statement on it failed instead (`check_after_error`),
+            // and a dead one is then dropped by the pool rather than handed out again.
+            .test_on_check_out(false)
             // No idle minimum: keeping one would make r2d2 open connections from its own threads
             // whenever the idle count drops, and a process ending meanwhile (a one-shot admin
             // command) would tear OpenSSL down under a TLS handshake to PostgreSQL, which crashes.
@@ -198,7 +209,7 @@ impl Db {
                 source,
             })?;
         let executor =
-            super::executor::Executor::start(max_size as usize).map_err(DbInitError::Threads)?;
+            super::executor::Executor::start(threads as usize).map_err(DbInitError::Threads)?;
         let db = Db {
             pool,
             backend,
@@ -290,6 +301,22 @@ where
             Err(e)
         }
     }
+}
+
+/// After a statement on `conn` failed: whether the connection still answers `SELECT 1`, and
+/// when it does not (the server restarted, the socket was cut), marks it broken, so the pool
+/// drops it when it comes back instead of handing it to the next request. The pool does not
+/// test connections at checkout (`Db::open`); this is what stands in for that test, at the
+/// cost of one round trip after an error only.
+pub fn check_after_error(conn: &mut DbConnection) {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    if conn.ping().is_ok() {
+        return;
+    }
+    tracing::warn!("a pooled database connection stopped answering; it is dropped");
+    on_backend!(conn, |c| {
+        AnsiTransactionManager::transaction_manager_status_mut(c).set_in_error()
+    });
 }
 
 /// `SELECT 1`: whether the database answers at all, for `/healthz`. Any failure means it is

@@ -47,6 +47,24 @@ pub fn find_by_id(conn: &mut DbConnection, id: &str) -> StoreResult<Option<User>
         .optional()?)
 }
 
+/// The user `id` and whether the token `jti` was revoked, in one statement: the login check
+/// every request makes is one round trip (and one transaction), not two. Read from the
+/// database each time, never cached, so a revocation or a disabled user made by any replica
+/// is refused by every replica at once.
+pub fn find_for_token(
+    conn: &mut DbConnection,
+    id: &str,
+    jti: &str,
+) -> StoreResult<Option<(User, bool)>> {
+    use schema::schema::revoked_tokens;
+    let revoked = diesel::dsl::exists(revoked_tokens::table.filter(revoked_tokens::jti.eq(jti)));
+    Ok(users::table
+        .find(id)
+        .select((User::as_select(), revoked))
+        .first(conn)
+        .optional()?)
+}
+
 pub fn find_by_username(conn: &mut DbConnection, username: &str) -> StoreResult<Option<User>> {
     Ok(users::table
         .filter(users::username.eq(username))
