@@ -4,7 +4,7 @@ use chrono::{NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use crate::store::db::DbConnection;
+use crate::store::db::{as_postgres, as_sqlite, DbConnection};
 use crate::store::error::{StoreError, StoreResult};
 use protocol::sync::{RecordKind, SyncRecord, SyncResponse};
 use schema::schema::{
@@ -48,7 +48,7 @@ pub fn store(
         }
     }
     drop(seen);
-    if let DbConnection::Postgresql(pg) = conn {
+    if let Some(pg) = as_postgres(conn) {
         match store_postgres(pg, device_id, &fresh, now) {
             Ok(accepted) => {
                 return Ok(SyncResponse {
@@ -246,7 +246,7 @@ pub fn insert_all(
         }
     }
     let mut queued: &[&QueueRow] = &chunk.iter().map(|(_, _, q)| q).collect::<Vec<_>>();
-    if let DbConnection::Sqlite(c) = conn {
+    if let Some(c) = as_sqlite(conn) {
         let mut fixed = queued.chunks_exact(SQLITE_STATEMENT_ROWS);
         for rows in &mut fixed {
             // Owned rows: a statement is kept only when its values borrow nothing.
@@ -345,7 +345,7 @@ pub fn insert_aggregated(
             }
             let mut written = 0;
             let mut rest = rows;
-            if let DbConnection::Sqlite(c) = conn {
+            if let Some(c) = as_sqlite(conn) {
                 let mut fixed = rows.chunks_exact(SQLITE_STATEMENT_ROWS);
                 for chunk in &mut fixed {
                     // Owned values: a statement is kept only when its values borrow nothing.

@@ -141,7 +141,7 @@ pub fn write_batch(conn: &mut DbConnection, batch: &[Telemetry]) -> StoreResult<
                 .values(chunk.to_vec())
                 .execute(c))?;
         }
-        if let DbConnection::Postgresql(pg) = conn {
+        if let Some(pg) = crate::store::db::as_postgres(conn) {
             // COPY (binary): a group of thousands of events in one statement, without
             // thousands of bound parameters to parse.
             if !events.is_empty() {
