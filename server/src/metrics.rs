@@ -42,6 +42,7 @@ struct Metrics {
     deployments: IntGaugeVec,
     dashboard_sockets: IntGauge,
     dashboard_events_dropped: IntCounter,
+    telemetry_dropped: IntCounter,
     frames_refused: IntCounterVec,
     db_pool_connections: IntGaugeVec,
     db_jobs_refused: IntCounter,
@@ -146,6 +147,11 @@ impl Metrics {
             dashboard_events_dropped: counter(
                 "factory_dashboard_events_dropped_total",
                 "Events not delivered to a dashboard whose buffer was full.",
+            ),
+            telemetry_dropped: counter(
+                "factory_telemetry_dropped_total",
+                "Device log lines, events and metric samples not stored: the telemetry \
+                 writer was a full buffer behind.",
             ),
             frames_refused: counter_vec(
                 "factory_ws_frames_refused_total",
@@ -263,6 +269,11 @@ pub fn set_dashboard_sockets(n: usize) {
 
 pub fn dashboard_event_dropped() {
     METRICS.dashboard_events_dropped.inc();
+}
+
+/// `n` telemetry records were dropped: the writer's buffer was full.
+pub fn telemetry_dropped(n: u64) {
+    METRICS.telemetry_dropped.inc_by(n);
 }
 
 /// A device frame was refused for `reason` (one of the session's refusal names).

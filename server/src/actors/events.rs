@@ -180,6 +180,23 @@ impl Handler<Publish> for EventBus {
     }
 }
 
+/// The events of one device frame (a `batch`), in order: one message for all of them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PublishMany(pub Vec<Publish>);
+
+impl Handler<PublishMany> for EventBus {
+    type Result = ();
+    fn handle(&mut self, msg: PublishMany, _: &mut Context<Self>) {
+        for publish in msg.0 {
+            self.fan_out(&publish);
+            if let Some(relay) = &self.relay {
+                relay.do_send(Relay(publish));
+            }
+        }
+    }
+}
+
 impl EventBus {
     /// Hands `msg` to every local dashboard whose filter wants it, without waiting on any.
     fn fan_out(&mut self, msg: &Publish) {

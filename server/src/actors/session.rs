@@ -24,10 +24,10 @@ use crate::actors::deployer::{DeviceAlert, DeviceReported, FirmwareDeployer};
 use crate::actors::dispatcher::{
     CommandDispatcher, DeviceConnected, ProgressReceived, ResultReceived, StatusSeen,
 };
-use crate::actors::events::{EventBus, Publish};
+use crate::actors::events::{EventBus, Publish, PublishMany};
 use crate::actors::presence::{PresenceWriter, RecordStatus};
 use crate::actors::registry::{Connect, DeviceRegistry, Disconnect, FrameRefused};
-use crate::actors::telemetry::TelemetrySink;
+use crate::actors::telemetry::{Records, TelemetrySink};
 use crate::error::ApiResult;
 use crate::store::devices::StatusUpdate;
 use crate::store::metrics::samples_of;
@@ -109,6 +109,13 @@ pub struct DeliverCommand(pub ServerFrame);
 pub struct CloseSession {
     pub code: u16,
     pub reason: String,
+}
+
+/// What one frame hands on, gathered while its events are handled.
+#[derive(Default)]
+struct Outgoing {
+    records: Vec<Telemetry>,
+    events: Vec<Publish>,
 }
 
 pub struct DeviceSession {
@@ -441,7 +448,9 @@ impl DeviceSession {
                 if telemetry && !self.admit_events(ctx, 1) {
                     return;
                 }
-                self.handle_event(ctx, identity, event);
+                let mut out = Outgoing::default();
+                self.handle_event(ctx, identity, event, &mut out);
+                self.hand_over(out);
             }
             (DeviceFrame::Batch { events }, Some(identity)) => {
                 // Counted already, unless the cheap count could not read the frame.
@@ -476,19 +485,34 @@ impl DeviceSession {
         identity: DeviceIdentity,
         events: Vec<TelemetryEvent>,
     ) {
+        let mut out = Outgoing::default();
         for event in events {
-            self.handle_event(ctx, identity.clone(), event.into());
+            self.handle_event(ctx, identity.clone(), event.into(), &mut out);
+        }
+        self.hand_over(out);
+    }
+
+    /// A frame's telemetry records go to the sink, and its events to the dashboards, in one
+    /// message each rather than one per event: a `batch` of 50 is two messages, not 100.
+    fn hand_over(&self, out: Outgoing) {
+        if !out.records.is_empty() {
+            self.peers.telemetry.do_send(Records(out.records));
+        }
+        if !out.events.is_empty() {
+            self.peers.bus.do_send(PublishMany(out.events));
         }
     }
 
+    /// Handles one event; its telemetry record and dashboard event are added to `out`.
     fn handle_event(
         &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
         identity: DeviceIdentity,
         event: DeviceEvent,
+        out: &mut Outgoing,
     ) {
+        let records = &mut out.records;
         let device_id = identity.device_id;
-        let telemetry = &self.peers.telemetry;
         match &event {
             DeviceEvent::CommandResult(result) => {
                 self.peers.dispatcher.do_send(ResultReceived {
@@ -528,7 +552,7 @@ impl DeviceSession {
                 if let Some(all) = &status.metrics {
                     let samples = samples_of(&device_id, status.ts, Utc::now(), all);
                     if !samples.is_empty() {
-                        telemetry.do_send(Telemetry::Metrics(samples));
+                        records.push(Telemetry::Metrics(samples));
                     }
                 }
                 let connection_mode = status
@@ -560,20 +584,20 @@ impl DeviceSession {
                 });
             }
             DeviceEvent::LogLine(log) => {
-                telemetry.do_send(Telemetry::log(&device_id, log.ts, &log.level, &log.line));
+                records.push(Telemetry::log(&device_id, log.ts, &log.level, &log.line));
             }
             DeviceEvent::Scan(scan) => {
                 let payload = serde_json::json!({"code": scan.code, "valid": scan.valid});
-                telemetry.do_send(Telemetry::event(&device_id, scan.ts, "scan", &payload));
+                records.push(Telemetry::event(&device_id, scan.ts, "scan", &payload));
             }
             DeviceEvent::Print(print) => {
                 let payload = serde_json::json!({"code": print.code});
-                telemetry.do_send(Telemetry::event(&device_id, print.ts, "print", &payload));
+                records.push(Telemetry::event(&device_id, print.ts, "print", &payload));
             }
             DeviceEvent::Alert(alert) => {
                 let payload =
                     serde_json::json!({"severity": alert.severity, "message": alert.message});
-                telemetry.do_send(Telemetry::event(&device_id, alert.ts, "alert", &payload));
+                records.push(Telemetry::event(&device_id, alert.ts, "alert", &payload));
                 self.peers.deployer.do_send(DeviceAlert {
                     device_id: device_id.clone(),
                     severity: alert.severity.clone(),
@@ -581,9 +605,7 @@ impl DeviceSession {
                 });
             }
         }
-        if let Some(publish) = Publish::device_event(&device_id, event) {
-            self.peers.bus.do_send(publish);
-        }
+        out.events.extend(Publish::device_event(&device_id, event));
     }
 
     /// Applies the frame limits; `false` when the frame must not be handled.

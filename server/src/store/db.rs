@@ -267,6 +267,15 @@ pub fn as_postgres(conn: &mut DbConnection) -> Option<&mut diesel::PgConnection>
     }
 }
 
+/// The SQLite connection under a pooled one, for the statements whose fastest form is
+/// SQLite's own (the bulk inserts of `store::sync`); `None` on PostgreSQL.
+pub fn as_sqlite(conn: &mut DbConnection) -> Option<&mut diesel::SqliteConnection> {
+    match conn {
+        DbConnection::Sqlite(c) => Some(c),
+        DbConnection::Postgresql(_) => None,
+    }
+}
+
 /// A transaction that writes. On SQLite it begins with `BEGIN IMMEDIATE`, taking the write
 /// lock at once: a deferred transaction that reads first and writes later cannot wait for the
 /// lock (SQLite answers "database is locked" at once to avoid a deadlock), so concurrent

@@ -4,7 +4,7 @@ use chrono::{NaiveDateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use crate::store::db::DbConnection;
+use crate::store::db::{as_postgres, as_sqlite, DbConnection};
 use crate::store::error::{StoreError, StoreResult};
 use protocol::sync::{RecordKind, SyncRecord, SyncResponse};
 use schema::schema::{
@@ -27,29 +27,143 @@ pub fn kind_name(kind: RecordKind) -> &'static str {
 
 /// Stores a checked batch in one transaction and counts what was new.
 ///
-/// A batch costs a few statements, not a few per record: the ids already stored are looked up
-/// together, and the new records are written by multi-row inserts, one savepoint per chunk.
-/// A concurrent request may store one of the ids between the lookup and the insert; that
-/// chunk's savepoint then rolls back, and its records are written one at a time, so the late
-/// ones count as duplicates and the rest are kept.
+/// The same id twice in one body counts the second as a duplicate of the first. On
+/// PostgreSQL the rest is one statement (`PG_STORE_BATCH`); should it meet a unique violation
+/// (an id stored by another path meanwhile), the batch is stored by the general path below,
+/// which both backends share and which counts every record exactly.
 pub fn store(
     conn: &mut DbConnection,
     device_id: &str,
     records: Vec<SyncRecord>,
 ) -> StoreResult<SyncResponse> {
     let now = Utc::now().naive_utc();
+    let mut duplicates = 0u64;
+    let mut seen = std::collections::HashSet::with_capacity(records.len());
+    let mut fresh: Vec<SyncRecord> = Vec::with_capacity(records.len());
+    for record in records {
+        if seen.insert(record.id.clone()) {
+            fresh.push(record);
+        } else {
+            duplicates += 1;
+        }
+    }
+    drop(seen);
+    if let Some(pg) = as_postgres(conn) {
+        match store_postgres(pg, device_id, &fresh, now) {
+            Ok(accepted) => {
+                return Ok(SyncResponse {
+                    accepted,
+                    duplicates: duplicates + fresh.len() as u64 - accepted,
+                })
+            }
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                tracing::debug!(
+                    records = fresh.len(),
+                    "an id of this batch was stored meanwhile; storing it by the general path"
+                );
+            }
+            Err(e) => return Err(StoreError::from(e)),
+        }
+    }
+    let stored = store_general(conn, device_id, fresh, now)?;
+    Ok(SyncResponse {
+        accepted: stored.accepted,
+        duplicates: duplicates + stored.duplicates,
+    })
+}
+
+/// The statement that stores a whole batch on PostgreSQL: the records arrive as five arrays
+/// (one bind each, however many records); each id not already stored in its kind's table is
+/// queued for the cloud unless the queue holds it (`ON CONFLICT DO NOTHING`, which also waits
+/// for a concurrent request storing the same id, then skips it), and exactly the ids the
+/// queue took get their `aggregated_*` row. Its one row is how many the queue took. One round
+/// trip and one short plan for 1,000 records, where the general path's multi-row inserts bind
+/// 9,000 parameters and make a round trip per statement.
+const PG_STORE_BATCH: &str = "\
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamp[])
+        AS t(id, kind, company_id, payload, created_at)
+), queued AS (
+    INSERT INTO cloud_sync_queue
+        (id, kind, company_id, payload, state, attempts, next_attempt_at, last_error, created_at)
+    SELECT i.id, i.kind, i.company_id, i.payload, $8, 0, $7, NULL, i.created_at
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM aggregated_bottles a WHERE i.kind = 'bottle' AND a.id = i.id)
+      AND NOT EXISTS (SELECT 1 FROM aggregated_batches a WHERE i.kind = 'batch' AND a.id = i.id)
+      AND NOT EXISTS (SELECT 1 FROM aggregated_pallets a WHERE i.kind = 'pallet' AND a.id = i.id)
+      AND NOT EXISTS (SELECT 1 FROM aggregated_batch_fixations a
+                      WHERE i.kind = 'batch_fixate' AND a.id = i.id)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, kind
+), fresh AS (
+    SELECT i.* FROM input i JOIN queued q ON q.id = i.id
+), bottles AS (
+    INSERT INTO aggregated_bottles (id, device_id, company_id, payload, created_at, received_at)
+    SELECT id, $6, company_id, payload, created_at, $7 FROM fresh WHERE kind = 'bottle'
+), batches AS (
+    INSERT INTO aggregated_batches (id, device_id, company_id, payload, created_at, received_at)
+    SELECT id, $6, company_id, payload, created_at, $7 FROM fresh WHERE kind = 'batch'
+), pallets AS (
+    INSERT INTO aggregated_pallets (id, device_id, company_id, payload, created_at, received_at)
+    SELECT id, $6, company_id, payload, created_at, $7 FROM fresh WHERE kind = 'pallet'
+), fixations AS (
+    INSERT INTO aggregated_batch_fixations
+        (id, device_id, company_id, payload, created_at, received_at)
+    SELECT id, $6, company_id, payload, created_at, $7 FROM fresh WHERE kind = 'batch_fixate'
+)
+SELECT count(*) AS accepted FROM queued";
+
+#[derive(QueryableByName)]
+struct Accepted {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    accepted: i64,
+}
+
+/// Stores records whose ids are distinct on PostgreSQL (`PG_STORE_BATCH`, one statement, so
+/// one transaction); answers how many were new.
+fn store_postgres(
+    conn: &mut diesel::PgConnection,
+    device_id: &str,
+    records: &[SyncRecord],
+    now: NaiveDateTime,
+) -> QueryResult<u64> {
+    use diesel::sql_types::{Array, Text, Timestamp};
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    let kinds: Vec<&str> = records.iter().map(|r| kind_name(r.kind)).collect();
+    let companies: Vec<&str> = records.iter().map(|r| r.company_id.as_str()).collect();
+    let payloads: Vec<String> = records.iter().map(|r| r.payload.to_string()).collect();
+    let created: Vec<NaiveDateTime> = records.iter().map(|r| r.created_at.naive_utc()).collect();
+    let row: Accepted = diesel::sql_query(PG_STORE_BATCH)
+        .bind::<Array<Text>, _>(&ids)
+        .bind::<Array<Text>, _>(&kinds)
+        .bind::<Array<Text>, _>(&companies)
+        .bind::<Array<Text>, _>(&payloads)
+        .bind::<Array<Timestamp>, _>(&created)
+        .bind::<Text, _>(device_id)
+        .bind::<Timestamp, _>(now)
+        .bind::<Text, _>(QUEUE_PENDING)
+        .get_result(conn)?;
+    Ok(row.accepted as u64)
+}
+
+/// Stores records whose ids are distinct, in one transaction, on either backend.
+///
+/// A batch costs a few statements, not a few per record: the ids already stored are looked up
+/// together, and the new records are written by multi-row inserts, one savepoint per chunk.
+/// A concurrent request may store one of the ids between the lookup and the insert; that
+/// chunk's savepoint then rolls back, and its records are written one at a time, so the late
+/// ones count as duplicates and the rest are kept.
+pub fn store_general(
+    conn: &mut DbConnection,
+    device_id: &str,
+    mut fresh: Vec<SyncRecord>,
+    now: NaiveDateTime,
+) -> StoreResult<SyncResponse> {
     crate::store::db::write_transaction(conn, |conn| {
         let mut duplicates = 0u64;
-        // The same id twice in one body: the second is a duplicate of the first.
-        let mut seen = std::collections::HashSet::new();
-        let mut fresh: Vec<SyncRecord> = Vec::with_capacity(records.len());
-        for record in records {
-            if seen.insert(record.id.clone()) {
-                fresh.push(record);
-            } else {
-                duplicates += 1;
-            }
-        }
         let taken = stored_ids(conn, &fresh)?;
         fresh.retain(|r| {
             let known = taken.contains(&r.id);
@@ -131,10 +245,23 @@ pub fn insert_all(
             insert_aggregated(conn, kind, &rows)?;
         }
     }
-    let queued: Vec<&QueueRow> = chunk.iter().map(|(_, _, q)| q).collect();
-    crate::on_backend!(conn, |c| diesel::insert_into(cloud_sync_queue::table)
-        .values(queued)
-        .execute(c))?;
+    let mut queued: &[&QueueRow] = &chunk.iter().map(|(_, _, q)| q).collect::<Vec<_>>();
+    if let Some(c) = as_sqlite(conn) {
+        let mut fixed = queued.chunks_exact(SQLITE_STATEMENT_ROWS);
+        for rows in &mut fixed {
+            // Owned rows: a statement is kept only when its values borrow nothing.
+            let rows: [QueueRow; SQLITE_STATEMENT_ROWS] = std::array::from_fn(|i| rows[i].clone());
+            diesel::insert_into(cloud_sync_queue::table)
+                .values(rows)
+                .execute(c)?;
+        }
+        queued = fixed.remainder();
+    }
+    if !queued.is_empty() {
+        crate::on_backend!(conn, |c| diesel::insert_into(cloud_sync_queue::table)
+            .values(queued.to_vec())
+            .execute(c))?;
+    }
     Ok(())
 }
 
@@ -203,9 +330,9 @@ pub fn insert_aggregated(
 ) -> QueryResult<usize> {
     macro_rules! insert_into {
         ($table:ident) => {{
-            let values: Vec<_> = rows
-                .iter()
-                .map(|row| {
+            macro_rules! values {
+                ($row:expr) => {{
+                    let row: &AggregatedRow = $row;
                     (
                         $table::id.eq(&row.id),
                         $table::device_id.eq(&row.device_id),
@@ -214,11 +341,38 @@ pub fn insert_aggregated(
                         $table::created_at.eq(row.created_at),
                         $table::received_at.eq(row.received_at),
                     )
-                })
-                .collect();
-            crate::on_backend!(conn, |c| diesel::insert_into($table::table)
-                .values(&values)
-                .execute(c))
+                }};
+            }
+            let mut written = 0;
+            let mut rest = rows;
+            if let Some(c) = as_sqlite(conn) {
+                let mut fixed = rows.chunks_exact(SQLITE_STATEMENT_ROWS);
+                for chunk in &mut fixed {
+                    // Owned values: a statement is kept only when its values borrow nothing.
+                    let chunk: [_; SQLITE_STATEMENT_ROWS] = std::array::from_fn(|i| {
+                        let row = chunk[i];
+                        (
+                            $table::id.eq(row.id.clone()),
+                            $table::device_id.eq(row.device_id.clone()),
+                            $table::company_id.eq(row.company_id.clone()),
+                            $table::payload.eq(row.payload.clone()),
+                            $table::created_at.eq(row.created_at),
+                            $table::received_at.eq(row.received_at),
+                        )
+                    });
+                    written += diesel::insert_into($table::table)
+                        .values(chunk)
+                        .execute(c)?;
+                }
+                rest = fixed.remainder();
+            }
+            if !rest.is_empty() {
+                let rest: Vec<_> = rest.iter().map(|row| values!(row)).collect();
+                written += crate::on_backend!(conn, |c| diesel::insert_into($table::table)
+                    .values(&rest)
+                    .execute(c))?;
+            }
+            Ok(written)
         }};
     }
     match kind {
@@ -257,6 +411,13 @@ pub struct QueueRow {
 /// Rows written by one multi-row statement: 500 rows of the queue's 9 columns stay far below
 /// the bind-parameter limits of SQLite (32,766) and PostgreSQL (65,535).
 pub const INSERT_CHUNK: usize = 500;
+
+/// Rows per multi-row insert on SQLite while a whole statement's worth is left: a statement of
+/// one fixed shape is prepared once per connection and kept (diesel keeps only statements
+/// whose text never changes), where one of any other size is prepared anew, and preparing an
+/// insert of hundreds of rows costs about as much as running it. The rest of a chunk goes in
+/// one statement of its own size.
+pub const SQLITE_STATEMENT_ROWS: usize = 100;
 
 /// Ids looked up by one `IN (…)` query.
 pub const LOOKUP_CHUNK: usize = 500;
