@@ -566,7 +566,15 @@ impl Api {
     }
 
     pub fn login(server: &ServerProcess, username: &str, password: &str) -> Self {
-        let api = Api::new(server);
+        Self::login_at(Api::new(server), username, password)
+    }
+
+    /// The admin's client of the server at `base` (a replica, a balancer), over plain http.
+    pub fn admin_at(base: &str) -> Self {
+        Self::login_at(Api::with_base(base, None), "admin", ADMIN_PASSWORD)
+    }
+
+    fn login_at(api: Api, username: &str, password: &str) -> Self {
         let reply = api.post(
             "/api/v1/auth/login",
             &serde_json::json!({"username": username, "password": password}),

@@ -36,16 +36,6 @@ fn count(url: &str, sql: &str) -> i64 {
     client.query_one(sql, &[]).expect("count").get(0)
 }
 
-fn admin(base: &str) -> Api {
-    let api = Api::with_base(base, None);
-    let reply = api.post(
-        "/api/v1/auth/login",
-        &json!({"username": "admin", "password": ADMIN_PASSWORD}),
-    );
-    let token = reply.data()["token"].as_str().expect("token").to_owned();
-    api.with_token(&token)
-}
-
 /// Uploads `body` as release 0.2.0 of project `edge` to the replica at `base`.
 fn upload(base: &str, token: &str, body: Vec<u8>) -> Value {
     let resp = reqwest::blocking::Client::new()
@@ -89,7 +79,10 @@ fn three_replicas_serve_one_fleet_and_survive_a_kill() {
     replicas.push(Replica::start(&url, data.path(), "r2", &flags));
     replicas.push(Replica::start(&url, data.path(), "r3", &flags));
     let balancer = Balancer::start(replicas.iter().map(|r| r.addr).collect());
-    let apis: Vec<Api> = replicas.iter().map(|r| admin(&r.base_url)).collect();
+    let apis: Vec<Api> = replicas
+        .iter()
+        .map(|r| Api::admin_at(&r.base_url))
+        .collect();
 
     // A dashboard on r1 only, from before any agent connects.
     let mut dash = ws_connect(

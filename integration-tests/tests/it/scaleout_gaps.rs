@@ -23,16 +23,6 @@ fn two_replicas(url: &str, data: &TempDir, flags: &[&str]) -> (Replica, Replica)
     (r1, r2)
 }
 
-fn admin(base: &str) -> Api {
-    let api = Api::with_base(base, None);
-    let reply = api.post(
-        "/api/v1/auth/login",
-        &json!({"username": "admin", "password": ADMIN_PASSWORD}),
-    );
-    let token = reply.data()["token"].as_str().expect("token").to_owned();
-    api.with_token(&token)
-}
-
 /// A device socket on `replica` with `token` (enrolled already), its `hello` read.
 fn device_on(replica: &Replica, id: &str, token: &str) -> FakeDevice {
     let url = format!(
@@ -75,7 +65,7 @@ fn a_command_handed_to_a_replica_that_lost_its_device_is_queued_when_asked() {
     let url = db.url().expect("a PostgreSQL database");
     let data = TempDir::new("gaps-queue");
     let (r1, r2) = two_replicas(&url, &data, &[]);
-    let api = admin(&r1.base_url);
+    let api = Api::admin_at(&r1.base_url);
     let token = api.enroll("gone");
     execute(
         &url,
@@ -142,7 +132,7 @@ fn a_confirmed_restart_is_not_reported_failed_by_another_replica() {
     let window = 2;
     let flags = ["--restart-confirm-secs", "2"];
     let (r1, r2) = two_replicas(&url, &data, &flags);
-    let api = admin(&r1.base_url);
+    let api = Api::admin_at(&r1.base_url);
 
     let mut dash = ws_connect(
         &format!(
@@ -249,7 +239,7 @@ fn an_alert_raised_on_another_replica_fails_a_soaking_device() {
     let url = db.url().expect("a PostgreSQL database");
     let data = TempDir::new("gaps-alert");
     let (r1, r2) = two_replicas(&url, &data, &[]);
-    let api = admin(&r1.base_url);
+    let api = Api::admin_at(&r1.base_url);
     let token = api.enroll("alarming");
     let mut dev = device_on(&r2, "alarming", &token);
     dev.send(&status_frame("1.0.0", "al-0"));
@@ -315,7 +305,7 @@ fn a_killed_replicas_devices_go_offline_before_its_lease_passes() {
     let url = db.url().expect("a PostgreSQL database");
     let data = TempDir::new("gaps-dead");
     let (r1, mut r2) = two_replicas(&url, &data, &["--presence-lease-secs", "15"]);
-    let api = admin(&r1.base_url);
+    let api = Api::admin_at(&r1.base_url);
     let token = api.enroll("stranded");
     let mut dev = device_on(&r2, "stranded", &token);
     dev.send(&status_frame("1.0.0", "st-0"));

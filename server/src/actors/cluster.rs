@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use chrono::Utc;
 use protocol::dashboard::DashboardEvent;
-use protocol::device::{DeviceEvent, StatusEvent};
-use protocol::rest::{CommandStatus, DeviceStatus};
+use protocol::device::DeviceEvent;
+use protocol::rest::CommandStatus;
 
 use crate::actors::deployer::{DeviceAlert, DeviceReported, FirmwareDeployer};
 use crate::actors::dispatcher::{CommandDispatcher, Dispatch, JoinCluster, RemoteEnded};
@@ -416,15 +416,7 @@ impl Cluster {
     fn went_offline(&self, devices: Vec<String>, why: &str) {
         for device_id in devices {
             tracing::info!(device = %device_id, "{why}");
-            let offline = DeviceEvent::Status(StatusEvent {
-                status: DeviceStatus::Offline.as_str().to_owned(),
-                version: None,
-                boot_id: None,
-                run_id: None,
-                metrics: None,
-                ts: Utc::now(),
-            });
-            if let Some(publish) = Publish::device_event(&device_id, offline) {
+            if let Some(publish) = Publish::device_offline(&device_id) {
                 self.peers.bus.do_send(publish);
             }
         }

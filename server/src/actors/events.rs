@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use chrono::Utc;
 use protocol::dashboard::DashboardEvent;
-use protocol::device::DeviceEvent;
+use protocol::device::{DeviceEvent, StatusEvent};
+use protocol::rest::DeviceStatus;
 use tokio::sync::mpsc;
 
 /// Which events a dashboard wants; `None` means all.
@@ -136,6 +138,20 @@ impl Publish {
             event_type,
             json: json.into(),
         })
+    }
+
+    /// The `status: OFFLINE` event dashboards get when a device is gone: the server tells
+    /// them, since a device that has left cannot.
+    pub fn device_offline(device_id: &str) -> Option<Publish> {
+        let offline = DeviceEvent::Status(StatusEvent {
+            status: DeviceStatus::Offline.as_str().to_owned(),
+            version: None,
+            boot_id: None,
+            run_id: None,
+            metrics: None,
+            ts: Utc::now(),
+        });
+        Publish::device_event(device_id, offline)
     }
 }
 

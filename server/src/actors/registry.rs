@@ -16,8 +16,6 @@ use crate::actors::presence::{MarkOffline, MarkOnline, PresenceWriter};
 use crate::actors::session::{
     CloseSession, DeliverCommand, DeviceSession, CLOSE_REPLACED, CLOSE_TOKEN_REVOKED,
 };
-use protocol::device::{DeviceEvent, StatusEvent};
-use protocol::rest::DeviceStatus;
 
 /// One per connected device, so kept small: the session's one address (a recipient is made
 /// from it when asked for), its peer's address as an address rather than text.
@@ -162,16 +160,7 @@ impl Handler<Disconnect> for DeviceRegistry {
             self.presence.do_send(MarkOffline {
                 device_id: msg.device_id.clone(),
             });
-            // Dashboards learn of a disconnect from the server; the device cannot tell them.
-            let offline = DeviceEvent::Status(StatusEvent {
-                status: DeviceStatus::Offline.as_str().to_owned(),
-                version: None,
-                boot_id: None,
-                run_id: None,
-                metrics: None,
-                ts: Utc::now(),
-            });
-            if let Some(publish) = Publish::device_event(&msg.device_id, offline) {
+            if let Some(publish) = Publish::device_offline(&msg.device_id) {
                 self.bus.do_send(publish);
             }
         }

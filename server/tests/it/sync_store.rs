@@ -47,60 +47,14 @@ fn record(id: &str, kind: RecordKind) -> SyncRecord {
     }
 }
 
+/// Another writer's uncommitted bottle `race-1`, with no cloud queue row.
+const OTHER_BOTTLE: &[&str] = &[CONCURRENT_SYNC[1]];
+
 #[test]
 fn an_id_stored_meanwhile_by_another_transaction_is_a_duplicate_and_the_rest_is_kept() {
     let test = ServerDb::postgres();
-    let (held, is_held) = mpsc::channel();
-    let (commit, may_commit) = mpsc::channel::<()>();
-
-    // Another writer inserts `race-1` and holds its transaction open.
-    let other = {
-        let db = test.db.clone();
-        std::thread::spawn(move || {
-            db.run_blocking(move |conn| {
-                conn.transaction(|conn| {
-                    diesel::sql_query(
-                        "INSERT INTO aggregated_bottles \
-                         (id, device_id, company_id, payload, created_at, received_at) \
-                         VALUES ('race-1', 'edge-other', 'acme', '{}', now(), now())",
-                    )
-                    .execute(conn)?;
-                    held.send(()).unwrap();
-                    may_commit.recv().unwrap();
-                    diesel::QueryResult::Ok(())
-                })
-                .map_err(ApiError::from)
-            })
-        })
-    };
-    is_held.recv().unwrap();
-
     // The batch's lookup cannot see the uncommitted row, so its multi-row insert waits on it.
-    let batch = {
-        let db = test.db.clone();
-        std::thread::spawn(move || {
-            let records = (0..4).map(|i| bottle(&format!("race-{i}"))).collect();
-            db.run_blocking(move |conn| Ok(server::store::sync::store(conn, "edge-1", records)?))
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count(
-        &test.db,
-        "SELECT count(*) AS n FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event_type = 'Lock'",
-    ) == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the batch never waited on the other writer"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    commit.send(()).unwrap();
-    other.join().unwrap().unwrap();
-
-    let stored = batch.join().unwrap().unwrap();
-    assert_eq!((stored.accepted, stored.duplicates), (3, 1));
+    assert_eq!(race_with(&test, OTHER_BOTTLE, true), (3, 1));
     assert_eq!(
         count(&test.db, "SELECT count(*) AS n FROM aggregated_bottles"),
         4
