@@ -76,6 +76,31 @@ where
 }
 
 /// Logs the bootstrap admin in; answers the token.
+/// Posts `body` to a device's commands route and tells whether the answer was a SUCCESS
+/// result (any transport error, refusal or other status is not).
+pub async fn command_succeeded(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+    timeout: Duration,
+) -> bool {
+    match client
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .timeout(timeout)
+        .send()
+        .await
+    {
+        Ok(reply) => reply
+            .json::<Value>()
+            .await
+            .is_ok_and(|v| v["data"]["status"] == "SUCCESS"),
+        Err(_) => false,
+    }
+}
+
 pub async fn admin_token(client: &reqwest::Client, base: &str) -> String {
     let login: Value = client
         .post(format!("{base}/api/v1/auth/login"))

@@ -366,20 +366,10 @@ async fn at_rate(
             token.to_owned(),
         );
         pending.push(tokio::spawn(async move {
-            let reply = client
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"command": {"type": "force_sync"}}))
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await;
-            let ok = match reply {
-                Ok(r) => r
-                    .json::<Value>()
-                    .await
-                    .is_ok_and(|v| v["data"]["status"] == "SUCCESS"),
-                Err(_) => false,
-            };
+            let body = json!({"command": {"type": "force_sync"}});
+            let ok =
+                fleet::command_succeeded(&client, &url, &token, &body, Duration::from_secs(30))
+                    .await;
             drop(permit);
             (due.elapsed(), ok)
         }));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::replicas::Replica;
 use integration_tests::{fleet, TempDir, TestDb};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const DEVICES: usize = 200;
 const DURATION: Duration = Duration::from_secs(5);
@@ -99,20 +99,11 @@ async fn round_trips(
         let device = ids[(i * 7919) % ids.len()].clone();
         pending.push(tokio::spawn(async move {
             let start = Instant::now();
-            let reply = client
-                .post(format!("{base}/api/v1/devices/{device}/commands"))
-                .bearer_auth(token)
-                .json(&json!({"command": {"type": "force_sync"}, "timeoutMs": 30000}))
-                .timeout(Duration::from_secs(60))
-                .send()
-                .await;
-            let ok = match reply {
-                Ok(r) => r
-                    .json::<Value>()
-                    .await
-                    .is_ok_and(|v| v["data"]["status"] == "SUCCESS"),
-                Err(_) => false,
-            };
+            let url = format!("{base}/api/v1/devices/{device}/commands");
+            let body = json!({"command": {"type": "force_sync"}, "timeoutMs": 30000});
+            let ok =
+                fleet::command_succeeded(&client, &url, &token, &body, Duration::from_secs(60))
+                    .await;
             (start.elapsed(), ok)
         }));
     }
