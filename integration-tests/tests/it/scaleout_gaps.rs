@@ -20,7 +20,25 @@ fn two_replicas(url: &str, data: &TempDir, flags: &[&str]) -> (Replica, Replica)
         r1.log().contains("leader=true")
     });
     let r2 = Replica::start(url, data.path(), "r2", flags);
+    // A replica answers HTTP before its LISTEN connection is up, and until it is, the others
+    // count it as gone and handle its devices' commands themselves.
+    wait_until(Duration::from_secs(20), "r2 listening", || {
+        listening(url, "r2")
+    });
     (r1, r2)
+}
+
+/// Whether `replica`'s LISTEN connection is open on this database (`leases::session_name`).
+fn listening(url: &str, replica: &str) -> bool {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND datname = current_database()",
+            &[&format!("factory-replica-{replica}")],
+        )
+        .expect("pg_stat_activity");
+    row.get::<_, i64>(0) > 0
 }
 
 /// A device socket on `replica` with `token` (enrolled already), its `hello` read.

@@ -4,9 +4,11 @@
 //! and confirmations of many commands share one commit, so a busy server pays one fsync for
 //! many commands rather than one or two each. Alike changes are written by multi-row
 //! statements; every change keeps the condition of its single-row form in `commands` (a result
-//! never overwrites a final state). A multi-row statement runs in a savepoint and must touch
-//! every row it names; when one of its rows is refused (a duplicate id) or no longer in a
-//! state it may leave (a cancel came first), the savepoint is rolled back and its rows are
+//! never overwrites a final state). A multi-row statement must touch every row it names. A
+//! group is first written without savepoints, which cost two round trips a statement; when a
+//! statement's row is refused (a duplicate id) or no longer in a state it may leave (a cancel
+//! came first), that transaction is rolled back and the group written again with each
+//! multi-row statement in a savepoint, whose refused ones are rolled back and their rows
 //! written one at a time, so each change is answered exactly as if it had been alone.
 
 use std::collections::HashMap;
@@ -86,37 +88,95 @@ pub enum Done {
 /// Applies `writes` in one write transaction and answers each by position. An error of the
 /// whole (the connection, the commit) is the outer `Err`: then nothing of it was stored.
 pub fn apply(conn: &mut DbConnection, writes: &[Write]) -> StoreResult<Vec<StoreResult<Done>>> {
-    crate::store::db::write_transaction(conn, |conn| {
-        let mut done: Vec<Option<StoreResult<Done>>> = writes.iter().map(|_| None).collect();
-        store_new(conn, writes, &mut done)?;
-        send(conn, writes, &mut done)?;
-        complete(conn, writes, &mut done)?;
-        for (slot, write) in done.iter_mut().zip(writes) {
-            match write {
-                Write::Queue { id, expires_at } => {
-                    *slot = Some(Ok(Done::Changed(cmds::mark_queued(conn, id, *expires_at)?)));
-                }
-                Write::Confirm {
-                    result,
-                    previous,
-                    deadline,
-                } => {
-                    let changed =
-                        cmds::start_confirming(conn, result, previous.as_deref(), *deadline)?;
-                    *slot = Some(Ok(Done::Changed(changed)));
-                }
-                Write::Notify { channel, payload } => {
-                    crate::store::leases::notify(conn, channel, payload)?;
-                    *slot = Some(Ok(Done::Changed(true)));
-                }
-                _ => {}
-            }
+    let first = crate::store::db::write_transaction(conn, |c| apply_in(c, writes, Mode::Bare));
+    match first {
+        Ok(done) => Ok(done),
+        Err(Abort::Failed(e)) => Err(e),
+        Err(Abort::Careful) => {
+            crate::store::db::write_transaction(conn, |c| apply_in(c, writes, Mode::Careful))
+                .map_err(|e| match e {
+                    Abort::Failed(e) => e,
+                    Abort::Careful => StoreError::internal("a careful write asked to be careful"),
+                })
         }
-        Ok(done
-            .into_iter()
-            .map(|d| d.unwrap_or_else(|| Err(StoreError::internal("a command write was lost"))))
-            .collect())
-    })
+    }
+}
+
+/// How the multi-row statements of a group run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// As they are: the first statement refused abandons the whole transaction (`Abort::Careful`).
+    Bare,
+    /// Each in a savepoint, its rows one at a time when it is refused.
+    Careful,
+}
+
+/// Why a group's transaction ended without its commit.
+#[derive(Debug)]
+enum Abort {
+    /// A statement was refused in `Mode::Bare`: write the group again, carefully.
+    Careful,
+    Failed(StoreError),
+}
+
+impl From<DieselError> for Abort {
+    fn from(e: DieselError) -> Abort {
+        Abort::Failed(e.into())
+    }
+}
+
+impl From<StoreError> for Abort {
+    fn from(e: StoreError) -> Abort {
+        Abort::Failed(e)
+    }
+}
+
+/// Runs one multi-row statement the way `mode` says; its own error (or rollback) is the inner
+/// one, which only `Mode::Careful` answers, having rolled its savepoint back.
+fn together<T>(
+    conn: &mut DbConnection,
+    mode: Mode,
+    f: impl FnOnce(&mut DbConnection) -> QueryResult<T>,
+) -> Result<QueryResult<T>, Abort> {
+    match mode {
+        Mode::Careful => Ok(conn.transaction(f)),
+        Mode::Bare => f(conn).map(Ok).map_err(|_| Abort::Careful),
+    }
+}
+
+fn apply_in(
+    conn: &mut DbConnection,
+    writes: &[Write],
+    mode: Mode,
+) -> Result<Vec<StoreResult<Done>>, Abort> {
+    let mut done: Vec<Option<StoreResult<Done>>> = writes.iter().map(|_| None).collect();
+    store_new(conn, writes, &mut done, mode)?;
+    send(conn, writes, &mut done, mode)?;
+    complete(conn, writes, &mut done, mode)?;
+    for (slot, write) in done.iter_mut().zip(writes) {
+        match write {
+            Write::Queue { id, expires_at } => {
+                *slot = Some(Ok(Done::Changed(cmds::mark_queued(conn, id, *expires_at)?)));
+            }
+            Write::Confirm {
+                result,
+                previous,
+                deadline,
+            } => {
+                let changed = cmds::start_confirming(conn, result, previous.as_deref(), *deadline)?;
+                *slot = Some(Ok(Done::Changed(changed)));
+            }
+            Write::Notify { channel, payload } => {
+                crate::store::leases::notify(conn, channel, payload)?;
+                *slot = Some(Ok(Done::Changed(true)));
+            }
+            _ => {}
+        }
+    }
+    Ok(done
+        .into_iter()
+        .map(|d| d.unwrap_or_else(|| Err(StoreError::internal("a command write was lost"))))
+        .collect())
 }
 
 /// The rows of a multi-row statement did not all change: roll its savepoint back.
@@ -132,7 +192,8 @@ fn store_new(
     conn: &mut DbConnection,
     writes: &[Write],
     done: &mut [Option<StoreResult<Done>>],
-) -> StoreResult<()> {
+    mode: Mode,
+) -> Result<(), Abort> {
     let mut rows = Vec::new();
     for (i, write) in writes.iter().enumerate() {
         let Write::New(new) = write else { continue };
@@ -161,11 +222,11 @@ fn store_new(
     for chunk in rows.chunks(CHUNK) {
         let audits: Vec<_> = chunk.iter().map(|(_, a, _, _)| a.clone()).collect();
         let commands: Vec<_> = chunk.iter().map(|(_, _, c, _)| c.clone()).collect();
-        let together = conn.transaction(|c| {
+        let outcome = together(conn, mode, |c| {
             audit::insert_rows(c, &audits)?;
             insert_commands(c, &commands)
-        });
-        match together {
+        })?;
+        match outcome {
             Ok(_) => {
                 for (i, _, _, previous) in chunk {
                     done[*i] = Some(Ok(Done::Stored(previous.clone())));
@@ -203,7 +264,8 @@ fn send(
     conn: &mut DbConnection,
     writes: &[Write],
     done: &mut [Option<StoreResult<Done>>],
-) -> StoreResult<()> {
+    mode: Mode,
+) -> Result<(), Abort> {
     let mut sends = Vec::new();
     for (i, write) in writes.iter().enumerate() {
         if let Write::Send {
@@ -218,7 +280,7 @@ fn send(
     let now = Utc::now().naive_utc();
     for chunk in sends.chunks(CHUNK) {
         let ids: Vec<&str> = chunk.iter().map(|(_, id, _)| *id).collect();
-        let together = conn.transaction(|c| {
+        let outcome = together(conn, mode, |c| {
             let changed = diesel::update(commands::table.filter(commands::id.eq_any(&ids)).filter(
                 commands::status.eq_any(names(&[CommandStatus::Pending, CommandStatus::Queued])),
             ))
@@ -228,8 +290,8 @@ fn send(
             ))
             .execute(c)?;
             all_or_rollback(changed, ids.len())
-        });
-        match together {
+        })?;
+        match outcome {
             Ok(()) => {
                 for (i, _, previous) in chunk {
                     done[*i] = Some(Ok(Done::Sent(Some(previous.clone()))));
@@ -254,7 +316,8 @@ fn complete(
     conn: &mut DbConnection,
     writes: &[Write],
     done: &mut [Option<StoreResult<Done>>],
-) -> StoreResult<()> {
+    mode: Mode,
+) -> Result<(), Abort> {
     let mut alike: HashMap<OutcomeKey, Vec<(usize, &CommandResult, CommandStatus)>> =
         HashMap::new();
     for (i, write) in writes.iter().enumerate() {
@@ -276,11 +339,11 @@ fn complete(
                 .iter()
                 .map(|(_, r, _)| r.command_id.as_str())
                 .collect();
-            let together = conn.transaction(|c| {
+            let outcome = together(conn, mode, |c| {
                 let changed = complete_all(c, &ids, key, status.is_final().then_some(now))?;
                 all_or_rollback(changed, ids.len())
-            });
-            match together {
+            })?;
+            match outcome {
                 Ok(()) => {
                     for (i, _, _) in chunk {
                         done[*i] = Some(Ok(Done::Changed(true)));

@@ -50,8 +50,10 @@ impl Backend {
 
 /// SQLite waits this long for a writer to finish before answering "database is locked".
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 5000;
-/// Database threads `Db::run` hands work to on PostgreSQL.
-const DB_THREADS_POSTGRES: u32 = 16;
+/// Database threads `Db::run` hands work to on PostgreSQL. Each waits on a round trip most
+/// of the time, but more of them than this only add task switches: on 2 cores, 16 threads
+/// completed fewer commands at 5,000/s than 8 or 4 (BENCHMARKS.md).
+const DB_THREADS_POSTGRES: u32 = 8;
 /// SQLite allows one writer at a time; more threads only add lock contention.
 const DB_THREADS_SQLITE: u32 = 8;
 /// Threads outside the executor that hold a pooled connection while they work: the command
@@ -73,17 +75,18 @@ impl r2d2::ManageConnection for DbManager {
     fn connect(&self) -> Result<DbConnection, Self::Error> {
         match &self.target {
             DatabaseTarget::Postgres(url) => {
-                let mut conn = diesel::PgConnection::establish(url)
+                // PostgreSQL's plan cache keeps its default (`plan_cache_mode = auto`): after
+                // five runs a prepared statement may run a generic plan, made once. Forcing a
+                // fresh plan at every run instead (as this server did, against slow generic
+                // plans of `id = ANY($1)` batch lookups) spent a quarter of the database's CPU
+                // on planning at 1,000 commands/s, a foreign key check of every inserted row
+                // among it. The cost of the default: a generic plan made while a table was
+                // tiny may scan the table until autovacuum analyzes it again (within a minute
+                // of 10 % growth), which only a fresh database filling fast meets; the sync
+                // batch, where that was seen, is now one unprepared statement, planned with its
+                // parameters at every run.
+                let conn = diesel::PgConnection::establish(url)
                     .map_err(diesel::r2d2::Error::ConnectionError)?;
-                // diesel keeps its statements prepared, and after five runs PostgreSQL plans a
-                // prepared statement once for any parameters. For `id = ANY($1)` with hundreds
-                // of ids (the sync batch lookup, `eq_any` in general) that generic plan scans
-                // the whole table while the planner still thinks it small: 1,000-record sync
-                // batches ran 5x slower. Every query here is short to plan, so each is planned
-                // with its parameters. (PostgreSQL 12+; older servers keep their default.)
-                if let Err(e) = conn.batch_execute("SET plan_cache_mode = force_custom_plan") {
-                    tracing::warn!("plan_cache_mode not set (PostgreSQL older than 12?): {e}");
-                }
                 Ok(DbConnection::Postgresql(conn))
             }
             DatabaseTarget::Sqlite(path) => {

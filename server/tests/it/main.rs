@@ -7,9 +7,11 @@
 mod common;
 
 mod charts_db;
+mod command_batch;
 mod db_faults;
 mod db_threads;
 mod fuzz;
+mod notify;
 mod revocations;
 mod schema_parity;
 mod sync_store;

@@ -4,8 +4,7 @@
 //! when the other writer stores only the record's row (the one-statement path meets a unique
 //! violation and the general path takes over) and when it is a concurrent sync (the queue's
 //! `ON CONFLICT DO NOTHING` waits for it). On both backends, what is stored already, in its
-//! kind's table or queued under any kind, is a duplicate. And the PostgreSQL setting that
-//! keeps the batch lookup fast.
+//! kind's table or queued under any kind, is a duplicate.
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -71,29 +70,6 @@ fn an_id_stored_meanwhile_by_another_transaction_is_a_duplicate_and_the_rest_is_
         count(&test.db, "SELECT count(*) AS n FROM cloud_sync_queue"),
         3
     );
-}
-
-#[derive(QueryableByName)]
-struct Setting {
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    plan_cache_mode: String,
-}
-
-/// The batch lookup's `id = ANY($1)` is slow under a generic plan (see `db.rs`), so pooled
-/// PostgreSQL connections plan every statement with its parameters.
-#[test]
-fn pooled_postgres_connections_plan_each_statement_with_its_parameters() {
-    let test = ServerDb::postgres();
-    let mode = test
-        .db
-        .run_blocking(|conn| {
-            Ok(diesel::sql_query("SHOW plan_cache_mode")
-                .get_result::<Setting>(conn)
-                .map_err(ApiError::from)?
-                .plan_cache_mode)
-        })
-        .unwrap();
-    assert_eq!(mode, "force_custom_plan");
 }
 
 /// Another writer holds `statements` in an open transaction while a batch of `race-0..3` is
