@@ -345,3 +345,70 @@ fn a_killed_replicas_devices_go_offline_before_its_lease_passes() {
     );
     drop(dev);
 }
+
+/// The notifications on `factory_events` a test's own LISTEN connection received within
+/// `wait`: (sender, number of events).
+fn relayed(listener: &mut postgres::Client, wait: Duration) -> Vec<(String, usize)> {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut got = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut iter = notifications.timeout_iter(wait);
+    while let Ok(Some(n)) = iter.next() {
+        let mut lines = n.payload().split('\n');
+        let sender = lines.next().unwrap_or_default().to_owned();
+        got.push((sender, lines.count()));
+    }
+    got
+}
+
+/// A replica alone on its database sends its dashboard events to nobody: no `NOTIFY` for
+/// each (one a command, and most of the database's work under telemetry). Once a second
+/// replica listens, which it says with a hello, the first relays again.
+#[test]
+fn dashboard_events_are_relayed_only_while_another_replica_listens() {
+    let db = TestDb::postgres();
+    let url = db.url().expect("a PostgreSQL database");
+    let data = TempDir::new("gaps-alone");
+    let r1 = Replica::start(&url, data.path(), "r1", &[]);
+    wait_until(Duration::from_secs(20), "r1 listening", || {
+        listening(&url, "r1")
+    });
+    let api = Api::admin_at(&r1.base_url);
+    let token = api.enroll("alone");
+    let mut device = device_on(&r1, "alone", &token);
+    // This connection is no replica's (its name is not a replica's), so r1 stays alone.
+    let mut listener = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    listener
+        .batch_execute("LISTEN factory_events")
+        .expect("LISTEN");
+    // r1 looks every second; give it two looks after the device's own connect events.
+    std::thread::sleep(Duration::from_millis(2_500));
+    relayed(&mut listener, Duration::from_millis(10));
+    device.send(&status_frame("1.0.0", "run-1"));
+    let alone = relayed(&mut listener, Duration::from_secs(2));
+    assert!(
+        alone.is_empty(),
+        "r1 relayed with nobody listening: {alone:?}"
+    );
+
+    let r2 = Replica::start(&url, data.path(), "r2", &[]);
+    wait_until(Duration::from_secs(20), "r2 listening", || {
+        listening(&url, "r2")
+    });
+    let hello = relayed(&mut listener, Duration::from_secs(2));
+    assert!(
+        hello.contains(&("r2".to_owned(), 0)),
+        "no hello from r2: {hello:?}"
+    );
+    device.send(&status_frame("1.0.0", "run-1"));
+    let mut from_r1 = Vec::new();
+    wait_until(Duration::from_secs(10), "r1 relaying the status", || {
+        from_r1.extend(relayed(&mut listener, Duration::from_millis(200)));
+        from_r1
+            .iter()
+            .any(|(sender, events)| sender == "r1" && *events > 0)
+    });
+    drop(device);
+    drop(r2);
+    drop(r1);
+}

@@ -89,6 +89,15 @@ pub struct Cluster {
     /// The replicas holding devices whose LISTEN connection was gone at the last look.
     silent: HashSet<String>,
     checking: bool,
+    /// Whether another replica listens, so that dashboard events are worth relaying: a
+    /// single replica on PostgreSQL sends none (a `NOTIFY` a command, and most of the
+    /// database's work under telemetry). Looked up every `DEAD_CHECK`, and set at once by a
+    /// replica's hello or any batch from another replica.
+    others: bool,
+    /// When another replica was last heard from, so that a look that began before its hello
+    /// does not undo it.
+    heard: Instant,
+    looking: bool,
     /// The SQLite file's lock (`lib.rs`), held as long as this actor lives: the whole run.
     _sqlite_lock: Option<std::fs::File>,
 }
@@ -112,6 +121,9 @@ impl Cluster {
             beating: false,
             silent: HashSet::new(),
             checking: false,
+            others: true,
+            heard: Instant::now(),
+            looking: false,
             _sqlite_lock: sqlite_lock,
         }
     }
@@ -144,7 +156,11 @@ impl Actor for Cluster {
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "cannot start the LISTEN thread: this replica never leads");
                 }
-                ctx.run_interval(DEAD_CHECK, |act, ctx| act.find_dead(ctx));
+                self.look_for_others(ctx);
+                ctx.run_interval(DEAD_CHECK, |act, ctx| {
+                    act.find_dead(ctx);
+                    act.look_for_others(ctx);
+                });
             }
             _ => self.set_leader(true),
         }
@@ -169,6 +185,11 @@ fn listen(url: &str, replica: &str, me: &Addr<Cluster>) {
                 continue;
             }
         };
+        if let Err(e) = leases::hello(&mut conn, replica) {
+            tracing::warn!(error = %e.message, "LISTEN connection failed; trying again");
+            std::thread::sleep(LEAD_RETRY);
+            continue;
+        }
         let mut leading = false;
         let mut checked = Instant::now() - LEAD_RETRY;
         let failure = loop {
@@ -280,11 +301,13 @@ impl Cluster {
 
     /// A batch from another replica: its first line names the sender, each further line is
     /// `device id TAB event type TAB json`.
-    fn receive_events(&self, payload: &str) {
+    fn receive_events(&mut self, payload: &str) {
         let mut lines = payload.split('\n');
         if lines.next() == Some(self.replica.as_str()) {
             return; // PostgreSQL tells the sender too.
         }
+        self.others = true;
+        self.heard = Instant::now();
         for line in lines {
             let mut parts = line.splitn(3, '\t');
             if let (Some(device_id), Some(event_type), Some(json)) =
@@ -473,9 +496,40 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Asks PostgreSQL whether another replica listens (`others`).
+    fn look_for_others(&mut self, ctx: &mut Context<Self>) {
+        if self.looking {
+            return;
+        }
+        self.looking = true;
+        let (db, me, began) = (self.db.clone(), self.replica.clone(), Instant::now());
+        async move {
+            db.run(move |conn| Ok(leases::others_listening(conn, &me)?))
+                .await
+        }
+        .into_actor(self)
+        .map(move |others, act, _| {
+            act.looking = false;
+            match others {
+                Ok(true) => act.others = true,
+                // A replica heard from since the look began is there, whatever it found.
+                Ok(false) if act.heard < began => act.others = false,
+                Ok(false) => {}
+                // Unknown: keep relaying, as a replica that cannot tell must.
+                Err(_) => act.others = true,
+            }
+        })
+        .spawn(ctx);
+    }
+}
+
 impl Handler<Relay> for Cluster {
     type Result = ();
     fn handle(&mut self, msg: Relay, ctx: &mut Context<Self>) {
+        if !self.others {
+            return;
+        }
         if self.outgoing.len() >= MAX_OUTGOING {
             crate::metrics::dashboard_event_dropped();
             return;

@@ -93,6 +93,33 @@ pub fn alive(conn: &mut DbConnection, replica: &str) -> StoreResult<bool> {
     Ok(row.taken)
 }
 
+/// Whether another replica's LISTEN connection is open on this database: while none is,
+/// this replica's dashboard events have nobody to go to.
+pub fn others_listening(conn: &mut DbConnection, me: &str) -> StoreResult<bool> {
+    let Some(pg) = as_postgres(conn) else {
+        return Ok(false);
+    };
+    let row: Taken = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+         WHERE left(application_name, length($1)) = $1 AND application_name <> $2 \
+         AND datname = current_database()) AS taken",
+    )
+    .bind::<Text, _>(session_name(""))
+    .bind::<Text, _>(session_name(me))
+    .get_result(pg)?;
+    Ok(row.taken)
+}
+
+/// Tells the replicas listening that `replica` listens too, so they send it their dashboard
+/// events from now on: an events batch with no event in it.
+pub fn hello(conn: &mut PgConnection, replica: &str) -> StoreResult<()> {
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(EVENTS_CHANNEL)
+        .bind::<Text, _>(replica)
+        .execute(conn)?;
+    Ok(())
+}
+
 #[derive(QueryableByName)]
 struct Taken {
     #[diesel(sql_type = Bool)]
