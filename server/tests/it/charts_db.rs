@@ -3,13 +3,13 @@
 //! its cutoffs, the production and fleet counters at minute edges, and how a query picks its
 //! resolution.
 
-use crate::common::ServerDb;
+use crate::common::{add_device, ServerDb};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use protocol::charts::Resolution;
 use schema::schema::{
-    aggregated_batches, commands, devices, metric_hours, metric_minutes, metric_samples,
-    online_hours, online_minutes,
+    aggregated_batches, commands, metric_hours, metric_minutes, metric_samples, online_hours,
+    online_minutes,
 };
 use server::store::counters;
 use server::store::metrics::{self, Plan, Retention, SampleRow, HOUR_MS, MINUTE_MS};
@@ -17,27 +17,6 @@ use server::store::telemetry::{write_batch, Telemetry};
 
 fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap()
-}
-
-fn add_device(db: &ServerDb, id: &str, line: &str, company: &str) {
-    let (id, line, company) = (id.to_owned(), line.to_owned(), company.to_owned());
-    db.db
-        .run_blocking(move |conn| {
-            let now = Utc::now().naive_utc();
-            diesel::insert_into(devices::table)
-                .values((
-                    devices::id.eq(&id),
-                    devices::name.eq(&id),
-                    devices::company_id.eq(Some(company)),
-                    devices::production_line_id.eq(Some(line)),
-                    devices::status.eq("ONLINE"),
-                    devices::created_at.eq(now),
-                    devices::updated_at.eq(now),
-                ))
-                .execute(conn)?;
-            Ok(())
-        })
-        .unwrap();
 }
 
 fn sample(device: &str, metric: &str, ts: i64, value: f64) -> SampleRow {
@@ -134,8 +113,22 @@ fn base() -> i64 {
 }
 
 fn rollups_are_exact_at_bucket_edges(db: ServerDb) {
-    add_device(&db, "edge-a", "line-1", "acme");
-    add_device(&db, "edge-b", "line-1", "acme");
+    add_device(
+        &db,
+        "edge-a",
+        "edge-a",
+        Some("acme"),
+        Some("line-1"),
+        "ONLINE",
+    );
+    add_device(
+        &db,
+        "edge-b",
+        "edge-b",
+        Some("acme"),
+        Some("line-1"),
+        "ONLINE",
+    );
     let t0 = base();
     write(
         &db,
@@ -251,7 +244,14 @@ fn count(db: &ServerDb) -> [i64; 5] {
 }
 
 fn retention_deletes_exactly_what_is_older(db: ServerDb) {
-    add_device(&db, "edge-a", "line-1", "acme");
+    add_device(
+        &db,
+        "edge-a",
+        "edge-a",
+        Some("acme"),
+        Some("line-1"),
+        "ONLINE",
+    );
     let keep = Retention::new(24, 30, 365);
     let now = base() + 17 * MINUTE_MS + 123;
     let raw_cut = now - keep.raw_ms;
@@ -366,8 +366,22 @@ fn plan(from: i64, to: i64, step: Option<i64>) -> Plan {
 }
 
 fn counters_count_each_row_once_at_minute_edges(db: ServerDb) {
-    add_device(&db, "edge-a", "line-1", "acme");
-    add_device(&db, "edge-b", "line-2", "acme");
+    add_device(
+        &db,
+        "edge-a",
+        "edge-a",
+        Some("acme"),
+        Some("line-1"),
+        "ONLINE",
+    );
+    add_device(
+        &db,
+        "edge-b",
+        "edge-b",
+        Some("acme"),
+        Some("line-2"),
+        "ONLINE",
+    );
     let t0 = base();
     let scan = |d: &str, ms: i64, valid: bool| {
         Telemetry::event(

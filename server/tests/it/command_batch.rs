@@ -11,27 +11,7 @@ use server::store::command_batch::{apply, Done, NewCommand, Write};
 use server::store::commands::{self, Watch};
 use server::store::StoreResult;
 
-use crate::common::ServerDb;
-
-fn add_device(db: &ServerDb, id: &'static str) {
-    use diesel::prelude::*;
-    use schema::schema::devices;
-    db.db
-        .run_blocking(move |conn| {
-            let now = chrono::Utc::now().naive_utc();
-            diesel::insert_into(devices::table)
-                .values((
-                    devices::id.eq(id),
-                    devices::name.eq(id),
-                    devices::status.eq("ONLINE"),
-                    devices::created_at.eq(now),
-                    devices::updated_at.eq(now),
-                ))
-                .execute(conn)?;
-            Ok(())
-        })
-        .unwrap();
-}
+use crate::common::{add_device, ServerDb};
 
 fn new(device_id: &str, id: &str) -> Write {
     Write::New(Box::new(NewCommand {
@@ -81,7 +61,7 @@ fn audit_rows(db: &ServerDb, target: &'static str) -> i64 {
 }
 
 fn a_group_that_goes_through_is_one_write(db: ServerDb) {
-    add_device(&db, "edge-1");
+    add_device(&db, "edge-1", "edge-1", None, None, "ONLINE");
     let done = run(&db, vec![new("edge-1", "c1"), new("edge-1", "c2")]);
     assert!(
         done.iter().all(|d| matches!(d, Ok(Done::Stored(None)))),
@@ -104,7 +84,7 @@ fn a_group_that_goes_through_is_one_write(db: ServerDb) {
 }
 
 fn a_duplicate_id_fails_alone(db: ServerDb) {
-    add_device(&db, "edge-1");
+    add_device(&db, "edge-1", "edge-1", None, None, "ONLINE");
     assert!(matches!(
         run(&db, vec![new("edge-1", "dup")])[0],
         Ok(Done::Stored(None))
@@ -124,7 +104,7 @@ fn a_duplicate_id_fails_alone(db: ServerDb) {
 }
 
 fn an_outcome_over_a_final_state_changes_nothing(db: ServerDb) {
-    add_device(&db, "edge-1");
+    add_device(&db, "edge-1", "edge-1", None, None, "ONLINE");
     run(
         &db,
         vec![new("edge-1", "x"), new("edge-1", "y"), new("edge-1", "z")],

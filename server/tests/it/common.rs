@@ -44,3 +44,41 @@ macro_rules! on_both_backends {
         }
     };
 }
+
+/// A device row as an enrollment leaves it, for tests that hang other rows on it.
+pub fn add_device(
+    db: &ServerDb,
+    id: &str,
+    name: &str,
+    company: Option<&str>,
+    line: Option<&str>,
+    status: &str,
+) {
+    let (id, name, company, line, status) = (
+        id.to_owned(),
+        name.to_owned(),
+        company.map(str::to_owned),
+        line.map(str::to_owned),
+        status.to_owned(),
+    );
+    use diesel::prelude::*;
+    use schema::schema::devices;
+    db.db
+        .run_blocking(move |conn| {
+            let now = chrono::Utc::now().naive_utc();
+            diesel::insert_into(devices::table)
+                .values((
+                    devices::id.eq(id),
+                    devices::name.eq(name),
+                    devices::company_id.eq(company),
+                    devices::production_line_id.eq(line),
+                    devices::status.eq(status),
+                    devices::created_at.eq(now),
+                    devices::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .map_err(server::error::ApiError::from)?;
+            Ok(())
+        })
+        .unwrap();
+}

@@ -1,45 +1,11 @@
 //! Telemetry storage, the retention job and the device-list filters, against both databases.
 
-use crate::common::ServerDb;
+use crate::common::{add_device, ServerDb};
 use chrono::{Duration, NaiveDateTime, SubsecRound, Utc};
 use diesel::prelude::*;
-use schema::schema::{device_events, device_group_members, device_groups, device_logs, devices};
+use schema::schema::{device_events, device_group_members, device_groups, device_logs};
 use server::store::devices::{list as list_devices, DeviceFilter};
 use server::store::telemetry::{self, Telemetry};
-
-fn add_device(
-    db: &ServerDb,
-    id: &str,
-    name: &str,
-    company: Option<&str>,
-    line: Option<&str>,
-    status: &str,
-) {
-    let (id, name, company, line, status) = (
-        id.to_owned(),
-        name.to_owned(),
-        company.map(str::to_owned),
-        line.map(str::to_owned),
-        status.to_owned(),
-    );
-    db.db
-        .run_blocking(move |conn| {
-            let now = Utc::now().naive_utc();
-            diesel::insert_into(devices::table)
-                .values((
-                    devices::id.eq(id),
-                    devices::name.eq(name),
-                    devices::company_id.eq(company),
-                    devices::production_line_id.eq(line),
-                    devices::status.eq(status),
-                    devices::created_at.eq(now),
-                    devices::updated_at.eq(now),
-                ))
-                .execute(conn)?;
-            Ok(())
-        })
-        .unwrap();
-}
 
 fn count_rows(db: &ServerDb) -> (i64, i64) {
     db.db
