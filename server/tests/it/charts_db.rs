@@ -19,6 +19,11 @@ fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap()
 }
 
+/// A device of the company `acme` on `line`.
+fn acme_device(db: &ServerDb, id: &str, line: &str) {
+    add_device(db, id, id, Some("acme"), Some(line), "ONLINE");
+}
+
 fn sample(device: &str, metric: &str, ts: i64, value: f64) -> SampleRow {
     SampleRow {
         device_id: device.into(),
@@ -113,22 +118,8 @@ fn base() -> i64 {
 }
 
 fn rollups_are_exact_at_bucket_edges(db: ServerDb) {
-    add_device(
-        &db,
-        "edge-a",
-        "edge-a",
-        Some("acme"),
-        Some("line-1"),
-        "ONLINE",
-    );
-    add_device(
-        &db,
-        "edge-b",
-        "edge-b",
-        Some("acme"),
-        Some("line-1"),
-        "ONLINE",
-    );
+    acme_device(&db, "edge-a", "line-1");
+    acme_device(&db, "edge-b", "line-1");
     let t0 = base();
     write(
         &db,
@@ -244,14 +235,7 @@ fn count(db: &ServerDb) -> [i64; 5] {
 }
 
 fn retention_deletes_exactly_what_is_older(db: ServerDb) {
-    add_device(
-        &db,
-        "edge-a",
-        "edge-a",
-        Some("acme"),
-        Some("line-1"),
-        "ONLINE",
-    );
+    acme_device(&db, "edge-a", "line-1");
     let keep = Retention::new(24, 30, 365);
     let now = base() + 17 * MINUTE_MS + 123;
     let raw_cut = now - keep.raw_ms;
@@ -366,22 +350,8 @@ fn plan(from: i64, to: i64, step: Option<i64>) -> Plan {
 }
 
 fn counters_count_each_row_once_at_minute_edges(db: ServerDb) {
-    add_device(
-        &db,
-        "edge-a",
-        "edge-a",
-        Some("acme"),
-        Some("line-1"),
-        "ONLINE",
-    );
-    add_device(
-        &db,
-        "edge-b",
-        "edge-b",
-        Some("acme"),
-        Some("line-2"),
-        "ONLINE",
-    );
+    acme_device(&db, "edge-a", "line-1");
+    acme_device(&db, "edge-b", "line-2");
     let t0 = base();
     let scan = |d: &str, ms: i64, valid: bool| {
         Telemetry::event(
