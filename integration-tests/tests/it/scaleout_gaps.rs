@@ -28,14 +28,14 @@ fn two_replicas(url: &str, data: &TempDir, flags: &[&str]) -> (Replica, Replica)
     (r1, r2)
 }
 
-/// Whether `replica`'s LISTEN connection is open on this database (`leases::session_name`).
+/// Whether `replica`'s LISTEN connection is open on this database.
 fn listening(url: &str, replica: &str) -> bool {
     let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
     let row = client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity \
              WHERE application_name = $1 AND datname = current_database()",
-            &[&format!("factory-replica-{replica}")],
+            &[&server::store::leases::session_name(replica)],
         )
         .expect("pg_stat_activity");
     row.get::<_, i64>(0) > 0

@@ -185,11 +185,6 @@ fn listen(url: &str, replica: &str, me: &Addr<Cluster>) {
                 continue;
             }
         };
-        if let Err(e) = leases::hello(&mut conn, replica) {
-            tracing::warn!(error = %e.message, "LISTEN connection failed; trying again");
-            std::thread::sleep(LEAD_RETRY);
-            continue;
-        }
         let mut leading = false;
         let mut checked = Instant::now() - LEAD_RETRY;
         let failure = loop {

@@ -62,7 +62,8 @@ pub fn session_name(replica: &str) -> String {
 /// A connection of its own, outside the pool: its session holds the LISTENs on `channels` and
 /// the lock, and carries the replica's name. The name is set after the LISTENs, so a replica
 /// counts as alive (`alive`) only once it hears its channel: a command handed to it in between
-/// would be lost, and its sender would wait its whole timeout.
+/// would be lost, and its sender would wait its whole timeout. Then it says hello (`hello`),
+/// so the replicas already listening relay their dashboard events to it from then on.
 pub fn connect(url: &str, replica: &str, channels: &[String]) -> StoreResult<PgConnection> {
     let mut conn = PgConnection::establish(url).map_err(|e| {
         crate::store::StoreError::unavailable(format!("cannot connect for LISTEN: {e}"))
@@ -74,6 +75,7 @@ pub fn connect(url: &str, replica: &str, channels: &[String]) -> StoreResult<PgC
     diesel::sql_query("SELECT set_config('application_name', $1, false)")
         .bind::<Text, _>(session_name(replica))
         .execute(&mut conn)?;
+    hello(&mut conn, replica)?;
     Ok(conn)
 }
 
@@ -112,7 +114,7 @@ pub fn others_listening(conn: &mut DbConnection, me: &str) -> StoreResult<bool> 
 
 /// Tells the replicas listening that `replica` listens too, so they send it their dashboard
 /// events from now on: an events batch with no event in it.
-pub fn hello(conn: &mut PgConnection, replica: &str) -> StoreResult<()> {
+fn hello(conn: &mut PgConnection, replica: &str) -> StoreResult<()> {
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(EVENTS_CHANNEL)
         .bind::<Text, _>(replica)
